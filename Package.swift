@@ -1,0 +1,83 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "cachefs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cachefs", targets: ["cachefs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+    ],
+    targets: [
+        // libfuse3 through pkg-config, with static inline wrappers for what Swift cannot import.
+        .systemLibrary(
+            name: "CFuse",
+            pkgConfig: "fuse3",
+            providers: [.apt(["libfuse3-dev"])]
+        ),
+        // Linux headers the Glibc module leaves out (extended attributes).
+        .systemLibrary(name: "CLinux"),
+        // The in-memory block cache: LRU, capacity bound, miss coalescing. Knows nothing of FUSE or files.
+        .target(
+            name: "BlockCache",
+            dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Access to the source directory through file descriptors, errors as Errno.
+        .target(
+            name: "SourceTree",
+            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The read-only mirror: inode table, open files, reads through the cache. Testable without FUSE.
+        .target(
+            name: "MirrorFS",
+            dependencies: [
+                "BlockCache", "SourceTree",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Translates libfuse low-level callbacks into MirrorFS calls and errors into errno.
+        .target(
+            name: "FuseBridge",
+            dependencies: [
+                "CFuse", "MirrorFS",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // The daemon's control socket (stats) and its client.
+        .target(
+            name: "ControlPlane",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "cachefs",
+            dependencies: [
+                "BlockCache", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache"]),
+        .testTarget(name: "MirrorFSTests", dependencies: ["MirrorFS", "SourceTree", "BlockCache"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

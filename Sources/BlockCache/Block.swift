@@ -1,0 +1,57 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SystemPackage
+
+/// Memory for one block being filled by a load. It owns an anonymous mapping
+/// until `seal(length:)` hands that mapping to an immutable `Block`.
+///
+/// Blocks are mapped rather than malloc'ed so that evicting a block returns its
+/// memory to the system at once; malloc keeps freed large chunks in its arenas,
+/// which lets the daemon's RSS drift above the cache capacity.
+struct BlockBuffer: ~Copyable {
+    let memory: UnsafeMutableRawBufferPointer
+
+    init(capacity: Int) throws(Errno) {
+        precondition(capacity > 0)
+        guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              base != MAP_FAILED
+        else { throw Errno(rawValue: errno) }
+        memory = UnsafeMutableRawBufferPointer(start: base, count: capacity)
+    }
+
+    /// Publishes the first `length` bytes as a read-only block.
+    consuming func seal(length: Int) -> Block {
+        precondition(length >= 0 && length <= memory.count)
+        let block = Block(mapping: memory, length: length)
+        discard self
+        return block
+    }
+
+    deinit { munmap(memory.baseAddress, memory.count) }
+}
+
+/// A loaded block: immutable bytes shared by every reader that holds it.
+///
+/// A reader keeps the block alive while the kernel copies from it, so a block
+/// evicted in the middle of a reply is unmapped only when the last reader lets go.
+public final class Block: @unchecked Sendable {
+    // @unchecked: the memory is written only before the block is sealed, and read-only after.
+    private let base: UnsafeMutableRawPointer
+    private let mappedLength: Int
+    /// Number of valid bytes; shorter than the block size only for a file's last block.
+    public let count: Int
+
+    fileprivate init(mapping: UnsafeMutableRawBufferPointer, length: Int) {
+        base = mapping.baseAddress!
+        mappedLength = mapping.count
+        count = length
+    }
+
+    /// The valid bytes. Valid only while `self` is alive: use inside `withExtendedLifetime`.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    deinit { munmap(base, mappedLength) }
+}

@@ -1,0 +1,188 @@
+import Dispatch
+import Synchronization
+import SystemPackage
+
+/// A bounded in-memory cache of file blocks, evicting the least recently used.
+///
+/// Thread safety: every method may be called from any thread (FUSE workers,
+/// prefetchers). One mutex guards the index and the counters; it is never held
+/// while a block loads, allocates or is freed, so a slow source stalls only the
+/// readers of the blocks it is loading.
+///
+/// Capacity: bytes of resident blocks plus bytes reserved by loads in flight
+/// never exceed `capacity`. A load that finds every byte reserved by other
+/// loads still runs, but its block is handed to the caller and not kept.
+public final class BlockCache: Sendable {
+    public let capacity: Int
+    public let blockSize: Int
+    private let state: Mutex<State>
+
+    public init(capacity: Int, blockSize: Int) {
+        precondition(capacity > 0 && blockSize > 0)
+        self.capacity = capacity
+        self.blockSize = blockSize
+        state = Mutex(State())
+    }
+
+    /// Returns the block for `key`, calling `load` to fill it on a miss.
+    ///
+    /// - Parameters:
+    ///   - length: the block's expected size (`blockSize`, or less for a file's last block).
+    ///   - load: fills the buffer from the source and returns how many bytes it wrote.
+    ///     It runs on the calling thread without the cache's lock. Concurrent callers
+    ///     asking for the same key while it runs wait for it and share its result, error included.
+    /// - Throws: what `load` threw, or `Errno` if memory could not be mapped. Failures are not cached.
+    public func block(
+        for key: BlockKey,
+        length: Int,
+        load: (UnsafeMutableRawBufferPointer) throws -> Int
+    ) throws -> Block {
+        precondition(length > 0 && length <= blockSize)
+        var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
+        defer { evicted.removeAll() }
+        let step: Step = state.withLock { state in
+            if let block = state.resident.touch(key) {
+                state.counters.hits += 1
+                return .hit(block)
+            }
+            if let pending = state.pending[key] {
+                state.counters.coalescedMisses += 1
+                return .wait(pending)
+            }
+            state.counters.misses += 1
+            let pending = PendingLoad()
+            state.pending[key] = pending
+            let kept = state.reserve(length, capacity: capacity, evicted: &evicted)
+            return .load(pending, kept: kept)
+        }
+
+        switch step {
+        case .hit(let block):
+            return block
+        case .wait(let pending):
+            return try pending.wait()
+        case .load(let pending, let kept):
+            let outcome = Result { () throws -> Block in
+                let buffer = try BlockBuffer(capacity: length)
+                let filled = try load(buffer.memory)
+                return buffer.seal(length: min(max(filled, 0), length))
+            }
+            state.withLock { state in
+                state.pending[key] = nil
+                if kept { state.reservedBytes -= length }
+                switch outcome {
+                case .success(let block):
+                    state.counters.loadedBytes += UInt64(block.count)
+                    if kept {
+                        state.resident.insert(key, block)
+                        state.residentBytes += block.count
+                    }
+                case .failure:
+                    state.counters.loadErrors += 1
+                }
+            }
+            pending.complete(outcome)
+            return try outcome.get()
+        }
+    }
+
+    /// Whether the block is resident, without touching its recency or the counters.
+    public func contains(_ key: BlockKey) -> Bool {
+        state.withLock { $0.resident.peek(key) != nil }
+    }
+
+    /// Drops every resident block; loads in flight finish normally.
+    public func removeAll() {
+        let dropped: [Block] = state.withLock { state in
+            var dropped: [Block] = []
+            while let (_, block) = state.resident.removeOldest() { dropped.append(block) }
+            state.residentBytes = 0
+            return dropped
+        }
+        _ = dropped // unmapped here, outside the lock
+    }
+
+    public var statistics: CacheStatistics {
+        state.withLock { state in
+            var snapshot = state.counters
+            snapshot.capacity = capacity
+            snapshot.blockSize = blockSize
+            snapshot.residentBytes = state.residentBytes
+            snapshot.residentBlocks = state.resident.count
+            snapshot.reservedBytes = state.reservedBytes
+            return snapshot
+        }
+    }
+
+    /// Resident keys from least to most recently used (for tests and diagnostics).
+    public var keysByRecency: [BlockKey] {
+        state.withLock { $0.resident.keysOldestFirst }
+    }
+
+    private enum Step {
+        case hit(Block)
+        case wait(PendingLoad)
+        case load(PendingLoad, kept: Bool)
+    }
+
+    private struct State: ~Copyable {
+        var resident = LRUList<BlockKey, Block>()
+        var residentBytes = 0
+        var reservedBytes = 0
+        var pending: [BlockKey: PendingLoad] = [:]
+        var counters = CacheStatistics()
+
+        /// Makes room for `length` bytes by evicting least recently used blocks.
+        /// Returns false if loads in flight hold too much of the capacity to make room.
+        mutating func reserve(_ length: Int, capacity: Int, evicted: inout [Block]) -> Bool {
+            while residentBytes + reservedBytes + length > capacity {
+                guard let (_, block) = resident.removeOldest() else { return false }
+                evicted.append(block)
+                residentBytes -= block.count
+                counters.evictions += 1
+                counters.evictedBytes += UInt64(block.count)
+            }
+            reservedBytes += length
+            return true
+        }
+    }
+}
+
+/// A load in flight, which concurrent missers of the same block wait for.
+private final class PendingLoad: Sendable {
+    private let finished = DispatchGroup()
+    private let outcome = Mutex<Result<Block, any Error>?>(nil)
+
+    init() { finished.enter() }
+
+    func complete(_ result: Result<Block, any Error>) {
+        outcome.withLock { $0 = result }
+        finished.leave()
+    }
+
+    func wait() throws -> Block {
+        finished.wait()
+        return try outcome.withLock { $0! }.get()
+    }
+}
+
+/// Counters of a cache since it was created, and its current occupancy.
+public struct CacheStatistics: Sendable, Equatable {
+    public var capacity = 0
+    public var blockSize = 0
+    public var residentBytes = 0
+    public var residentBlocks = 0
+    public var reservedBytes = 0
+    /// Lookups answered from memory.
+    public var hits: UInt64 = 0
+    /// Lookups that loaded the block from the source.
+    public var misses: UInt64 = 0
+    /// Lookups that found the block loading and waited for that load instead of starting another.
+    public var coalescedMisses: UInt64 = 0
+    public var loadedBytes: UInt64 = 0
+    public var loadErrors: UInt64 = 0
+    public var evictions: UInt64 = 0
+    public var evictedBytes: UInt64 = 0
+
+    public init() {}
+}

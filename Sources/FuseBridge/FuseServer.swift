@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse
+import Logging
+import MirrorFS
+import Synchronization
+import SystemPackage
+
+/// How the mount is presented to the kernel.
+public struct FuseConfiguration: Sendable {
+    /// Seconds the kernel may trust a name lookup and an inode's attributes.
+    public var metadataTimeout: Double = 1.0
+    /// Upper bound of worker threads; each blocks while its request reads the source.
+    public var maxThreads: Int = 16
+    public var allowOther = false
+    /// Shown as the mount's source in /proc/mounts.
+    public var fileSystemName: String
+    /// Let fusermount3 remove the mount if the daemon dies without unmounting.
+    public var autoUnmount = true
+
+    public init(fileSystemName: String) { self.fileSystemName = fileSystemName }
+
+    var mountOptions: String {
+        var options = ["ro", "default_permissions", "fsname=\(Self.escape(fileSystemName))", "subtype=cachefs"]
+        if allowOther { options.append("allow_other") }
+        if autoUnmount { options.append("auto_unmount") }
+        return options.joined(separator: ",")
+    }
+
+    /// Escapes the characters libfuse's option parser treats specially.
+    private static func escape(_ value: String) -> String {
+        value.replacingAll("\\", with: "\\\\").replacingAll(",", with: "\\,")
+    }
+}
+
+public struct MountError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// One FUSE session: the mount, the kernel channel, and the worker threads that serve it.
+///
+/// Threads: `mount` and `run` are called once, in that order, from one thread;
+/// `run` blocks it until the session ends. libfuse calls the operations in
+/// `Operations.swift` from its worker threads. `requestExit` may be called from any thread.
+public final class FuseServer: @unchecked Sendable {
+    // @unchecked: `session` is written only by mount() and run()'s cleanup,
+    // which happen before the worker threads start and after they have stopped.
+    let filesystem: MirrorFilesystem
+    let configuration: FuseConfiguration
+    let logger: Logger
+    private var session: OpaquePointer?
+    var sessionForNotifications: OpaquePointer? { session }
+    private let mountpoint = Mutex<String?>(nil)
+    private let exitRequested = Atomic<Bool>(false)
+
+    public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, logger: Logger) {
+        self.filesystem = filesystem
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Creates the session and mounts it. The kernel queues requests until `run` serves them.
+    public func mount(at path: String) throws(MountError) {
+        precondition(session == nil, "mounted twice")
+        var args = fuse_args(argc: 0, argv: nil, allocated: 0)
+        defer { fuse_opt_free_args(&args) }
+        for argument in ["cachefs", "-o", configuration.mountOptions] {
+            guard fuse_opt_add_arg(&args, argument) == 0 else { throw MountError(description: "out of memory") }
+        }
+        var operations = Self.operations
+        // The session's user data is this object, unretained: the session is destroyed in run() before self can go.
+        let userData = Unmanaged.passUnretained(self).toOpaque()
+        guard let session = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userData) else {
+            throw MountError(description: "cannot create the FUSE session (is /dev/fuse available?)")
+        }
+        guard fuse_session_mount(session, path) == 0 else {
+            fuse_session_destroy(session)
+            throw MountError(description: "cannot mount at \(path) (see the message above; is the fuse3 package installed?)")
+        }
+        self.session = session
+        mountpoint.withLock { $0 = path }
+        logger.info("mounted", metadata: ["mountpoint": "\(path)", "options": "\(configuration.mountOptions)"])
+    }
+
+    /// Serves requests until the filesystem is unmounted or `requestExit` is called, then unmounts and destroys the session.
+    public func run() {
+        guard let session else { preconditionFailure("run before mount") }
+        let config = fuse_loop_cfg_create()
+        fuse_loop_cfg_set_max_threads(config, UInt32(configuration.maxThreads))
+        fuse_loop_cfg_set_idle_threads(config, UInt32(max(2, configuration.maxThreads / 2)))
+        let result = cachefs_session_loop_mt(session, config)
+        fuse_loop_cfg_destroy(config)
+        if result != 0 && !exitRequested.load(ordering: .relaxed) {
+            logger.warning("session ended with an error", metadata: ["result": "\(result)"])
+        }
+        fuse_session_unmount(session)
+        fuse_session_destroy(session)
+        self.session = nil
+        mountpoint.withLock { $0 = nil }
+        logger.info("unmounted")
+    }
+
+    /// Ends `run`: detaches the mount, so open files finish their work and new lookups fail,
+    /// and the worker threads stop once the kernel closes the channel.
+    public func requestExit() {
+        guard !exitRequested.exchange(true, ordering: .relaxed) else { return }
+        guard let path = mountpoint.withLock({ $0 }) else { return }
+        logger.info("unmounting", metadata: ["mountpoint": "\(path)"])
+        Self.detach(path)
+    }
+
+    /// Lazily unmounts `path`: as root directly, otherwise through fusermount3.
+    public static func detach(_ path: String) {
+        if umount2(path, Int32(MNT_DETACH)) == 0 { return }
+        var pid = pid_t()
+        let words: [String] = ["fusermount3", "-u", "-z", "-q", path]
+        let argv = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        guard posix_spawnp(&pid, "fusermount3", nil, nil, argv, environ) == 0 else { return }
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+    }
+}
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var result = ""
+        for character in self {
+            if character == target { result += replacement } else { result.append(character) }
+        }
+        return result
+    }
+}

@@ -1,0 +1,239 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse
+import MirrorFS
+import SystemPackage
+
+// The low-level operations table: each callback finds the FuseServer through
+// the request's user data, makes one MirrorFilesystem call, and replies.
+// libfuse calls these from its worker threads, any number at once.
+//
+// Open files and directories travel through the kernel as `fi->fh`: a retained
+// reference made in open/opendir and released in release/releasedir, which the
+// kernel calls exactly once per successful open.
+
+extension FuseServer {
+    static let operations: fuse_lowlevel_ops = {
+        var ops = fuse_lowlevel_ops()
+        ops.`init` = { userData, connection in
+            Unmanaged<FuseServer>.fromOpaque(userData!).takeUnretainedValue().negotiate(connection!)
+        }
+        ops.lookup = { req, parent, name in
+            server(req).reply(req) { fs throws(Errno) in
+                let (node, attributes) = try fs.filesystem.lookup(parent: parent, name: name!)
+                var entry = fs.entry(node: node, attributes: attributes)
+                fuse_reply_entry(req, &entry)
+            }
+        }
+        ops.forget = { req, node, lookups in
+            server(req).filesystem.forget(node: node, lookups: lookups)
+            fuse_reply_none(req)
+        }
+        ops.forget_multi = { req, count, forgets in
+            let fs = server(req).filesystem
+            for item in UnsafeBufferPointer(start: forgets, count: count) {
+                fs.forget(node: item.ino, lookups: item.nlookup)
+            }
+            fuse_reply_none(req)
+        }
+        ops.getattr = { req, node, _ in
+            server(req).reply(req) { fs throws(Errno) in
+                var attributes = try fs.filesystem.attributes(of: node)
+                fuse_reply_attr(req, &attributes, fs.configuration.metadataTimeout)
+            }
+        }
+        ops.readlink = { req, node in
+            server(req).reply(req) { fs throws(Errno) in
+                var target = try fs.filesystem.linkTarget(of: node)
+                target.append(0)
+                target.withUnsafeBufferPointer { _ = fuse_reply_readlink(req, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self)) }
+            }
+        }
+        ops.open = { req, node, info in
+            server(req).reply(req) { fs throws(Errno) in
+                let (file, keepCache, versionChanged) = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
+                if versionChanged, let session = fs.liveSession {
+                    // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
+                    fuse_lowlevel_notify_inval_inode(session, node, -1, 0)
+                }
+                cachefs_file_info_set_keep_cache(info, keepCache ? 1 : 0)
+                cachefs_file_info_set_noflush(info)
+                cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque())))
+                if fuse_reply_open(req, info) != 0 {
+                    Unmanaged<OpenFile>.fromOpaque(handle(info)).release() // the opener was interrupted
+                }
+            }
+        }
+        ops.read = { req, _, size, offset, info in
+            server(req).reply(req) { fs throws(Errno) in
+                let file = Unmanaged<OpenFile>.fromOpaque(handle(info)).takeUnretainedValue()
+                let slices = try fs.filesystem.read(file, at: Int64(offset), count: size)
+                replyData(req, slices)
+            }
+        }
+        ops.release = { req, _, info in
+            Unmanaged<OpenFile>.fromOpaque(handle(info)).release()
+            fuse_reply_err(req, 0)
+        }
+        ops.opendir = { req, node, info in
+            server(req).reply(req) { fs throws(Errno) in
+                let directory = try fs.filesystem.openDirectory(node: node)
+                cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(directory).toOpaque())))
+                if fuse_reply_open(req, info) != 0 {
+                    Unmanaged<OpenDirectory>.fromOpaque(handle(info)).release()
+                }
+            }
+        }
+        ops.readdir = { req, node, size, offset, info in
+            server(req).readDirectory(req, node: node, size: size, offset: offset, info: info!, withAttributes: false)
+        }
+        ops.readdirplus = { req, node, size, offset, info in
+            server(req).readDirectory(req, node: node, size: size, offset: offset, info: info!, withAttributes: true)
+        }
+        ops.releasedir = { req, _, info in
+            Unmanaged<OpenDirectory>.fromOpaque(handle(info)).release()
+            fuse_reply_err(req, 0)
+        }
+        ops.statfs = { req, _ in
+            server(req).reply(req) { fs throws(Errno) in
+                var statistics = try fs.filesystem.fileSystemStatistics()
+                fuse_reply_statfs(req, &statistics)
+            }
+        }
+        ops.getxattr = { req, node, name, size in
+            server(req).reply(req) { fs throws(Errno) in
+                try withBuffer(size) { buffer throws(Errno) in
+                    let length = try fs.filesystem.extendedAttribute(of: node, named: name!, into: buffer)
+                    if size == 0 { fuse_reply_xattr(req, length) } else { fuse_reply_buf(req, buffer.baseAddress, length) }
+                }
+            }
+        }
+        ops.listxattr = { req, node, size in
+            server(req).reply(req) { fs throws(Errno) in
+                try withBuffer(size) { buffer throws(Errno) in
+                    let length = try fs.filesystem.extendedAttributeNames(of: node, into: buffer)
+                    if size == 0 { fuse_reply_xattr(req, length) } else { fuse_reply_buf(req, buffer.baseAddress, length) }
+                }
+            }
+        }
+        ops.access = { req, _, mask in
+            // Mode bits are checked by the kernel (default_permissions); only writing is refused here.
+            fuse_reply_err(req, mask & W_OK != 0 ? EROFS : 0)
+        }
+
+        // Everything that would modify the tree is refused. The mount is also
+        // read-only, so the kernel normally refuses these before asking.
+        ops.setattr = { req, _, _, _, _ in refuseWrite(req) }
+        ops.mknod = { req, _, _, _, _ in refuseWrite(req) }
+        ops.mkdir = { req, _, _, _ in refuseWrite(req) }
+        ops.unlink = { req, _, _ in refuseWrite(req) }
+        ops.rmdir = { req, _, _ in refuseWrite(req) }
+        ops.symlink = { req, _, _, _ in refuseWrite(req) }
+        ops.rename = { req, _, _, _, _, _ in refuseWrite(req) }
+        ops.link = { req, _, _, _ in refuseWrite(req) }
+        ops.write = { req, _, _, _, _, _ in refuseWrite(req) }
+        ops.write_buf = { req, _, _, _, _ in refuseWrite(req) }
+        ops.create = { req, _, _, _, _ in refuseWrite(req) }
+        ops.setxattr = { req, _, _, _, _, _ in refuseWrite(req) }
+        ops.removexattr = { req, _, _ in refuseWrite(req) }
+        ops.fallocate = { req, _, _, _, _, _ in refuseWrite(req) }
+        ops.copy_file_range = { req, _, _, _, _, _, _, _, _ in refuseWrite(req) }
+        return ops
+    }()
+
+    /// Runs one operation, turning a thrown errno into the error reply.
+    @inline(__always)
+    fileprivate func reply(_ req: fuse_req_t?, _ body: (FuseServer) throws(Errno) -> Void) {
+        do {
+            try body(self)
+        } catch {
+            fuse_reply_err(req, error.rawValue)
+        }
+    }
+
+    fileprivate func entry(node: UInt64, attributes: stat) -> fuse_entry_param {
+        var entry = fuse_entry_param()
+        entry.ino = node
+        entry.attr = attributes
+        entry.attr_timeout = configuration.metadataTimeout
+        entry.entry_timeout = configuration.metadataTimeout
+        return entry
+    }
+
+    fileprivate func readDirectory(_ req: fuse_req_t?, node: fuse_ino_t, size: Int, offset: off_t,
+                                   info: UnsafeMutablePointer<fuse_file_info>, withAttributes: Bool) {
+        let directory = Unmanaged<OpenDirectory>.fromOpaque(handle(info)).takeUnretainedValue()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+        defer { buffer.deallocate() }
+        let start = buffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+        var used = 0
+        do {
+            try filesystem.readDirectory(directory, from: Int(offset), withAttributes: withAttributes, parent: node) { item in
+                let remaining = size - used
+                let needed: Int
+                if withAttributes {
+                    var entry = entry(node: item.node, attributes: item.attributes)
+                    needed = fuse_add_direntry_plus(req, start + used, remaining, item.name, &entry, off_t(item.nextOffset))
+                } else {
+                    var attributes = item.attributes
+                    needed = fuse_add_direntry(req, start + used, remaining, item.name, &attributes, off_t(item.nextOffset))
+                }
+                guard needed <= remaining else { return false }
+                used += needed
+                return true
+            }
+        } catch where used == 0 {
+            fuse_reply_err(req, error.rawValue)
+            return
+        } catch {
+            // Entries already listed are worth returning; the error recurs on the next call.
+        }
+        fuse_reply_buf(req, start, used)
+    }
+
+    /// The session, while it is mounted, for notifications to the kernel.
+    fileprivate var liveSession: OpaquePointer? { sessionForNotifications }
+
+    /// Called by libfuse before the first request; see the kernel's FUSE_INIT.
+    fileprivate func negotiate(_ connection: UnsafeMutablePointer<fuse_conn_info>) {
+        let conn = connection.pointee
+        logger.debug("kernel connection", metadata: [
+            "protocol": "\(conn.proto_major).\(conn.proto_minor)",
+            "max_read": "\(conn.max_read)", "max_write": "\(conn.max_write)",
+            "max_readahead": "\(conn.max_readahead)", "capable": "\(String(conn.capable, radix: 16))",
+            "want": "\(String(conn.want, radix: 16))",
+        ])
+    }
+}
+
+/// Replies with the slices' bytes straight from cache memory: the kernel copies
+/// them from the blocks, which the slices keep mapped until the reply returns.
+private func replyData(_ req: fuse_req_t?, _ slices: [BlockSlice]) {
+    withExtendedLifetime(slices) {
+        var vectors = slices.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.bytes.baseAddress), iov_len: $0.bytes.count) }
+        _ = fuse_reply_iov(req, &vectors, Int32(vectors.count))
+    }
+}
+
+private func refuseWrite(_ req: fuse_req_t?) {
+    fuse_reply_err(req, EROFS)
+}
+
+@inline(__always)
+private func server(_ req: fuse_req_t?) -> FuseServer {
+    Unmanaged<FuseServer>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+}
+
+@inline(__always)
+private func handle(_ info: UnsafePointer<fuse_file_info>?) -> UnsafeMutableRawPointer {
+    UnsafeMutableRawPointer(bitPattern: UInt(cachefs_file_info_handle(info!)))!
+}
+
+/// Lends a scratch buffer of `size` bytes, or an empty one for a size query.
+private func withBuffer(_ size: Int, _ body: (UnsafeMutableRawBufferPointer) throws(Errno) -> Void) throws(Errno) {
+    guard size > 0 else { return try body(UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 1)
+    defer { buffer.deallocate() }
+    try body(buffer)
+}

@@ -1,0 +1,273 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import Logging
+import SourceTree
+import Synchronization
+import SystemPackage
+
+/// The read-only mirror of a source directory, with file data served through a block cache.
+///
+/// It speaks in node IDs, `stat` and `Errno`, and knows nothing of FUSE: the
+/// FUSE layer translates each kernel request into one call here. Every method
+/// may be called concurrently from any thread; a call that reads the source
+/// blocks its caller.
+public final class MirrorFilesystem: Sendable {
+    public let cache: BlockCache
+    private let nodes: Mutex<NodeTable>
+    private let counters = Counters()
+    private let logger: Logger
+
+    public init(sourceRoot: PathHandle, cache: BlockCache, logger: Logger) throws(Errno) {
+        let attributes = try sourceRoot.attributes()
+        self.cache = cache
+        self.logger = logger
+        nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity))
+    }
+
+    public static let rootNode = NodeTable.rootID
+
+    // MARK: Names
+
+    /// Resolves `name` in a directory and counts one lookup of the resulting node,
+    /// which the kernel later returns through `forget`.
+    public func lookup(parent: UInt64, name: UnsafePointer<CChar>) throws(Errno) -> (node: UInt64, attributes: stat) {
+        let (handle, attributes) = try node(parent).handle.child(named: name)
+        let node = nodes.withLock { $0.remember(attributes.identity, handle: handle) }
+        return (node.id, attributes)
+    }
+
+    public func forget(node id: UInt64, lookups: UInt64) {
+        let released = nodes.withLock { $0.forget(id, count: lookups) }
+        _ = released // its descriptor closes here, outside the lock
+    }
+
+    public var knownNodeCount: Int { nodes.withLock { $0.count } }
+
+    public func attributes(of id: UInt64) throws(Errno) -> stat {
+        try node(id).handle.attributes()
+    }
+
+    public func linkTarget(of id: UInt64) throws(Errno) -> [UInt8] {
+        try node(id).handle.linkTarget()
+    }
+
+    public func fileSystemStatistics() throws(Errno) -> statvfs {
+        var statistics = try node(Self.rootNode).handle.fileSystemStatistics()
+        statistics.f_flag |= UInt(ST_RDONLY)
+        return statistics
+    }
+
+    public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try node(id).handle.extendedAttribute(named: name, into: buffer)
+    }
+
+    public func extendedAttributeNames(of id: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try node(id).handle.extendedAttributeNames(into: buffer)
+    }
+
+    // MARK: Files
+
+    /// Opens a file for reading.
+    ///
+    /// `keepKernelCache` is true when the file's version is the one opened last
+    /// time, so pages the kernel cached then are still right; when the version
+    /// changed, `versionChanged` tells the caller to drop the kernel's cached attributes too.
+    public func open(node id: UInt64, flags: Int32) throws(Errno) -> (file: OpenFile, keepKernelCache: Bool, versionChanged: Bool) {
+        guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else { throw .readOnlyFileSystem }
+        let node = try node(id)
+        let descriptor = try node.handle.openForReading()
+        let attributes: stat
+        do {
+            attributes = try descriptor.attributes()
+        } catch {
+            try? descriptor.close()
+            throw error
+        }
+        let version = attributes.version
+        let previous = node.lastOpenedVersion.withLock { last in
+            defer { last = version }
+            return last
+        }
+        let file = OpenFile(node: id, descriptor: descriptor, version: version)
+        return (file, previous == version, previous != nil && previous != version)
+    }
+
+    /// Reads up to `count` bytes at `offset` as slices of cached blocks, stopping at the end of file.
+    ///
+    /// The slices keep their blocks alive; the caller hands their bytes to the
+    /// kernel and then drops them.
+    public func read(_ file: OpenFile, at offset: Int64, count: Int) throws(Errno) -> [BlockSlice] {
+        counters.readRequests.add(1, ordering: .relaxed)
+        let size = file.version.size
+        let end = min(offset + Int64(count), size)
+        guard offset >= 0, offset < end else { return [] }
+        let blockSize = Int64(cache.blockSize)
+        var slices: [BlockSlice] = []
+        var index = offset / blockSize
+        while index * blockSize < end {
+            let blockStart = index * blockSize
+            let expected = Int(min(blockSize, size - blockStart))
+            let block = try block(index, of: file, length: expected)
+            let lower = Int(max(offset, blockStart) - blockStart)
+            let upper = Int(min(end - blockStart, Int64(block.count)))
+            if upper > lower { slices.append(BlockSlice(block: block, range: lower..<upper)) }
+            if block.count < expected { break } // the source ended early
+            index += 1
+        }
+        counters.bytesRead.add(UInt64(slices.reduce(0) { $0 + $1.range.count }), ordering: .relaxed)
+        return slices
+    }
+
+    private func block(_ index: Int64, of file: OpenFile, length: Int) throws(Errno) -> Block {
+        let key = BlockKey(file: file.version, index: index)
+        do {
+            return try cache.block(for: key, length: length) { buffer in
+                let count = try file.descriptor.readFully(into: buffer, at: index * Int64(cache.blockSize))
+                // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
+                guard try file.descriptor.attributes().version == file.version else { throw Errno.staleNFSFileHandle }
+                return count
+            }
+        } catch let error as Errno {
+            counters.sourceErrors.add(1, ordering: .relaxed)
+            logger.warning("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])
+            throw error
+        } catch {
+            counters.sourceErrors.add(1, ordering: .relaxed)
+            logger.error("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])
+            throw Errno.ioError
+        }
+    }
+
+    // MARK: Directories
+
+    public func openDirectory(node id: UInt64) throws(Errno) -> OpenDirectory {
+        OpenDirectory(stream: try node(id).handle.openDirectory())
+    }
+
+    /// Lists a directory from `offset`, handing each entry to `emit` until it returns false.
+    ///
+    /// With `withAttributes` (readdirplus), each entry other than `.` and `..`
+    /// is looked up and counted like `lookup`; an entry `emit` refuses is forgotten again.
+    public func readDirectory(
+        _ directory: OpenDirectory,
+        from offset: Int,
+        withAttributes: Bool,
+        parent: UInt64,
+        emit: (DirectoryEntry) -> Bool
+    ) throws(Errno) {
+        try directory.stream.withLock { (stream: inout DirectoryStream) throws(Errno) in
+            stream.seek(to: offset)
+            while let entry = try stream.next() {
+                var item = DirectoryEntry(name: entry.name, node: 0, attributes: stat(), nextOffset: entry.nextOffset)
+                item.attributes.st_ino = ino_t(entry.inode)
+                item.attributes.st_mode = mode_t(entry.type) << 12
+                if withAttributes && !entry.isDotOrDotDot {
+                    do throws(Errno) {
+                        (item.node, item.attributes) = try lookup(parent: parent, name: entry.name)
+                    } catch {
+                        if error == .noSuchFileOrDirectory { continue } // removed since the directory was read
+                        throw error
+                    }
+                }
+                guard emit(item) else {
+                    // Unlisted: the kernel asks again from the previous entry's offset.
+                    if item.node != 0 { forget(node: item.node, lookups: 1) }
+                    return
+                }
+            }
+        }
+    }
+
+    // MARK: Statistics
+
+    public var statistics: MirrorStatistics {
+        MirrorStatistics(
+            cache: cache.statistics,
+            readRequests: counters.readRequests.load(ordering: .relaxed),
+            bytesRead: counters.bytesRead.load(ordering: .relaxed),
+            sourceErrors: counters.sourceErrors.load(ordering: .relaxed),
+            knownNodes: knownNodeCount
+        )
+    }
+
+    private func node(_ id: UInt64) throws(Errno) -> Node {
+        guard let node = nodes.withLock({ $0[id] }) else { throw .staleNFSFileHandle }
+        return node
+    }
+
+    private final class Counters: Sendable {
+        let readRequests = Atomic<UInt64>(0)
+        let bytesRead = Atomic<UInt64>(0)
+        let sourceErrors = Atomic<UInt64>(0)
+    }
+}
+
+public struct MirrorStatistics: Sendable {
+    public var cache: CacheStatistics
+    /// Read requests from the kernel, and the bytes returned to them.
+    public var readRequests: UInt64
+    public var bytesRead: UInt64
+    public var sourceErrors: UInt64
+    public var knownNodes: Int
+}
+
+/// A contiguous range of one cached block's bytes.
+public struct BlockSlice: Sendable {
+    public let block: Block
+    public let range: Range<Int>
+
+    /// The bytes; valid while the slice (and so its block) is alive.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: block.bytes[range]) }
+}
+
+/// A source file open for reading, pinned to the version it had when opened.
+public final class OpenFile: Sendable {
+    public let node: UInt64
+    public let descriptor: FileDescriptor
+    public let version: FileVersion
+
+    init(node: UInt64, descriptor: FileDescriptor, version: FileVersion) {
+        self.node = node
+        self.descriptor = descriptor
+        self.version = version
+    }
+
+    deinit { try? descriptor.close() }
+}
+
+/// A source directory open for listing. FUSE may call from several threads, so the stream is locked.
+public final class OpenDirectory: Sendable {
+    let stream: Mutex<DirectoryStream>
+
+    init(stream: DirectoryStream) { self.stream = Mutex(stream) }
+}
+
+public struct DirectoryEntry {
+    /// Valid only during the `emit` call.
+    public var name: UnsafePointer<CChar>
+    /// The node counted for this entry by readdirplus, or 0.
+    public var node: UInt64
+    /// Full attributes with readdirplus; otherwise only inode and type.
+    public var attributes: stat
+    public var nextOffset: Int
+}
+
+extension DirectoryStream.Entry {
+    var isDotOrDotDot: Bool {
+        name[0] == 0x2E && (name[1] == 0 || (name[1] == 0x2E && name[2] == 0))
+    }
+}
+
+extension stat {
+    var identity: SourceIdentity { SourceIdentity(device: UInt64(st_dev), inode: UInt64(st_ino)) }
+
+    var version: FileVersion {
+        FileVersion(
+            device: UInt64(st_dev), inode: UInt64(st_ino), size: Int64(st_size),
+            modified: Timestamp(seconds: Int64(st_mtim.tv_sec), nanoseconds: Int64(st_mtim.tv_nsec)),
+            changed: Timestamp(seconds: Int64(st_ctim.tv_sec), nanoseconds: Int64(st_ctim.tv_nsec))
+        )
+    }
+}

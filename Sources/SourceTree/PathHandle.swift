@@ -1,0 +1,100 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLinux
+import SystemPackage
+
+/// A reference to one file in the source tree: an `O_PATH` descriptor, which
+/// pins the file (not its name) without opening it for I/O.
+///
+/// Operations go through the descriptor, never through a path string, so a
+/// mount on top of the source, a rename in it, or a name with any bytes cannot
+/// redirect them. The descriptor is closed when the handle is released.
+public final class PathHandle: Sendable {
+    public let descriptor: FileDescriptor
+    public let isSymbolicLink: Bool
+
+    private init(descriptor: FileDescriptor, isSymbolicLink: Bool) {
+        self.descriptor = descriptor
+        self.isSymbolicLink = isSymbolicLink
+    }
+
+    deinit { try? descriptor.close() }
+
+    /// Opens the source root, which must be a directory.
+    public static func openRoot(_ path: String) throws(Errno) -> PathHandle {
+        let fd = try syscall { open(path, O_PATH | O_DIRECTORY | O_CLOEXEC) }
+        return PathHandle(descriptor: FileDescriptor(rawValue: fd), isSymbolicLink: false)
+    }
+
+    /// Looks up `name` in this directory without following a final symlink.
+    /// - Parameter name: a NUL-terminated name, valid for the duration of the call.
+    public func child(named name: UnsafePointer<CChar>) throws(Errno) -> (handle: PathHandle, attributes: stat) {
+        let fd = try syscall { openat(descriptor.rawValue, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) }
+        var attributes = stat()
+        guard fstatat(fd, "", &attributes, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
+            let error = Errno(rawValue: errno)
+            close(fd)
+            throw error
+        }
+        let isSymbolicLink = (attributes.st_mode & S_IFMT) == S_IFLNK
+        return (PathHandle(descriptor: FileDescriptor(rawValue: fd), isSymbolicLink: isSymbolicLink), attributes)
+    }
+
+    public func attributes() throws(Errno) -> stat {
+        var attributes = stat()
+        _ = try syscall { fstatat(descriptor.rawValue, "", &attributes, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }
+        return attributes
+    }
+
+    /// Opens the file itself for reading (a new open file description each time).
+    public func openForReading() throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try syscall { open(procPath, O_RDONLY | O_CLOEXEC) })
+    }
+
+    public func openDirectory() throws(Errno) -> DirectoryStream {
+        let fd = try syscall { open(procPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard let stream = fdopendir(fd) else {
+            let error = Errno(rawValue: errno)
+            close(fd)
+            throw error
+        }
+        return DirectoryStream(stream)
+    }
+
+    /// The target of a symbolic link, as raw bytes without a terminator.
+    public func linkTarget() throws(Errno) -> [UInt8] {
+        var capacity = Int(PATH_MAX)
+        while true {
+            var target = [UInt8](repeating: 0, count: capacity)
+            let length = try syscall {
+                target.withUnsafeMutableBytes { readlinkat(descriptor.rawValue, "", $0.baseAddress!.assumingMemoryBound(to: CChar.self), capacity) }
+            }
+            if length < capacity { return Array(target[..<length]) }
+            capacity *= 2
+        }
+    }
+
+    public func fileSystemStatistics() throws(Errno) -> statvfs {
+        var statistics = statvfs()
+        _ = try syscall { fstatvfs(descriptor.rawValue, &statistics) }
+        return statistics
+    }
+
+    /// Reads the named extended attribute into `buffer`; with an empty buffer, returns the value's size.
+    public func extendedAttribute(named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        // Symlinks carry no user attributes on Linux, and /proc would follow them.
+        guard !isSymbolicLink else { throw Errno.noData }
+        return try syscall { getxattr(procPath, name, buffer.baseAddress, buffer.count) }
+    }
+
+    /// Lists attribute names, NUL-separated, into `buffer`; with an empty buffer, returns the list's size.
+    public func extendedAttributeNames(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard !isSymbolicLink else { return 0 }
+        return try syscall { listxattr(procPath, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count) }
+    }
+
+    /// The path through /proc that reopens this descriptor's file.
+    private var procPath: String { "/proc/self/fd/\(descriptor.rawValue)" }
+
+}

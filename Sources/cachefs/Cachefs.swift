@@ -1,0 +1,17 @@
+import ArgumentParser
+
+struct Cachefs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cachefs",
+        abstract: "Mirror a slow directory read-only and serve its files from a bounded in-memory block cache.",
+        discussion: """
+        Examples:
+          cachefs /data-slow /data-fast --capacity 20G
+          cachefs /mnt/oss/models /models --capacity 64GiB --allow-other -f
+          cachefs stats /data-fast
+          fusermount3 -u /data-fast
+        """,
+        subcommands: [MountCommand.self, StatsCommand.self],
+        defaultSubcommand: MountCommand.self
+    )
+}

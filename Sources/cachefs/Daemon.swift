@@ -1,0 +1,196 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import ControlPlane
+import Dispatch
+import Foundation
+import FuseBridge
+import Logging
+import MirrorFS
+import ServiceLifecycle
+import SourceTree
+import Synchronization
+
+/// The serving process: mounts, serves FUSE on libfuse's threads and the
+/// control socket on SwiftNIO's, and unmounts on a signal or an external unmount.
+///
+/// Threads: the main thread sets up, then waits for the FUSE loop to end. A
+/// dedicated thread takes SIGTERM, SIGINT and SIGHUP with sigwait, which is
+/// why those signals are blocked before any other thread exists.
+struct Daemon {
+    let settings: MountSettings
+    let readiness: ReadinessPipe?
+
+    static let shutdownSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
+
+    func run() throws {
+        blockShutdownSignals()
+        signal(SIGPIPE, SIG_IGN)
+        chdir("/") // a daemon must not keep the directory it was started from busy
+        if let logFile = settings.logFile { redirectStandardError(to: logFile) }
+        let logger = makeLogger()
+        do {
+            try serve(logger: logger)
+        } catch {
+            readiness?.fail("\(error)")
+            throw error
+        }
+    }
+
+    private func serve(logger: Logger) throws {
+        raiseOpenFileLimit()
+        let sourceRoot: PathHandle
+        do {
+            sourceRoot = try PathHandle.openRoot(settings.source)
+        } catch {
+            throw UsageError("source \(settings.source): \(error)")
+        }
+        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
+        let filesystem = try MirrorFilesystem(sourceRoot: sourceRoot, cache: cache, logger: logger)
+        var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
+        fuseConfiguration.metadataTimeout = settings.metadataTimeout
+        fuseConfiguration.maxThreads = settings.threads
+        fuseConfiguration.allowOther = settings.allowOther
+        let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, logger: logger)
+        try server.mount(at: settings.mountpoint)
+
+        let loopEnded = DispatchSemaphore(value: 0)
+        Thread { server.run(); loopEnded.signal() }.start()
+        startSignalThread(server: server, logger: logger)
+
+        let started = ContinuousClock.now
+        let controlRunning = DispatchSemaphore(value: 0)
+        let control = try ControlServer.make(
+            socketPath: settings.controlSocket,
+            report: { [settings] in Self.report(filesystem.statistics, settings: settings, since: started) },
+            onRunning: { controlRunning.signal() },
+            logger: logger
+        )
+        let services = ServiceGroup(configuration: .init(services: [control], gracefulShutdownSignals: [], logger: logger))
+        let servicesEnded = DispatchSemaphore(value: 0)
+        let controlFailure = Mutex<(any Error)?>(nil)
+        Task {
+            do { try await services.run() } catch { controlFailure.withLock { $0 = error } }
+            controlRunning.signal() // wake a start-up wait if the server failed to bind
+            servicesEnded.signal()
+        }
+
+        var ready = controlRunning.wait(timeout: .now() + 30) == .success
+        if let failure = controlFailure.withLock({ $0 }) {
+            logger.error("control socket failed", metadata: ["socket": "\(settings.controlSocket)", "error": "\(failure)"])
+            ready = false
+        }
+        if ready { ready = mountAnswers() }
+        if ready {
+            logger.info("ready", metadata: [
+                "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
+                "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
+            ])
+            readiness?.succeed()
+        } else {
+            server.requestExit()
+        }
+
+        loopEnded.wait()
+        Task { await services.triggerGracefulShutdown() }
+        _ = servicesEnded.wait(timeout: .now() + 5)
+        unlink(settings.controlSocket)
+        if !ready {
+            throw UsageError("cachefs could not start serving \(settings.mountpoint); see the log")
+        }
+    }
+
+    /// Asks the new mount for its root's attributes, which only our own loop can answer.
+    private func mountAnswers() -> Bool {
+        var attributes = stat()
+        return stat(settings.mountpoint, &attributes) == 0
+    }
+
+    private func startSignalThread(server: FuseServer, logger: Logger) {
+        Thread {
+            var signals = Self.signalSet()
+            while true {
+                var received: Int32 = 0
+                guard sigwait(&signals, &received) == 0 else { continue }
+                logger.notice("signal received, unmounting", metadata: ["signal": "\(received)"])
+                server.requestExit()
+            }
+        }.start()
+    }
+
+    private func blockShutdownSignals() {
+        var signals = Self.signalSet()
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+    }
+
+    private static func signalSet() -> sigset_t {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for number in shutdownSignals { sigaddset(&signals, number) }
+        return signals
+    }
+
+    /// Every kernel-known file holds an O_PATH descriptor, so the soft limit of 1024 is far too low.
+    private func raiseOpenFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+    }
+
+    private func redirectStandardError(to path: String) {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        dup2(fd, STDERR_FILENO)
+        close(fd)
+    }
+
+    private func makeLogger() -> Logger {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = settings.logLevel
+            return handler
+        }
+        var logger = Logger(label: "cachefs")
+        logger.logLevel = settings.logLevel
+        return logger
+    }
+
+    static func report(_ statistics: MirrorStatistics, settings: MountSettings, since start: ContinuousClock.Instant) -> StatsReport {
+        let cache = statistics.cache
+        let uptime = ContinuousClock.now - start
+        return StatsReport(
+            source: settings.source, mountpoint: settings.mountpoint, pid: getpid(),
+            uptimeSeconds: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18,
+            capacityBytes: cache.capacity, blockSizeBytes: cache.blockSize,
+            cachedBytes: cache.residentBytes, cachedBlocks: cache.residentBlocks,
+            hits: cache.hits, misses: cache.misses, coalescedMisses: cache.coalescedMisses,
+            bytesFromSource: cache.loadedBytes, evictions: cache.evictions, evictedBytes: cache.evictedBytes,
+            sourceErrors: statistics.sourceErrors, readRequests: statistics.readRequests,
+            bytesRead: statistics.bytesRead, knownNodes: statistics.knownNodes
+        )
+    }
+}
+
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+
+/// The write end of the pipe a background launcher waits on: one line, "ok" or the reason for failing.
+struct ReadinessPipe {
+    let descriptor: Int32
+
+    /// Marks the descriptor close-on-exec, so helpers the daemon starts (fusermount3) do not hold the pipe open.
+    init(_ descriptor: Int32) {
+        self.descriptor = descriptor
+        _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+    }
+
+    func succeed() { send("ok\n") }
+
+    func fail(_ message: String) { send(message + "\n") }
+
+    private func send(_ line: String) {
+        line.withCString { _ = write(descriptor, $0, strlen($0)) }
+        close(descriptor)
+    }
+}

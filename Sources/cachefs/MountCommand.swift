@@ -1,0 +1,77 @@
+import ArgumentParser
+import Logging
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount SOURCE read-only at MOUNTPOINT, caching file data in memory (the default command).",
+        discussion: """
+        Without -f the command returns once the mount answers, and the daemon keeps serving in the \
+        background. Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`, or send the daemon \
+        SIGTERM or SIGINT.
+        """
+    )
+
+    @Argument(help: "The directory to mirror: an object-store FUSE mount, a NAS, or any directory.")
+    var source: String
+
+    @Argument(help: "An existing directory where the read-only mirror appears.")
+    var mountpoint: String
+
+    @Option(help: "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024).")
+    var capacity: ByteCount
+
+    @Flag(name: .shortAndLong, help: "Stay in the foreground (for systemd and containers); logs go to standard error.")
+    var foreground = false
+
+    @Flag(help: "Let other users read the mount (needs root, or user_allow_other in /etc/fuse.conf).")
+    var allowOther = false
+
+    @Option(help: "Size of a cached block: a power of two from 64K to 64M.")
+    var blockSize = ByteCount(bytes: 1 << 20)
+
+    @Option(help: "Seconds the kernel may cache names and attributes; changes in the source show within this time.")
+    var metadataTimeout: Double = 1.0
+
+    @Option(help: "Most FUSE worker threads; each waits on the source while it serves a miss.")
+    var threads = 16
+
+    @Flag(help: "Accept a capacity larger than this machine's (or container's) memory.")
+    var force = false
+
+    @Option(help: "Path of the control socket `cachefs stats` talks to (default: derived from the mountpoint).")
+    var controlSocket: String?
+
+    @Option(help: "Least severe log level: trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    @Option(help: "Append the daemon's log to this file (in the background, logs are discarded otherwise).")
+    var logFile: String?
+
+    /// Set by the background launcher: the pipe on which the daemon reports that it is ready, or why it failed.
+    @Option(help: .hidden)
+    var readyFD: Int32?
+
+    func validate() throws {
+        guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+        guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
+        let block = blockSize.bytes
+        guard block & (block - 1) == 0, (64 << 10)...(64 << 20) ~= block else {
+            throw ValidationError("--block-size must be a power of two from 64K to 64M, not \(blockSize)")
+        }
+        guard capacity.bytes >= block else {
+            throw ValidationError("--capacity \(capacity) is smaller than one block (\(blockSize))")
+        }
+    }
+
+    func run() throws {
+        let settings = try MountSettings(self)
+        if foreground || readyFD != nil {
+            try Daemon(settings: settings, readiness: readyFD.map(ReadinessPipe.init)).run()
+        } else {
+            try BackgroundLauncher.launch(settings: settings)
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

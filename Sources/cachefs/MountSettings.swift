@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ControlPlane
+import Foundation
+import FuseBridge
+import Logging
+
+struct UsageError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A mount request whose paths and limits have been checked against this machine.
+struct MountSettings {
+    let source: String
+    let mountpoint: String
+    let capacity: Int
+    let blockSize: Int
+    let metadataTimeout: Double
+    let threads: Int
+    let allowOther: Bool
+    let controlSocket: String
+    let logLevel: Logger.Level
+    let logFile: String?
+
+    init(_ command: MountCommand) throws {
+        source = try Self.existingDirectory(command.source, role: "source")
+        let requested = Self.absolute(command.mountpoint)
+        try Self.clearStaleMount(at: requested)
+        let mountpoint = try Self.existingDirectory(command.mountpoint, role: "mountpoint")
+        if mountpoint == source || mountpoint.hasPrefix(source == "/" ? "/" : source + "/") {
+            throw UsageError("mountpoint \(mountpoint) is inside the source \(source): the mirror would contain itself")
+        }
+        if MountTable.current().contains(where: { $0.mountpoint == mountpoint }) {
+            throw UsageError("\(mountpoint) is already a mount point; unmount it first or choose another directory")
+        }
+        self.mountpoint = mountpoint
+        let memory = Self.usableMemory()
+        if command.capacity.bytes > memory && !command.force {
+            throw UsageError("--capacity \(command.capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
+        }
+        capacity = command.capacity.bytes
+        blockSize = command.blockSize.bytes
+        metadataTimeout = command.metadataTimeout
+        threads = command.threads
+        allowOther = command.allowOther
+        controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
+        logLevel = command.logLevel
+        logFile = command.logFile.map(Self.absolute)
+    }
+
+    /// Resolves `path` to a canonical directory path, or explains in one line why it is not one.
+    private static func existingDirectory(_ path: String, role: String) throws -> String {
+        guard let resolved = realpath(path, nil) else {
+            let reason = String(cString: strerror(errno))
+            throw UsageError("\(role) \(path): \(reason)")
+        }
+        defer { free(resolved) }
+        var attributes = stat()
+        guard stat(resolved, &attributes) == 0 else {
+            throw UsageError("\(role) \(path): \(String(cString: strerror(errno)))")
+        }
+        guard attributes.st_mode & S_IFMT == S_IFDIR else { throw UsageError("\(role) \(path) is not a directory") }
+        return String(cString: resolved)
+    }
+
+    /// A daemon killed without unmounting leaves "Transport endpoint is not connected" behind: remove it.
+    private static func clearStaleMount(at path: String) throws {
+        guard let entry = MountTable.current().last(where: { $0.mountpoint == path }), entry.type == "fuse.cachefs" else { return }
+        var attributes = stat()
+        guard stat(path, &attributes) != 0, errno == ENOTCONN else { return }
+        FuseServer.detach(path)
+        if MountTable.current().contains(where: { $0.mountpoint == path }) {
+            throw UsageError("\(path) holds a dead cachefs mount that could not be removed; run fusermount3 -uz \(path)")
+        }
+    }
+
+    static func absolute(_ path: String) -> String {
+        let joined = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        return URL(fileURLWithPath: joined).standardizedFileURL.path
+    }
+
+    /// Physical memory, or the cgroup's limit when the daemon runs in a smaller container.
+    static func usableMemory() -> Int {
+        let physical = sysconf(Int32(_SC_PHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE))
+        if let text = try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8),
+           let limit = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            return min(physical, limit)
+        }
+        return physical
+    }
+}
+
+/// The kernel's view of mounts, from /proc/self/mountinfo.
+struct MountTable {
+    struct Entry {
+        var mountpoint: String
+        var type: String
+    }
+
+    static func current() -> [Entry] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 7, let separator = fields.firstIndex(of: "-"), separator + 1 < fields.count else { return nil }
+            return Entry(mountpoint: unescape(fields[4]), type: String(fields[separator + 1]))
+        }
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as three-digit octal escapes.
+    private static func unescape(_ field: Substring) -> String {
+        var bytes: [UInt8] = []
+        var utf8 = Array(field.utf8)[...]
+        while let byte = utf8.popFirst() {
+            if byte == UInt8(ascii: "\\"), utf8.count >= 3, let value = UInt8(String(decoding: utf8.prefix(3), as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                utf8 = utf8.dropFirst(3)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -18,6 +18,7 @@ enum BackgroundLauncher {
         _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC) // the child gets it again as fd 3, without the flag
         let readyDescriptor: Int32 = 3
 
+        markInheritedDescriptorsCloseOnExec()
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -55,6 +56,15 @@ enum BackgroundLauncher {
         var status: Int32 = 0
         waitpid(pid, &status, 0)
         throw UsageError(answer.isEmpty ? "the daemon exited before the mount was ready" : answer)
+    }
+
+    /// A daemon must not hold descriptors its launcher inherited: a caller waiting
+    /// for the launcher's pipes or sockets to close would wait for the daemon instead.
+    private static func markInheritedDescriptorsCloseOnExec() {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        for descriptor in entries.compactMap(Int32.init) where descriptor > STDERR_FILENO {
+            _ = fcntl(descriptor, F_SETFD, fcntl(descriptor, F_GETFD) | FD_CLOEXEC)
+        }
     }
 
     /// Reads the daemon's one-line answer; an empty string if it exited without one.

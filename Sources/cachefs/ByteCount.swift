@@ -12,6 +12,14 @@ struct ByteCount: Equatable, ExpressibleByArgument, CustomStringConvertible {
         self.bytes = bytes
     }
 
+    /// For options: explains a bad size instead of only rejecting it.
+    init(parsing text: String) throws {
+        guard let bytes = Self.parse(text) else {
+            throw ValidationError("'\(text)' is not a size; use a positive number with an optional K, M, G or T suffix, e.g. 20G, 512M, 1.5G")
+        }
+        self.bytes = bytes
+    }
+
     static func parse(_ text: String) -> Int? {
         var number = Substring(text.uppercased())
         let binarySuffix = number.hasSuffix("IB")

@@ -18,7 +18,7 @@ struct MountCommand: ParsableCommand {
     @Argument(help: "An existing directory where the read-only mirror appears.")
     var mountpoint: String
 
-    @Option(help: "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024).")
+    @Option(parsing: .unconditional, help: "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024).", transform: ByteCount.init(parsing:))
     var capacity: ByteCount
 
     @Flag(name: .shortAndLong, help: "Stay in the foreground (for systemd and containers); logs go to standard error.")
@@ -27,7 +27,7 @@ struct MountCommand: ParsableCommand {
     @Flag(help: "Let other users read the mount (needs root, or user_allow_other in /etc/fuse.conf).")
     var allowOther = false
 
-    @Option(help: "Size of a cached block: a power of two from 64K to 64M.")
+    @Option(parsing: .unconditional, help: "Size of a cached block: a power of two from 64K to 64M.", transform: ByteCount.init(parsing:))
     var blockSize = ByteCount(bytes: 1 << 20)
 
     @Option(help: "Seconds the kernel may cache names and attributes; changes in the source show within this time.")

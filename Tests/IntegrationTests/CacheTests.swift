@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+
+@Suite("Caching", .serialized)
+struct CacheTests {
+    @Test("A file read twice is served from daemon memory the second time")
+    func secondReadHitsMemory() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        try shell("head -c 20000000 /dev/urandom > model.safetensors", in: source)
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
+        defer { mount.stop() }
+        let file = mount.mountpoint + "/model.safetensors"
+
+        try shell("cat \(file) > /dev/null")
+        let first = try mount.stats()
+        #expect(first.bytesFromSource == 20_000_000)
+        #expect(first.misses == 20) // 1 MiB blocks
+
+        try dropKernelCaches() // the second read must reach the daemon, not the page cache
+        #expect(try run("/usr/bin/cmp", [source + "/model.safetensors", file]).status == 0)
+        let second = try mount.stats()
+        #expect(second.bytesFromSource == first.bytesFromSource, "the second read went to the source")
+        #expect(second.hits >= first.hits + 20)
+        #expect(second.cachedBytes == 20_000_000)
+    }
+
+    @Test("An unchanged file keeps the kernel page cache between opens")
+    func pageCacheKeptAcrossOpens() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        try shell("head -c 8000000 /dev/urandom > model.ckpt", in: source)
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
+        defer { mount.stop() }
+        try shell("cat model.ckpt > /dev/null", in: mount.mountpoint) // first open: hash
+        let afterFirst = try mount.stats()
+        try shell("cat model.ckpt > /dev/null", in: mount.mountpoint) // second open: load
+        let afterSecond = try mount.stats()
+        #expect(afterSecond.readRequests == afterFirst.readRequests, "the second open re-read through the daemon")
+    }
+
+    @Test("Reading four times the capacity keeps peak RSS under capacity + 64 MiB")
+    func memoryStaysBounded() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        try shell("for i in 1 2 3 4; do head -c 67108864 /dev/urandom > part$i; done", in: source)
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "64M")
+        defer { mount.stop() }
+        try shell("cat part1 part2 part3 part4 > /dev/null", in: mount.mountpoint)
+        let stats = try mount.stats()
+        #expect(stats.bytesFromSource == 4 * 67_108_864)
+        #expect(stats.cachedBytes <= 64 << 20)
+        #expect(stats.evictions > 0)
+        let peak = try mount.peakResidentBytes()
+        #expect(peak < (64 << 20) + (64 << 20), "peak RSS \(peak >> 20) MiB")
+    }
+
+    @Test("A missing name reaches the reader as ENOENT, and the daemon keeps serving")
+    func missingNameIsENOENT() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        try shell("echo ok > present", in: source)
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
+        defer { mount.stop() }
+        let missing = try run("/bin/cat", [mount.mountpoint + "/absent"])
+        #expect(missing.status != 0 && missing.error.contains("No such file or directory"))
+        #expect(try shell("cat present", in: mount.mountpoint) == "ok\n")
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Testing
+
+@Suite("Command line", .serialized)
+struct CommandLineTests {
+    /// Runs cachefs expecting failure: one line on stderr, a non-zero exit, no mount left.
+    private func expectCleanFailure(_ arguments: [String], mentioning fragment: String, scratch: ScratchDirectory,
+                                    sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let mountsBefore = mountedPaths(under: scratch.path)
+        let result = try run(cachefsBinary, arguments, timeout: 30)
+        #expect(result.status != 0, "\(arguments) succeeded", sourceLocation: sourceLocation)
+        let lines = result.error.split(separator: "\n")
+        #expect(lines.count == 1, "expected one line, got: \(result.error)", sourceLocation: sourceLocation)
+        #expect(result.error.hasPrefix("cachefs: ") && result.error.contains(fragment),
+                "\(result.error) should mention \(fragment)", sourceLocation: sourceLocation)
+        #expect(mountedPaths(under: scratch.path) == mountsBefore, "a mount was left behind", sourceLocation: sourceLocation)
+    }
+
+    @Test("Bad invocations fail with one clear line and leave nothing mounted")
+    func badInvocations() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        let mountpoint = try scratch.make("mnt")
+        try shell("echo x > file && mkdir inner", in: source)
+        let file = source + "/file"
+        let cases: [([String], String)] = [
+            ([scratch.path + "/absent", mountpoint, "--capacity", "1G"], "No such file or directory"),
+            ([file, mountpoint, "--capacity", "1G"], "is not a directory"),
+            ([source, scratch.path + "/absent", "--capacity", "1G"], "No such file or directory"),
+            ([source, file, "--capacity", "1G"], "is not a directory"),
+            ([source, source, "--capacity", "1G"], "inside the source"),
+            ([source, source + "/inner", "--capacity", "1G"], "inside the source"),
+            ([source, mountpoint, "--capacity", "lots"], "lots"),
+            ([source, mountpoint, "--capacity", "0"], "capacity"),
+            ([source, mountpoint, "--capacity", "-5G"], "capacity"),
+            ([source, mountpoint, "--capacity", "1.5X"], "1.5X"),
+            ([source, mountpoint, "--capacity", "100T"], "--force"),
+            ([source, mountpoint, "--capacity", "1G", "--block-size", "3M"], "power of two"),
+            ([source, mountpoint], "capacity"),
+        ]
+        for (arguments, fragment) in cases {
+            try expectCleanFailure(arguments, mentioning: fragment, scratch: scratch)
+        }
+    }
+
+    @Test("A mountpoint that is already mounted is refused")
+    func alreadyMounted() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
+        defer { mount.stop() }
+        try expectCleanFailure([source, mount.mountpoint, "--capacity", "64M"], mentioning: "already a mount point", scratch: scratch)
+        #expect(isMounted(mount.mountpoint), "the first mount must survive")
+    }
+
+    @Test("By default the command returns once the mount answers; fusermount3 -u ends the daemon")
+    func backgroundDaemon() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        let mountpoint = try scratch.make("mnt")
+        try shell("echo served > file", in: source)
+        let started = try run(cachefsBinary, [source, mountpoint, "--capacity", "64M"], timeout: 30)
+        #expect(started.status == 0, "\(started.error)")
+        #expect(started.error.isEmpty && started.output.isEmpty)
+        #expect(try shell("cat file", in: mountpoint) == "served\n")
+        let stats = try run(cachefsBinary, ["stats", mountpoint], timeout: 30)
+        #expect(stats.status == 0 && stats.output.contains("capacity       64 MiB"), "\(stats.output)\(stats.error)")
+        let json = try run(cachefsBinary, ["stats", mountpoint, "--json"], timeout: 30)
+        let pid = try JSONDecoder().decode(StatsShape.self, from: Data(json.output.utf8)).pid
+
+        try shell("fusermount3 -u \(mountpoint)")
+        #expect(eventually(within: 5) { kill(pid, 0) != 0 }, "the daemon outlived its mount")
+        #expect(!isMounted(mountpoint))
+    }
+
+    @Test("SIGTERM and SIGINT unmount cleanly and exit 0; umount ends the daemon too")
+    func signalsAndUmount() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        for signal in [SIGTERM, SIGINT] {
+            let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt-\(signal)"))
+            kill(mount.pid, signal)
+            #expect(eventually(within: 5) { !isMounted(mount.mountpoint) })
+            #expect(mount.stop() == 0)
+        }
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt-umount"))
+        try shell("umount \(mount.mountpoint)")
+        #expect(eventually(within: 5) { kill(mount.pid, 0) != 0 || !isMounted(mount.mountpoint) })
+        #expect(mount.stop() == 0)
+    }
+
+    @Test("--help shows usage and examples")
+    func help() throws {
+        let result = try run(cachefsBinary, ["--help"])
+        #expect(result.status == 0)
+        #expect(result.output.contains("cachefs /data-slow /data-fast --capacity 20G"))
+        let mountHelp = try run(cachefsBinary, ["mount", "--help"])
+        #expect(mountHelp.output.contains("--capacity") && mountHelp.output.contains("--allow-other"))
+    }
+
+    private struct StatsShape: Decodable { var pid: Int32 }
+}

@@ -1,0 +1,180 @@
+import ControlPlane
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cachefs binary under test: $CACHEFS_BIN, or the debug build of this package.
+let cachefsBinary: String = {
+    if let path = ProcessInfo.processInfo.environment["CACHEFS_BIN"] { return path }
+    let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return packageRoot.appendingPathComponent(".build/debug/cachefs").path
+}()
+
+struct CommandResult {
+    var status: Int32
+    var output: String
+    var error: String
+}
+
+/// Runs a program to completion, capturing its output; fails the test if it outlives `timeout`.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], in directory: String? = nil, timeout: Double = 120) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : "/usr/bin/env")
+    process.arguments = executable.hasPrefix("/") ? arguments : [executable] + arguments
+    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("cachefs-run-\(UUID().uuidString)")
+    let outURL = scratch.appendingPathExtension("out"), errURL = scratch.appendingPathExtension("err")
+    FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    FileManager.default.createFile(atPath: errURL.path, contents: nil)
+    defer { try? FileManager.default.removeItem(at: outURL); try? FileManager.default.removeItem(at: errURL) }
+    process.standardOutput = try FileHandle(forWritingTo: outURL)
+    process.standardError = try FileHandle(forWritingTo: errURL)
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(20_000) }
+    if process.isRunning {
+        process.terminate()
+        process.waitUntilExit()
+        throw TestFailure("\(executable) \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
+    }
+    return CommandResult(
+        status: process.terminationStatus,
+        output: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+        error: (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+    )
+}
+
+/// Runs a shell snippet; throws with its stderr unless it succeeds.
+@discardableResult
+func shell(_ script: String, in directory: String? = nil, timeout: Double = 300) throws -> String {
+    let result = try run("/bin/bash", ["-euo", "pipefail", "-c", script], in: directory, timeout: timeout)
+    guard result.status == 0 else { throw TestFailure("shell failed (\(result.status)): \(script)\n\(result.error)") }
+    return result.output
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A scratch directory removed at the end of the test.
+final class ScratchDirectory {
+    let path: String
+
+    init(_ name: String = "cachefs-test") throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    func make(_ relative: String) throws -> String {
+        let full = path + "/" + relative
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
+        return full
+    }
+
+    deinit {
+        // Never delete through a live mount: unmount anything left below first.
+        for mount in mountedPaths(under: path) { _ = try? run("/bin/fusermount3", ["-u", "-z", mount]) }
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// Mount points below `prefix`, from the kernel's table.
+func mountedPaths(under prefix: String) -> [String] {
+    guard let text = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) else { return [] }
+    return text.split(separator: "\n").compactMap { line in
+        let fields = line.split(separator: " ")
+        guard fields.count > 2 else { return nil }
+        let mountpoint = fields[1].replacingOccurrences(of: "\\040", with: " ")
+        return mountpoint.hasPrefix(prefix) ? mountpoint : nil
+    }
+}
+
+func isMounted(_ path: String) -> Bool { mountedPaths(under: path).contains(path) }
+
+/// A cachefs daemon run in the foreground by the test, stopped (and its mount removed) by `stop` or at deinit.
+final class CachefsMount {
+    let source: String
+    let mountpoint: String
+    let controlSocket: String
+    let logFile: String
+    private let process: Process
+
+    var pid: Int32 { process.processIdentifier }
+
+    init(source: String, mountpoint: String, capacity: String = "256M", extra: [String] = []) throws {
+        self.source = source
+        self.mountpoint = mountpoint
+        let scratch = (mountpoint as NSString).deletingLastPathComponent
+        let tag = UUID().uuidString.prefix(8)
+        controlSocket = "\(scratch)/control-\(tag).sock"
+        logFile = "\(scratch)/cachefs-\(tag).log"
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: cachefsBinary)
+        process.arguments = [source, mountpoint, "--capacity", capacity, "--foreground",
+                             "--control-socket", controlSocket, "--log-file", logFile] + extra
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(30)
+        while !(isMounted(mountpoint) && FileManager.default.fileExists(atPath: controlSocket)) {
+            guard process.isRunning, Date() < deadline else {
+                stop()
+                throw TestFailure("cachefs did not come up at \(mountpoint): \(log)")
+            }
+            usleep(20_000)
+        }
+    }
+
+    var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+
+    func stats() throws -> StatsReport {
+        let result = try run(cachefsBinary, ["stats", mountpoint, "--json", "--control-socket", controlSocket], timeout: 30)
+        guard result.status == 0 else { throw TestFailure("cachefs stats failed: \(result.error)") }
+        return try JSONDecoder().decode(StatsReport.self, from: Data(result.output.utf8))
+    }
+
+    /// Peak resident memory of the daemon, from /proc (VmHWM).
+    func peakResidentBytes() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { throw TestFailure("no VmHWM in /proc/\(pid)/status") }
+        return kib * 1024
+    }
+
+    /// SIGTERM, then SIGKILL and a lazy unmount if the daemon does not leave by itself.
+    @discardableResult
+    func stop() -> Int32 {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        process.waitUntilExit()
+        if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
+        return process.terminationStatus
+    }
+
+    deinit { stop() }
+}
+
+/// Drops the kernel's page cache, so the next read through a FUSE mount reaches the daemon.
+func dropKernelCaches() throws {
+    sync()
+    try "3\n".write(toFile: "/proc/sys/vm/drop_caches", atomically: false, encoding: .utf8)
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventually(within seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    repeat {
+        if try condition() { return true }
+        usleep(50_000)
+    } while Date() < deadline
+    return try condition()
+}

@@ -30,6 +30,8 @@ let package = Package(
             name: "BlockCache",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
         ),
+        // Sequential-read detection and a bounded pool that loads blocks ahead of readers.
+        .target(name: "Prefetch"),
         // Access to the source directory through file descriptors, errors as Errno.
         .target(
             name: "SourceTree",
@@ -39,7 +41,7 @@ let package = Package(
         .target(
             name: "MirrorFS",
             dependencies: [
-                "BlockCache", "SourceTree",
+                "BlockCache", "Prefetch", "SourceTree",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -68,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "cachefs",
             dependencies: [
-                "BlockCache", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane",
+                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -76,7 +78,11 @@ let package = Package(
             ]
         ),
         .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache"]),
-        .testTarget(name: "MirrorFSTests", dependencies: ["MirrorFS", "SourceTree", "BlockCache"]),
+        .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
+        .testTarget(
+            name: "MirrorFSTests",
+            dependencies: ["MirrorFS", "SourceTree", "BlockCache", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
     ],
     swiftLanguageModes: [.v6]

@@ -23,14 +23,20 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var bytesRead: UInt64
     /// Source files the kernel currently holds a reference to.
     public var knownNodes: Int
+    /// Blocks loaded ahead of sequential readers, and queued ones skipped (already cached, or the reader left).
+    public var prefetchedBlocks: UInt64
+    public var prefetchSkippedBlocks: UInt64
 
     public init(
         source: String, mountpoint: String, pid: Int32, uptimeSeconds: Double,
         capacityBytes: Int, blockSizeBytes: Int, cachedBytes: Int, cachedBlocks: Int,
         hits: UInt64, misses: UInt64, coalescedMisses: UInt64, bytesFromSource: UInt64,
         evictions: UInt64, evictedBytes: UInt64, sourceErrors: UInt64,
-        readRequests: UInt64, bytesRead: UInt64, knownNodes: Int
+        readRequests: UInt64, bytesRead: UInt64, knownNodes: Int,
+        prefetchedBlocks: UInt64, prefetchSkippedBlocks: UInt64
     ) {
+        self.prefetchedBlocks = prefetchedBlocks
+        self.prefetchSkippedBlocks = prefetchSkippedBlocks
         self.source = source
         self.mountpoint = mountpoint
         self.pid = pid

@@ -53,6 +53,7 @@ public final class FuseServer: @unchecked Sendable {
     var sessionForNotifications: OpaquePointer? { session }
     private let mountpoint = Mutex<String?>(nil)
     private let exitRequested = Atomic<Bool>(false)
+    let readsLogged = Atomic<Int>(0)
 
     public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, logger: Logger) {
         self.filesystem = filesystem
@@ -108,6 +109,23 @@ public final class FuseServer: @unchecked Sendable {
         guard let path = mountpoint.withLock({ $0 }) else { return }
         logger.info("unmounting", metadata: ["mountpoint": "\(path)"])
         Self.detach(path)
+    }
+
+    /// Sets how far ahead the kernel reads sequential files on this mount. FUSE
+    /// starts at 128 KiB; a larger window lets the kernel ask for whole blocks,
+    /// several at once. Only root may change it; failure only costs speed.
+    public static func setKernelReadAhead(mountpoint: String, bytes: Int) -> Bool {
+        var attributes = stat()
+        guard stat(mountpoint, &attributes) == 0 else { return false }
+        let device = UInt64(attributes.st_dev)
+        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~0xfff)
+        let minor = (device & 0xff) | ((device >> 12) & ~0xff)
+        let path = "/sys/class/bdi/\(major):\(minor)/read_ahead_kb"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let value = "\(max(bytes / 1024, 4))\n"
+        return value.withCString { write(fd, $0, strlen($0)) } == value.utf8.count
     }
 
     /// Lazily unmounts `path`: as root directly, otherwise through fusermount3.

@@ -67,6 +67,7 @@ extension FuseServer {
         }
         ops.read = { req, _, size, offset, info in
             server(req).reply(req) { fs throws(Errno) in
+                fs.noteRequestSize(size, offset: offset)
                 let file = Unmanaged<OpenFile>.fromOpaque(handle(info)).takeUnretainedValue()
                 let slices = try fs.filesystem.read(file, at: Int64(offset), count: size)
                 replyData(req, slices)
@@ -190,6 +191,12 @@ extension FuseServer {
             // Entries already listed are worth returning; the error recurs on the next call.
         }
         fuse_reply_buf(req, start, used)
+    }
+
+    /// Logs the sizes of the first reads: what the kernel really sends after negotiation.
+    fileprivate func noteRequestSize(_ size: Int, offset: off_t) {
+        guard readsLogged.add(1, ordering: .relaxed).newValue <= 16 else { return }
+        logger.debug("read request", metadata: ["size": "\(size)", "offset": "\(offset)"])
     }
 
     /// The session, while it is mounted, for notifications to the kernel.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCache
 import Logging
+import Prefetch
 import SourceTree
 import Synchronization
 import SystemPackage
@@ -15,13 +16,16 @@ import SystemPackage
 /// blocks its caller.
 public final class MirrorFilesystem: Sendable {
     public let cache: BlockCache
+    private let prefetcher: Prefetcher?
     private let nodes: Mutex<NodeTable>
     private let counters = Counters()
     private let logger: Logger
 
-    public init(sourceRoot: PathHandle, cache: BlockCache, logger: Logger) throws(Errno) {
+    /// - Parameter prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
+    public init(sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil, logger: Logger) throws(Errno) {
         let attributes = try sourceRoot.attributes()
         self.cache = cache
+        self.prefetcher = prefetcher
         self.logger = logger
         nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity))
     }
@@ -90,8 +94,23 @@ public final class MirrorFilesystem: Sendable {
             defer { last = version }
             return last
         }
-        let file = OpenFile(node: id, descriptor: descriptor, version: version)
+        let source = SourceFile(descriptor: descriptor, version: version)
+        let file = OpenFile(node: id, source: source, prefetch: prefetchStream(for: source))
         return (file, previous == version, previous != nil && previous != version)
+    }
+
+    private func prefetchStream(for source: SourceFile) -> PrefetchStream? {
+        guard let prefetcher, source.version.size > 0 else { return nil }
+        let blockSize = Int64(cache.blockSize)
+        let size = source.version.size
+        return prefetcher.stream(
+            blockSize: cache.blockSize,
+            blockCount: (size + blockSize - 1) / blockSize,
+            isResident: { [cache] index in cache.contains(BlockKey(file: source.version, index: index)) },
+            load: { [self] index in
+                _ = try? block(index, of: source, length: Int(min(blockSize, size - index * blockSize)))
+            }
+        )
     }
 
     /// Reads up to `count` bytes at `offset` as slices of cached blocks, stopping at the end of file.
@@ -100,7 +119,9 @@ public final class MirrorFilesystem: Sendable {
     /// kernel and then drops them.
     public func read(_ file: OpenFile, at offset: Int64, count: Int) throws(Errno) -> [BlockSlice] {
         counters.readRequests.add(1, ordering: .relaxed)
-        let size = file.version.size
+        file.prefetch?.didRead(offset: offset, length: count) // before this read's own loads, to overlap them
+        let source = file.source
+        let size = source.version.size
         let end = min(offset + Int64(count), size)
         guard offset >= 0, offset < end else { return [] }
         let blockSize = Int64(cache.blockSize)
@@ -109,7 +130,7 @@ public final class MirrorFilesystem: Sendable {
         while index * blockSize < end {
             let blockStart = index * blockSize
             let expected = Int(min(blockSize, size - blockStart))
-            let block = try block(index, of: file, length: expected)
+            let block = try block(index, of: source, length: expected)
             let lower = Int(max(offset, blockStart) - blockStart)
             let upper = Int(min(end - blockStart, Int64(block.count)))
             if upper > lower { slices.append(BlockSlice(block: block, range: lower..<upper)) }
@@ -120,7 +141,7 @@ public final class MirrorFilesystem: Sendable {
         return slices
     }
 
-    private func block(_ index: Int64, of file: OpenFile, length: Int) throws(Errno) -> Block {
+    private func block(_ index: Int64, of file: SourceFile, length: Int) throws(Errno) -> Block {
         let key = BlockKey(file: file.version, index: index)
         do {
             return try cache.block(for: key, length: length) { buffer in
@@ -188,7 +209,8 @@ public final class MirrorFilesystem: Sendable {
             readRequests: counters.readRequests.load(ordering: .relaxed),
             bytesRead: counters.bytesRead.load(ordering: .relaxed),
             sourceErrors: counters.sourceErrors.load(ordering: .relaxed),
-            knownNodes: knownNodeCount
+            knownNodes: knownNodeCount,
+            prefetch: prefetcher?.statistics
         )
     }
 
@@ -211,6 +233,7 @@ public struct MirrorStatistics: Sendable {
     public var bytesRead: UInt64
     public var sourceErrors: UInt64
     public var knownNodes: Int
+    public var prefetch: PrefetchStatistics?
 }
 
 /// A contiguous range of one cached block's bytes.
@@ -222,14 +245,31 @@ public struct BlockSlice: Sendable {
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: block.bytes[range]) }
 }
 
-/// A source file open for reading, pinned to the version it had when opened.
+/// A file open for reading through the mount, pinned to the version it had when opened.
 public final class OpenFile: Sendable {
     public let node: UInt64
-    public let descriptor: FileDescriptor
-    public let version: FileVersion
+    let source: SourceFile
+    let prefetch: PrefetchStream?
 
-    init(node: UInt64, descriptor: FileDescriptor, version: FileVersion) {
+    init(node: UInt64, source: SourceFile, prefetch: PrefetchStream?) {
         self.node = node
+        self.source = source
+        self.prefetch = prefetch
+    }
+
+    public var version: FileVersion { source.version }
+
+    /// The reader has gone: blocks still queued for it are not loaded.
+    deinit { prefetch?.cancel() }
+}
+
+/// The source descriptor behind an open file. Prefetch jobs hold it too, so it
+/// closes when the last of them lets go, not while one is reading.
+final class SourceFile: Sendable {
+    let descriptor: FileDescriptor
+    let version: FileVersion
+
+    init(descriptor: FileDescriptor, version: FileVersion) {
         self.descriptor = descriptor
         self.version = version
     }

@@ -36,6 +36,8 @@ enum BackgroundLauncher {
         var arguments = ["cachefs", "mount", settings.source, settings.mountpoint,
                          "--capacity", String(settings.capacity), "--block-size", String(settings.blockSize),
                          "--metadata-timeout", String(settings.metadataTimeout), "--threads", String(settings.threads),
+                         "--prefetch-depth", String(settings.prefetchDepth), "--prefetch-threads", String(settings.prefetchThreads),
+                         "--read-ahead", String(settings.readAhead),
                          "--control-socket", settings.controlSocket, "--log-level", settings.logLevel.rawValue,
                          "--force", "--ready-fd", String(readyDescriptor)]
         if settings.allowOther { arguments.append("--allow-other") }

@@ -8,6 +8,7 @@ import Foundation
 import FuseBridge
 import Logging
 import MirrorFS
+import Prefetch
 import ServiceLifecycle
 import SourceTree
 import Synchronization
@@ -47,7 +48,8 @@ struct Daemon {
             throw UsageError("source \(settings.source): \(error)")
         }
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
-        let filesystem = try MirrorFilesystem(sourceRoot: sourceRoot, cache: cache, logger: logger)
+        let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth) : nil
+        let filesystem = try MirrorFilesystem(sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher, logger: logger)
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout
         fuseConfiguration.maxThreads = settings.threads
@@ -82,6 +84,9 @@ struct Daemon {
             ready = false
         }
         if ready { ready = mountAnswers() }
+        if ready && !FuseServer.setKernelReadAhead(mountpoint: settings.mountpoint, bytes: settings.readAhead) {
+            logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower")
+        }
         if ready {
             logger.info("ready", metadata: [
                 "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
@@ -168,7 +173,9 @@ struct Daemon {
             hits: cache.hits, misses: cache.misses, coalescedMisses: cache.coalescedMisses,
             bytesFromSource: cache.loadedBytes, evictions: cache.evictions, evictedBytes: cache.evictedBytes,
             sourceErrors: statistics.sourceErrors, readRequests: statistics.readRequests,
-            bytesRead: statistics.bytesRead, knownNodes: statistics.knownNodes
+            bytesRead: statistics.bytesRead, knownNodes: statistics.knownNodes,
+            prefetchedBlocks: statistics.prefetch?.loadedBlocks ?? 0,
+            prefetchSkippedBlocks: statistics.prefetch?.cancelledBlocks ?? 0
         )
     }
 }

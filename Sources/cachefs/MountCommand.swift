@@ -36,6 +36,15 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Most FUSE worker threads; each waits on the source while it serves a miss.")
     var threads = 16
 
+    @Option(help: "Blocks loaded ahead of a sequential reader, in parallel (0 turns prefetching off).")
+    var prefetchDepth = 16
+
+    @Option(help: "Threads that load prefetched blocks; at most this many prefetch reads reach the source at once.")
+    var prefetchThreads = 8
+
+    @Option(parsing: .unconditional, help: "The kernel's read-ahead window on the mount.", transform: ByteCount.init(parsing:))
+    var readAhead = ByteCount(bytes: 1 << 20)
+
     @Flag(help: "Accept a capacity larger than this machine's (or container's) memory.")
     var force = false
 
@@ -54,6 +63,8 @@ struct MountCommand: ParsableCommand {
 
     func validate() throws {
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+        guard (0...4096).contains(prefetchDepth) else { throw ValidationError("--prefetch-depth must be between 0 and 4096") }
+        guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
         guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
         let block = blockSize.bytes
         guard block & (block - 1) == 0, (64 << 10)...(64 << 20) ~= block else {

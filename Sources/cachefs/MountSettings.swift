@@ -19,6 +19,11 @@ struct MountSettings {
     let blockSize: Int
     let metadataTimeout: Double
     let threads: Int
+    /// Blocks kept loading ahead of a sequential reader, limited to a quarter of the capacity
+    /// so that prefetching cannot evict what is being read.
+    let prefetchDepth: Int
+    let prefetchThreads: Int
+    let readAhead: Int
     let allowOther: Bool
     let controlSocket: String
     let logLevel: Logger.Level
@@ -44,6 +49,9 @@ struct MountSettings {
         blockSize = command.blockSize.bytes
         metadataTimeout = command.metadataTimeout
         threads = command.threads
+        prefetchDepth = min(command.prefetchDepth, command.capacity.bytes / command.blockSize.bytes / 4)
+        prefetchThreads = command.prefetchThreads
+        readAhead = command.readAhead.bytes
         allowOther = command.allowOther
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
         logLevel = command.logLevel

@@ -59,6 +59,7 @@ struct StatsCommand: ParsableCommand {
             ("evictions", "\(report.evictions) (\(size(Int(report.evictedBytes))))"),
             ("source errors", "\(report.sourceErrors)"),
             ("reads", "\(report.readRequests) requests, \(size(Int(report.bytesRead)))"),
+            ("prefetched", "\(report.prefetchedBlocks) blocks (\(report.prefetchSkippedBlocks) skipped)"),
             ("open nodes", "\(report.knownNodes)"),
         ]
         return rows.map { $0.0.padding(toLength: 15, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n")

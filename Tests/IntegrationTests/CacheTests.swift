@@ -5,11 +5,9 @@ import Testing
 struct CacheTests {
     @Test("A file read twice is served from daemon memory the second time")
     func secondReadHitsMemory() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("head -c 20000000 /dev/urandom > model.safetensors", in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
-        defer { mount.stop() }
+        let tree = try MountedTree("head -c 20000000 /dev/urandom > model.safetensors")
+        defer { tree.stop() }
+        let (source, mount) = (tree.source, tree.mount)
         let file = mount.mountpoint + "/model.safetensors"
 
         try shell("cat \(file) > /dev/null")
@@ -27,11 +25,9 @@ struct CacheTests {
 
     @Test("An unchanged file keeps the kernel page cache between opens")
     func pageCacheKeptAcrossOpens() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("head -c 8000000 /dev/urandom > model.ckpt", in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
-        defer { mount.stop() }
+        let tree = try MountedTree("head -c 8000000 /dev/urandom > model.ckpt")
+        defer { tree.stop() }
+        let mount = tree.mount
         try shell("cat model.ckpt > /dev/null", in: mount.mountpoint) // first open: hash
         let afterFirst = try mount.stats()
         try shell("cat model.ckpt > /dev/null", in: mount.mountpoint) // second open: load
@@ -41,11 +37,9 @@ struct CacheTests {
 
     @Test("Reading four times the capacity keeps peak RSS under capacity + 64 MiB")
     func memoryStaysBounded() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("for i in 1 2 3 4; do head -c 67108864 /dev/urandom > part$i; done", in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "64M")
-        defer { mount.stop() }
+        let tree = try MountedTree("for i in 1 2 3 4; do head -c 67108864 /dev/urandom > part$i; done", capacity: "64M")
+        defer { tree.stop() }
+        let mount = tree.mount
         try shell("cat part1 part2 part3 part4 > /dev/null", in: mount.mountpoint)
         let stats = try mount.stats()
         #expect(stats.bytesFromSource == 4 * 67_108_864)
@@ -57,11 +51,9 @@ struct CacheTests {
 
     @Test("A missing name reaches the reader as ENOENT, and the daemon keeps serving")
     func missingNameIsENOENT() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("echo ok > present", in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
-        defer { mount.stop() }
+        let tree = try MountedTree("echo ok > present")
+        defer { tree.stop() }
+        let mount = tree.mount
         let missing = try run("/bin/cat", [mount.mountpoint + "/absent"])
         #expect(missing.status != 0 && missing.error.contains("No such file or directory"))
         #expect(try shell("cat present", in: mount.mountpoint) == "ok\n")

@@ -22,11 +22,9 @@ struct FidelityTests {
 
     @Test("A generated tree of edge cases: sparse 5 GiB file, odd names, links, fifo, xattrs, 2,000 files")
     func edgeCaseTree() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell(Self.edgeCaseScript, in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "128M")
-        defer { mount.stop() }
+        let tree = try MountedTree(Self.edgeCaseScript, capacity: "128M")
+        defer { tree.stop() }
+        let (source, mount) = (tree.source, tree.mount)
         try expectIdentical(source: source, mirror: mount.mountpoint)
         let pastFourGiB = try shell("dd if=sparse bs=1 skip=$((4 * 1024 * 1024 * 1024 + 12345)) count=6 status=none", in: mount.mountpoint)
         #expect(pastFourGiB == "past4g")
@@ -39,11 +37,9 @@ struct FidelityTests {
 
     @Test("mmap of a mirrored file sees the source's bytes")
     func memoryMappedReads() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("head -c 12345678 /dev/urandom > model.bin", in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
-        defer { mount.stop() }
+        let tree = try MountedTree("head -c 12345678 /dev/urandom > model.bin")
+        defer { tree.stop() }
+        let (source, mount) = (tree.source, tree.mount)
         let script = """
         import hashlib, mmap, sys
         digests = []

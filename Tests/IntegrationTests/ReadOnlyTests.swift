@@ -35,12 +35,11 @@ struct ReadOnlyTests {
 
     @Test("Every modifying call fails with EROFS and the source is untouched")
     func modifyingCallsFail() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("echo original > file && setfattr -n user.kept -v 1 file && mkdir dir", in: source)
-        let before = try shell(FidelityTests.listing + " && " + FidelityTests.hashes + " && " + FidelityTests.attributes, in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"))
-        defer { mount.stop() }
+        let tree = try MountedTree("echo original > file && setfattr -n user.kept -v 1 file && mkdir dir")
+        defer { tree.stop() }
+        let (source, mount) = (tree.source, tree.mount)
+        let snapshot = FidelityTests.listing + " && " + FidelityTests.hashes + " && " + FidelityTests.attributes
+        let before = try shell(snapshot, in: source)
 
         let result = try run("python3", ["-c", Self.attempts, mount.mountpoint])
         #expect(result.status == 0, "\(result.error)")
@@ -50,7 +49,7 @@ struct ReadOnlyTests {
             #expect(outcome.last == "EROFS", "\(outcome.first ?? "?") gave \(outcome.last ?? "?")")
         }
         #expect(try shell("grep ' \(mount.mountpoint) ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1") == "ro\n")
-        let after = try shell(FidelityTests.listing + " && " + FidelityTests.hashes + " && " + FidelityTests.attributes, in: source)
+        let after = try shell(snapshot, in: source)
         #expect(after == before, "the source changed")
     }
 }

@@ -178,3 +178,20 @@ func eventually(within seconds: Double, _ condition: () throws -> Bool) rethrows
     } while Date() < deadline
     return try condition()
 }
+
+/// A scratch source tree made by a shell script, mirrored by a fresh cachefs mount.
+/// Call `stop()` (in a `defer`) so the tree outlives every use of the mount.
+final class MountedTree {
+    let scratch: ScratchDirectory
+    let source: String
+    let mount: CachefsMount
+
+    init(_ script: String, capacity: String = "256M") throws {
+        scratch = try ScratchDirectory()
+        source = try scratch.make("src")
+        try shell(script, in: source)
+        mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: capacity)
+    }
+
+    func stop() { mount.stop() }
+}

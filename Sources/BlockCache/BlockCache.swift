@@ -91,6 +91,11 @@ public final class BlockCache: Sendable {
         state.withLock { $0.resident.peek(key) != nil }
     }
 
+    /// Whether the block is resident or being loaded: asking for it would not start a source read.
+    public func isResidentOrLoading(_ key: BlockKey) -> Bool {
+        state.withLock { $0.resident.peek(key) != nil || $0.pending[key] != nil }
+    }
+
     /// Drops every resident block; loads in flight finish normally.
     public func removeAll() {
         let dropped: [Block] = state.withLock { state in

@@ -106,7 +106,8 @@ public final class MirrorFilesystem: Sendable {
         return prefetcher.stream(
             blockSize: cache.blockSize,
             blockCount: (size + blockSize - 1) / blockSize,
-            isResident: { [cache] index in cache.contains(BlockKey(file: source.version, index: index)) },
+            // A block another reader is loading needs no prefetch thread to wait for it.
+            isResident: { [cache] index in cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) },
             load: { [self] index in
                 _ = try? block(index, of: source, length: Int(min(blockSize, size - index * blockSize)))
             }

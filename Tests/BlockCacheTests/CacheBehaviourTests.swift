@@ -132,16 +132,20 @@ struct CacheBehaviourTests {
     func loadsDoNotBlockOthers() throws {
         let cache = BlockCache(capacity: 1 << 20, blockSize: 4096)
         _ = try cache.block(for: key(0), length: 4096, load: fill(0))
+        let loading = DispatchSemaphore(value: 0)
         let release = DispatchSemaphore(value: 0)
         let slowDone = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
             _ = try? cache.block(for: key(1), length: 4096) { buffer in
+                loading.signal()
                 release.wait()
                 return buffer.count
             }
             slowDone.signal()
         }
-        usleep(50_000)
+        #expect(loading.wait(timeout: .now() + 5) == .success)
+        #expect(cache.isResidentOrLoading(key(1)) && !cache.contains(key(1)), "a block being loaded is loading, not resident")
+        #expect(!cache.isResidentOrLoading(key(5)))
         let others = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
             _ = try? cache.block(for: key(0), length: 4096, load: fill(9)) // a hit

@@ -30,6 +30,12 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
     done.wait()
 }
 
+/// Polls until `condition` holds, for at most five seconds.
+private func waitUntil(_ condition: () -> Bool) {
+    let deadline = Date().addingTimeInterval(5)
+    while !condition() && Date() < deadline { usleep(1_000) }
+}
+
 private func firstByte(_ block: Block) -> UInt8 { withExtendedLifetime(block) { block.bytes[0] } }
 
 @Suite("Block cache")
@@ -89,7 +95,7 @@ struct CacheBehaviourTests {
         onThreads(16) { _ in
             let block = try? cache.block(for: key(7), length: 4096) { buffer in
                 loads.add(1, ordering: .relaxed)
-                usleep(200_000) // every other reader arrives while this load runs
+                waitUntil { cache.statistics.coalescedMisses == 15 } // every other reader is waiting for this load
                 buffer.initializeMemory(as: UInt8.self, repeating: 42)
                 return buffer.count
             }
@@ -107,7 +113,7 @@ struct CacheBehaviourTests {
         onThreads(4) { _ in
             do {
                 _ = try cache.block(for: key(1), length: 4096) { _ in
-                    usleep(300_000)
+                    waitUntil { cache.statistics.coalescedMisses == 3 }
                     throw Errno.ioError
                 }
             } catch let error as Errno where error == .ioError {

@@ -27,19 +27,20 @@ struct Daemon {
 
     func run() throws {
         blockShutdownSignals()
+        let systemd = SystemdNotifier.fromEnvironment()
         signal(SIGPIPE, SIG_IGN)
         chdir("/") // a daemon must not keep the directory it was started from busy
         if let logFile = settings.logFile { redirectStandardError(to: logFile) }
         let logger = makeLogger()
         do {
-            try serve(logger: logger)
+            try serve(logger: logger, systemd: systemd)
         } catch {
             readiness?.fail("\(error)")
             throw error
         }
     }
 
-    private func serve(logger: Logger) throws {
+    private func serve(logger: Logger, systemd: SystemdNotifier?) throws {
         raiseOpenFileLimit()
         let sourceRoot: PathHandle
         do {
@@ -59,7 +60,7 @@ struct Daemon {
 
         let loopEnded = DispatchSemaphore(value: 0)
         Thread { server.run(); loopEnded.signal() }.start()
-        startSignalThread(server: server, logger: logger)
+        startSignalThread(server: server, logger: logger, systemd: systemd)
 
         let started = ContinuousClock.now
         let controlRunning = DispatchSemaphore(value: 0)
@@ -93,11 +94,13 @@ struct Daemon {
                 "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
             ])
             readiness?.succeed()
+            systemd?.ready(status: "serving \(settings.source) at \(settings.mountpoint)")
         } else {
             server.requestExit()
         }
 
         loopEnded.wait()
+        systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
         Task { await services.triggerGracefulShutdown() }
         _ = servicesEnded.wait(timeout: .now() + 5)
         unlink(settings.controlSocket)
@@ -112,13 +115,14 @@ struct Daemon {
         return stat(settings.mountpoint, &attributes) == 0
     }
 
-    private func startSignalThread(server: FuseServer, logger: Logger) {
+    private func startSignalThread(server: FuseServer, logger: Logger, systemd: SystemdNotifier?) {
         Thread {
             var signals = Self.signalSet()
             while true {
                 var received: Int32 = 0
                 guard sigwait(&signals, &received) == 0 else { continue }
                 logger.notice("signal received, unmounting", metadata: ["signal": "\(received)"])
+                systemd?.stopping()
                 server.requestExit()
             }
         }.start()

@@ -76,8 +76,9 @@ struct MountSettings {
     /// A daemon killed without unmounting leaves "Transport endpoint is not connected" behind: remove it.
     private static func clearStaleMount(at path: String) throws {
         guard let entry = MountTable.current().last(where: { $0.mountpoint == path }), entry.type == "fuse.cachefs" else { return }
-        var attributes = stat()
-        guard stat(path, &attributes) != 0, errno == ENOTCONN else { return }
+        // statfs always asks the daemon, where stat may be answered from cached attributes.
+        var statistics = statvfs()
+        guard statvfs(path, &statistics) != 0, errno == ENOTCONN else { return }
         FuseServer.detach(path)
         if MountTable.current().contains(where: { $0.mountpoint == path }) {
             throw UsageError("\(path) holds a dead cachefs mount that could not be removed; run fusermount3 -uz \(path)")

@@ -106,7 +106,8 @@ final class CachefsMount {
 
     var pid: Int32 { process.processIdentifier }
 
-    init(source: String, mountpoint: String, capacity: String = "256M", extra: [String] = []) throws {
+    init(source: String, mountpoint: String, capacity: String = "256M", extra: [String] = [],
+         environment: [String: String] = [:]) throws {
         self.source = source
         self.mountpoint = mountpoint
         let scratch = (mountpoint as NSString).deletingLastPathComponent
@@ -118,6 +119,9 @@ final class CachefsMount {
         process.arguments = [source, mountpoint, "--capacity", capacity, "--foreground",
                              "--control-socket", controlSocket, "--log-file", logFile] + extra
         process.standardInput = FileHandle.nullDevice
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile)) // errors before logging starts
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()
         let deadline = Date().addingTimeInterval(30)
         while !(isMounted(mountpoint) && FileManager.default.fileExists(atPath: controlSocket)) {

@@ -11,6 +11,17 @@ ensure_packages() {
     fi
 }
 
+# Installs Python modules from PyPI for the real-client tests, if any is missing.
+ensure_python_modules() {
+    local module
+    for module in "$@"; do
+        python3 -c "import $module" 2>/dev/null || python3 -m pip install -q "$@" 2>&1 | grep -v "WARNING: Running pip as" || true
+    done
+    for module in "$@"; do
+        python3 -c "import $module" || { echo "$(basename "$0"): cannot import $module" >&2; exit 1; }
+    done
+}
+
 ensure_root() {
     if [ "$(id -u)" -ne 0 ]; then
         echo "$(basename "$0"): run as root (FUSE mounts, drop_caches and apt-get need it)" >&2

@@ -30,7 +30,8 @@ public struct FuseConfiguration: Sendable {
 
     /// Escapes the characters libfuse's option parser treats specially.
     private static func escape(_ value: String) -> String {
-        value.replacingAll("\\", with: "\\\\").replacingAll(",", with: "\\,")
+        value.split(separator: "\\", omittingEmptySubsequences: false).joined(separator: "\\\\")
+            .split(separator: ",", omittingEmptySubsequences: false).joined(separator: "\\,")
     }
 }
 
@@ -141,12 +142,3 @@ public final class FuseServer: @unchecked Sendable {
     }
 }
 
-extension String {
-    func replacingAll(_ target: Character, with replacement: String) -> String {
-        var result = ""
-        for character in self {
-            if character == target { result += replacement } else { result.append(character) }
-        }
-        return result
-    }
-}

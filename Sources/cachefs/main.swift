@@ -4,8 +4,9 @@ import Glibc
 import ArgumentParser
 
 // Errors are one line on standard error with a non-zero exit; --help prints in full.
+// `-o key=value` options, as mount(8) passes them, are read as the long options they name.
 do {
-    var command = try Cachefs.parseAsRoot()
+    var command = try Cachefs.parseAsRoot(MountHelperArguments.translate(Array(CommandLine.arguments.dropFirst())))
     try command.run()
 } catch {
     if Cachefs.exitCode(for: error) == .success { Cachefs.exit(withError: error) }

@@ -89,6 +89,21 @@ struct CommandLineTests {
         #expect(mount.stop() == 0)
     }
 
+    @Test("mount(8)-style -o options work, as mount.fuse3 and /etc/fstab pass them")
+    func mountHelperOptions() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        let mountpoint = try scratch.make("mnt")
+        let started = try run(cachefsBinary, [source, mountpoint, "-o", "capacity=96M,allow_other,_netdev,nodev,rw,block_size=2M"], timeout: 30)
+        #expect(started.status == 0, "\(started.error)")
+        defer { _ = try? run("/bin/fusermount3", ["-u", mountpoint]) }
+        let stats = try run(cachefsBinary, ["stats", mountpoint], timeout: 30)
+        #expect(stats.output.contains("capacity       96 MiB") && stats.output.contains("blocks of 2 MiB"), "\(stats.output)")
+        #expect(try shell("grep ' \(mountpoint) ' /proc/mounts").contains("allow_other"))
+        let unknown = try run(cachefsBinary, [source, scratch.path, "-o", "capacity=1G,colour=blue"])
+        #expect(unknown.status != 0 && unknown.error.contains("colour"))
+    }
+
     @Test("--help shows usage and examples")
     func help() throws {
         let result = try run(cachefsBinary, ["--help"])

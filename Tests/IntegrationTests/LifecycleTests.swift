@@ -35,6 +35,19 @@ final class NotifySocket {
 
 @Suite("Lifecycle", .serialized)
 struct LifecycleTests {
+    @Test("systemd-analyze accepts the shipped unit")
+    func unitFileVerifies() throws {
+        let scratch = try ScratchDirectory()
+        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let unit = try String(contentsOf: packageRoot.appendingPathComponent("Scripts/systemd/cachefs@.service"), encoding: .utf8)
+        #expect(unit.contains("Type=notify") && unit.contains("Restart=on-failure"))
+        // Verified against the binary under test, since /usr/local/bin/cachefs may not be installed here.
+        try unit.replacingOccurrences(of: "/usr/local/bin/cachefs", with: cachefsBinary)
+            .write(toFile: scratch.path + "/cachefs@models.service", atomically: true, encoding: .utf8)
+        let result = try run("systemd-analyze", ["verify", scratch.path + "/cachefs@models.service"])
+        #expect(result.status == 0 && result.error.isEmpty, "\(result.error)")
+    }
+
     @Test("Under systemd: READY=1 once the mount answers, STOPPING=1 on SIGTERM, then a clean unmount")
     func systemdNotify() throws {
         let scratch = try ScratchDirectory()

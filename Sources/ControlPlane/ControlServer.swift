@@ -38,8 +38,13 @@ public enum ControlServer {
 
     /// Creates the socket's directory and removes a socket left by a daemon that died.
     static func prepareSocketPath(_ path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        var directory = ""
+        for component in path.split(separator: "/").dropLast() {
+            directory += "/" + component
+            guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
+                throw ControlError(description: "cannot create \(directory): \(String(cString: strerror(errno)))")
+            }
+        }
         unlink(path)
     }
 }

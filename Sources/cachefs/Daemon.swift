@@ -64,12 +64,19 @@ struct Daemon {
 
         let started = ContinuousClock.now
         let controlRunning = DispatchSemaphore(value: 0)
-        let control = try ControlServer.make(
-            socketPath: settings.controlSocket,
-            report: { [settings] in Self.report(filesystem.statistics, settings: settings, since: started) },
-            onRunning: { controlRunning.signal() },
-            logger: logger
-        )
+        let control: any Service
+        do {
+            control = try ControlServer.make(
+                socketPath: settings.controlSocket,
+                report: { [settings] in Self.report(filesystem.statistics, settings: settings, since: started) },
+                onRunning: { controlRunning.signal() },
+                logger: logger
+            )
+        } catch {
+            server.requestExit() // unmount before reporting the failure
+            loopEnded.wait()
+            throw UsageError("control socket \(settings.controlSocket): \(error)")
+        }
         let services = ServiceGroup(configuration: .init(services: [control], gracefulShutdownSignals: [], logger: logger))
         let servicesEnded = DispatchSemaphore(value: 0)
         let controlFailure = Mutex<(any Error)?>(nil)

@@ -37,6 +37,7 @@ struct CommandLineTests {
             ([source, mountpoint, "--capacity", "100T"], "--force"),
             ([source, mountpoint, "--capacity", "1G", "--block-size", "3M"], "power of two"),
             ([source, mountpoint], "capacity"),
+            ([source, mountpoint, "--capacity", "64M", "--control-socket", "/proc/none/control.sock"], "cannot create /proc/none"),
         ]
         for (arguments, fragment) in cases {
             try expectCleanFailure(arguments, mentioning: fragment, scratch: scratch)

@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "cachefs", targets: ["cachefs"]),
+        .executable(name: "cachefs-testsource", targets: ["cachefs-testsource"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -76,6 +77,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
+        ),
+        // Test tooling: a slow, fault-injecting FUSE source for benchmarks and fault tests.
+        .executableTarget(
+            name: "cachefs-testsource",
+            dependencies: ["CFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache"]),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),

@@ -18,6 +18,10 @@ static inline void cachefs_file_info_set_keep_cache(struct fuse_file_info *fi, i
     fi->keep_cache = keep ? 1 : 0;
 }
 
+static inline void cachefs_file_info_set_direct_io(struct fuse_file_info *fi) {
+    fi->direct_io = 1;
+}
+
 static inline void cachefs_file_info_set_noflush(struct fuse_file_info *fi) {
     fi->noflush = 1;
 }

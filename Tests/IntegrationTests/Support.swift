@@ -12,6 +12,43 @@ let cachefsBinary: String = {
     return packageRoot.appendingPathComponent(".build/debug/cachefs").path
 }()
 
+/// The slow, fault-injecting source built beside cachefs.
+let testSourceBinary: String = (cachefsBinary as NSString).deletingLastPathComponent + "/cachefs-testsource"
+
+/// A cachefs-testsource mount: ROOT served slowly, with faults on demand.
+final class TestSourceMount {
+    let mountpoint: String
+    private let process: Process
+
+    init(root: String, mountpoint: String, arguments: [String]) throws {
+        self.mountpoint = mountpoint
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: testSourceBinary)
+        process.arguments = [root, mountpoint] + arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while !isMounted(mountpoint) {
+            guard process.isRunning, Date() < deadline else { stop(); throw TestFailure("cachefs-testsource did not mount") }
+            usleep(20_000)
+        }
+    }
+
+    /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGUSR2: service is back.
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
+    }
+
+    deinit { stop() }
+}
+
 struct CommandResult {
     var status: Int32
     var output: String
@@ -119,7 +156,7 @@ final class CachefsMount {
         process.arguments = [source, mountpoint, "--capacity", capacity, "--foreground",
                              "--control-socket", controlSocket, "--log-file", logFile] + extra
         process.standardInput = FileHandle.nullDevice
-        FileManager.default.createFile(atPath: logFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: logFile, contents: nil)
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile)) // errors before logging starts
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()

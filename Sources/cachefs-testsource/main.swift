@@ -1,0 +1,244 @@
+// cachefs-testsource: a read-only FUSE mirror that behaves like a slow object
+// store, for benchmarks and fault tests. Every read pays a fixed latency (like a
+// range GET) while requests run concurrently, the page cache is bypassed
+// (direct_io, like object-store FUSE clients), and faults can be injected:
+// EIO for chosen files or offsets, stalls, and the whole source failing on
+// SIGUSR1 until SIGUSR2.
+//
+// It is test tooling: path-based, nodes never forgotten, no cache of its own.
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CFuse
+import Foundation
+import Synchronization
+
+struct TestSource: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cachefs-testsource",
+        abstract: "Mirror ROOT read-only at MOUNTPOINT as a slow, fault-injectable object-store-like source (foreground)."
+    )
+
+    @Argument var root: String
+    @Argument var mountpoint: String
+    @Option(help: "Milliseconds each read request waits before it is served.") var latencyMs: Double = 0
+    @Option(help: "Cap on the aggregate read rate, bytes per second (0: none).") var bandwidth: Int = 0
+    @Option(help: "Most concurrent requests.") var threads = 32
+    @Option(help: "Reads of files matching this glob (relative to ROOT) fail with EIO.") var failFile: [String] = []
+    @Option(help: "With --fail-file: only reads reaching this offset or beyond fail.") var failOffset: Int64 = 0
+    @Option(help: "Reads of files matching this glob stall first.") var stallFile: [String] = []
+    @Option(help: "How long a stalled read waits.") var stallSeconds: Double = 30
+
+    func run() throws {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for signal in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2] { sigaddset(&signals, signal) }
+        pthread_sigmask(SIG_BLOCK, &signals, nil) // before any thread exists: only the signal thread takes them
+
+        guard let resolved = realpath(root, nil) else { throw ValidationError("root \(root): \(String(cString: strerror(errno)))") }
+        let source = Source(root: String(cString: resolved), options: self)
+        free(resolved)
+        let session = try source.mount(at: mountpoint, threads: threads)
+        let handled = signals
+        Thread {
+            var signals = handled
+            while true {
+                var received: Int32 = 0
+                guard sigwait(&signals, &received) == 0 else { continue }
+                switch received {
+                case SIGUSR1: source.failing.store(true, ordering: .relaxed)
+                case SIGUSR2: source.failing.store(false, ordering: .relaxed)
+                default: umount2(mountpoint, Int32(MNT_DETACH)) // ends the loop once the kernel lets go
+                }
+            }
+        }.start()
+        FileHandle.standardError.write(Data("cachefs-testsource: serving \(source.root) at \(mountpoint)\n".utf8))
+        let config = fuse_loop_cfg_create()
+        fuse_loop_cfg_set_max_threads(config, UInt32(threads))
+        _ = cachefs_session_loop_mt(session, config)
+        fuse_loop_cfg_destroy(config)
+        fuse_session_unmount(session)
+        fuse_session_destroy(session)
+    }
+}
+
+/// The mirrored tree and the faults to inject. Shared by all worker threads.
+final class Source: Sendable {
+    let root: String
+    let latency: Double
+    let failGlobs: [String], failOffset: Int64
+    let stallGlobs: [String], stallSeconds: Double
+    let failing = Atomic<Bool>(false)
+    private let paths = Mutex<(byID: [UInt64: String], byPath: [String: UInt64])>(([1: ""], ["": 1]))
+    private let bucket: TokenBucket?
+
+    init(root: String, options: TestSource) {
+        self.root = root
+        latency = options.latencyMs / 1000
+        failGlobs = options.failFile
+        failOffset = options.failOffset
+        stallGlobs = options.stallFile
+        stallSeconds = options.stallSeconds
+        bucket = options.bandwidth > 0 ? TokenBucket(bytesPerSecond: options.bandwidth) : nil
+    }
+
+    func mount(at mountpoint: String, threads: Int) throws -> OpaquePointer {
+        var args = fuse_args(argc: 0, argv: nil, allocated: 0)
+        defer { fuse_opt_free_args(&args) }
+        for argument in ["cachefs-testsource", "-o", "ro,default_permissions,fsname=\(root),subtype=testsource,auto_unmount"] {
+            fuse_opt_add_arg(&args, argument)
+        }
+        var operations = Self.operations
+        let userData = Unmanaged.passRetained(self).toOpaque() // lives as long as the process
+        guard let session = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userData),
+              fuse_session_mount(session, mountpoint) == 0
+        else { throw ValidationError("cannot mount at \(mountpoint)") }
+        return session
+    }
+
+    func path(_ id: UInt64) -> String? { paths.withLock { $0.byID[id] } }
+
+    func id(for path: String) -> UInt64 {
+        paths.withLock { table in
+            if let id = table.byPath[path] { return id }
+            let id = UInt64(table.byID.count + 1)
+            table.byID[id] = path
+            table.byPath[path] = id
+            return id
+        }
+    }
+
+    func full(_ relative: String) -> String { relative.isEmpty ? root : root + "/" + relative }
+
+    func matches(_ globs: [String], _ relative: String) -> Bool {
+        globs.contains { fnmatch($0, relative, 0) == 0 }
+    }
+
+    /// What a read of `size` bytes at `offset` of `relative` must go through first; an errno if it fails.
+    func admit(_ relative: String, offset: Int64, size: Int) -> Int32 {
+        if failing.load(ordering: .relaxed) { return EIO }
+        if matches(stallGlobs, relative) { usleep(UInt32(stallSeconds * 1e6)) }
+        if matches(failGlobs, relative) && offset + Int64(size) > failOffset { return EIO }
+        if latency > 0 { usleep(UInt32(latency * 1e6)) }
+        bucket?.take(size)
+        return 0
+    }
+
+    static let operations: fuse_lowlevel_ops = {
+        var ops = fuse_lowlevel_ops()
+        ops.lookup = { req, parent, name in
+            let source = Source.of(req)
+            guard let base = source.path(parent) else { fuse_reply_err(req, ESTALE); return }
+            let child = (base.isEmpty ? "" : base + "/") + String(cString: name!)
+            var entry = fuse_entry_param()
+            guard lstat(source.full(child), &entry.attr) == 0 else { fuse_reply_err(req, errno); return }
+            entry.ino = source.id(for: child)
+            entry.attr_timeout = 1
+            entry.entry_timeout = 1
+            fuse_reply_entry(req, &entry)
+        }
+        ops.forget = { req, _, _ in fuse_reply_none(req) }
+        ops.getattr = { req, node, _ in
+            let source = Source.of(req)
+            var attributes = stat()
+            guard let path = source.path(node), lstat(source.full(path), &attributes) == 0 else { fuse_reply_err(req, errno == 0 ? ESTALE : errno); return }
+            fuse_reply_attr(req, &attributes, 1)
+        }
+        ops.readlink = { req, node in
+            let source = Source.of(req)
+            var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            guard let path = source.path(node) else { fuse_reply_err(req, ESTALE); return }
+            let length = readlink(source.full(path), &target, Int(PATH_MAX))
+            guard length >= 0 else { fuse_reply_err(req, errno); return }
+            fuse_reply_readlink(req, target)
+        }
+        ops.open = { req, node, info in
+            let source = Source.of(req)
+            guard let path = source.path(node) else { fuse_reply_err(req, ESTALE); return }
+            let fd = open(source.full(path), O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { fuse_reply_err(req, errno); return }
+            cachefs_file_info_set_handle(info, UInt64(fd))
+            cachefs_file_info_set_direct_io(info) // no page cache, like an object-store mount
+            fuse_reply_open(req, info)
+        }
+        ops.read = { req, node, size, offset, info in
+            let source = Source.of(req)
+            let failure = source.admit(source.path(node) ?? "", offset: Int64(offset), size: size)
+            guard failure == 0 else { fuse_reply_err(req, failure); return }
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 4096)
+            defer { buffer.deallocate() }
+            let count = pread(Int32(cachefs_file_info_handle(info)), buffer, size, offset)
+            guard count >= 0 else { fuse_reply_err(req, errno); return }
+            fuse_reply_buf(req, buffer, count)
+        }
+        ops.release = { req, _, info in
+            close(Int32(cachefs_file_info_handle(info)))
+            fuse_reply_err(req, 0)
+        }
+        ops.opendir = { req, node, info in
+            let source = Source.of(req)
+            guard let path = source.path(node), let directory = opendir(source.full(path)) else { fuse_reply_err(req, errno == 0 ? ESTALE : errno); return }
+            var names: [String] = []
+            while let entry = readdir(directory) {
+                names.append(withUnsafePointer(to: &entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) })
+            }
+            closedir(directory)
+            cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(Listing(names)).toOpaque())))
+            fuse_reply_open(req, info)
+        }
+        ops.readdir = { req, _, size, offset, info in
+            let listing = Unmanaged<Listing>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(cachefs_file_info_handle(info)))!).takeUnretainedValue()
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+            defer { buffer.deallocate() }
+            var used = 0
+            for index in Int(offset)..<listing.names.count {
+                var attributes = stat()
+                let needed = fuse_add_direntry(req, buffer + used, size - used, listing.names[index], &attributes, off_t(index + 1))
+                if needed > size - used { break }
+                used += needed
+            }
+            fuse_reply_buf(req, buffer, used)
+        }
+        ops.releasedir = { req, _, info in
+            Unmanaged<Listing>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(cachefs_file_info_handle(info)))!).release()
+            fuse_reply_err(req, 0)
+        }
+        ops.statfs = { req, _ in
+            var statistics = statvfs()
+            guard statvfs(Source.of(req).root, &statistics) == 0 else { fuse_reply_err(req, errno); return }
+            fuse_reply_statfs(req, &statistics)
+        }
+        return ops
+    }()
+
+    static func of(_ req: fuse_req_t?) -> Source {
+        Unmanaged<Source>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+    }
+}
+
+/// A directory's names, read once at opendir; offsets are positions in it.
+final class Listing: Sendable {
+    let names: [String]
+    init(_ names: [String]) { self.names = names }
+}
+
+/// Spreads reads over time so that together they stay under a byte rate.
+final class TokenBucket: Sendable {
+    private let bytesPerSecond: Double
+    private let nextFree = Mutex<Double>(0)
+
+    init(bytesPerSecond: Int) { self.bytesPerSecond = Double(bytesPerSecond) }
+
+    func take(_ bytes: Int) {
+        let now = Date().timeIntervalSince1970
+        let start = nextFree.withLock { next in
+            let start = max(next, now)
+            next = start + Double(bytes) / bytesPerSecond
+            return start
+        }
+        if start > now { usleep(UInt32((start - now) * 1e6)) }
+    }
+}
+
+TestSource.main()

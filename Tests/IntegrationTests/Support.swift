@@ -64,8 +64,8 @@ func run(_ executable: String, _ arguments: [String], in directory: String? = ni
     if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("cachefs-run-\(UUID().uuidString)")
     let outURL = scratch.appendingPathExtension("out"), errURL = scratch.appendingPathExtension("err")
-    FileManager.default.createFile(atPath: outURL.path, contents: nil)
-    FileManager.default.createFile(atPath: errURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
     defer { try? FileManager.default.removeItem(at: outURL); try? FileManager.default.removeItem(at: errURL) }
     process.standardOutput = try FileHandle(forWritingTo: outURL)
     process.standardError = try FileHandle(forWritingTo: errURL)

@@ -94,7 +94,7 @@ public final class MirrorFilesystem: Sendable {
             defer { last = version }
             return last
         }
-        let source = SourceFile(descriptor: descriptor, version: version)
+        let source = SourceFile(handle: node.handle, descriptor: descriptor, version: version)
         let file = OpenFile(node: id, source: source, prefetch: prefetchStream(for: source))
         return (file, previous == version, previous != nil && previous != version)
     }
@@ -108,8 +108,14 @@ public final class MirrorFilesystem: Sendable {
             blockCount: (size + blockSize - 1) / blockSize,
             // A block another reader is loading needs no prefetch thread to wait for it.
             isResident: { [cache] index in cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) },
-            load: { [self] index in
-                _ = try? block(index, of: source, length: Int(min(blockSize, size - index * blockSize)))
+            load: { [self] indices in
+                // A handle of its own, read front to back: sources that stream a handle sequentially stay fast.
+                guard let descriptor = try? source.handle.openForReading() else { return }
+                defer { try? descriptor.close() }
+                for index in indices {
+                    let length = Int(min(blockSize, size - index * blockSize))
+                    guard (try? block(index, of: source, length: length, using: descriptor)) != nil else { return }
+                }
             }
         )
     }
@@ -142,13 +148,15 @@ public final class MirrorFilesystem: Sendable {
         return slices
     }
 
-    private func block(_ index: Int64, of file: SourceFile, length: Int) throws(Errno) -> Block {
+    /// Loads a block of `file` through the cache, reading through `descriptor` (the file's own by default).
+    private func block(_ index: Int64, of file: SourceFile, length: Int, using descriptor: FileDescriptor? = nil) throws(Errno) -> Block {
         let key = BlockKey(file: file.version, index: index)
+        let descriptor = descriptor ?? file.descriptor
         do {
             return try cache.block(for: key, length: length) { buffer in
-                let count = try file.descriptor.readFully(into: buffer, at: index * Int64(cache.blockSize))
+                let count = try descriptor.readFully(into: buffer, at: index * Int64(cache.blockSize))
                 // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
-                guard try file.descriptor.attributes().version == file.version else { throw Errno.staleNFSFileHandle }
+                guard try descriptor.attributes().version == file.version else { throw Errno.staleNFSFileHandle }
                 return count
             }
         } catch let error as Errno {
@@ -267,10 +275,13 @@ public final class OpenFile: Sendable {
 /// The source descriptor behind an open file. Prefetch jobs hold it too, so it
 /// closes when the last of them lets go, not while one is reading.
 final class SourceFile: Sendable {
+    /// The file itself, for prefetch loads that open their own descriptors.
+    let handle: PathHandle
     let descriptor: FileDescriptor
     let version: FileVersion
 
-    init(descriptor: FileDescriptor, version: FileVersion) {
+    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion) {
+        self.handle = handle
         self.descriptor = descriptor
         self.version = version
     }

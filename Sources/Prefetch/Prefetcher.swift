@@ -7,16 +7,24 @@ import Synchronization
 /// The pool is separate from FUSE's workers so that prefetching never takes a
 /// thread a reader is waiting for, and fixed so that many sequential readers
 /// cannot multiply the load on the source: at most `workers` prefetch loads run at once.
+///
+/// Work is handed out in chunks of adjacent blocks, each loaded in order by one
+/// worker: object-store FUSE clients (rclone, ossfs, s3fs) stream a handle
+/// sequentially and stall on out-of-order reads, so parallelism comes from
+/// several chunks at once, each read front to back through its own handle.
 public final class Prefetcher: Sendable {
     /// Blocks kept loading ahead of a sequential reader.
     public let depth: Int
+    /// Adjacent blocks one worker loads in order.
+    public let chunkBlocks: Int
     private let queue = Mutex<JobQueue>(JobQueue())
     private let queued = DispatchSemaphore(value: 0)
     private let counters = Counters()
 
-    public init(workers: Int, depth: Int) {
-        precondition(workers > 0 && depth > 0)
+    public init(workers: Int, depth: Int, chunkBlocks: Int = 4) {
+        precondition(workers > 0 && depth > 0 && chunkBlocks > 0)
         self.depth = depth
+        self.chunkBlocks = chunkBlocks
         for number in 0..<workers {
             let thread = Thread { [self] in work() }
             thread.name = "cachefs-prefetch-\(number)"
@@ -26,13 +34,14 @@ public final class Prefetcher: Sendable {
 
     /// A prefetch stream for one open file of `blockCount` blocks.
     /// - Parameters:
-    ///   - isResident: whether a block is already cached (then it is not queued).
-    ///   - load: loads one block into the cache; runs on a prefetch thread.
+    ///   - isResident: whether a block is already cached or loading (then it is skipped).
+    ///   - load: loads the given blocks, ascending and mostly adjacent, into the cache,
+    ///     in order; runs on a prefetch thread.
     public func stream(
         blockSize: Int,
         blockCount: Int64,
         isResident: @escaping @Sendable (Int64) -> Bool,
-        load: @escaping @Sendable (Int64) -> Void
+        load: @escaping @Sendable ([Int64]) -> Void
     ) -> PrefetchStream {
         PrefetchStream(prefetcher: self, blockSize: blockSize, blockCount: blockCount, isResident: isResident, load: load)
     }
@@ -47,29 +56,31 @@ public final class Prefetcher: Sendable {
 
     fileprivate func enqueue(_ stream: PrefetchStream, blocks: Range<Int64>) {
         guard !blocks.isEmpty else { return }
+        let chunks = stride(from: blocks.lowerBound, to: blocks.upperBound, by: chunkBlocks).map {
+            $0..<min($0 + Int64(chunkBlocks), blocks.upperBound)
+        }
         queue.withLock { queue in
-            for index in blocks { queue.jobs.append(Job(stream: stream, index: index)) }
+            for chunk in chunks { queue.jobs.append(Job(stream: stream, blocks: chunk)) }
         }
         counters.queued.add(UInt64(blocks.count), ordering: .relaxed)
-        for _ in blocks { queued.signal() }
+        for _ in chunks { queued.signal() }
     }
 
     private func work() {
         while true {
             queued.wait()
             guard let job = queue.withLock({ $0.popFirst() }) else { continue }
-            if job.stream.isCancelled || job.stream.isResident(job.index) {
-                counters.cancelled.add(1, ordering: .relaxed)
-                continue
-            }
-            job.stream.load(job.index)
-            counters.loaded.add(1, ordering: .relaxed)
+            let wanted = job.stream.isCancelled ? [] : job.blocks.filter { !job.stream.isResident($0) }
+            counters.cancelled.add(UInt64(job.blocks.count - wanted.count), ordering: .relaxed)
+            guard !wanted.isEmpty else { continue }
+            job.stream.load(wanted)
+            counters.loaded.add(UInt64(wanted.count), ordering: .relaxed)
         }
     }
 
     private struct Job {
         let stream: PrefetchStream
-        let index: Int64
+        let blocks: Range<Int64>
     }
 
     /// A FIFO of jobs with amortized O(1) removal from the front.
@@ -110,7 +121,7 @@ public final class PrefetchStream: Sendable {
     private let blockSize: Int64
     private let blockCount: Int64
     fileprivate let isResident: @Sendable (Int64) -> Bool
-    fileprivate let load: @Sendable (Int64) -> Void
+    fileprivate let load: @Sendable ([Int64]) -> Void
     private let state: Mutex<State>
     private let cancelled = Atomic<Bool>(false)
 
@@ -121,7 +132,7 @@ public final class PrefetchStream: Sendable {
     }
 
     fileprivate init(prefetcher: Prefetcher, blockSize: Int, blockCount: Int64,
-                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Int64) -> Void) {
+                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable ([Int64]) -> Void) {
         self.prefetcher = prefetcher
         self.blockSize = Int64(blockSize)
         self.blockCount = blockCount

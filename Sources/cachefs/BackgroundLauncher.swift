@@ -37,6 +37,7 @@ enum BackgroundLauncher {
                          "--capacity", String(settings.capacity), "--block-size", String(settings.blockSize),
                          "--metadata-timeout", String(settings.metadataTimeout), "--threads", String(settings.threads),
                          "--prefetch-depth", String(settings.prefetchDepth), "--prefetch-threads", String(settings.prefetchThreads),
+                         "--prefetch-chunk", String(settings.prefetchChunk),
                          "--read-ahead", String(settings.readAhead),
                          "--control-socket", settings.controlSocket, "--log-level", settings.logLevel.rawValue,
                          "--force", "--ready-fd", String(readyDescriptor)]

@@ -49,7 +49,7 @@ struct Daemon {
             throw UsageError("source \(settings.source): \(error)")
         }
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
-        let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth) : nil
+        let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         let filesystem = try MirrorFilesystem(sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher, logger: logger)
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout

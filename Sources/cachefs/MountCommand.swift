@@ -39,6 +39,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Blocks loaded ahead of a sequential reader, in parallel (0 turns prefetching off).")
     var prefetchDepth = 16
 
+    @Option(help: "Adjacent blocks one prefetch thread loads in order through its own source handle.")
+    var prefetchChunk = 4
+
     @Option(help: "Threads that load prefetched blocks; at most this many prefetch reads reach the source at once.")
     var prefetchThreads = 8
 
@@ -64,6 +67,7 @@ struct MountCommand: ParsableCommand {
     func validate() throws {
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
         guard (0...4096).contains(prefetchDepth) else { throw ValidationError("--prefetch-depth must be between 0 and 4096") }
+        guard (1...1024).contains(prefetchChunk) else { throw ValidationError("--prefetch-chunk must be between 1 and 1024") }
         guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
         guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
         let block = blockSize.bytes

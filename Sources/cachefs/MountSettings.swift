@@ -23,6 +23,7 @@ struct MountSettings {
     /// so that prefetching cannot evict what is being read.
     let prefetchDepth: Int
     let prefetchThreads: Int
+    let prefetchChunk: Int
     let readAhead: Int
     let allowOther: Bool
     let controlSocket: String
@@ -51,6 +52,7 @@ struct MountSettings {
         threads = command.threads
         prefetchDepth = min(command.prefetchDepth, command.capacity.bytes / command.blockSize.bytes / 4)
         prefetchThreads = command.prefetchThreads
+        prefetchChunk = command.prefetchChunk
         readAhead = command.readAhead.bytes
         allowOther = command.allowOther
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)

@@ -38,16 +38,18 @@ struct PrefetcherTests {
     /// Records loads; can hold them until released, to test cancellation.
     final class Loads: Sendable {
         let loaded = Mutex<[Int64]>([])
+        let calls = Mutex<[[Int64]]>([])
         let started = Atomic<Int>(0)
         let gate = DispatchSemaphore(value: 0)
         let holding: Bool
 
         init(holding: Bool = false) { self.holding = holding }
 
-        func load(_ index: Int64) {
+        func load(_ indices: [Int64]) {
             started.add(1, ordering: .relaxed)
             if holding { gate.wait() }
-            loaded.withLock { $0.append(index) }
+            loaded.withLock { $0.append(contentsOf: indices) }
+            calls.withLock { $0.append(indices) }
         }
 
         var indices: [Int64] { loaded.withLock { $0.sorted() } }
@@ -86,6 +88,16 @@ struct PrefetcherTests {
         #expect(waitFor { loads.indices == Array(3...9) })
     }
 
+    @Test("Work goes out in chunks of adjacent blocks, each loaded in order by one worker")
+    func chunks() {
+        let prefetcher = Prefetcher(workers: 3, depth: 10, chunkBlocks: 4)
+        let loads = Loads()
+        let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
+        stream.didRead(offset: 0, length: 100)
+        #expect(waitFor { loads.indices == Array(1...10) })
+        #expect(loads.calls.withLock { $0.sorted { $0[0] < $1[0] } } == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]])
+    }
+
     @Test("Resident blocks are skipped")
     func residentBlocksSkipped() {
         let prefetcher = Prefetcher(workers: 2, depth: 4)
@@ -105,8 +117,9 @@ struct PrefetcherTests {
         #expect(waitFor { prefetcher.statistics.queuedBlocks == 10 && loads.started.load(ordering: .relaxed) == 1 })
         stream.cancel()
         loads.gate.signal()                         // let load(1) finish
-        #expect(waitFor { prefetcher.statistics.cancelledBlocks == 9 })
-        #expect(loads.indices == [1])
+        // Chunks of 4: the running chunk (1–4) finishes; the two queued ones (5–8, 9–10) are dropped.
+        #expect(waitFor { prefetcher.statistics.cancelledBlocks == 6 })
+        #expect(loads.indices == [1, 2, 3, 4])
         stream.didRead(offset: 100, length: 100)    // a cancelled stream queues nothing
         usleep(50_000)
         #expect(prefetcher.statistics.queuedBlocks == 10)

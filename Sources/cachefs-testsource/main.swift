@@ -179,12 +179,13 @@ final class Source: Sendable {
         ops.opendir = { req, node, info in
             let source = Source.of(req)
             guard let path = source.path(node), let directory = opendir(source.full(path)) else { fuse_reply_err(req, errno == 0 ? ESTALE : errno); return }
-            var names: [String] = []
+            var entries: [Listing.Entry] = []
             while let entry = readdir(directory) {
-                names.append(withUnsafePointer(to: &entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) })
+                let name = withUnsafePointer(to: &entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+                entries.append(Listing.Entry(name: name, inode: ino_t(entry.pointee.d_ino), type: entry.pointee.d_type))
             }
             closedir(directory)
-            cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(Listing(names)).toOpaque())))
+            cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(Listing(entries)).toOpaque())))
             fuse_reply_open(req, info)
         }
         ops.readdir = { req, _, size, offset, info in
@@ -192,9 +193,12 @@ final class Source: Sendable {
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
             defer { buffer.deallocate() }
             var used = 0
-            for index in Int(offset)..<listing.names.count {
+            for index in Int(offset)..<listing.entries.count {
+                let entry = listing.entries[index]
                 var attributes = stat()
-                let needed = fuse_add_direntry(req, buffer + used, size - used, listing.names[index], &attributes, off_t(index + 1))
+                attributes.st_ino = entry.inode // readdir(3) hides entries whose inode is 0
+                attributes.st_mode = mode_t(entry.type) << 12
+                let needed = fuse_add_direntry(req, buffer + used, size - used, entry.name, &attributes, off_t(index + 1))
                 if needed > size - used { break }
                 used += needed
             }
@@ -217,10 +221,16 @@ final class Source: Sendable {
     }
 }
 
-/// A directory's names, read once at opendir; offsets are positions in it.
+/// A directory's entries, read once at opendir; offsets are positions in it.
 final class Listing: Sendable {
-    let names: [String]
-    init(_ names: [String]) { self.names = names }
+    struct Entry: Sendable {
+        var name: String
+        var inode: ino_t
+        var type: UInt8
+    }
+
+    let entries: [Entry]
+    init(_ entries: [Entry]) { self.entries = entries }
 }
 
 /// Spreads reads over time so that together they stay under a byte rate.

@@ -22,6 +22,7 @@ struct SlowSourceTests {
     @Test("Every byte read through a latency-bound source is right, and sequential reads are prefetched")
     func latencyBoundSequentialRead() throws {
         defer { mount.stop(); source.stop() }
+        #expect(try shell("ls", in: mount.mountpoint) == "broken.bin\nmodel.bin\nok.txt\n")
         #expect(try run("/usr/bin/cmp", [data + "/model.bin", mount.mountpoint + "/model.bin"]).status == 0)
         let stats = try mount.stats()
         #expect(stats.bytesFromSource == 40_000_000, "each block is read from the source once")

@@ -38,15 +38,24 @@ final class TestSourceMount {
     /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGUSR2: service is back.
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
-    func stop() {
-        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+    func stop() { stopDaemon(process, mountpoint: mountpoint) }
+
+    deinit { stop() }
+}
+
+/// SIGTERM, then SIGKILL and a lazy unmount if a FUSE daemon does not leave by itself.
+/// Returns the daemon's exit status.
+@discardableResult
+func stopDaemon(_ process: Process, mountpoint: String) -> Int32 {
+    if process.isRunning {
+        kill(process.processIdentifier, SIGTERM)
         let deadline = Date().addingTimeInterval(10)
         while process.isRunning && Date() < deadline { usleep(20_000) }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
     }
-
-    deinit { stop() }
+    process.waitUntilExit()
+    if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
+    return process.terminationStatus
 }
 
 struct CommandResult {
@@ -187,19 +196,8 @@ final class CachefsMount {
         return kib * 1024
     }
 
-    /// SIGTERM, then SIGKILL and a lazy unmount if the daemon does not leave by itself.
     @discardableResult
-    func stop() -> Int32 {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGTERM)
-            let deadline = Date().addingTimeInterval(10)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }
-        process.waitUntilExit()
-        if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
-        return process.terminationStatus
-    }
+    func stop() -> Int32 { stopDaemon(process, mountpoint: mountpoint) }
 
     deinit { stop() }
 }

@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(
             name: "MirrorFSTests",
-            dependencies: ["MirrorFS", "SourceTree", "BlockCache", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "CLinux", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
     ],

@@ -33,6 +33,8 @@ public final class DirectoryStream: @unchecked Sendable {
         position = offset
     }
 
+    private static let nameOffset = MemoryLayout<dirent>.offset(of: \.d_name)!
+
     public func next() throws(Errno) -> Entry? {
         errno = 0
         guard let entry = readdir(stream) else {
@@ -40,13 +42,8 @@ public final class DirectoryStream: @unchecked Sendable {
             return nil
         }
         position = telldir(stream)
-        return withUnsafePointer(to: &entry.pointee.d_name) { name in
-            Entry(
-                name: UnsafeRawPointer(name).assumingMemoryBound(to: CChar.self),
-                inode: UInt64(entry.pointee.d_ino),
-                type: entry.pointee.d_type,
-                nextOffset: position
-            )
-        }
+        // The name lives inside the dirent, which stays valid until the next readdir.
+        let name = UnsafeRawPointer(entry).advanced(by: Self.nameOffset).assumingMemoryBound(to: CChar.self)
+        return Entry(name: name, inode: UInt64(entry.pointee.d_ino), type: entry.pointee.d_type, nextOffset: position)
     }
 }

@@ -41,6 +41,24 @@ public final class PathHandle: Sendable {
         return (PathHandle(descriptor: FileDescriptor(rawValue: fd), isSymbolicLink: isSymbolicLink), attributes)
     }
 
+    /// Resolves a path relative to this directory that must stay beneath it:
+    /// no `..` above it, no absolute path, no symlink on the way (`ELOOP`, `EXDEV`).
+    ///
+    /// This is how requests naming a file by path (warm-up, peers) reach the
+    /// source; the kernel enforces the confinement (openat2 `RESOLVE_BENEATH`).
+    public func descendant(atRelativePath path: String) throws(Errno) -> (handle: PathHandle, attributes: stat) {
+        guard !path.hasPrefix("/"), !path.utf8.contains(0) else { throw Errno.invalidArgument }
+        let resolve = CACHEFS_RESOLVE_BENEATH | CACHEFS_RESOLVE_NO_SYMLINKS | CACHEFS_RESOLVE_NO_MAGICLINKS
+        let fd = try syscall {
+            cachefs_openat2(descriptor.rawValue, path.isEmpty ? "." : path, UInt64(O_PATH | O_CLOEXEC | O_NOFOLLOW), resolve)
+        }
+        let handle = PathHandle(descriptor: FileDescriptor(rawValue: fd), isSymbolicLink: false)
+        let attributes = try handle.attributes()
+        // O_PATH | O_NOFOLLOW opens a final symlink itself rather than failing.
+        guard (attributes.st_mode & S_IFMT) != S_IFLNK else { throw Errno.tooManySymbolicLinkLevels }
+        return (handle, attributes)
+    }
+
     public func attributes() throws(Errno) -> stat {
         var attributes = stat()
         _ = try syscall { fstatat(descriptor.rawValue, "", &attributes, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }

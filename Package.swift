@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // libfuse3 through pkg-config, with static inline wrappers for what Swift cannot import.
@@ -68,10 +70,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Read latency by tier and Prometheus exposition of the daemon's counters (swift-metrics + swift-prometheus).
+        .target(
+            name: "Telemetry",
+            dependencies: [
+                "MirrorFS",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .executableTarget(
             name: "cachefs",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane",
+                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

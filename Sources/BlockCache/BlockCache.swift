@@ -9,13 +9,18 @@ import SystemPackage
 /// while a block loads, allocates or is freed, so a slow source stalls only the
 /// readers of the blocks it is loading.
 ///
-/// Capacity: bytes of resident blocks plus bytes reserved by loads in flight
-/// never exceed `capacity`. A load that finds every byte reserved by other
-/// loads still runs, but its block is handed to the caller and not kept.
+/// Capacity: bytes of evictable resident blocks, plus bytes reserved by loads in
+/// flight, plus the sizes of pinned files never exceed `capacity`. A load that
+/// finds every byte reserved or pinned still runs, but its block is handed to the
+/// caller and not kept.
+///
+/// Pinning (see `pin(_:)`): a pinned file version holds its whole size of the
+/// capacity from the moment it is pinned, and its blocks, once loaded, live
+/// outside the LRU list, so no eviction can take them.
 public final class BlockCache: Sendable {
     public let capacity: Int
     public let blockSize: Int
-    private let state: Mutex<State>
+    let state: Mutex<State>
 
     public init(capacity: Int, blockSize: Int) {
         precondition(capacity > 0 && blockSize > 0)
@@ -41,6 +46,10 @@ public final class BlockCache: Sendable {
         var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
         defer { evicted.removeAll() }
         let step: Step = state.withLock { state in
+            if !state.pinnedBlocks.isEmpty, let block = state.pinnedBlocks[key] {
+                state.counters.hits += 1
+                return .hit(block)
+            }
             if let block = state.resident.touch(key) {
                 state.counters.hits += 1
                 return .hit(block)
@@ -52,7 +61,8 @@ public final class BlockCache: Sendable {
             state.counters.misses += 1
             let pending = PendingLoad()
             state.pending[key] = pending
-            let kept = state.reserve(length, capacity: capacity, evicted: &evicted)
+            // A pinned file's blocks are already paid for by its pin.
+            let kept = state.isPinned(key.file) ? false : state.reserve(length, capacity: capacity, evicted: &evicted)
             return .load(pending, kept: kept)
         }
 
@@ -73,10 +83,7 @@ public final class BlockCache: Sendable {
                 switch outcome {
                 case .success(let block):
                     state.counters.loadedBytes += UInt64(block.count)
-                    if kept {
-                        state.resident.insert(key, block)
-                        state.residentBytes += block.count
-                    }
+                    state.admit(key, block, reserved: kept)
                 case .failure:
                     state.counters.loadErrors += 1
                 }
@@ -88,15 +95,15 @@ public final class BlockCache: Sendable {
 
     /// Whether the block is resident, without touching its recency or the counters.
     public func contains(_ key: BlockKey) -> Bool {
-        state.withLock { $0.resident.peek(key) != nil }
+        state.withLock { $0.isResident(key) }
     }
 
     /// Whether the block is resident or being loaded: asking for it would not start a source read.
     public func isResidentOrLoading(_ key: BlockKey) -> Bool {
-        state.withLock { $0.resident.peek(key) != nil || $0.pending[key] != nil }
+        state.withLock { $0.isResident(key) || $0.pending[key] != nil }
     }
 
-    /// Drops every resident block; loads in flight finish normally.
+    /// Drops every evictable block; pinned blocks stay, and loads in flight finish normally.
     public func removeAll() {
         let dropped: [Block] = state.withLock { state in
             var dropped: [Block] = []
@@ -112,14 +119,17 @@ public final class BlockCache: Sendable {
             var snapshot = state.counters
             snapshot.capacity = capacity
             snapshot.blockSize = blockSize
-            snapshot.residentBytes = state.residentBytes
-            snapshot.residentBlocks = state.resident.count
+            snapshot.residentBytes = state.residentBytes + state.pinnedResidentBytes
+            snapshot.residentBlocks = state.resident.count + state.pinnedBlocks.count
             snapshot.reservedBytes = state.reservedBytes
+            snapshot.pinnedBytes = state.pinnedBytes
+            snapshot.pinnedFiles = state.pins.count
+            snapshot.pinnedResidentBytes = state.pinnedResidentBytes
             return snapshot
         }
     }
 
-    /// Resident keys from least to most recently used (for tests and diagnostics).
+    /// Evictable resident keys from least to most recently used (for tests and diagnostics); pinned blocks are not listed.
     public var keysByRecency: [BlockKey] {
         state.withLock { $0.resident.keysOldestFirst }
     }
@@ -130,17 +140,43 @@ public final class BlockCache: Sendable {
         case load(PendingLoad, kept: Bool)
     }
 
-    private struct State: ~Copyable {
+    struct State: ~Copyable {
+        /// Evictable blocks, and their bytes.
         var resident = LRUList<BlockKey, Block>()
         var residentBytes = 0
         var reservedBytes = 0
         var pending: [BlockKey: PendingLoad] = [:]
         var counters = CacheStatistics()
+        /// Pinned file versions by identity, the sum of their sizes, and their loaded blocks.
+        var pins: [FileIdentity: FileVersion] = [:]
+        var pinnedBytes = 0
+        var pinnedBlocks: [BlockKey: Block] = [:]
+        var pinnedResidentBytes = 0
+
+        func isPinned(_ file: FileVersion) -> Bool {
+            !pins.isEmpty && pins[file.identity] == file
+        }
+
+        func isResident(_ key: BlockKey) -> Bool {
+            resident.peek(key) != nil || pinnedBlocks[key] != nil
+        }
+
+        /// Keeps a freshly loaded block with its pinned file, or in the room reserved for it.
+        /// A block with neither (no room, or its file was unpinned while it loaded) is not kept.
+        mutating func admit(_ key: BlockKey, _ block: Block, reserved: Bool) {
+            if isPinned(key.file) {
+                pinnedBlocks[key] = block
+                pinnedResidentBytes += block.count
+            } else if reserved {
+                resident.insert(key, block)
+                residentBytes += block.count
+            }
+        }
 
         /// Makes room for `length` bytes by evicting least recently used blocks.
         /// Returns false if loads in flight hold too much of the capacity to make room.
         mutating func reserve(_ length: Int, capacity: Int, evicted: inout [Block]) -> Bool {
-            while residentBytes + reservedBytes + length > capacity {
+            while residentBytes + reservedBytes + pinnedBytes + length > capacity {
                 guard let (_, block) = resident.removeOldest() else { return false }
                 evicted.append(block)
                 residentBytes -= block.count
@@ -154,7 +190,7 @@ public final class BlockCache: Sendable {
 }
 
 /// A load in flight, which concurrent missers of the same block wait for.
-private final class PendingLoad: Sendable {
+final class PendingLoad: Sendable {
     private let finished = DispatchGroup()
     private let outcome = Mutex<Result<Block, any Error>?>(nil)
 
@@ -188,6 +224,10 @@ public struct CacheStatistics: Sendable, Equatable {
     public var loadErrors: UInt64 = 0
     public var evictions: UInt64 = 0
     public var evictedBytes: UInt64 = 0
+    /// Capacity held by pinned files (their full sizes), how many they are, and how much of them is loaded.
+    public var pinnedBytes = 0
+    public var pinnedFiles = 0
+    public var pinnedResidentBytes = 0
 
     public init() {}
 }

@@ -1,0 +1,129 @@
+/// The identity of a source file across its versions: what a rewrite in place keeps.
+public struct FileIdentity: Hashable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+
+    public init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
+}
+
+extension FileVersion {
+    public var identity: FileIdentity { FileIdentity(device: device, inode: inode) }
+}
+
+/// A pin that would take more than the capacity left for it.
+public struct PinRefused: Error, Equatable, CustomStringConvertible {
+    /// Bytes the refused files would have added to the pinned total.
+    public var requestedBytes: Int
+    /// Bytes already pinned, and held by loads in flight, when it was refused.
+    public var pinnedBytes: Int
+    public var reservedBytes: Int
+    public var capacity: Int
+
+    public var description: String {
+        let available = max(0, capacity - pinnedBytes - reservedBytes)
+        return "pinning \(requestedBytes) bytes needs more than the \(available) bytes of the \(capacity)-byte capacity not already pinned"
+    }
+}
+
+// Pinning: a pinned file version's blocks are never evicted. Its whole size is
+// counted against the capacity as soon as it is pinned, whether or not its
+// blocks are loaded yet, so that warming it later can never fail for room.
+// Pins are kept per file identity: pinning a new version of a file replaces
+// the pin of the old one, whose blocks are dropped.
+extension BlockCache {
+    /// Pins every version in `files`, or none of them if their sizes do not fit
+    /// beside what is already pinned and what loads in flight hold.
+    ///
+    /// Blocks of these versions already resident leave the LRU list; other blocks
+    /// are made room for by evicting least recently used ones.
+    public func pin(_ files: [FileVersion]) throws(PinRefused) {
+        var released: [Block] = [] // unmapped after the lock is dropped
+        defer { released.removeAll() }
+        try state.withLock { (state: inout State) throws(PinRefused) in
+            var newest: [FileIdentity: FileVersion] = [:]
+            for file in files { newest[file.identity] = file }
+            let added = newest.values.filter { state.pins[$0.identity] != $0 }
+            let replaced = added.reduce(0) { $0 + Int(state.pins[$1.identity]?.size ?? 0) }
+            let requested = added.reduce(0) { $0 + Int($1.size) }
+            guard state.pinnedBytes - replaced + requested + state.reservedBytes <= capacity else {
+                throw PinRefused(requestedBytes: requested, pinnedBytes: state.pinnedBytes,
+                                 reservedBytes: state.reservedBytes, capacity: capacity)
+            }
+            for file in added {
+                if let old = state.pins[file.identity] {
+                    released += state.unpin(old, blockSize: blockSize, keepBlocks: false)
+                }
+                state.pins[file.identity] = file
+                state.pinnedBytes += Int(file.size)
+                for index in 0..<blockCount(file) {
+                    let key = BlockKey(file: file, index: index)
+                    guard let block = state.resident.remove(key) else { continue }
+                    state.residentBytes -= block.count
+                    state.pinnedBlocks[key] = block
+                    state.pinnedResidentBytes += block.count
+                }
+            }
+            // Room for the new pins: reserving nothing evicts down to the bound.
+            if state.reserve(0, capacity: capacity, evicted: &released) == false {
+                preconditionFailure("pinned and reserved bytes exceed the capacity that was checked")
+            }
+        }
+    }
+
+    /// Releases the pins of these files (any version); their loaded blocks become
+    /// ordinary, most recently used blocks. Returns the number of files and bytes unpinned.
+    @discardableResult
+    public func unpin(_ files: [FileIdentity]) -> (files: Int, bytes: Int) {
+        state.withLock { state in
+            var count = 0, bytes = 0
+            for identity in Set(files) {
+                guard let version = state.pins[identity] else { continue }
+                _ = state.unpin(version, blockSize: blockSize, keepBlocks: true)
+                count += 1
+                bytes += Int(version.size)
+            }
+            return (count, bytes)
+        }
+    }
+
+    /// Releases every pin.
+    @discardableResult
+    public func unpinAll() -> (files: Int, bytes: Int) {
+        unpin(state.withLock { Array($0.pins.keys) })
+    }
+
+    /// Whether this version of a file is pinned.
+    public func isPinned(_ file: FileVersion) -> Bool {
+        state.withLock { $0.isPinned(file) }
+    }
+
+    private func blockCount(_ file: FileVersion) -> Int64 {
+        (file.size + Int64(blockSize) - 1) / Int64(blockSize)
+    }
+}
+
+extension BlockCache.State {
+    /// Drops the pin of `version`. Its blocks move to the LRU list (which has room:
+    /// the pin held at least their size), or are returned for the caller to release.
+    mutating func unpin(_ version: FileVersion, blockSize: Int, keepBlocks: Bool) -> [Block] {
+        pins[version.identity] = nil
+        pinnedBytes -= Int(version.size)
+        var dropped: [Block] = []
+        let blocks = (version.size + Int64(blockSize) - 1) / Int64(blockSize)
+        for index in 0..<blocks {
+            let key = BlockKey(file: version, index: index)
+            guard let block = pinnedBlocks.removeValue(forKey: key) else { continue }
+            pinnedResidentBytes -= block.count
+            if keepBlocks {
+                resident.insert(key, block)
+                residentBytes += block.count
+            } else {
+                dropped.append(block)
+            }
+        }
+        return dropped
+    }
+}

@@ -42,6 +42,15 @@ public final class BlockCache: Sendable {
         length: Int,
         load: (UnsafeMutableRawBufferPointer) throws -> Int
     ) throws -> Block {
+        try fetch(for: key, length: length, load: load).block
+    }
+
+    /// `block(for:length:load:)`, also telling where the block came from.
+    public func fetch(
+        for key: BlockKey,
+        length: Int,
+        load: (UnsafeMutableRawBufferPointer) throws -> Int
+    ) throws -> (block: Block, origin: BlockOrigin) {
         precondition(length > 0 && length <= blockSize)
         var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
         defer { evicted.removeAll() }
@@ -68,9 +77,9 @@ public final class BlockCache: Sendable {
 
         switch step {
         case .hit(let block):
-            return block
+            return (block, .memory)
         case .wait(let pending):
-            return try pending.wait()
+            return (try pending.wait(), .coalesced)
         case .load(let pending, let kept):
             let outcome = Result { () throws -> Block in
                 let buffer = try BlockBuffer(capacity: length)
@@ -89,7 +98,7 @@ public final class BlockCache: Sendable {
                 }
             }
             pending.complete(outcome)
-            return try outcome.get()
+            return (try outcome.get(), .loaded)
         }
     }
 
@@ -187,6 +196,16 @@ public final class BlockCache: Sendable {
             return true
         }
     }
+}
+
+/// Where `fetch` found a block.
+public enum BlockOrigin: Sendable {
+    /// Resident: a hit.
+    case memory
+    /// Loaded by this call.
+    case loaded
+    /// Loaded by another caller's load, which this call waited for.
+    case coalesced
 }
 
 /// A load in flight, which concurrent missers of the same block wait for.

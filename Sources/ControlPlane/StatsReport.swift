@@ -26,6 +26,26 @@ public struct StatsReport: Codable, Sendable, Equatable {
     /// Blocks loaded ahead of sequential readers, and queued ones skipped (already cached, or the reader left).
     public var prefetchedBlocks: UInt64
     public var prefetchSkippedBlocks: UInt64
+    /// Capacity held by pinned files (their full sizes), how many they are, and how much of them is loaded.
+    public var pinnedBytes: Int = 0
+    public var pinnedFiles: Int = 0
+    public var pinnedCachedBytes: Int = 0
+    /// Successful reads and their bytes by the tier that served them, fastest tier first.
+    public var tiers: [TierReport] = []
+    /// Where Prometheus metrics are served (`HOST:PORT`), if they are.
+    public var metricsAddress: String?
+
+    public struct TierReport: Codable, Sendable, Equatable {
+        public var tier: String
+        public var reads: UInt64
+        public var bytes: UInt64
+
+        public init(tier: String, reads: UInt64, bytes: UInt64) {
+            self.tier = tier
+            self.reads = reads
+            self.bytes = bytes
+        }
+    }
 
     public init(
         source: String, mountpoint: String, pid: Int32, uptimeSeconds: Double,

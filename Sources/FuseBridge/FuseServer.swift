@@ -55,10 +55,15 @@ public final class FuseServer: @unchecked Sendable {
     private let mountpoint = Mutex<String?>(nil)
     private let exitRequested = Atomic<Bool>(false)
     let readsLogged = Atomic<Int>(0)
+    /// Told about every successful read, with its tier and how long it took.
+    let readObserver: (any ReadObserver)?
+    /// Reads being served right now, so that a shutdown can let them finish.
+    let readsInFlight = Atomic<Int>(0)
 
-    public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, logger: Logger) {
+    public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil, logger: Logger) {
         self.filesystem = filesystem
         self.configuration = configuration
+        self.readObserver = readObserver
         self.logger = logger
     }
 
@@ -142,3 +147,22 @@ public final class FuseServer: @unchecked Sendable {
     }
 }
 
+
+extension FuseServer {
+    /// Waits until no read is being served, or `grace` has passed; returns whether reads drained.
+    ///
+    /// Called by the shutdown path before it detaches the mount, so that a read
+    /// waiting on a slow source gets its bytes rather than an error. New reads
+    /// may still start meanwhile; the wait ends at the first moment none runs.
+    public func waitForReadsToDrain(grace: Duration) -> Bool {
+        let deadline = ContinuousClock.now + grace
+        while readsInFlight.load(ordering: .acquiring) > 0 {
+            guard ContinuousClock.now < deadline else { return false }
+            usleep(10_000)
+        }
+        return true
+    }
+
+    /// Reads being served at this moment.
+    public var activeReads: Int { readsInFlight.load(ordering: .relaxed) }
+}

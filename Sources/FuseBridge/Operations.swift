@@ -69,7 +69,15 @@ extension FuseServer {
             server(req).reply(req) { fs throws(Errno) in
                 fs.noteRequestSize(size, offset: offset)
                 let file = Unmanaged<OpenFile>.fromOpaque(handle(info)).takeUnretainedValue()
-                let slices = try fs.filesystem.read(file, at: Int64(offset), count: size)
+                fs.readsInFlight.add(1, ordering: .relaxed)
+                defer { fs.readsInFlight.subtract(1, ordering: .releasing) }
+                guard let observer = fs.readObserver else {
+                    return replyData(req, try fs.filesystem.read(file, at: Int64(offset), count: size))
+                }
+                let start = monotonicNanoseconds()
+                var tier = ReadTier.memory
+                let slices = try fs.filesystem.read(file, at: Int64(offset), count: size, tier: &tier)
+                observer.didRead(bytes: slices.reduce(0) { $0 + $1.range.count }, tier: tier, nanoseconds: monotonicNanoseconds() &- start)
                 replyData(req, slices)
             }
         }
@@ -221,6 +229,14 @@ private func replyData(_ req: fuse_req_t?, _ slices: [BlockSlice]) {
         var vectors = slices.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.bytes.baseAddress), iov_len: $0.bytes.count) }
         _ = fuse_reply_iov(req, &vectors, Int32(vectors.count))
     }
+}
+
+/// CLOCK_MONOTONIC through the vDSO: no system call, no allocation.
+@inline(__always)
+private func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }
 
 private func refuseWrite(_ req: fuse_req_t?) {

@@ -16,6 +16,8 @@ import SystemPackage
 /// blocks its caller.
 public final class MirrorFilesystem: Sendable {
     public let cache: BlockCache
+    /// The source directory itself, which warm-up requests resolve paths beneath.
+    let sourceRoot: PathHandle
     private let prefetcher: Prefetcher?
     private let nodes: Mutex<NodeTable>
     private let counters = Counters()
@@ -25,6 +27,7 @@ public final class MirrorFilesystem: Sendable {
     public init(sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil, logger: Logger) throws(Errno) {
         let attributes = try sourceRoot.attributes()
         self.cache = cache
+        self.sourceRoot = sourceRoot
         self.prefetcher = prefetcher
         self.logger = logger
         nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity))
@@ -125,6 +128,12 @@ public final class MirrorFilesystem: Sendable {
     /// The slices keep their blocks alive; the caller hands their bytes to the
     /// kernel and then drops them.
     public func read(_ file: OpenFile, at offset: Int64, count: Int) throws(Errno) -> [BlockSlice] {
+        var tier = ReadTier.memory
+        return try read(file, at: offset, count: count, tier: &tier)
+    }
+
+    /// `read(_:at:count:)`, also raising `tier` to the slowest tier any of its blocks came from.
+    public func read(_ file: OpenFile, at offset: Int64, count: Int, tier: inout ReadTier) throws(Errno) -> [BlockSlice] {
         counters.readRequests.add(1, ordering: .relaxed)
         file.prefetch?.didRead(offset: offset, length: count) // before this read's own loads, to overlap them
         let source = file.source
@@ -137,7 +146,7 @@ public final class MirrorFilesystem: Sendable {
         while index * blockSize < end {
             let blockStart = index * blockSize
             let expected = Int(min(blockSize, size - blockStart))
-            let block = try block(index, of: source, length: expected)
+            let block = try block(index, of: source, length: expected, tier: &tier)
             let lower = Int(max(offset, blockStart) - blockStart)
             let upper = Int(min(end - blockStart, Int64(block.count)))
             if upper > lower { slices.append(BlockSlice(block: block, range: lower..<upper)) }
@@ -149,16 +158,23 @@ public final class MirrorFilesystem: Sendable {
     }
 
     /// Loads a block of `file` through the cache, reading through `descriptor` (the file's own by default).
-    private func block(_ index: Int64, of file: SourceFile, length: Int, using descriptor: FileDescriptor? = nil) throws(Errno) -> Block {
+    func block(_ index: Int64, of file: SourceFile, length: Int, using descriptor: FileDescriptor? = nil) throws(Errno) -> Block {
+        var tier = ReadTier.memory
+        return try block(index, of: file, length: length, using: descriptor, tier: &tier)
+    }
+
+    func block(_ index: Int64, of file: SourceFile, length: Int, using descriptor: FileDescriptor? = nil, tier: inout ReadTier) throws(Errno) -> Block {
         let key = BlockKey(file: file.version, index: index)
         let descriptor = descriptor ?? file.descriptor
         do {
-            return try cache.block(for: key, length: length) { buffer in
+            let (block, origin) = try cache.fetch(for: key, length: length) { buffer in
                 let count = try descriptor.readFully(into: buffer, at: index * Int64(cache.blockSize))
                 // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
                 guard try descriptor.attributes().version == file.version else { throw Errno.staleNFSFileHandle }
                 return count
             }
+            tier.include(origin == .memory ? .memory : .source)
+            return block
         } catch let error as Errno {
             counters.sourceErrors.add(1, ordering: .relaxed)
             logger.warning("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])

@@ -43,6 +43,10 @@ enum BackgroundLauncher {
                          "--force", "--ready-fd", String(readyDescriptor)]
         if settings.allowOther { arguments.append("--allow-other") }
         if let logFile = settings.logFile { arguments += ["--log-file", logFile] }
+        if let metrics = settings.metrics { arguments += ["--metrics", metrics.description] }
+        for pattern in settings.preload { arguments += ["--preload", pattern] }
+        if settings.preloadPin { arguments.append("--preload-pin") }
+        arguments += ["--shutdown-grace", String(settings.shutdownGrace)]
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
 

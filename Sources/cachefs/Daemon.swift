@@ -12,6 +12,7 @@ import Prefetch
 import ServiceLifecycle
 import SourceTree
 import Synchronization
+import Telemetry
 
 /// The serving process: mounts, serves FUSE on libfuse's threads and the
 /// control socket on SwiftNIO's, and unmounts on a signal or an external unmount.
@@ -55,7 +56,9 @@ struct Daemon {
         fuseConfiguration.metadataTimeout = settings.metadataTimeout
         fuseConfiguration.maxThreads = settings.threads
         fuseConfiguration.allowOther = settings.allowOther
-        let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, logger: logger)
+        let exporter = settings.metrics.map { _ in PrometheusExporter() } // bootstraps swift-metrics before any metric exists
+        let telemetry = ReadTelemetry(recordLatency: exporter != nil)
+        let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry, logger: logger)
         try server.mount(at: settings.mountpoint)
 
         let loopEnded = DispatchSemaphore(value: 0)
@@ -64,11 +67,12 @@ struct Daemon {
 
         let started = ContinuousClock.now
         let controlRunning = DispatchSemaphore(value: 0)
+        let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, started: started)
         let control: any Service
         do {
             control = try ControlServer.make(
                 socketPath: settings.controlSocket,
-                report: { [settings] in Self.report(filesystem.statistics, settings: settings, since: started) },
+                handler: handler,
                 onRunning: { controlRunning.signal() },
                 logger: logger
             )
@@ -77,7 +81,8 @@ struct Daemon {
             loopEnded.wait()
             throw UsageError("control socket \(settings.controlSocket): \(error)")
         }
-        let services = ServiceGroup(configuration: .init(services: [control], gracefulShutdownSignals: [], logger: logger))
+        let metricsService = exporter.map { makeMetricsService($0, handler: handler, logger: logger) }
+        let services = ServiceGroup(configuration: .init(services: [control] + (metricsService.map { [$0] } ?? []), gracefulShutdownSignals: [], logger: logger))
         let servicesEnded = DispatchSemaphore(value: 0)
         let controlFailure = Mutex<(any Error)?>(nil)
         Task {
@@ -102,6 +107,7 @@ struct Daemon {
             ])
             readiness?.succeed()
             systemd?.ready(status: "serving \(settings.source) at \(settings.mountpoint)")
+            Preloader.start(patterns: settings.preload, pin: settings.preloadPin, filesystem: filesystem, logger: logger)
         } else {
             server.requestExit()
         }
@@ -128,8 +134,11 @@ struct Daemon {
             while true {
                 var received: Int32 = 0
                 guard sigwait(&signals, &received) == 0 else { continue }
-                logger.notice("signal received, unmounting", metadata: ["signal": "\(received)"])
+                logger.notice("signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
                 systemd?.stopping()
+                if !server.waitForReadsToDrain(grace: .milliseconds(Int(settings.shutdownGrace * 1000))) {
+                    logger.warning("reads still in progress after the shutdown grace; unmounting anyway", metadata: ["reads": "\(server.activeReads)"])
+                }
                 server.requestExit()
             }
         }.start()

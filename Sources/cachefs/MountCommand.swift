@@ -1,4 +1,5 @@
 import ArgumentParser
+import ControlPlane
 import Logging
 
 struct MountCommand: ParsableCommand {
@@ -60,6 +61,18 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Append the daemon's log to this file (in the background, logs are discarded otherwise).")
     var logFile: String?
 
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, shown by `cachefs stats`).", valueName: "host:port"))
+    var metrics: String?
+
+    @Option(help: ArgumentHelp("Warm source files matching this glob (relative to SOURCE; * also matches /) in the background at start. Repeatable.", valueName: "glob"))
+    var preload: [String] = []
+
+    @Flag(help: "Pin the --preload files, so they are never evicted (refused, with a log line, if they do not fit the capacity).")
+    var preloadPin = false
+
+    @Option(help: "On SIGTERM or SIGINT, wait up to this many seconds for reads in progress before unmounting.")
+    var shutdownGrace: Double = 5
+
     /// Set by the background launcher: the pipe on which the daemon reports that it is ready, or why it failed.
     @Option(help: .hidden)
     var readyFD: Int32?
@@ -70,6 +83,11 @@ struct MountCommand: ParsableCommand {
         guard (1...1024).contains(prefetchChunk) else { throw ValidationError("--prefetch-chunk must be between 1 and 1024") }
         guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
         guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
+        guard shutdownGrace >= 0, shutdownGrace <= 600 else { throw ValidationError("--shutdown-grace must be between 0 and 600 seconds") }
+        if let metrics, ListenAddress(metrics) == nil {
+            throw ValidationError("--metrics '\(metrics)' is not HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+        }
+        if preloadPin && preload.isEmpty { throw ValidationError("--preload-pin needs at least one --preload GLOB") }
         let block = blockSize.bytes
         guard block & (block - 1) == 0, (64 << 10)...(64 << 20) ~= block else {
             throw ValidationError("--block-size must be a power of two from 64K to 64M, not \(blockSize)")

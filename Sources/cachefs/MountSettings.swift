@@ -29,6 +29,10 @@ struct MountSettings {
     let controlSocket: String
     let logLevel: Logger.Level
     let logFile: String?
+    let metrics: ListenAddress?
+    let preload: [String]
+    let preloadPin: Bool
+    let shutdownGrace: Double
 
     init(_ command: MountCommand) throws {
         source = try Self.existingDirectory(command.source, role: "source")
@@ -58,6 +62,10 @@ struct MountSettings {
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
         logLevel = command.logLevel
         logFile = command.logFile.map(Self.absolute)
+        metrics = command.metrics.flatMap(ListenAddress.init)
+        preload = command.preload
+        preloadPin = command.preloadPin
+        shutdownGrace = command.shutdownGrace
     }
 
     /// Resolves `path` to a canonical directory path, or explains in one line why it is not one.

@@ -54,14 +54,16 @@ struct StatsCommand: ParsableCommand {
             ("pid", "\(report.pid), up \(Int(report.uptimeSeconds)) s"),
             ("capacity", size(report.capacityBytes)),
             ("cached", "\(size(report.cachedBytes)) in \(report.cachedBlocks) blocks of \(size(report.blockSizeBytes))"),
+            ("pinned", "\(size(report.pinnedBytes)) in \(report.pinnedFiles) files (\(size(report.pinnedCachedBytes)) loaded)"),
             ("hit ratio", "\(percent) (\(report.hits) hits, \(report.misses) misses, \(report.coalescedMisses) coalesced)"),
             ("from source", size(Int(report.bytesFromSource))),
             ("evictions", "\(report.evictions) (\(size(Int(report.evictedBytes))))"),
             ("source errors", "\(report.sourceErrors)"),
             ("reads", "\(report.readRequests) requests, \(size(Int(report.bytesRead)))"),
+            ("by tier", report.tiers.map { "\($0.tier) \($0.reads) reads, \(size(Int($0.bytes)))" }.joined(separator: "; ")),
             ("prefetched", "\(report.prefetchedBlocks) blocks (\(report.prefetchSkippedBlocks) skipped)"),
             ("open nodes", "\(report.knownNodes)"),
-        ]
+        ] + (report.metricsAddress.map { [("metrics", "http://\($0)/metrics")] } ?? [])
         return rows.map { $0.0.padding(toLength: 15, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n")
     }
 }

@@ -1,0 +1,128 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import SourceTree
+import SystemPackage
+
+/// A regular source file found for warm-up, by its path relative to the source root.
+public struct WarmFile: Sendable, Equatable {
+    public var path: String
+    public var version: FileVersion
+
+    public var size: Int64 { version.size }
+}
+
+// Warm-up loads files into the cache ahead of readers, through the same
+// `block` path as reads: a warm load and a reader's miss on one block share
+// one source read. Paths come from outside the kernel (the control socket, the
+// command line), so they are resolved only beneath the source root
+// (`PathHandle.descendant`): no `..`, no absolute paths, no symlinks.
+//
+// Threads: any thread but an event loop; these calls block on source I/O.
+extension MirrorFilesystem {
+    /// The regular files at `path` (a file, or every file beneath a directory),
+    /// sorted by path. Symlinks and special files are skipped.
+    public func warmCandidates(atRelativePath path: String) throws(Errno) -> [WarmFile] {
+        let relative = Self.normalized(path)
+        let (handle, attributes) = try sourceRoot.descendant(atRelativePath: relative)
+        var files: [WarmFile] = []
+        try collect(handle, attributes: attributes, path: relative, into: &files)
+        return files.sorted { $0.path < $1.path }
+    }
+
+    /// Every regular file whose relative path matches one of `patterns` (fnmatch(3);
+    /// `*` also matches `/`), walking only beneath each pattern's literal directory prefix.
+    public func files(matching patterns: [String]) throws(Errno) -> [WarmFile] {
+        var found: [String: WarmFile] = [:]
+        for pattern in patterns {
+            let normalized = Self.normalized(pattern)
+            var candidates: [WarmFile]
+            do {
+                candidates = try warmCandidates(atRelativePath: Self.literalDirectory(of: normalized))
+            } catch .noSuchFileOrDirectory {
+                candidates = []
+            }
+            for file in candidates where fnmatch(normalized, file.path, 0) == 0 { found[file.path] = file }
+        }
+        return found.values.sorted { $0.path < $1.path }
+    }
+
+    /// Loads `[offset, offset + length)` of the file at `path` into the cache and
+    /// returns the file's version and the bytes of it now covered.
+    ///
+    /// The file is opened afresh: if it changed since it was listed, the new
+    /// version is loaded (and is not pinned unless pinned again).
+    public func warm(relativePath path: String, offset: Int64, length: Int64) throws(Errno) -> (version: FileVersion, bytes: Int64) {
+        let (handle, attributes) = try sourceRoot.descendant(atRelativePath: Self.normalized(path))
+        guard attributes.st_mode & S_IFMT == S_IFREG else { throw .isDirectory }
+        let descriptor = try handle.openForReading()
+        let source: SourceFile
+        do {
+            source = SourceFile(handle: handle, descriptor: descriptor, version: try descriptor.attributes().version)
+        } catch {
+            try? descriptor.close()
+            throw error
+        }
+        let size = source.version.size
+        let blockSize = Int64(cache.blockSize)
+        let start = max(0, offset), end = min(size, offset + max(0, length))
+        guard start < end else { return (source.version, 0) }
+        var index = start / blockSize
+        while index * blockSize < end {
+            let expected = Int(min(blockSize, size - index * blockSize))
+            let block = try block(index, of: source, length: expected)
+            if block.count < expected { break } // the source ended early
+            index += 1
+        }
+        return (source.version, min(end, index * blockSize) - start)
+    }
+
+    /// Pins these files' versions in the cache, or none if they do not fit.
+    public func pin(_ files: [WarmFile]) throws(PinRefused) {
+        try cache.pin(files.map(\.version))
+    }
+
+    /// Unpins every file at or beneath `path`, whatever version is pinned. Returns the files and bytes released.
+    public func unpin(atRelativePath path: String) throws(Errno) -> (files: Int, bytes: Int) {
+        cache.unpin(try warmCandidates(atRelativePath: path).map(\.version.identity))
+    }
+
+    private func collect(_ handle: PathHandle, attributes: stat, path: String, into files: inout [WarmFile]) throws(Errno) {
+        switch attributes.st_mode & S_IFMT {
+        case S_IFREG:
+            files.append(WarmFile(path: path, version: attributes.version))
+        case S_IFDIR:
+            // Names first, then one child at a time: descriptors stay few however large the directory.
+            var names: [String] = []
+            let stream = try handle.openDirectory()
+            while let entry = try stream.next() {
+                if !entry.isDotOrDotDot { names.append(String(cString: entry.name)) }
+            }
+            for name in names {
+                let lookup = name.withCString { name in Result { () throws(Errno) in try handle.child(named: name) } }
+                let child: (handle: PathHandle, attributes: stat)
+                switch lookup {
+                case .success(let found): child = found
+                case .failure(.noSuchFileOrDirectory): continue // removed since the listing
+                case .failure(let error): throw error
+                }
+                try collect(child.handle, attributes: child.attributes, path: path.isEmpty ? name : path + "/" + name, into: &files)
+            }
+        default:
+            break // symlinks, fifos, devices: nothing to cache
+        }
+    }
+
+    /// Without leading, trailing or repeated slashes, and without `.` components: "" is the root.
+    static func normalized(_ path: String) -> String {
+        path.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
+    }
+
+    /// The directories of a glob before its first component with a wildcard.
+    static func literalDirectory(of pattern: String) -> String {
+        let components = pattern.split(separator: "/")
+        let literal = components.dropLast().prefix { !$0.contains(where: { "*?[\\".contains($0) }) }
+        return literal.joined(separator: "/")
+    }
+}

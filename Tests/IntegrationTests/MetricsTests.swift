@@ -1,0 +1,97 @@
+import ControlPlane
+import Foundation
+import Testing
+
+/// Parses Prometheus text into "name{labels}" -> value.
+private func samples(_ text: String) -> [String: Double] {
+    var values: [String: Double] = [:]
+    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+        guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+        values[String(line[..<space])] = value
+    }
+    return values
+}
+
+@Suite("Metrics and stats output", .serialized)
+struct MetricsTests {
+    @Test("/metrics serves Prometheus counters, gauges and per-tier latency histograms that move as files are read")
+    func prometheusMetricsMove() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        try shell("head -c 6000000 /dev/urandom > model.bin", in: source)
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "64M",
+                                     extra: ["--metrics", "127.0.0.1:0"])
+        defer { mount.stop() }
+        let address = try #require(try mount.stats().metricsAddress)
+        func scrape() throws -> [String: Double] {
+            let result = try run("/usr/bin/curl", ["-sf", "http://\(address)/metrics"], timeout: 30)
+            guard result.status == 0 else { throw TestFailure("curl failed: \(result.status) \(result.error)") }
+            return samples(result.output)
+        }
+        let before = try scrape()
+        #expect(before["cachefs_capacity_bytes"] == Double(64 << 20))
+        #expect(before["cachefs_cache_misses_total"] ?? 0 == 0)
+
+        try shell("cat \(mount.mountpoint)/model.bin > /dev/null") // cold: from the source
+        try dropKernelCaches()
+        try shell("cat \(mount.mountpoint)/model.bin > /dev/null") // warm: from memory
+        let after = try scrape()
+
+        #expect(after["cachefs_source_bytes_total"] == 6_000_000)
+        #expect(after["cachefs_cache_misses_total"]! > 0)
+        #expect(after["cachefs_cache_hits_total"]! > 0)
+        #expect(after["cachefs_resident_bytes"] == 6_000_000)
+        #expect(after["cachefs_pinned_bytes"] == 0)
+        #expect(after["cachefs_read_requests_total"]! > 0)
+        #expect(after["cachefs_read_bytes_total{tier=\"memory\"}"]! + after["cachefs_read_bytes_total{tier=\"source\"}"]! == 12_000_000)
+        for tier in ["memory", "source"] {
+            let count = after["cachefs_read_duration_seconds_count{tier=\"\(tier)\"}"] ?? 0
+            let infinite = after["cachefs_read_duration_seconds_bucket{tier=\"\(tier)\",le=\"+Inf\"}"] ?? 0
+            #expect(count > 0 && infinite == count, "tier \(tier): count \(count), +Inf bucket \(infinite)")
+            #expect(infinite > before["cachefs_read_duration_seconds_bucket{tier=\"\(tier)\",le=\"+Inf\"}"] ?? 0)
+            #expect((after["cachefs_read_duration_seconds_sum{tier=\"\(tier)\"}"] ?? 0) > 0)
+        }
+        // Every memory read of a 1 MiB block is under ten seconds: the finite buckets fill too.
+        #expect(after["cachefs_read_duration_seconds_bucket{tier=\"memory\",le=\"10.0\"}"] == after["cachefs_read_duration_seconds_count{tier=\"memory\"}"])
+    }
+
+    @Test("A bad --metrics address is refused with one line")
+    func badMetricsAddress() throws {
+        let scratch = try ScratchDirectory()
+        let result = try run(cachefsBinary, [try scratch.make("src"), try scratch.make("mnt"), "--capacity", "64M", "--metrics", "nowhere"])
+        #expect(result.status != 0 && result.error.split(separator: "\n").count == 1 && result.error.contains("HOST:PORT"), "\(result.error)")
+        #expect(mountedPaths(under: scratch.path).isEmpty)
+    }
+
+    @Test("cachefs stats shows capacity, cached, pinned and tier rows; --json carries the same numbers")
+    func statsTableAndJSON() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        try shell("head -c 3145728 /dev/urandom > pinned.bin && head -c 1048576 /dev/urandom > read.bin", in: source)
+        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "32M")
+        defer { mount.stop() }
+        let pinned = try run(cachefsBinary, ["warm", mount.mountpoint + "/pinned.bin", "--pin", "--control-socket", mount.controlSocket])
+        #expect(pinned.status == 0, "\(pinned.error)")
+        try shell("cat \(mount.mountpoint)/read.bin > /dev/null")
+
+        let table = try run(cachefsBinary, ["stats", mount.mountpoint, "--control-socket", mount.controlSocket])
+        #expect(table.status == 0, "\(table.error)")
+        let rows = Dictionary(table.output.split(separator: "\n").map { line in
+            (String(line.prefix(15)).trimmingCharacters(in: .whitespaces), String(line.dropFirst(15)))
+        }, uniquingKeysWith: { first, _ in first })
+        #expect(rows["capacity"] == "32 MiB")
+        #expect(rows["cached"] == "4 MiB in 4 blocks of 1 MiB", "\(table.output)")
+        #expect(rows["pinned"] == "3 MiB in 1 files (3 MiB loaded)", "\(table.output)")
+        #expect(rows["from source"] == "4 MiB")
+        #expect(rows["by tier"]?.hasPrefix("memory ") == true && rows["by tier"]?.contains("source ") == true, "\(table.output)")
+        #expect(rows["hit ratio"] != nil && rows["evictions"] == "0 (0 B)" && rows["source errors"] == "0")
+
+        let json = try run(cachefsBinary, ["stats", mount.mountpoint, "--json", "--control-socket", mount.controlSocket])
+        let report = try JSONDecoder().decode(StatsReport.self, from: Data(json.output.utf8))
+        #expect(report.pinnedBytes == 3 << 20 && report.pinnedFiles == 1 && report.pinnedCachedBytes == 3 << 20)
+        #expect(report.capacityBytes == 32 << 20 && report.cachedBytes == 4 << 20 && report.bytesFromSource == 4 << 20)
+        #expect(report.tiers.map(\.tier) == ["memory", "source"])
+        #expect(report.tiers.reduce(0) { $0 + $1.bytes } == report.bytesRead)
+        #expect(json.output.contains("\"pinnedBytes\" : 3145728"))
+    }
+}

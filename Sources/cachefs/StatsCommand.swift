@@ -54,7 +54,7 @@ struct StatsCommand: ParsableCommand {
             ("pid", "\(report.pid), up \(Int(report.uptimeSeconds)) s"),
             ("capacity", size(report.capacityBytes)),
             ("cached", "\(size(report.cachedBytes)) in \(report.cachedBlocks) blocks of \(size(report.blockSizeBytes))"),
-            ("pinned", "\(size(report.pinnedBytes)) in \(report.pinnedFiles) files (\(size(report.pinnedCachedBytes)) loaded)"),
+            ("pinned", "\(size(report.pinnedBytes)) in \(report.pinnedFiles) file\(report.pinnedFiles == 1 ? "" : "s") (\(size(report.pinnedCachedBytes)) loaded)"),
             ("hit ratio", "\(percent) (\(report.hits) hits, \(report.misses) misses, \(report.coalescedMisses) coalesced)"),
             ("from source", size(Int(report.bytesFromSource))),
             ("evictions", "\(report.evictions) (\(size(Int(report.evictedBytes))))"),

@@ -81,7 +81,7 @@ struct MetricsTests {
         }, uniquingKeysWith: { first, _ in first })
         #expect(rows["capacity"] == "32 MiB")
         #expect(rows["cached"] == "4 MiB in 4 blocks of 1 MiB", "\(table.output)")
-        #expect(rows["pinned"] == "3 MiB in 1 files (3 MiB loaded)", "\(table.output)")
+        #expect(rows["pinned"] == "3 MiB in 1 file (3 MiB loaded)", "\(table.output)")
         #expect(rows["from source"] == "4 MiB")
         #expect(rows["by tier"]?.hasPrefix("memory ") == true && rows["by tier"]?.contains("source ") == true, "\(table.output)")
         #expect(rows["hit ratio"] != nil && rows["evictions"] == "0 (0 B)" && rows["source errors"] == "0")

@@ -1,7 +1,9 @@
 /// Keys in least-recently-used order, each with a value, with O(1) lookup,
 /// touch, insert and removal. Nodes live in one array linked by index, so a
 /// large cache costs no per-entry allocation and no reference counting.
-struct LRUList<Key: Hashable, Value> {
+public struct LRUList<Key: Hashable, Value> {
+    public init() {}
+
     private struct Node {
         var key: Key?
         var value: Value?
@@ -15,15 +17,15 @@ struct LRUList<Key: Hashable, Value> {
     private var newest = -1
     private var oldest = -1
 
-    var count: Int { slots.count }
-    var isEmpty: Bool { slots.isEmpty }
+    public var count: Int { slots.count }
+    public var isEmpty: Bool { slots.isEmpty }
 
-    func peek(_ key: Key) -> Value? {
+    public func peek(_ key: Key) -> Value? {
         slots[key].flatMap { nodes[$0].value }
     }
 
     /// Returns the value and marks the key most recently used.
-    mutating func touch(_ key: Key) -> Value? {
+    public mutating func touch(_ key: Key) -> Value? {
         guard let slot = slots[key] else { return nil }
         unlink(slot)
         linkNewest(slot)
@@ -31,7 +33,7 @@ struct LRUList<Key: Hashable, Value> {
     }
 
     /// Inserts a key that is not present as the most recently used.
-    mutating func insert(_ key: Key, _ value: Value) {
+    public mutating func insert(_ key: Key, _ value: Value) {
         precondition(slots[key] == nil, "key inserted twice")
         let node = Node(key: key, value: value)
         let slot: Int
@@ -47,12 +49,12 @@ struct LRUList<Key: Hashable, Value> {
     }
 
     @discardableResult
-    mutating func remove(_ key: Key) -> Value? {
+    public mutating func remove(_ key: Key) -> Value? {
         guard let slot = slots.removeValue(forKey: key) else { return nil }
         return release(slot)
     }
 
-    mutating func removeOldest() -> (key: Key, value: Value)? {
+    public mutating func removeOldest() -> (key: Key, value: Value)? {
         guard oldest >= 0 else { return nil }
         let slot = oldest
         let key = nodes[slot].key!
@@ -61,7 +63,7 @@ struct LRUList<Key: Hashable, Value> {
     }
 
     /// Keys from least to most recently used.
-    var keysOldestFirst: [Key] {
+    public var keysOldestFirst: [Key] {
         var keys: [Key] = []
         keys.reserveCapacity(count)
         var slot = oldest

@@ -23,14 +23,20 @@ public final class MirrorFilesystem: Sendable {
     private let counters = Counters()
     private let logger: Logger
 
-    /// - Parameter prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
-    public init(sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil, logger: Logger) throws(Errno) {
+    /// - Parameters:
+    ///   - prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
+    ///   - sourceHandleLimit: how many source descriptors of known files stay open at
+    ///     once; other files are found again by name. Keep it well below RLIMIT_NOFILE.
+    public init(
+        sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
+        sourceHandleLimit: Int = 4096, logger: Logger
+    ) throws(Errno) {
         let attributes = try sourceRoot.attributes()
         self.cache = cache
         self.sourceRoot = sourceRoot
         self.prefetcher = prefetcher
         self.logger = logger
-        nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity))
+        nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity, handleLimit: sourceHandleLimit))
     }
 
     public static let rootNode = NodeTable.rootID
@@ -40,8 +46,11 @@ public final class MirrorFilesystem: Sendable {
     /// Resolves `name` in a directory and counts one lookup of the resulting node,
     /// which the kernel later returns through `forget`.
     public func lookup(parent: UInt64, name: UnsafePointer<CChar>) throws(Errno) -> (node: UInt64, attributes: stat) {
-        let (handle, attributes) = try node(parent).handle.child(named: name)
-        let node = nodes.withLock { $0.remember(attributes.identity, handle: handle) }
+        let parent = try node(parent)
+        let (handle, attributes) = try handle(of: parent).child(named: name)
+        let name = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
+        var released: [PathHandle] = []  // closed when this scope ends, outside the lock
+        let node = nodes.withLock { $0.remember(attributes.identity, in: parent, name: name, handle: handle, released: &released) }
         return (node.id, attributes)
     }
 
@@ -50,28 +59,36 @@ public final class MirrorFilesystem: Sendable {
         _ = released // its descriptor closes here, outside the lock
     }
 
+    /// The node's path from the source root ("a/b/c"), as raw bytes; empty for the root.
+    public func relativePath(of id: UInt64) throws(Errno) -> [UInt8] {
+        try node(id).relativePath
+    }
+
     public var knownNodeCount: Int { nodes.withLock { $0.count } }
 
+    /// Source descriptors currently held for known nodes (bounded by `sourceHandleLimit`).
+    public var cachedHandleCount: Int { nodes.withLock { $0.cachedHandleCount } }
+
     public func attributes(of id: UInt64) throws(Errno) -> stat {
-        try node(id).handle.attributes()
+        try handle(of: node(id)).attributes()
     }
 
     public func linkTarget(of id: UInt64) throws(Errno) -> [UInt8] {
-        try node(id).handle.linkTarget()
+        try handle(of: node(id)).linkTarget()
     }
 
     public func fileSystemStatistics() throws(Errno) -> statvfs {
-        var statistics = try node(Self.rootNode).handle.fileSystemStatistics()
+        var statistics = try handle(of: node(Self.rootNode)).fileSystemStatistics()
         statistics.f_flag |= UInt(ST_RDONLY)
         return statistics
     }
 
     public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try node(id).handle.extendedAttribute(named: name, into: buffer)
+        try handle(of: node(id)).extendedAttribute(named: name, into: buffer)
     }
 
     public func extendedAttributeNames(of id: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try node(id).handle.extendedAttributeNames(into: buffer)
+        try handle(of: node(id)).extendedAttributeNames(into: buffer)
     }
 
     // MARK: Files
@@ -84,7 +101,8 @@ public final class MirrorFilesystem: Sendable {
     public func open(node id: UInt64, flags: Int32) throws(Errno) -> (file: OpenFile, keepKernelCache: Bool, versionChanged: Bool) {
         guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else { throw .readOnlyFileSystem }
         let node = try node(id)
-        let descriptor = try node.handle.openForReading()
+        let handle = try handle(of: node)
+        let descriptor = try handle.openForReading()
         let attributes: stat
         do {
             attributes = try descriptor.attributes()
@@ -97,7 +115,7 @@ public final class MirrorFilesystem: Sendable {
             defer { last = version }
             return last
         }
-        let source = SourceFile(handle: node.handle, descriptor: descriptor, version: version)
+        let source = SourceFile(handle: handle, descriptor: descriptor, version: version)
         let file = OpenFile(node: id, source: source, prefetch: prefetchStream(for: source))
         return (file, previous == version, previous != nil && previous != version)
     }
@@ -189,7 +207,7 @@ public final class MirrorFilesystem: Sendable {
     // MARK: Directories
 
     public func openDirectory(node id: UInt64) throws(Errno) -> OpenDirectory {
-        OpenDirectory(stream: try node(id).handle.openDirectory())
+        OpenDirectory(stream: try handle(of: node(id)).openDirectory())
     }
 
     /// Lists a directory from `offset`, handing each entry to `emit` until it returns false.
@@ -235,6 +253,8 @@ public final class MirrorFilesystem: Sendable {
             bytesRead: counters.bytesRead.load(ordering: .relaxed),
             sourceErrors: counters.sourceErrors.load(ordering: .relaxed),
             knownNodes: knownNodeCount,
+            sourceHandles: cachedHandleCount,
+            sourceHandleReopens: counters.handleReopens.load(ordering: .relaxed),
             prefetch: prefetcher?.statistics
         )
     }
@@ -244,10 +264,30 @@ public final class MirrorFilesystem: Sendable {
         return node
     }
 
+    /// A source descriptor for the node: the cached one, or found again by name
+    /// from its parent (recursively), checked to still be the same file.
+    ///
+    /// A name that now leads to another file (renamed over, deleted) gives
+    /// `ESTALE`, as NFS does; the kernel then looks the name up afresh.
+    private func handle(of node: Node) throws(Errno) -> PathHandle {
+        if let handle = nodes.withLock({ $0.cachedHandle(of: node.id) }) { return handle }
+        guard let place = node.location else { throw .staleNFSFileHandle }
+        let parent = try handle(of: place.parent)
+        let (handle, attributes) = try place.name.withUnsafeBufferPointer { (name) throws(Errno) in
+            try parent.child(named: name.baseAddress!)
+        }
+        guard attributes.identity == node.identity else { throw .staleNFSFileHandle }
+        var released: [PathHandle] = []
+        nodes.withLock { $0.cache(handle, for: node.id, released: &released) }
+        counters.handleReopens.add(1, ordering: .relaxed)
+        return handle
+    }
+
     private final class Counters: Sendable {
         let readRequests = Atomic<UInt64>(0)
         let bytesRead = Atomic<UInt64>(0)
         let sourceErrors = Atomic<UInt64>(0)
+        let handleReopens = Atomic<UInt64>(0)
     }
 }
 
@@ -258,6 +298,9 @@ public struct MirrorStatistics: Sendable {
     public var bytesRead: UInt64
     public var sourceErrors: UInt64
     public var knownNodes: Int
+    /// Source descriptors held for known nodes, and how often a node's descriptor was reopened by name.
+    public var sourceHandles: Int
+    public var sourceHandleReopens: UInt64
     public var prefetch: PrefetchStatistics?
 }
 

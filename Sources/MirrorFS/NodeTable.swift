@@ -1,6 +1,6 @@
-import Synchronization
 import BlockCache
 import SourceTree
+import Synchronization
 
 /// The identity of a source file: what makes two names hard links to one file.
 struct SourceIdentity: Hashable {
@@ -9,20 +9,57 @@ struct SourceIdentity: Hashable {
 }
 
 /// A source file the kernel knows by a node ID.
+///
+/// A node is found again through its parent and its name, not through a
+/// descriptor it owns: the kernel may remember far more files than a process
+/// may hold descriptors (`find` over a large tree), so descriptors are only a
+/// bounded cache in the `NodeTable`.
 final class Node: Sendable {
     let id: UInt64
-    let handle: PathHandle
+    let identity: SourceIdentity
+    /// Where the kernel last looked the file up; nil for the root. Holding the
+    /// parent keeps the whole chain to the root resolvable even after the kernel forgets a directory.
+    private let place: Mutex<Place?>
     /// The version last opened, which decides whether the kernel may keep its page cache.
     let lastOpenedVersion = Mutex<FileVersion?>(nil)
 
-    init(id: UInt64, handle: PathHandle) {
+    struct Place {
+        let parent: Node
+        /// The name in the parent, NUL-terminated.
+        let name: [CChar]
+    }
+
+    init(id: UInt64, identity: SourceIdentity, place: Place?) {
         self.id = id
-        self.handle = handle
+        self.identity = identity
+        self.place = Mutex(place)
+    }
+
+    var location: Place? { place.withLock { $0 } }
+
+    /// A later lookup under another name (a rename, a second hard link) is where the file is found from now on.
+    func moved(to location: Place) { place.withLock { $0 = location } }
+
+    /// The path from the source root, as bytes separated by "/"; empty for the root.
+    var relativePath: [UInt8] {
+        var components: [[CChar]] = []
+        var current = location
+        while let place = current {
+            components.append(place.name)
+            current = place.parent.location
+        }
+        var path: [UInt8] = []
+        for name in components.reversed() {
+            if !path.isEmpty { path.append(UInt8(ascii: "/")) }
+            path.append(contentsOf: name.dropLast().map { UInt8(bitPattern: $0) })
+        }
+        return path
     }
 }
 
 /// Node IDs handed to the kernel, each with the number of lookups the kernel
-/// has not yet forgotten. One ID per source identity, so hard links share a node.
+/// has not yet forgotten, and a bounded cache of source descriptors for them.
+/// One ID per source identity, so hard links share a node.
 ///
 /// IDs are never reused, so the generation number the kernel pairs with them can stay 0.
 struct NodeTable: ~Copyable {
@@ -30,39 +67,70 @@ struct NodeTable: ~Copyable {
 
     private struct Entry {
         var node: Node
-        var identity: SourceIdentity
         var lookups: UInt64
     }
 
+    let root: Node
+    let rootHandle: PathHandle
     private var entries: [UInt64: Entry] = [:]
     private var ids: [SourceIdentity: UInt64] = [:]
     private var nextID: UInt64 = NodeTable.rootID + 1
+    /// Open O_PATH descriptors of recently used nodes (the root's is kept apart, always open).
+    private var handles = LRUList<UInt64, PathHandle>()
+    private let handleLimit: Int
 
-    init(root: PathHandle, identity: SourceIdentity) {
-        entries[Self.rootID] = Entry(node: Node(id: Self.rootID, handle: root), identity: identity, lookups: 1)
+    init(root rootHandle: PathHandle, identity: SourceIdentity, handleLimit: Int) {
+        precondition(handleLimit > 0)
+        root = Node(id: Self.rootID, identity: identity, place: nil)
+        self.rootHandle = rootHandle
+        self.handleLimit = handleLimit
+        entries[Self.rootID] = Entry(node: root, lookups: 1)
         ids[identity] = Self.rootID
     }
 
     var count: Int { entries.count }
+    var cachedHandleCount: Int { handles.count }
 
     subscript(id: UInt64) -> Node? { entries[id]?.node }
 
-    /// Returns the node for `identity`, counting one more lookup; `handle` becomes the node's if it is new.
-    mutating func remember(_ identity: SourceIdentity, handle: PathHandle) -> Node {
+    /// Returns the node for `identity` found as `name` in `parent`, counting one
+    /// more lookup; `handle`, just opened for it, joins the descriptor cache.
+    /// - Parameter released: descriptors pushed out of the cache, to close outside the lock.
+    mutating func remember(
+        _ identity: SourceIdentity, in parent: Node, name: [CChar], handle: PathHandle, released: inout [PathHandle]
+    ) -> Node {
+        let node: Node
         if let id = ids[identity], var entry = entries[id] {
             entry.lookups += 1
             entries[id] = entry
-            return entry.node
+            node = entry.node
+            if id != Self.rootID { node.moved(to: Node.Place(parent: parent, name: name)) }
+        } else {
+            node = Node(id: nextID, identity: identity, place: Node.Place(parent: parent, name: name))
+            nextID += 1
+            entries[node.id] = Entry(node: node, lookups: 1)
+            ids[identity] = node.id
         }
-        let node = Node(id: nextID, handle: handle)
-        nextID += 1
-        entries[node.id] = Entry(node: node, identity: identity, lookups: 1)
-        ids[identity] = node.id
+        if node.id != Self.rootID { cache(handle, for: node.id, released: &released) }
         return node
     }
 
-    /// Drops `count` lookups; returns the node if that was its last, for the caller to release outside any lock.
-    mutating func forget(_ id: UInt64, count: UInt64) -> Node? {
+    /// The cached descriptor of a node, marked recently used.
+    mutating func cachedHandle(of id: UInt64) -> PathHandle? {
+        id == Self.rootID ? rootHandle : handles.touch(id)
+    }
+
+    /// Caches `handle` for `id`, replacing any other, and evicts the least recently used beyond the limit.
+    mutating func cache(_ handle: PathHandle, for id: UInt64, released: inout [PathHandle]) {
+        if let previous = handles.remove(id) { released.append(previous) }
+        handles.insert(id, handle)
+        while handles.count > handleLimit, let (_, oldest) = handles.removeOldest() {
+            released.append(oldest)
+        }
+    }
+
+    /// Drops `count` lookups; returns the descriptor of a node that was forgotten, for the caller to close outside any lock.
+    mutating func forget(_ id: UInt64, count: UInt64) -> PathHandle? {
         guard id != Self.rootID, var entry = entries[id] else { return nil }
         entry.lookups -= min(count, entry.lookups)
         guard entry.lookups == 0 else {
@@ -70,7 +138,7 @@ struct NodeTable: ~Copyable {
             return nil
         }
         entries[id] = nil
-        if ids[entry.identity] == id { ids[entry.identity] = nil }
-        return entry.node
+        if ids[entry.node.identity] == id { ids[entry.node.identity] = nil }
+        return handles.remove(id)
     }
 }

@@ -42,7 +42,7 @@ struct Daemon {
     }
 
     private func serve(logger: Logger, systemd: SystemdNotifier?) throws {
-        raiseOpenFileLimit()
+        let descriptorLimit = raiseOpenFileLimit()
         let sourceRoot: PathHandle
         do {
             sourceRoot = try PathHandle.openRoot(settings.source)
@@ -51,7 +51,11 @@ struct Daemon {
         }
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
-        let filesystem = try MirrorFilesystem(sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher, logger: logger)
+        // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
+        let filesystem = try MirrorFilesystem(
+            sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
+            sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)), logger: logger
+        )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout
         fuseConfiguration.maxThreads = settings.threads
@@ -156,12 +160,15 @@ struct Daemon {
         return signals
     }
 
-    /// Every kernel-known file holds an O_PATH descriptor, so the soft limit of 1024 is far too low.
-    private func raiseOpenFileLimit() {
+    /// Raises the soft descriptor limit to the hard one (1024 is low for a file server); returns the limit in force.
+    private func raiseOpenFileLimit() -> Int {
         var limit = rlimit()
-        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
-        limit.rlim_cur = limit.rlim_max
-        setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return 1024 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = rlimit(rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max)
+            if setrlimit(RLIMIT_NOFILE_VALUE, &raised) == 0 { limit = raised }
+        }
+        return Int(clamping: limit.rlim_cur)
     }
 
     private func redirectStandardError(to path: String) {

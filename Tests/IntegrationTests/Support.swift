@@ -152,8 +152,9 @@ final class CachefsMount {
 
     var pid: Int32 { process.processIdentifier }
 
+    /// - Parameter launcher: a command that runs cachefs (e.g. `prlimit --nofile=256:256`), exec'ing it in place.
     init(source: String, mountpoint: String, capacity: String = "256M", extra: [String] = [],
-         environment: [String: String] = [:]) throws {
+         environment: [String: String] = [:], launcher: [String] = []) throws {
         self.source = source
         self.mountpoint = mountpoint
         let scratch = (mountpoint as NSString).deletingLastPathComponent
@@ -161,9 +162,10 @@ final class CachefsMount {
         controlSocket = "\(scratch)/control-\(tag).sock"
         logFile = "\(scratch)/cachefs-\(tag).log"
         process = Process()
-        process.executableURL = URL(fileURLWithPath: cachefsBinary)
-        process.arguments = [source, mountpoint, "--capacity", capacity, "--foreground",
-                             "--control-socket", controlSocket, "--log-file", logFile] + extra
+        let command = launcher + [cachefsBinary, source, mountpoint, "--capacity", capacity, "--foreground",
+                                  "--control-socket", controlSocket, "--log-file", logFile] + extra
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
         process.standardInput = FileHandle.nullDevice
         _ = FileManager.default.createFile(atPath: logFile, contents: nil)
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile)) // errors before logging starts
@@ -225,11 +227,12 @@ final class MountedTree {
     let source: String
     let mount: CachefsMount
 
-    init(_ script: String, capacity: String = "256M") throws {
+    init(_ script: String, capacity: String = "256M", extra: [String] = [], launcher: [String] = []) throws {
         scratch = try ScratchDirectory()
         source = try scratch.make("src")
         try shell(script, in: source)
-        mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: capacity)
+        mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: capacity,
+                                 extra: extra, launcher: launcher)
     }
 
     func stop() { mount.stop() }

@@ -15,7 +15,7 @@ final class SourceFixture {
     let root: String
     let filesystem: MirrorFilesystem
 
-    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64) throws {
+    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096) throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var logger = Logger(label: "test")
@@ -23,6 +23,7 @@ final class SourceFixture {
         filesystem = try MirrorFilesystem(
             sourceRoot: try PathHandle.openRoot(root),
             cache: BlockCache(capacity: cacheBlocks * blockSize, blockSize: blockSize),
+            sourceHandleLimit: sourceHandleLimit,
             logger: logger
         )
     }

@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
@@ -32,11 +33,15 @@ let package = Package(
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
         ),
         // Sequential-read detection and a bounded pool that loads blocks ahead of readers.
-        .target(name: "Prefetch"),
+        .target(name: "Prefetch", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),
         // Access to the source directory through file descriptors, errors as Errno.
         .target(
             name: "SourceTree",
-            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "CLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
         ),
         // The read-only mirror: inode table, open files, reads through the cache. Testable without FUSE.
         .target(

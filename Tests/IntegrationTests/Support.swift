@@ -1,5 +1,6 @@
 import ControlPlane
 import Foundation
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -35,10 +36,16 @@ final class TestSourceMount {
         }
     }
 
-    /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGUSR2: service is back.
+    /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGHUP: every read hangs; SIGUSR2: service is back.
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
-    func stop() { stopDaemon(process, mountpoint: mountpoint) }
+    /// Stops the daemon once; later calls do nothing, so they cannot unmount a successor at the same mountpoint.
+    func stop() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        stopDaemon(process, mountpoint: mountpoint)
+    }
+
+    private let stopped = Atomic<Bool>(false)
 
     deinit { stop() }
 }

@@ -6,10 +6,12 @@ import Testing
 import Glibc
 #endif
 
+/// The root of this package's checkout.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
 /// The cachefs binary under test: $CACHEFS_BIN, or the debug build of this package.
 let cachefsBinary: String = {
     if let path = ProcessInfo.processInfo.environment["CACHEFS_BIN"] { return path }
-    let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     return packageRoot.appendingPathComponent(".build/debug/cachefs").path
 }()
 

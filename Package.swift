@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // libfuse3 through pkg-config, with static inline wrappers for what Swift cannot import.
@@ -95,6 +96,15 @@ let package = Package(
             dependencies: ["MirrorFS", "SourceTree", "BlockCache", "CLinux", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
+        // Property-based fuzzing of what the command line accepts.
+        .testTarget(
+            name: "CommandLineTests",
+            dependencies: [
+                "cachefs",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -98,8 +98,9 @@ func run(_ executable: String, _ arguments: [String], in directory: String? = ni
     }
     return CommandResult(
         status: process.terminationStatus,
-        output: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-        error: (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+        // Lossy: names in the output may hold any bytes (checked byte-exactly by hashing instead).
+        output: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
+        error: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self)
     )
 }
 

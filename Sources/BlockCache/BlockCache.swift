@@ -42,14 +42,25 @@ public final class BlockCache: Sendable {
         length: Int,
         load: (UnsafeMutableRawBufferPointer) throws -> Int
     ) throws -> Block {
-        try fetch(for: key, length: length, load: load).block
+        try fetch(for: key, length: length, fill: { buffer in try load(buffer.memory) }).block
     }
 
-    /// `block(for:length:load:)`, also telling where the block came from.
+    /// Like `block(for:length:load:)`, but `fill` gets the buffer object itself,
+    /// which it may hand to work that outlives the call (a source read the caller
+    /// stopped waiting for): the memory stays mapped until that work lets go.
+    public func block(
+        for key: BlockKey,
+        length: Int,
+        fill: (BlockBuffer) throws -> Int
+    ) throws -> Block {
+        try fetch(for: key, length: length, fill: fill).block
+    }
+
+    /// `block(for:length:fill:)`, also telling where the block came from.
     public func fetch(
         for key: BlockKey,
         length: Int,
-        load: (UnsafeMutableRawBufferPointer) throws -> Int
+        fill: (BlockBuffer) throws -> Int
     ) throws -> (block: Block, origin: BlockOrigin) {
         precondition(length > 0 && length <= blockSize)
         var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
@@ -83,7 +94,7 @@ public final class BlockCache: Sendable {
         case .load(let pending, let kept):
             let outcome = Result { () throws -> Block in
                 let buffer = try BlockBuffer(capacity: length)
-                let filled = try load(buffer.memory)
+                let filled = try fill(buffer)
                 return buffer.seal(length: min(max(filled, 0), length))
             }
             state.withLock { state in

@@ -25,7 +25,7 @@ extension MirrorFilesystem {
     /// sorted by path. Symlinks and special files are skipped.
     public func warmCandidates(atRelativePath path: String) throws(Errno) -> [WarmFile] {
         let relative = Self.normalized(path)
-        let (handle, attributes) = try sourceRoot.descendant(atRelativePath: relative)
+        let (handle, attributes) = try currentSourceRoot().descendant(atRelativePath: relative)
         var files: [WarmFile] = []
         try collect(handle, attributes: attributes, path: relative, into: &files)
         return files.sorted { $0.path < $1.path }
@@ -54,7 +54,7 @@ extension MirrorFilesystem {
     /// The file is opened afresh: if it changed since it was listed, the new
     /// version is loaded (and is not pinned unless pinned again).
     public func warm(relativePath path: String, offset: Int64, length: Int64) throws(Errno) -> (version: FileVersion, bytes: Int64) {
-        let (handle, attributes) = try sourceRoot.descendant(atRelativePath: Self.normalized(path))
+        let (handle, attributes) = try currentSourceRoot().descendant(atRelativePath: Self.normalized(path))
         guard attributes.st_mode & S_IFMT == S_IFREG else { throw .isDirectory }
         let descriptor = try handle.openForReading()
         let source: SourceFile

@@ -54,7 +54,10 @@ struct Daemon {
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
-            sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)), logger: logger
+            sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
+            sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
+            sourceRootPath: settings.source,
+            logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout

@@ -34,6 +34,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Seconds the kernel may cache names and attributes; changes in the source show within this time.")
     var metadataTimeout: Double = 1.0
 
+    @Option(help: "Seconds a source read may stall before the reader gets EIO (0: wait forever).")
+    var sourceTimeout: Double = 30
+
     @Option(help: "Most FUSE worker threads; each waits on the source while it serves a miss.")
     var threads = 16
 
@@ -88,6 +91,7 @@ struct MountCommand: ParsableCommand {
             throw ValidationError("--metrics '\(metrics)' is not HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
         }
         if preloadPin && preload.isEmpty { throw ValidationError("--preload-pin needs at least one --preload GLOB") }
+        guard sourceTimeout >= 0, sourceTimeout <= 86_400 else { throw ValidationError("--source-timeout must be from 0 to 86400 seconds") }
         let block = blockSize.bytes
         guard block & (block - 1) == 0, (64 << 10)...(64 << 20) ~= block else {
             throw ValidationError("--block-size must be a power of two from 64K to 64M, not \(blockSize)")

@@ -15,7 +15,7 @@ final class SourceFixture {
     let root: String
     let filesystem: MirrorFilesystem
 
-    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096) throws {
+    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil) throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var logger = Logger(label: "test")
@@ -24,6 +24,7 @@ final class SourceFixture {
             sourceRoot: try PathHandle.openRoot(root),
             cache: BlockCache(capacity: cacheBlocks * blockSize, blockSize: blockSize),
             sourceHandleLimit: sourceHandleLimit,
+            sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) },
             logger: logger
         )
     }

@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // libfuse3 through pkg-config, with static inline wrappers for what Swift cannot import.
@@ -56,6 +57,24 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // CRC32C (Castagnoli) with the SSE4.2 instruction where the CPU has it: the peer transfer's integrity check.
+        .target(name: "CRC32C"),
+        // Block sharing between cachefs instances over HTTP: block IDs, server, client, rendezvous, discovery.
+        // Knows nothing of FUSE or MirrorFS; only BlockCache's `Block`, the bytes it serves.
+        .target(
+            name: "PeerTransport",
+            dependencies: [
+                "BlockCache", "CRC32C",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The daemon's control socket (stats) and its client.
         .target(
             name: "ControlPlane",
@@ -71,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "cachefs",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane",
+                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "PeerTransport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -88,6 +107,15 @@ let package = Package(
         .testTarget(
             name: "MirrorFSTests",
             dependencies: ["MirrorFS", "SourceTree", "BlockCache", "CLinux", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "PeerTransportTests",
+            dependencies: [
+                "PeerTransport", "BlockCache",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
     ],

@@ -20,18 +20,26 @@ public final class MirrorFilesystem: Sendable {
     private let nodes: Mutex<NodeTable>
     private let counters = Counters()
     private let logger: Logger
+    /// Other instances' caches, asked on a miss before the source (see PeerSupport.swift).
+    let remote: (any RemoteBlockSource)?
+    let origins = ByteOrigins()
+    /// Resolves the paths peers ask for.
+    let sourceRoot: PathHandle
 
     /// - Parameters:
     ///   - prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
     ///   - sourceHandleLimit: how many source descriptors of known files stay open at
     ///     once; other files are found again by name. Keep it well below RLIMIT_NOFILE.
+    ///   - remote: where a missing block is looked for before the source (peers); nil reads only the source.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
-        sourceHandleLimit: Int = 4096, logger: Logger
+        sourceHandleLimit: Int = 4096, remote: (any RemoteBlockSource)? = nil, logger: Logger
     ) throws(Errno) {
         let attributes = try sourceRoot.attributes()
         self.cache = cache
         self.prefetcher = prefetcher
+        self.remote = remote
+        self.sourceRoot = sourceRoot
         self.logger = logger
         nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity, handleLimit: sourceHandleLimit))
     }
@@ -112,7 +120,7 @@ public final class MirrorFilesystem: Sendable {
             defer { last = version }
             return last
         }
-        let source = SourceFile(handle: handle, descriptor: descriptor, version: version)
+        let source = SourceFile(handle: handle, descriptor: descriptor, version: version, relativePath: remote == nil ? nil : node.relativePath)
         let file = OpenFile(node: id, source: source, prefetch: prefetchStream(for: source))
         return (file, previous == version, previous != nil && previous != version)
     }
@@ -155,10 +163,12 @@ public final class MirrorFilesystem: Sendable {
         while index * blockSize < end {
             let blockStart = index * blockSize
             let expected = Int(min(blockSize, size - blockStart))
+            let wasResident = cache.contains(BlockKey(file: source.version, index: index))
             let block = try block(index, of: source, length: expected)
             let lower = Int(max(offset, blockStart) - blockStart)
             let upper = Int(min(end - blockStart, Int64(block.count)))
             if upper > lower { slices.append(BlockSlice(block: block, range: lower..<upper)) }
+            if wasResident && upper > lower { origins.memory.add(UInt64(upper - lower), ordering: .relaxed) }
             if block.count < expected { break } // the source ended early
             index += 1
         }
@@ -172,9 +182,11 @@ public final class MirrorFilesystem: Sendable {
         let descriptor = descriptor ?? file.descriptor
         do {
             return try cache.block(for: key, length: length) { buffer in
+                if let count = loadFromRemote(index, of: file, into: buffer) { return count }
                 let count = try descriptor.readFully(into: buffer, at: index * Int64(cache.blockSize))
                 // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
                 guard try descriptor.attributes().version == file.version else { throw Errno.staleNFSFileHandle }
+                origins.source.add(UInt64(count), ordering: .relaxed)
                 return count
             }
         } catch let error as Errno {
@@ -322,11 +334,14 @@ final class SourceFile: Sendable {
     let handle: PathHandle
     let descriptor: FileDescriptor
     let version: FileVersion
+    /// The path below the source root when opened, which names the file to peers; nil without peers.
+    let relativePath: [UInt8]?
 
-    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion) {
+    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion, relativePath: [UInt8]? = nil) {
         self.handle = handle
         self.descriptor = descriptor
         self.version = version
+        self.relativePath = relativePath
     }
 
     deinit { try? descriptor.close() }

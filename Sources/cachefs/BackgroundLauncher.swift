@@ -43,6 +43,7 @@ enum BackgroundLauncher {
                          "--force", "--ready-fd", String(readyDescriptor)]
         if settings.allowOther { arguments.append("--allow-other") }
         if let logFile = settings.logFile { arguments += ["--log-file", logFile] }
+        arguments += settings.peers.arguments
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
 

@@ -207,4 +207,46 @@ struct PeerTests {
         #expect(b.bytesFromPeers == 0 && b.bytesFromSource == 3_000_000)
         #expect((b.peers?.notFound ?? 0) > 0, "A was asked and had only the old version")
     }
+
+    @Test("Bad peer options fail with one clear line and leave nothing mounted")
+    func badPeerOptions() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        let mountpoint = try scratch.make("mnt")
+        let emptyToken = scratch.path + "/empty-token"
+        try "\n".write(toFile: emptyToken, atomically: true, encoding: .utf8)
+        let unreadable = try scratch.make("a-directory")
+        // A port someone else listens on.
+        let busy = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(busy) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(busy, $0, length) == 0 && listen(busy, 1) == 0 && getsockname(busy, $0, &length) == 0 }
+        }
+        try #require(listening)
+        let busyPort = Int(UInt16(bigEndian: address.sin_port))
+        let base = [source, mountpoint, "--capacity", "64M"]
+        let cases: [([String], String)] = [
+            (["--listen", "nonsense"], "--listen nonsense: expected HOST:PORT"),
+            (["--listen", "127.0.0.1:99999"], "expected HOST:PORT"),
+            (["--listen", ":7070"], "expected HOST:PORT"),
+            (["--peers", "127.0.0.1:7070,127.0.0.2"], "'127.0.0.2' is not HOST:PORT"),
+            (["--peers", "dns:cachefs.svc"], "is not HOST:PORT"),
+            (["--peers", "127.0.0.1:7070", "--peer-token-file", scratch.path + "/absent"], "No such file or directory"),
+            (["--peers", "127.0.0.1:7070", "--peer-token-file", emptyToken], "is empty"),
+            (["--peers", "127.0.0.1:7070", "--peer-token-file", unreadable], "--peer-token-file"),
+            (["--peer-token-file", emptyToken], "needs --listen or --peers"),
+            (["--listen", "127.0.0.1:\(busyPort)"], "Address already in use"),
+        ]
+        for (extra, fragment) in cases {
+            let result = try run(cachefsBinary, base + extra, timeout: 60)
+            #expect(result.status != 0, "\(extra) succeeded")
+            #expect(result.error.split(separator: "\n").count == 1 && result.error.hasPrefix("cachefs: ") && result.error.contains(fragment),
+                    "\(extra): \(result.error)")
+            #expect(!isMounted(mountpoint), "\(extra) left a mount")
+        }
+    }
 }

@@ -64,12 +64,10 @@ public final class PeerClient: Sendable {
         guard let discovery, buffer.count == id.expectedLength, buffer.count > 0 else { return nil }
         let live = discovery.peers
         guard !live.isEmpty else { return nil }
-        let candidates = Rendezvous.rank(live, for: id).prefix(configuration.maximumAttempts)
+        // Peers in backoff give their turn to the next ones in rank order.
+        let ranked = Rendezvous.rank(live, for: id)
+        let candidates = ranked.lazy.filter { self.health.isAvailable($0) }.prefix(configuration.maximumAttempts)
         for peer in candidates {
-            guard health.isAvailable(peer) else {
-                counters.skipped.add(1, ordering: .relaxed)
-                continue
-            }
             switch fetch(id, from: peer, into: buffer) {
             case .block(let count):
                 health.recordSuccess(peer)
@@ -150,8 +148,6 @@ public final class PeerClientCounters: Sendable {
     public let notFound = Atomic<UInt64>(0)
     /// Refused connections, timeouts, bad lengths or checksums, refused tokens.
     public let failures = Atomic<UInt64>(0)
-    /// Peers not asked because they were in backoff.
-    public let skipped = Atomic<UInt64>(0)
     /// Blocks no peer provided, read from the source instead.
     public let fallbacks = Atomic<UInt64>(0)
 

@@ -49,7 +49,7 @@ func makeBlock(_ bytes: [UInt8]) throws -> Block {
     }
 }
 
-func client(token: String? = nil, instanceID: String = "client", discovery: PeerDiscovery? = nil, blockTimeout: Duration = .milliseconds(1500)) -> PeerClient {
+func client(token: String? = nil, instanceID: String = "client", discovery: PeerDiscovery? = nil, blockTimeout: Duration = .seconds(20)) -> PeerClient {
     var configuration = PeerClient.Configuration(token: token, instanceID: instanceID)
     configuration.blockTimeout = blockTimeout
     return PeerClient(configuration: configuration, discovery: discovery, logger: Logger(label: "test"))

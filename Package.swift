@@ -12,11 +12,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // libfuse3 through pkg-config, with static inline wrappers for what Swift cannot import.
@@ -33,11 +35,15 @@ let package = Package(
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
         ),
         // Sequential-read detection and a bounded pool that loads blocks ahead of readers.
-        .target(name: "Prefetch"),
+        .target(name: "Prefetch", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),
         // Access to the source directory through file descriptors, errors as Errno.
         .target(
             name: "SourceTree",
-            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "CLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
         ),
         // The read-only mirror: inode table, open files, reads through the cache. Testable without FUSE.
         .target(
@@ -118,6 +124,15 @@ let package = Package(
             ]
         ),
         .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
+        // Property-based fuzzing of what the command line accepts.
+        .testTarget(
+            name: "CommandLineTests",
+            dependencies: [
+                "cachefs",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 import SystemPackage
 
 /// Memory for one block being filled by a load. It owns an anonymous mapping
@@ -11,8 +12,14 @@ import SystemPackage
 /// Blocks are mapped rather than malloc'ed so that evicting a block returns its
 /// memory to the system at once; malloc keeps freed large chunks in its arenas,
 /// which lets the daemon's RSS drift above the cache capacity.
-struct BlockBuffer: ~Copyable {
-    let memory: UnsafeMutableRawBufferPointer
+///
+/// A reference type so that a load that outlives its caller (a source read that
+/// timed out but is still running on another thread) keeps the memory it writes
+/// to mapped until it returns; an unsealed buffer is unmapped by its last owner.
+public final class BlockBuffer: @unchecked Sendable {
+    // @unchecked: one loader writes the memory; it is read only after the loader has finished and the block is sealed.
+    public let memory: UnsafeMutableRawBufferPointer
+    private let sealed = Atomic<Bool>(false)
 
     init(capacity: Int) throws(Errno) {
         precondition(capacity > 0)
@@ -22,15 +29,17 @@ struct BlockBuffer: ~Copyable {
         memory = UnsafeMutableRawBufferPointer(start: base, count: capacity)
     }
 
-    /// Publishes the first `length` bytes as a read-only block.
-    consuming func seal(length: Int) -> Block {
+    /// Publishes the first `length` bytes as a read-only block, which owns the mapping from now on.
+    func seal(length: Int) -> Block {
         precondition(length >= 0 && length <= memory.count)
-        let block = Block(mapping: memory, length: length)
-        discard self
-        return block
+        let wasSealed = sealed.exchange(true, ordering: .acquiringAndReleasing)
+        precondition(!wasSealed, "block buffer sealed twice")
+        return Block(mapping: memory, length: length)
     }
 
-    deinit { munmap(memory.baseAddress, memory.count) }
+    deinit {
+        if !sealed.load(ordering: .acquiring) { munmap(memory.baseAddress, memory.count) }
+    }
 }
 
 /// A loaded block: immutable bytes shared by every reader that holds it.

@@ -37,6 +37,17 @@ public final class BlockCache: Sendable {
         length: Int,
         load: (UnsafeMutableRawBufferPointer) throws -> Int
     ) throws -> Block {
+        try block(for: key, length: length, fill: { buffer in try load(buffer.memory) })
+    }
+
+    /// Like `block(for:length:load:)`, but `fill` gets the buffer object itself,
+    /// which it may hand to work that outlives the call (a source read the caller
+    /// stopped waiting for): the memory stays mapped until that work lets go.
+    public func block(
+        for key: BlockKey,
+        length: Int,
+        fill: (BlockBuffer) throws -> Int
+    ) throws -> Block {
         precondition(length > 0 && length <= blockSize)
         var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
         defer { evicted.removeAll() }
@@ -64,7 +75,7 @@ public final class BlockCache: Sendable {
         case .load(let pending, let kept):
             let outcome = Result { () throws -> Block in
                 let buffer = try BlockBuffer(capacity: length)
-                let filled = try load(buffer.memory)
+                let filled = try fill(buffer)
                 return buffer.seal(length: min(max(filled, 0), length))
             }
             state.withLock { state in

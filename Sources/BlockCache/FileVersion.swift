@@ -22,6 +22,13 @@ public struct FileVersion: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         "dev \(device) ino \(inode) size \(size) mtime \(modified)"
     }
+
+    /// Whether `other` is the same file with the same size and mtime: what a
+    /// write in progress changes. Unlike equality it ignores ctime, which also
+    /// moves on chmod, a new hard link or an unlink (a rename over the name), none of which touch the bytes.
+    public func hasSameContent(as other: FileVersion) -> Bool {
+        device == other.device && inode == other.inode && size == other.size && modified == other.modified
+    }
 }
 
 /// A point in time with nanosecond resolution, as `struct timespec` carries it.

@@ -3,6 +3,7 @@
 
 // Linux interfaces the Glibc module does not export to Swift.
 #include <sys/xattr.h>
+#include <sys/vfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdint.h>

@@ -17,6 +17,12 @@ import SystemPackage
 public final class MirrorFilesystem: Sendable {
     public let cache: BlockCache
     private let prefetcher: Prefetcher?
+    /// Where source opens and reads run when they have a deadline; nil runs them on the caller's thread.
+    private let sourceCalls: SourceCallPool?
+    private let sourceRootPath: String?
+    private let sourceRootType: Int
+    /// When the source root was last looked for again (monotonic nanoseconds), to do it at most twice a second.
+    private let lastReattach = Atomic<Int64>(Int64.min / 2)
     private let nodes: Mutex<NodeTable>
     private let counters = Counters()
     private let logger: Logger
@@ -30,14 +36,22 @@ public final class MirrorFilesystem: Sendable {
     ///   - prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
     ///   - sourceHandleLimit: how many source descriptors of known files stay open at
     ///     once; other files are found again by name. Keep it well below RLIMIT_NOFILE.
+    ///   - sourceCalls: runs opens and block reads of the source with a deadline, after
+    ///     which they fail with EIO; nil waits for the source however long it takes.
+    ///   - sourceRootPath: where the source root was opened; given, a source whose mount
+    ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
     ///   - remote: where a missing block is looked for before the source (peers); nil reads only the source.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
-        sourceHandleLimit: Int = 4096, remote: (any RemoteBlockSource)? = nil, logger: Logger
+        sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
+        sourceRootPath: String? = nil, remote: (any RemoteBlockSource)? = nil, logger: Logger
     ) throws(Errno) {
         let attributes = try sourceRoot.attributes()
+        self.sourceRootPath = sourceRootPath
+        sourceRootType = try sourceRoot.fileSystemType()
         self.cache = cache
         self.prefetcher = prefetcher
+        self.sourceCalls = sourceCalls
         self.remote = remote
         self.sourceRoot = sourceRoot
         self.logger = logger
@@ -52,7 +66,7 @@ public final class MirrorFilesystem: Sendable {
     /// which the kernel later returns through `forget`.
     public func lookup(parent: UInt64, name: UnsafePointer<CChar>) throws(Errno) -> (node: UInt64, attributes: stat) {
         let parent = try node(parent)
-        let (handle, attributes) = try handle(of: parent).child(named: name)
+        let (handle, attributes) = try recovering { () throws(Errno) in try self.handle(of: parent).child(named: name) }
         let name = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
         var released: [PathHandle] = []  // closed when this scope ends, outside the lock
         let node = nodes.withLock { $0.remember(attributes.identity, in: parent, name: name, handle: handle, released: &released) }
@@ -75,25 +89,25 @@ public final class MirrorFilesystem: Sendable {
     public var cachedHandleCount: Int { nodes.withLock { $0.cachedHandleCount } }
 
     public func attributes(of id: UInt64) throws(Errno) -> stat {
-        try handle(of: node(id)).attributes()
+        try recovering { () throws(Errno) in try self.handle(of: self.node(id)).attributes() }
     }
 
     public func linkTarget(of id: UInt64) throws(Errno) -> [UInt8] {
-        try handle(of: node(id)).linkTarget()
+        try recovering { () throws(Errno) in try self.handle(of: self.node(id)).linkTarget() }
     }
 
     public func fileSystemStatistics() throws(Errno) -> statvfs {
-        var statistics = try handle(of: node(Self.rootNode)).fileSystemStatistics()
+        var statistics = try recovering { () throws(Errno) in try self.handle(of: self.node(Self.rootNode)).fileSystemStatistics() }
         statistics.f_flag |= UInt(ST_RDONLY)
         return statistics
     }
 
     public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try handle(of: node(id)).extendedAttribute(named: name, into: buffer)
+        try recovering { () throws(Errno) in try self.handle(of: self.node(id)).extendedAttribute(named: name, into: buffer) }
     }
 
     public func extendedAttributeNames(of id: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try handle(of: node(id)).extendedAttributeNames(into: buffer)
+        try recovering { () throws(Errno) in try self.handle(of: self.node(id)).extendedAttributeNames(into: buffer) }
     }
 
     // MARK: Files
@@ -106,15 +120,16 @@ public final class MirrorFilesystem: Sendable {
     public func open(node id: UInt64, flags: Int32) throws(Errno) -> (file: OpenFile, keepKernelCache: Bool, versionChanged: Bool) {
         guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else { throw .readOnlyFileSystem }
         let node = try node(id)
-        let handle = try handle(of: node)
-        let descriptor = try handle.openForReading()
-        let attributes: stat
-        do {
-            attributes = try descriptor.attributes()
-        } catch {
-            try? descriptor.close()
-            throw error
-        }
+        let handle = try recovering { () throws(Errno) in try self.handle(of: node) }
+        let (descriptor, attributes) = try recovering { () throws(Errno) in try self.callSource { () throws(Errno) in
+            let descriptor = try handle.openForReading()
+            do throws(Errno) {
+                return (descriptor, try descriptor.attributes())
+            } catch {
+                try? descriptor.close()
+                throw error
+            }
+        } }
         let version = attributes.version
         let previous = node.lastOpenedVersion.withLock { last in
             defer { last = version }
@@ -136,11 +151,12 @@ public final class MirrorFilesystem: Sendable {
             isResident: { [cache] index in cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) },
             load: { [self] indices in
                 // A handle of its own, read front to back: sources that stream a handle sequentially stay fast.
-                guard let descriptor = try? source.handle.openForReading() else { return }
-                defer { try? descriptor.close() }
+                guard let reader = try? callSource({ () throws(Errno) in
+                    SourceFile(handle: source.handle, descriptor: try source.handle.openForReading(), version: source.version)
+                }) else { return }
                 for index in indices {
                     let length = Int(min(blockSize, size - index * blockSize))
-                    guard (try? block(index, of: source, length: length, using: descriptor)) != nil else { return }
+                    guard (try? block(index, of: source, length: length, reader: reader)) != nil else { return }
                 }
             }
         )
@@ -176,23 +192,28 @@ public final class MirrorFilesystem: Sendable {
         return slices
     }
 
-    /// Loads a block of `file` through the cache, reading through `descriptor` (the file's own by default).
-    private func block(_ index: Int64, of file: SourceFile, length: Int, using descriptor: FileDescriptor? = nil) throws(Errno) -> Block {
+    /// Loads a block of `file` through the cache, reading through `reader` (the file itself by default).
+    private func block(_ index: Int64, of file: SourceFile, length: Int, reader: SourceFile? = nil) throws(Errno) -> Block {
         let key = BlockKey(file: file.version, index: index)
-        let descriptor = descriptor ?? file.descriptor
+        let reader = reader ?? file
+        let offset = index * Int64(cache.blockSize)
         do {
             return try cache.block(for: key, length: length) { buffer in
-                if let count = loadFromRemote(index, of: file, into: buffer) { return count }
-                let count = try descriptor.readFully(into: buffer, at: index * Int64(cache.blockSize))
-                // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
-                guard try descriptor.attributes().version == file.version else { throw Errno.staleNFSFileHandle }
+                if let count = loadFromRemote(index, of: file, into: buffer.memory) { return count }
+                // The closure owns the buffer and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
+                let count = try callSource { () throws(Errno) in
+                    let count = try reader.descriptor.readFully(into: buffer.memory, at: offset)
+                    // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
+                    guard try reader.descriptor.attributes().version.hasSameContent(as: file.version) else { throw Errno.staleNFSFileHandle }
+                    return count
+                }
                 origins.source.add(UInt64(count), ordering: .relaxed)
                 return count
             }
         } catch let error as Errno {
             counters.sourceErrors.add(1, ordering: .relaxed)
             logger.warning("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])
-            throw error
+            throw error.meansSourceGone ? .ioError : error
         } catch {
             counters.sourceErrors.add(1, ordering: .relaxed)
             logger.error("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])
@@ -200,10 +221,67 @@ public final class MirrorFilesystem: Sendable {
         }
     }
 
+    /// Runs `body`; if the source's mount has gone away, looks for it again and retries once.
+    /// Errors meaning "no source" reach the kernel as EIO: ENOTCONN would tell the reader that cachefs itself died.
+    private func recovering<Result>(_ body: () throws(Errno) -> Result) throws(Errno) -> Result {
+        do throws(Errno) {
+            return try body()
+        } catch {
+            guard error.meansSourceGone else { throw error }
+            guard reattachSource() else { throw .ioError }
+            do throws(Errno) {
+                return try body()
+            } catch {
+                throw error.meansSourceGone ? .ioError : error
+            }
+        }
+    }
+
+    /// Opens the source root again if the one in use stopped answering and a file
+    /// system of the same type is mounted at its path again (not the bare directory beneath).
+    private func reattachSource() -> Bool {
+        guard let sourceRootPath else { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let nanoseconds = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+        let last = lastReattach.load(ordering: .relaxed)
+        guard nanoseconds - last >= 500_000_000,
+              lastReattach.compareExchange(expected: last, desired: nanoseconds, ordering: .relaxed).exchanged
+        else { return false }
+        let current = nodes.withLock { $0.rootHandle }
+        // The root answers (statfs is never answered from a kernel cache, unlike stat): the fault is elsewhere.
+        if let _ = try? current.fileSystemStatistics() { return false }
+        let handle: PathHandle
+        do throws(Errno) {
+            handle = try PathHandle.openRoot(sourceRootPath)
+            let type = try handle.fileSystemType()
+            guard type == sourceRootType else {
+                logger.warning("source is gone; its path now holds another file system, waiting for the source to come back",
+                               metadata: ["source": "\(sourceRootPath)", "type": "\(String(type, radix: 16))"])
+                return false
+            }
+            _ = try handle.fileSystemStatistics()
+        } catch {
+            logger.warning("source is gone; waiting for it to come back", metadata: ["source": "\(sourceRootPath)", "error": "\(error)"])
+            return false
+        }
+        var released: [PathHandle] = []
+        nodes.withLock { $0.replaceRoot(with: handle, released: &released) }
+        counters.sourceReattaches.add(1, ordering: .relaxed)
+        logger.notice("source is back; reopened its root", metadata: ["source": "\(sourceRootPath)"])
+        return true
+    }
+
+    /// Runs a source call under the source timeout, if there is one.
+    private func callSource<Result: Sendable>(_ work: @escaping @Sendable () throws(Errno) -> Result) throws(Errno) -> Result {
+        guard let sourceCalls else { return try work() }
+        return try sourceCalls.run(work)
+    }
+
     // MARK: Directories
 
     public func openDirectory(node id: UInt64) throws(Errno) -> OpenDirectory {
-        OpenDirectory(stream: try handle(of: node(id)).openDirectory())
+        OpenDirectory(stream: try recovering { () throws(Errno) in try self.handle(of: self.node(id)).openDirectory() })
     }
 
     /// Lists a directory from `offset`, handing each entry to `emit` until it returns false.
@@ -251,6 +329,8 @@ public final class MirrorFilesystem: Sendable {
             knownNodes: knownNodeCount,
             sourceHandles: cachedHandleCount,
             sourceHandleReopens: counters.handleReopens.load(ordering: .relaxed),
+            sourceTimeouts: sourceCalls?.timedOutCalls ?? 0,
+            sourceReattaches: counters.sourceReattaches.load(ordering: .relaxed),
             prefetch: prefetcher?.statistics
         )
     }
@@ -284,6 +364,7 @@ public final class MirrorFilesystem: Sendable {
         let bytesRead = Atomic<UInt64>(0)
         let sourceErrors = Atomic<UInt64>(0)
         let handleReopens = Atomic<UInt64>(0)
+        let sourceReattaches = Atomic<UInt64>(0)
     }
 }
 
@@ -297,6 +378,10 @@ public struct MirrorStatistics: Sendable {
     /// Source descriptors held for known nodes, and how often a node's descriptor was reopened by name.
     public var sourceHandles: Int
     public var sourceHandleReopens: UInt64
+    /// Source opens and reads that gave up after the source timeout.
+    public var sourceTimeouts: UInt64
+    /// Times the source root was opened again after its mount went away and came back.
+    public var sourceReattaches: UInt64
     public var prefetch: PrefetchStatistics?
 }
 
@@ -368,6 +453,11 @@ extension DirectoryStream.Entry {
     var isDotOrDotDot: Bool {
         name[0] == 0x2E && (name[1] == 0 || (name[1] == 0x2E && name[2] == 0))
     }
+}
+
+extension Errno {
+    /// The source's mount is gone (its FUSE daemon died, a device vanished).
+    var meansSourceGone: Bool { self == .socketNotConnected || self == .operationNotSupportedByDevice }
 }
 
 extension stat {

@@ -71,7 +71,7 @@ struct NodeTable: ~Copyable {
     }
 
     let root: Node
-    let rootHandle: PathHandle
+    private(set) var rootHandle: PathHandle
     private var entries: [UInt64: Entry] = [:]
     private var ids: [SourceIdentity: UInt64] = [:]
     private var nextID: UInt64 = NodeTable.rootID + 1
@@ -127,6 +127,15 @@ struct NodeTable: ~Copyable {
         while handles.count > handleLimit, let (_, oldest) = handles.removeOldest() {
             released.append(oldest)
         }
+    }
+
+    /// Puts a new source root in place of one that stopped answering (its mount went away
+    /// and came back). Every cached descriptor belonged to the old mount, so all are dropped;
+    /// nodes are found again by name and, being other files now, answer ESTALE until the kernel looks them up afresh.
+    mutating func replaceRoot(with handle: PathHandle, released: inout [PathHandle]) {
+        released.append(rootHandle)
+        rootHandle = handle
+        while let (_, dropped) = handles.removeOldest() { released.append(dropped) }
     }
 
     /// Drops `count` lookups; returns the descriptor of a node that was forgotten, for the caller to close outside any lock.

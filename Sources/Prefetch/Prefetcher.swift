@@ -1,3 +1,4 @@
+import DequeModule
 import Dispatch
 import Foundation
 import Synchronization
@@ -17,7 +18,7 @@ public final class Prefetcher: Sendable {
     public let depth: Int
     /// Adjacent blocks one worker loads in order.
     public let chunkBlocks: Int
-    private let queue = Mutex<JobQueue>(JobQueue())
+    private let queue = Mutex<Deque<Job>>([])
     private let queued = DispatchSemaphore(value: 0)
     private let counters = Counters()
 
@@ -60,7 +61,7 @@ public final class Prefetcher: Sendable {
             $0..<min($0 + Int64(chunkBlocks), blocks.upperBound)
         }
         queue.withLock { queue in
-            for chunk in chunks { queue.jobs.append(Job(stream: stream, blocks: chunk)) }
+            for chunk in chunks { queue.append(Job(stream: stream, blocks: chunk)) }
         }
         counters.queued.add(UInt64(blocks.count), ordering: .relaxed)
         for _ in chunks { queued.signal() }
@@ -81,23 +82,6 @@ public final class Prefetcher: Sendable {
     private struct Job {
         let stream: PrefetchStream
         let blocks: Range<Int64>
-    }
-
-    /// A FIFO of jobs with amortized O(1) removal from the front.
-    private struct JobQueue: ~Copyable {
-        var jobs: [Job] = []
-        var head = 0
-
-        mutating func popFirst() -> Job? {
-            guard head < jobs.count else { return nil }
-            let job = jobs[head]
-            head += 1
-            if head > 1024 && head * 2 > jobs.count {
-                jobs.removeFirst(head)
-                head = 0
-            }
-            return job
-        }
     }
 
     private final class Counters: Sendable {

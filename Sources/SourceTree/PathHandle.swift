@@ -93,6 +93,13 @@ public final class PathHandle: Sendable {
         }
     }
 
+    /// The file system's magic number (statfs f_type): tells a FUSE mount from the directory beneath it.
+    public func fileSystemType() throws(Errno) -> Int {
+        var statistics = statfs()
+        _ = try syscall { fstatfs(descriptor.rawValue, &statistics) }
+        return Int(statistics.f_type)
+    }
+
     public func fileSystemStatistics() throws(Errno) -> statvfs {
         var statistics = statvfs()
         _ = try syscall { fstatvfs(descriptor.rawValue, &statistics) }

@@ -3,7 +3,7 @@
 // range GET) while requests run concurrently, the page cache is bypassed
 // (direct_io, like object-store FUSE clients), and faults can be injected:
 // EIO for chosen files or offsets, stalls, and the whole source failing on
-// SIGUSR1 until SIGUSR2.
+// SIGUSR1 until SIGUSR2, or hanging on SIGHUP (an unreachable NAS) until SIGUSR2.
 //
 // It is test tooling: path-based, nodes never forgotten, no cache of its own.
 #if canImport(Glibc)
@@ -27,13 +27,13 @@ struct TestSource: ParsableCommand {
     @Option(help: "Most concurrent requests.") var threads = 32
     @Option(help: "Reads of files matching this glob (relative to ROOT) fail with EIO.") var failFile: [String] = []
     @Option(help: "With --fail-file: only reads reaching this offset or beyond fail.") var failOffset: Int64 = 0
-    @Option(help: "Reads of files matching this glob stall first.") var stallFile: [String] = []
+    @Option(help: "Reads of files matching this glob stall first (until --stall-seconds pass or SIGUSR2).") var stallFile: [String] = []
     @Option(help: "How long a stalled read waits.") var stallSeconds: Double = 30
 
     func run() throws {
         var signals = sigset_t()
         sigemptyset(&signals)
-        for signal in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2] { sigaddset(&signals, signal) }
+        for signal in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP] { sigaddset(&signals, signal) }
         pthread_sigmask(SIG_BLOCK, &signals, nil) // before any thread exists: only the signal thread takes them
 
         guard let resolved = realpath(root, nil) else { throw ValidationError("root \(root): \(String(cString: strerror(errno)))") }
@@ -48,7 +48,8 @@ struct TestSource: ParsableCommand {
                 guard sigwait(&signals, &received) == 0 else { continue }
                 switch received {
                 case SIGUSR1: source.failing.store(true, ordering: .relaxed)
-                case SIGUSR2: source.failing.store(false, ordering: .relaxed)
+                case SIGHUP: source.hanging.store(true, ordering: .relaxed)
+                case SIGUSR2: source.recover()
                 default: umount2(mountpoint, Int32(MNT_DETACH)) // ends the loop once the kernel lets go
                 }
             }
@@ -70,6 +71,10 @@ final class Source: Sendable {
     let failGlobs: [String], failOffset: Int64
     let stallGlobs: [String], stallSeconds: Double
     let failing = Atomic<Bool>(false)
+    /// Every read waits until recovery, as on a hard-mounted NAS whose server went away.
+    let hanging = Atomic<Bool>(false)
+    /// Bumped by recovery, which ends the stalls in progress.
+    let recoveries = Atomic<Int>(0)
     private let paths = Mutex<(byID: [UInt64: String], byPath: [String: UInt64])>(([1: ""], ["": 1]))
     private let bucket: TokenBucket?
 
@@ -118,11 +123,25 @@ final class Source: Sendable {
     /// What a read of `size` bytes at `offset` of `relative` must go through first; an errno if it fails.
     func admit(_ relative: String, offset: Int64, size: Int) -> Int32 {
         if failing.load(ordering: .relaxed) { return EIO }
-        if matches(stallGlobs, relative) { usleep(UInt32(stallSeconds * 1e6)) }
+        if hanging.load(ordering: .relaxed) { stall(seconds: .infinity) }
+        if matches(stallGlobs, relative) { stall(seconds: stallSeconds) }
         if matches(failGlobs, relative) && offset + Int64(size) > failOffset { return EIO }
         if latency > 0 { usleep(UInt32(latency * 1e6)) }
         bucket?.take(size)
         return 0
+    }
+
+    func recover() {
+        failing.store(false, ordering: .relaxed)
+        hanging.store(false, ordering: .relaxed)
+        recoveries.add(1, ordering: .relaxed)
+    }
+
+    /// Waits `seconds`, or until the next recovery.
+    private func stall(seconds: Double) {
+        let recovery = recoveries.load(ordering: .relaxed)
+        let deadline = seconds.isFinite ? Date().addingTimeInterval(seconds) : .distantFuture
+        while Date() < deadline && recoveries.load(ordering: .relaxed) == recovery { usleep(10_000) }
     }
 
     static let operations: fuse_lowlevel_ops = {

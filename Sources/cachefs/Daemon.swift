@@ -54,7 +54,11 @@ struct Daemon {
         let peers = PeerNetwork(settings: settings.peers, logger: logger)
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
-            sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)), remote: peers?.remoteSource, logger: logger
+            sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
+            sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
+            sourceRootPath: settings.source,
+            remote: peers?.remoteSource,
+            logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout

@@ -33,6 +33,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Seconds the kernel may cache names and attributes; changes in the source show within this time.")
     var metadataTimeout: Double = 1.0
 
+    @Option(help: "Seconds a source read may stall before the reader gets EIO (0: wait forever).")
+    var sourceTimeout: Double = 30
+
     @Option(help: "Most FUSE worker threads; each waits on the source while it serves a miss.")
     var threads = 16
 
@@ -79,6 +82,7 @@ struct MountCommand: ParsableCommand {
         guard (1...1024).contains(prefetchChunk) else { throw ValidationError("--prefetch-chunk must be between 1 and 1024") }
         guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
         guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
+        guard sourceTimeout >= 0, sourceTimeout <= 86_400 else { throw ValidationError("--source-timeout must be from 0 to 86400 seconds") }
         let block = blockSize.bytes
         guard block & (block - 1) == 0, (64 << 10)...(64 << 20) ~= block else {
             throw ValidationError("--block-size must be a power of two from 64K to 64M, not \(blockSize)")

@@ -18,6 +18,8 @@ struct MountSettings {
     let capacity: Int
     let blockSize: Int
     let metadataTimeout: Double
+    /// Seconds a source open or block read may take before the reader gets EIO; nil waits forever.
+    let sourceTimeout: Double?
     let threads: Int
     /// Blocks kept loading ahead of a sequential reader, limited to a quarter of the capacity
     /// so that prefetching cannot evict what is being read.
@@ -51,6 +53,7 @@ struct MountSettings {
         capacity = command.capacity.bytes
         blockSize = command.blockSize.bytes
         metadataTimeout = command.metadataTimeout
+        sourceTimeout = command.sourceTimeout > 0 ? command.sourceTimeout : nil
         threads = command.threads
         prefetchDepth = min(command.prefetchDepth, command.capacity.bytes / command.blockSize.bytes / 4)
         prefetchThreads = command.prefetchThreads

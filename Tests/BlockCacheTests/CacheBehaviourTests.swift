@@ -321,11 +321,11 @@ struct KeyTests {
         let hit = try cache.block(for: key(0), length: 4096, load: mustNotLoad)
         #expect(hit.count == 100)
 
-        let empty = try cache.block(for: key(1), length: 4096) { _ in 0 }
+        let empty = try cache.block(for: key(1), length: 4096, load: { _ in 0 })
         #expect(empty.count == 0)
         let shortLength = try cache.block(for: key(2), length: 10, load: fill(2))
         #expect(shortLength.count == 10 && contents(shortLength) == pattern(2, count: 10))
-        let overlong = try cache.block(for: key(3), length: 64) { _ in 10_000 }
+        let overlong = try cache.block(for: key(3), length: 64, load: { _ in 10_000 })
         #expect(overlong.count == 64, "a loader cannot claim more bytes than the block holds")
     }
 }
@@ -376,11 +376,11 @@ struct ConcurrentLoadTests {
         let errors = Mutex<[Errno?]>([])
         let done = onThreads(8) { _ in
             do {
-                _ = try cache.block(for: key(1), length: 4096) { _ in
+                _ = try cache.block(for: key(1), length: 4096, load: { _ in
                     loads.add(1, ordering: .relaxed)
                     _ = release.wait(timeout: .now() + 5)
                     throw Errno.ioError
-                }
+                })
                 errors.withLock { $0.append(nil) }
             } catch {
                 errors.withLock { $0.append(error as? Errno) }
@@ -413,7 +413,7 @@ struct ConcurrentLoadTests {
 
         // Errors that are not Errno come through unchanged too.
         #expect(throws: CustomLoadError()) {
-            _ = try cache.block(for: key(2), length: 4096) { _ in throw CustomLoadError() }
+            _ = try cache.block(for: key(2), length: 4096, load: { _ in throw CustomLoadError() })
         }
         #expect(cache.statistics.loadErrors == 2)
     }

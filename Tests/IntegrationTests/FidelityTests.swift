@@ -8,6 +8,8 @@ struct FidelityTests {
     /// Type, mode, size, mtime with nanoseconds, owner, group, link count, path and symlink target.
     static let listing = #"find . -printf '%y %m %s %T@ %U %G %n %p -> %l\n' | LC_ALL=C sort"#
     static let hashes = #"find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum"#
+    /// Names as raw bytes (any byte but NUL and '/' may appear), hashed so no decoding can hide a difference.
+    static let rawNames = #"find . -print0 | LC_ALL=C sort -z | sha256sum; if [ -d bytes ]; then find bytes -type f -print0 | LC_ALL=C sort -z | xargs -0 cat | sha256sum; fi"#
     static let attributes = #"getfattr -R -h -d -m - . 2>/dev/null | sed -n '/^# file/{h;d};/./{G;s/\n/ @ /;p}' | LC_ALL=C sort"#
 
     @Test("A real tree this project did not generate (part of the Swift toolchain)")
@@ -76,10 +78,20 @@ struct FidelityTests {
     chmod 600 hard1 && chmod 750 d && chmod 4755 odd-size.bin && chmod 1777 many
     chown 1234:5678 empty && chown -h 42:43 relative-link
     touch -d '2001-02-03 04:05:06.123456789' with-xattr
+    python3 -c '
+    import os, random
+    random.seed(7)
+    os.mkdir(b"bytes")
+    alphabet = [b for b in range(1, 256) if b != 0x2F]
+    for _ in range(300):
+        name = bytes(random.choice(alphabet) for _ in range(random.randrange(1, 256)))
+        if name not in (b".", b".."):
+            with open(b"bytes/" + name, "wb") as f: f.write(name * 3)
+    '
     """#
 
     private func expectIdentical(source: String, mirror: String) throws {
-        for (label, script) in [("listing", Self.listing), ("sha256", Self.hashes), ("xattrs", Self.attributes)] {
+        for (label, script) in [("listing", Self.listing), ("sha256", Self.hashes), ("raw names", Self.rawNames), ("xattrs", Self.attributes)] {
             let expected = try shell(script, in: source, timeout: 900)
             let actual = try shell(script, in: mirror, timeout: 900)
             expectSameLines(actual, expected, label)

@@ -38,7 +38,6 @@ struct LifecycleTests {
     @Test("systemd-analyze accepts the shipped unit")
     func unitFileVerifies() throws {
         let scratch = try ScratchDirectory()
-        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let unit = try String(contentsOf: packageRoot.appendingPathComponent("Scripts/systemd/cachefs@.service"), encoding: .utf8)
         #expect(unit.contains("Type=notify") && unit.contains("Restart=on-failure"))
         // Verified against the binary under test, since /usr/local/bin/cachefs may not be installed here.

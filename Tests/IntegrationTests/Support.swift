@@ -1,14 +1,17 @@
 import ControlPlane
 import Foundation
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
 
+/// The root of this package's checkout.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
 /// The cachefs binary under test: $CACHEFS_BIN, or the debug build of this package.
 let cachefsBinary: String = {
     if let path = ProcessInfo.processInfo.environment["CACHEFS_BIN"] { return path }
-    let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     return packageRoot.appendingPathComponent(".build/debug/cachefs").path
 }()
 
@@ -35,10 +38,16 @@ final class TestSourceMount {
         }
     }
 
-    /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGUSR2: service is back.
+    /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGHUP: every read hangs; SIGUSR2: service is back.
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
-    func stop() { stopDaemon(process, mountpoint: mountpoint) }
+    /// Stops the daemon once; later calls do nothing, so they cannot unmount a successor at the same mountpoint.
+    func stop() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        stopDaemon(process, mountpoint: mountpoint)
+    }
+
+    private let stopped = Atomic<Bool>(false)
 
     deinit { stop() }
 }
@@ -89,8 +98,9 @@ func run(_ executable: String, _ arguments: [String], in directory: String? = ni
     }
     return CommandResult(
         status: process.terminationStatus,
-        output: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-        error: (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+        // Lossy: names in the output may hold any bytes (checked byte-exactly by hashing instead).
+        output: String(decoding: (try? Data(contentsOf: outURL)) ?? Data(), as: UTF8.self),
+        error: String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self)
     )
 }
 

@@ -18,7 +18,7 @@ final class SourceFixture {
     private let owner: SourceFixture?
 
     /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
-    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096,
+    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
          sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         owner = other
@@ -28,7 +28,8 @@ final class SourceFixture {
         filesystem = try MirrorFilesystem(
             sourceRoot: try PathHandle.openRoot(root),
             cache: BlockCache(capacity: cacheBlocks * blockSize, blockSize: blockSize),
-            sourceHandleLimit: sourceHandleLimit, remote: remote,
+            sourceHandleLimit: sourceHandleLimit,
+            sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, remote: remote,
             logger: logger
         )
     }

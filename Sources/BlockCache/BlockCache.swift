@@ -118,6 +118,12 @@ public final class BlockCache: Sendable {
         state.withLock { $0.isResident(key) }
     }
 
+    /// The block if it is resident, marked most recently used; never loads. For serving peers,
+    /// which must not make this instance read its source for them; not counted as a reader's hit.
+    public func residentBlock(for key: BlockKey) -> Block? {
+        state.withLock { $0.resident.touch(key) }
+    }
+
     /// Whether the block is resident or being loaded: asking for it would not start a source read.
     public func isResidentOrLoading(_ key: BlockKey) -> Bool {
         state.withLock { $0.isResident(key) || $0.pending[key] != nil }

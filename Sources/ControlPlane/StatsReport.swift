@@ -14,7 +14,13 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var misses: UInt64
     /// Block lookups that waited for another reader's load of the same block.
     public var coalescedMisses: UInt64
+    /// Bytes of blocks loaded from the source (not from peers).
     public var bytesFromSource: UInt64
+    /// Bytes returned to readers from blocks already in memory, and bytes of blocks loaded from peers.
+    public var bytesFromMemory: UInt64 = 0
+    public var bytesFromPeers: UInt64 = 0
+    /// Present with --listen or --peers.
+    public var peers: PeerStatsReport?
     public var evictions: UInt64
     public var evictedBytes: UInt64
     public var sourceErrors: UInt64

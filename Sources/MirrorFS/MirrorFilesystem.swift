@@ -26,6 +26,9 @@ public final class MirrorFilesystem: Sendable {
     private let nodes: Mutex<NodeTable>
     private let counters = Counters()
     private let logger: Logger
+    /// Other instances' caches, asked on a miss before the source (see PeerSupport.swift).
+    let remote: (any RemoteBlockSource)?
+    let origins = ByteOrigins()
 
     /// - Parameters:
     ///   - prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
@@ -35,10 +38,11 @@ public final class MirrorFilesystem: Sendable {
     ///     which they fail with EIO; nil waits for the source however long it takes.
     ///   - sourceRootPath: where the source root was opened; given, a source whose mount
     ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
+    ///   - remote: where a missing block is looked for before the source (peers); nil reads only the source.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
-        sourceRootPath: String? = nil, logger: Logger
+        sourceRootPath: String? = nil, remote: (any RemoteBlockSource)? = nil, logger: Logger
     ) throws(Errno) {
         let attributes = try sourceRoot.attributes()
         self.sourceRootPath = sourceRootPath
@@ -46,6 +50,7 @@ public final class MirrorFilesystem: Sendable {
         self.cache = cache
         self.prefetcher = prefetcher
         self.sourceCalls = sourceCalls
+        self.remote = remote
         self.logger = logger
         nodes = Mutex(NodeTable(root: sourceRoot, identity: attributes.identity, handleLimit: sourceHandleLimit))
     }
@@ -132,7 +137,7 @@ public final class MirrorFilesystem: Sendable {
             defer { last = version }
             return last
         }
-        let source = SourceFile(handle: handle, descriptor: descriptor, version: version)
+        let source = SourceFile(handle: handle, descriptor: descriptor, version: version, relativePath: remote == nil ? nil : node.relativePath)
         let file = OpenFile(node: id, source: source, prefetch: prefetchStream(for: source))
         return (file, previous == version, previous != nil && previous != version)
     }
@@ -182,10 +187,14 @@ public final class MirrorFilesystem: Sendable {
         while index * blockSize < end {
             let blockStart = index * blockSize
             let expected = Int(min(blockSize, size - blockStart))
-            let block = try block(index, of: source, length: expected, tier: &tier)
+            var blockTier = ReadTier.memory
+            let block = try block(index, of: source, length: expected, tier: &blockTier)
+            tier.include(blockTier)
+            let wasResident = blockTier == .memory
             let lower = Int(max(offset, blockStart) - blockStart)
             let upper = Int(min(end - blockStart, Int64(block.count)))
             if upper > lower { slices.append(BlockSlice(block: block, range: lower..<upper)) }
+            if wasResident && upper > lower { origins.memory.add(UInt64(upper - lower), ordering: .relaxed) }
             if block.count < expected { break } // the source ended early
             index += 1
         }
@@ -205,16 +214,23 @@ public final class MirrorFilesystem: Sendable {
         let reader = reader ?? file
         let offset = index * Int64(cache.blockSize)
         do {
+            var fromPeer = false
             let (block, origin) = try cache.fetch(for: key, length: length) { buffer in
+                if let count = loadFromRemote(index, of: file, into: buffer.memory) {
+                    fromPeer = true
+                    return count
+                }
                 // The closure owns the buffer and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
-                try callSource { () throws(Errno) in
+                let count = try callSource { () throws(Errno) in
                     let count = try reader.descriptor.readFully(into: buffer.memory, at: offset)
                     // A block read while the file was being rewritten may mix versions: refuse it rather than cache it.
                     guard try reader.descriptor.attributes().version.hasSameContent(as: file.version) else { throw Errno.staleNFSFileHandle }
                     return count
                 }
+                origins.source.add(UInt64(count), ordering: .relaxed)
+                return count
             }
-            tier.include(origin == .memory ? .memory : .source)
+            tier.include(origin == .memory ? .memory : fromPeer ? .peer : .source)
             return block
         } catch let error as Errno {
             counters.sourceErrors.add(1, ordering: .relaxed)
@@ -425,11 +441,14 @@ final class SourceFile: Sendable {
     let handle: PathHandle
     let descriptor: FileDescriptor
     let version: FileVersion
+    /// The path below the source root when opened, which names the file to peers; nil without peers.
+    let relativePath: [UInt8]?
 
-    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion) {
+    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion, relativePath: [UInt8]? = nil) {
         self.handle = handle
         self.descriptor = descriptor
         self.version = version
+        self.relativePath = relativePath
     }
 
     deinit { try? descriptor.close() }

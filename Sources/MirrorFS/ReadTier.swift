@@ -6,12 +6,15 @@
 public enum ReadTier: Int, CaseIterable, Comparable, Sendable, CustomStringConvertible {
     /// Every block was resident in this daemon's cache.
     case memory
+    /// At least one block came from a peer's memory, none from the source.
+    case peer
     /// At least one block was read from the source, or waited for while another reader read it.
     case source
 
     public var description: String {
         switch self {
         case .memory: "memory"
+        case .peer: "peer"
         case .source: "source"
         }
     }

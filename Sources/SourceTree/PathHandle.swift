@@ -47,10 +47,20 @@ public final class PathHandle: Sendable {
     /// This is how requests naming a file by path (warm-up, peers) reach the
     /// source; the kernel enforces the confinement (openat2 `RESOLVE_BENEATH`).
     public func descendant(atRelativePath path: String) throws(Errno) -> (handle: PathHandle, attributes: stat) {
-        guard !path.hasPrefix("/"), !path.utf8.contains(0) else { throw Errno.invalidArgument }
+        try descendant(atRelativePath: Array(path.utf8))
+    }
+
+    /// The same, for a path as raw bytes (names need not be UTF-8).
+    public func descendant(atRelativePath path: [UInt8]) throws(Errno) -> (handle: PathHandle, attributes: stat) {
+        guard path.first != UInt8(ascii: "/"), !path.contains(0) else { throw Errno.invalidArgument }
         let resolve = CACHEFS_RESOLVE_BENEATH | CACHEFS_RESOLVE_NO_SYMLINKS | CACHEFS_RESOLVE_NO_MAGICLINKS
+        let terminated = (path.isEmpty ? [UInt8(ascii: ".")] : path) + [0]
         let fd = try syscall {
-            cachefs_openat2(descriptor.rawValue, path.isEmpty ? "." : path, UInt64(O_PATH | O_CLOEXEC | O_NOFOLLOW), resolve)
+            terminated.withUnsafeBufferPointer { bytes in
+                bytes.withMemoryRebound(to: CChar.self) {
+                    cachefs_openat2(descriptor.rawValue, $0.baseAddress!, UInt64(O_PATH | O_CLOEXEC | O_NOFOLLOW), resolve)
+                }
+            }
         }
         let handle = PathHandle(descriptor: FileDescriptor(rawValue: fd), isSymbolicLink: false)
         let attributes = try handle.attributes()

@@ -47,6 +47,7 @@ enum BackgroundLauncher {
         for pattern in settings.preload { arguments += ["--preload", pattern] }
         if settings.preloadPin { arguments.append("--preload-pin") }
         arguments += ["--shutdown-grace", String(settings.shutdownGrace)]
+        arguments += settings.peers.arguments
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
 

@@ -52,11 +52,13 @@ struct Daemon {
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
+        let peers = PeerNetwork(settings: settings.peers, logger: logger)
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
             sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
             sourceRootPath: settings.source,
+            remote: peers?.remoteSource,
             logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
@@ -74,7 +76,7 @@ struct Daemon {
 
         let started = ContinuousClock.now
         let controlRunning = DispatchSemaphore(value: 0)
-        let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, started: started)
+        let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, peers: peers, started: started)
         let control: any Service
         do {
             control = try ControlServer.make(
@@ -89,21 +91,30 @@ struct Daemon {
             throw UsageError("control socket \(settings.controlSocket): \(error)")
         }
         let metricsService = exporter.map { makeMetricsService($0, handler: handler, logger: logger) }
-        let services = ServiceGroup(configuration: .init(services: [control] + (metricsService.map { [$0] } ?? []), gracefulShutdownSignals: [], logger: logger))
+        let peerServerRunning = DispatchSemaphore(value: 0)
+        let peerServer = peers?.server(for: filesystem) { port in
+            logger.info("serving blocks to peers", metadata: ["port": "\(port)"])
+            peerServerRunning.signal()
+        }
+        let extraServices: [any Service] = (metricsService.map { [$0] } ?? []) + (peerServer.map { [$0] } ?? [])
+        let services = ServiceGroup(configuration: .init(services: [control] + extraServices, gracefulShutdownSignals: [], logger: logger))
         let servicesEnded = DispatchSemaphore(value: 0)
         let controlFailure = Mutex<(any Error)?>(nil)
         Task {
             do { try await services.run() } catch { controlFailure.withLock { $0 = error } }
             controlRunning.signal() // wake a start-up wait if the server failed to bind
+            peerServerRunning.signal()
             servicesEnded.signal()
         }
 
         var ready = controlRunning.wait(timeout: .now() + 30) == .success
+        if peerServer != nil { ready = ready && peerServerRunning.wait(timeout: .now() + 30) == .success }
         if let failure = controlFailure.withLock({ $0 }) {
-            logger.error("control socket failed", metadata: ["socket": "\(settings.controlSocket)", "error": "\(failure)"])
+            logger.error("control socket or peer server failed", metadata: ["socket": "\(settings.controlSocket)", "error": "\(failure)"])
             ready = false
         }
         if ready { ready = mountAnswers() }
+        if ready { peers?.start() }
         if ready && !FuseServer.setKernelReadAhead(mountpoint: settings.mountpoint, bytes: settings.readAhead) {
             logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower")
         }
@@ -123,9 +134,11 @@ struct Daemon {
         systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
         Task { await services.triggerGracefulShutdown() }
         _ = servicesEnded.wait(timeout: .now() + 5)
+        peers?.shutdown()
         unlink(settings.controlSocket)
         if !ready {
-            throw UsageError("cachefs could not start serving \(settings.mountpoint); see the log")
+            let reason = controlFailure.withLock { $0 }.map { "\($0)" } ?? "see the log"
+            throw UsageError("cachefs could not start serving \(settings.mountpoint): \(reason)")
         }
     }
 

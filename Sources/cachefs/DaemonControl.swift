@@ -16,14 +16,16 @@ final class DaemonControl: ControlHandler {
     let filesystem: MirrorFilesystem
     let settings: MountSettings
     let telemetry: ReadTelemetry
+    let peers: PeerNetwork?
     let started: ContinuousClock.Instant
     /// Set once the metrics server has bound its port.
     let metricsAddress = Mutex<String?>(nil)
 
-    init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, started: ContinuousClock.Instant) {
+    init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?, started: ContinuousClock.Instant) {
         self.filesystem = filesystem
         self.settings = settings
         self.telemetry = telemetry
+        self.peers = peers
         self.started = started
     }
 
@@ -35,7 +37,7 @@ final class DaemonControl: ControlHandler {
         report.pinnedCachedBytes = statistics.cache.pinnedResidentBytes
         report.tiers = telemetry.totals.map { .init(tier: $0.tier.description, reads: $0.reads, bytes: $0.bytes) }
         report.metricsAddress = metricsAddress.withLock { $0 }
-        return report
+        return report.including(origins: filesystem.byteOrigins, peers: peers)
     }
 
     func planWarm(_ request: WarmPlanRequest) throws(ControlRequestError) -> WarmPlan {

@@ -75,6 +75,14 @@ struct MountCommand: ParsableCommand {
 
     @Option(help: "On SIGTERM or SIGINT, wait up to this many seconds for reads in progress before unmounting.")
     var shutdownGrace: Double = 5
+    @Option(help: ArgumentHelp("Serve this instance's cached blocks to peers on HOST:PORT (TCP), e.g. 0.0.0.0:7070.", valueName: "host:port"))
+    var listen: String?
+
+    @Option(help: ArgumentHelp("Peers to ask for missing blocks: HOST:PORT,HOST:PORT or dns:NAME:PORT (every address of NAME, re-resolved every 10 s).", valueName: "peers"))
+    var peers: String?
+
+    @Option(help: ArgumentHelp("A file holding the shared secret peers must present (Authorization: Bearer).", valueName: "path"))
+    var peerTokenFile: String?
 
     /// Set by the background launcher: the pipe on which the daemon reports that it is ready, or why it failed.
     @Option(help: .hidden)

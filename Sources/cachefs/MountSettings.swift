@@ -35,8 +35,10 @@ struct MountSettings {
     let preload: [String]
     let preloadPin: Bool
     let shutdownGrace: Double
+    let peers: PeerSettings
 
     init(_ command: MountCommand) throws {
+        peers = try PeerSettings(listen: command.listen, peers: command.peers, tokenFile: command.peerTokenFile)
         source = try Self.existingDirectory(command.source, role: "source")
         let requested = Self.absolute(command.mountpoint)
         try Self.clearStaleMount(at: requested)

@@ -56,6 +56,8 @@ struct StatsCommand: ParsableCommand {
             ("cached", "\(size(report.cachedBytes)) in \(report.cachedBlocks) blocks of \(size(report.blockSizeBytes))"),
             ("pinned", "\(size(report.pinnedBytes)) in \(report.pinnedFiles) file\(report.pinnedFiles == 1 ? "" : "s") (\(size(report.pinnedCachedBytes)) loaded)"),
             ("hit ratio", "\(percent) (\(report.hits) hits, \(report.misses) misses, \(report.coalescedMisses) coalesced)"),
+            ("from memory", size(Int(report.bytesFromMemory))),
+            ("from peers", size(Int(report.bytesFromPeers))),
             ("from source", size(Int(report.bytesFromSource))),
             ("evictions", "\(report.evictions) (\(size(Int(report.evictedBytes))))"),
             ("source errors", "\(report.sourceErrors)"),
@@ -64,7 +66,18 @@ struct StatsCommand: ParsableCommand {
             ("prefetched", "\(report.prefetchedBlocks) blocks (\(report.prefetchSkippedBlocks) skipped)"),
             ("open nodes", "\(report.knownNodes)"),
         ] + (report.metricsAddress.map { [("metrics", "http://\($0)/metrics")] } ?? [])
-        return rows.map { $0.0.padding(toLength: 15, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n")
+        return (rows + (report.peers.map(peerRows) ?? [])).map { $0.0.padding(toLength: 15, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n")
+    }
+}
+
+extension StatsCommand {
+    static func peerRows(_ peers: PeerStatsReport) -> [(String, String)] {
+        [
+            ("peer listen", peers.listen ?? "off"),
+            ("live peers", peers.livePeers.isEmpty ? "none" : "\(peers.livePeers.joined(separator: ", ")) (\(peers.peersInBackoff) in backoff)"),
+            ("peer requests", "\(peers.requests) (\(peers.blocksFromPeers) blocks, \(peers.notFound) not found, \(peers.failures) failed, \(peers.fallbacks) to source)"),
+            ("served peers", "\(peers.servedBlocks) blocks (\(ByteCount.format(Int(peers.servedBytes)))), \(peers.servedNotResident) not resident, \(peers.servedRefused) refused"),
+        ]
     }
 }
 

@@ -14,9 +14,14 @@ import Testing
 final class SourceFixture {
     let root: String
     let filesystem: MirrorFilesystem
+    /// The fixture whose source this one shares; it removes the tree.
+    private let owner: SourceFixture?
 
-    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil) throws {
-        root = FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
+    /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
+    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
+         sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil) throws {
+        root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
+        owner = other
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var logger = Logger(label: "test")
         logger.logLevel = .error // source read failures that tests provoke on purpose are warnings
@@ -24,12 +29,12 @@ final class SourceFixture {
             sourceRoot: try PathHandle.openRoot(root),
             cache: BlockCache(capacity: cacheBlocks * blockSize, blockSize: blockSize),
             sourceHandleLimit: sourceHandleLimit,
-            sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) },
+            sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, remote: remote,
             logger: logger
         )
     }
 
-    deinit { try? FileManager.default.removeItem(atPath: root) }
+    deinit { if owner == nil { try? FileManager.default.removeItem(atPath: root) } }
 
     func path(_ name: String) -> String { root + "/" + name }
 

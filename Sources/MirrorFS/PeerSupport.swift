@@ -1,0 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import SourceTree
+import Synchronization
+import SystemPackage
+
+/// A block as named across instances: by path below the source root and
+/// version (size, mtime), not by this machine's device and inode numbers.
+public struct RemoteBlockRequest: Sendable, Equatable {
+    /// Path relative to the source root, as raw bytes.
+    public var relativePath: [UInt8]
+    public var fileSize: Int64
+    public var modified: Timestamp
+    public var blockSize: Int
+    public var index: Int64
+
+    public init(relativePath: [UInt8], fileSize: Int64, modified: Timestamp, blockSize: Int, index: Int64) {
+        self.relativePath = relativePath
+        self.fileSize = fileSize
+        self.modified = modified
+        self.blockSize = blockSize
+        self.index = index
+    }
+}
+
+/// Where a missing block is looked for before the source: other instances' caches.
+///
+/// Called on the thread loading the block (a FUSE worker or a prefetch thread),
+/// which blocks until it returns; an implementation must bound that wait.
+public protocol RemoteBlockSource: Sendable {
+    /// Fills all of `buffer` (the block's exact length) and returns its length, or
+    /// returns nil (whatever it wrote to `buffer`) for the caller to read the source.
+    func readBlock(_ request: RemoteBlockRequest, into buffer: UnsafeMutableRawBufferPointer) -> Int?
+}
+
+/// Where the bytes came from: resident blocks, peers, the source.
+final class ByteOrigins: Sendable {
+    /// Bytes returned to readers from blocks that were resident when asked for.
+    let memory = Atomic<UInt64>(0)
+    /// Bytes of blocks loaded from peers, and from the source.
+    let peers = Atomic<UInt64>(0)
+    let source = Atomic<UInt64>(0)
+}
+
+public struct ByteOriginStatistics: Sendable, Equatable {
+    public var fromMemory: UInt64
+    public var fromPeers: UInt64
+    public var fromSource: UInt64
+}
+
+extension MirrorFilesystem {
+    public var byteOrigins: ByteOriginStatistics {
+        ByteOriginStatistics(
+            fromMemory: origins.memory.load(ordering: .relaxed),
+            fromPeers: origins.peers.load(ordering: .relaxed),
+            fromSource: origins.source.load(ordering: .relaxed)
+        )
+    }
+
+    /// Asks the remote source for a block of a file opened with a known path; nil to read the source.
+    func loadFromRemote(_ index: Int64, of file: SourceFile, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        guard let remote, let path = file.relativePath, !path.isEmpty else { return nil }
+        let request = RemoteBlockRequest(
+            relativePath: path, fileSize: file.version.size, modified: file.version.modified,
+            blockSize: cache.blockSize, index: index
+        )
+        guard let count = remote.readBlock(request, into: buffer), count == buffer.count else { return nil }
+        origins.peers.add(UInt64(count), ordering: .relaxed)
+        return count
+    }
+
+    /// The resident block a peer asks for, or nil; never reads the source's data.
+    ///
+    /// The path is resolved beneath the source root (no `..`, absolute path or
+    /// symlink), must be a regular file, and its current size and mtime must be
+    /// the requested ones; the block is then looked up under the file's full
+    /// version (device, inode, size, mtime, ctime), so only a block of exactly
+    /// that file as it is now can answer. Called on a server thread, not a FUSE one.
+    public func residentBlock(for request: RemoteBlockRequest) -> Block? {
+        guard request.blockSize == cache.blockSize,
+              let root = try? currentSourceRoot(), // reopened if the source's mount came back
+              let (_, attributes) = try? root.descendant(atRelativePath: request.relativePath),
+              attributes.st_mode & S_IFMT == S_IFREG
+        else { return nil }
+        let version = attributes.version
+        guard version.size == request.fileSize, version.modified == request.modified else { return nil }
+        return cache.residentBlock(for: BlockKey(file: version, index: request.index))
+    }
+}

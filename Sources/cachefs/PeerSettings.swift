@@ -1,0 +1,81 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PeerTransport
+
+/// `--listen`, `--peers` and `--peer-token-file`, checked: every address parses and the token is readable.
+struct PeerSettings {
+    /// Where this instance serves its blocks to peers; nil serves nothing.
+    let listen: HostPort?
+    /// Names or addresses resolved (again every 10 s) to the live peers.
+    let seeds: [HostPort]
+    /// The shared secret peers present (and this instance presents to them), if any.
+    let token: String?
+    /// Absolute path of the token file, passed on to a background daemon.
+    let tokenFile: String?
+
+    var isEnabled: Bool { listen != nil || !seeds.isEmpty }
+
+    init(listen: String?, peers: String?, tokenFile: String?) throws {
+        if let listen {
+            guard let address = HostPort(parsing: listen) else {
+                throw UsageError("--listen \(listen): expected HOST:PORT, such as 0.0.0.0:7070 or [::]:7070")
+            }
+            self.listen = address
+        } else {
+            self.listen = nil
+        }
+        seeds = try peers.map(Self.parsePeers) ?? []
+        if let tokenFile {
+            guard self.listen != nil || !seeds.isEmpty else {
+                throw UsageError("--peer-token-file needs --listen or --peers")
+            }
+            let path = MountSettings.absolute(tokenFile)
+            token = try Self.readToken(path)
+            self.tokenFile = path
+        } else {
+            token = nil
+            self.tokenFile = nil
+        }
+    }
+
+    /// `dns:NAME:PORT` (every address of NAME) or `HOST:PORT,HOST:PORT,…`.
+    static func parsePeers(_ text: String) throws -> [HostPort] {
+        let list = text.hasPrefix("dns:") ? [text.dropFirst(4)] : text.split(separator: ",", omittingEmptySubsequences: false)
+        guard !list.isEmpty else { throw UsageError("--peers: empty list") }
+        return try list.map { item in
+            let item = item.trimmingCharacters(in: .whitespaces)
+            guard let address = HostPort(parsing: item) else {
+                throw UsageError("--peers: '\(item)' is not HOST:PORT (give HOST:PORT,HOST:PORT or dns:NAME:PORT)")
+            }
+            return address
+        }
+    }
+
+    /// The file's content without surrounding whitespace: visible ASCII only, as it goes in an HTTP header.
+    static func readToken(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = access(path, R_OK) == 0 ? "cannot read it" : String(cString: strerror(errno))
+            throw UsageError("--peer-token-file \(path): \(reason)")
+        }
+        guard data.count <= 4096, let text = String(data: data, encoding: .utf8) else {
+            throw UsageError("--peer-token-file \(path): not a short text token")
+        }
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty else { throw UsageError("--peer-token-file \(path) is empty") }
+        guard token.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+            throw UsageError("--peer-token-file \(path): the token must be printable ASCII without spaces")
+        }
+        return token
+    }
+
+    /// The same options for the background daemon.
+    var arguments: [String] {
+        var arguments: [String] = []
+        if let listen { arguments += ["--listen", listen.description] }
+        if !seeds.isEmpty { arguments += ["--peers", seeds.map(\.description).joined(separator: ",")] }
+        if let tokenFile { arguments += ["--peer-token-file", tokenFile] }
+        return arguments
+    }
+}

@@ -1,0 +1,126 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import ControlPlane
+import Logging
+import MirrorFS
+import PeerTransport
+import ServiceLifecycle
+
+/// This daemon's part in the peer network: the client that asks peers for
+/// missing blocks, and the server that answers theirs from resident blocks.
+final class PeerNetwork: Sendable {
+    let settings: PeerSettings
+    /// Random per process: a server refuses requests carrying its own ID, so an instance never asks itself.
+    let instanceID: String
+    let discovery: PeerDiscovery?
+    let client: PeerClient?
+    let serverCounters = PeerServerCounters()
+    private let logger: Logger
+
+    /// nil when neither --listen nor --peers is given.
+    init?(settings: PeerSettings, logger: Logger) {
+        guard settings.isEnabled else { return nil }
+        self.settings = settings
+        self.logger = logger
+        instanceID = String(UInt64.random(in: .min ... .max), radix: 16) + String(UInt64.random(in: .min ... .max), radix: 16)
+        if settings.seeds.isEmpty {
+            discovery = nil
+            client = nil
+        } else {
+            let discovery = PeerDiscovery(seeds: settings.seeds, logger: logger, isSelf: Self.selfTest(listen: settings.listen))
+            self.discovery = discovery
+            client = PeerClient(configuration: .init(token: settings.token, instanceID: instanceID), discovery: discovery, logger: logger)
+        }
+    }
+
+    /// Whether a resolved peer address is where this instance listens: the same port on
+    /// the listening address, or on any local address when listening on all of them.
+    static func selfTest(listen: HostPort?) -> @Sendable (PeerAddress) -> Bool {
+        guard let listen else { return { _ in false } }
+        let wildcard = ["0.0.0.0", "::", "*"].contains(listen.host)
+        let own: Set<String> = wildcard
+            ? PeerDiscovery.localAddresses()
+            : Set(PeerDiscovery.addresses(of: listen)?.map(\.host) ?? [listen.host])
+        return { peer in peer.port == listen.port && own.contains(peer.host) }
+    }
+
+    var remoteSource: (any RemoteBlockSource)? { client.map(PeerRemoteSource.init) }
+
+    func start() { discovery?.start() }
+
+    /// The HTTP server for peers, or nil without --listen.
+    func server(for filesystem: MirrorFilesystem, onRunning: @escaping @Sendable (Int) async -> Void) -> (any Service)? {
+        guard let listen = settings.listen else { return nil }
+        return PeerServer.make(
+            address: listen, token: settings.token, instanceID: instanceID, counters: serverCounters,
+            lookup: { id in
+                filesystem.residentBlock(for: RemoteBlockRequest(
+                    relativePath: id.path, fileSize: id.fileSize,
+                    modified: Timestamp(nanosecondsSinceEpoch: id.modifiedNanoseconds),
+                    blockSize: id.blockSize, index: id.index
+                ))
+            },
+            onRunning: onRunning,
+            logger: logger
+        )
+    }
+
+    func shutdown() {
+        discovery?.stop()
+        client?.shutdown()
+    }
+
+    var report: PeerStatsReport {
+        let counters = client?.counters
+        return PeerStatsReport(
+            listen: settings.listen?.description,
+            livePeers: discovery?.peers.map(\.description) ?? [],
+            peersInBackoff: client?.health.skippedCount ?? 0,
+            requests: counters?.requests.load(ordering: .relaxed) ?? 0,
+            blocksFromPeers: counters?.blocks.load(ordering: .relaxed) ?? 0,
+            notFound: counters?.notFound.load(ordering: .relaxed) ?? 0,
+            failures: counters?.failures.load(ordering: .relaxed) ?? 0,
+            fallbacks: counters?.fallbacks.load(ordering: .relaxed) ?? 0,
+            servedBlocks: serverCounters.servedBlocks.load(ordering: .relaxed),
+            servedBytes: serverCounters.servedBytes.load(ordering: .relaxed),
+            servedNotResident: serverCounters.notResident.load(ordering: .relaxed),
+            servedRefused: serverCounters.refused.load(ordering: .relaxed)
+        )
+    }
+}
+
+/// MirrorFS's view of the peer client: blocks named by path and version.
+struct PeerRemoteSource: RemoteBlockSource {
+    let client: PeerClient
+
+    func readBlock(_ request: RemoteBlockRequest, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        client.fetch(PeerBlockID(
+            path: request.relativePath, fileSize: request.fileSize,
+            modifiedNanoseconds: request.modified.nanosecondsSinceEpoch,
+            blockSize: request.blockSize, index: request.index
+        ), into: buffer)
+    }
+}
+
+extension Timestamp {
+    init(nanosecondsSinceEpoch value: Int64) {
+        let (seconds, nanoseconds) = value.quotientAndRemainder(dividingBy: 1_000_000_000)
+        self.init(seconds: nanoseconds < 0 ? seconds - 1 : seconds, nanoseconds: nanoseconds < 0 ? nanoseconds + 1_000_000_000 : nanoseconds)
+    }
+
+    var nanosecondsSinceEpoch: Int64 { seconds &* 1_000_000_000 &+ nanoseconds }
+}
+
+extension StatsReport {
+    /// Adds where bytes came from and the peer counters to the base report.
+    func including(origins: ByteOriginStatistics, peers: PeerNetwork?) -> StatsReport {
+        var report = self
+        report.bytesFromMemory = origins.fromMemory
+        report.bytesFromPeers = origins.fromPeers
+        report.bytesFromSource = origins.fromSource
+        report.peers = peers?.report
+        return report
+    }
+}

@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import MirrorFS
+import Synchronization
+import Testing
+
+/// Two mirrors of one source, the second asking the first before its source, as peers do (without HTTP).
+@Suite struct PeerSupportTests {
+    /// Serves another mirror's resident blocks; counts what it was asked.
+    final class InProcessPeer: RemoteBlockSource {
+        let peer = Mutex<MirrorFilesystem?>(nil)
+        let asked = Atomic<Int>(0)
+
+        func readBlock(_ request: RemoteBlockRequest, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+            asked.add(1, ordering: .relaxed)
+            guard let block = peer.withLock({ $0 })?.residentBlock(for: request) else { return nil }
+            return withExtendedLifetime(block) {
+                guard block.count == buffer.count else { return nil }
+                buffer.copyMemory(from: block.bytes)
+                return block.count
+            }
+        }
+    }
+
+    func request(_ fixture: SourceFixture, _ name: String, index: Int64, blockSize: Int = 64 << 10) throws -> RemoteBlockRequest {
+        let attributes = try fixture.status(name)
+        return RemoteBlockRequest(
+            relativePath: Array(name.utf8), fileSize: Int64(attributes.st_size),
+            modified: Timestamp(seconds: Int64(attributes.st_mtim.tv_sec), nanoseconds: Int64(attributes.st_mtim.tv_nsec)),
+            blockSize: blockSize, index: index
+        )
+    }
+
+    @Test func secondMirrorReadsFromTheFirstInsteadOfTheSource() throws {
+        let a = try SourceFixture()
+        let peer = InProcessPeer()
+        let b = try SourceFixture(sharing: a, remote: peer)
+        peer.peer.withLock { $0 = a.filesystem }
+        let content = randomBytes(5 * (64 << 10) + 1000, seed: 3)
+        try a.makeDirectory("models")
+        try a.write("models/weights.bin", content)
+
+        let directory = try a.lookup("models")
+        let fileA = try a.filesystem.open(node: try a.lookup("weights.bin", in: directory), flags: O_RDONLY).file
+        #expect(try a.read(fileA, at: 0, count: content.count) == content)
+        #expect(a.filesystem.byteOrigins.fromSource == UInt64(content.count))
+
+        let fileB = try b.filesystem.open(node: try b.lookup("weights.bin", in: try b.lookup("models")), flags: O_RDONLY).file
+        #expect(try b.read(fileB, at: 0, count: content.count) == content)
+        let origins = b.filesystem.byteOrigins
+        #expect(origins.fromPeers == UInt64(content.count) && origins.fromSource == 0 && origins.fromMemory == 0)
+        #expect(try b.read(fileB, at: 0, count: content.count) == content)
+        #expect(b.filesystem.byteOrigins.fromMemory == UInt64(content.count), "the second read is from memory")
+    }
+
+    @Test func aChangedFileIsNotTakenFromAPeer() throws {
+        let a = try SourceFixture()
+        let peer = InProcessPeer()
+        let b = try SourceFixture(sharing: a, remote: peer)
+        peer.peer.withLock { $0 = a.filesystem }
+        try a.write("f", randomBytes(100_000, seed: 1))
+        let fileA = try a.filesystem.open(node: try a.lookup("f"), flags: O_RDONLY).file
+        _ = try a.read(fileA, at: 0, count: 100_000)
+
+        let newer = randomBytes(100_000, seed: 2) // same size; a later mtime
+        try a.write("f", newer)
+        try a.setTimes("f", modified: timespec(tv_sec: time(nil) + 10, tv_nsec: 5))
+        let fileB = try b.filesystem.open(node: try b.lookup("f"), flags: O_RDONLY).file
+        #expect(try b.read(fileB, at: 0, count: 100_000) == newer)
+        #expect(b.filesystem.byteOrigins.fromPeers == 0)
+        #expect(peer.asked.load(ordering: .relaxed) > 0, "the peer was asked, and had only the old version")
+    }
+
+    @Test func residentBlockNeverLoadsAndRefusesEscapes() throws {
+        let fixture = try SourceFixture()
+        try fixture.makeDirectory("d")
+        try fixture.write("d/f", randomBytes(200_000))
+        try fixture.symlink("link", to: "d/f")
+        let wanted = try request(fixture, "d/f", index: 1)
+        #expect(fixture.filesystem.residentBlock(for: wanted) == nil, "not resident yet")
+        #expect(fixture.filesystem.cache.statistics.misses == 0 && fixture.filesystem.cache.statistics.residentBlocks == 0, "and not loaded for the peer")
+
+        let file = try fixture.filesystem.open(node: try fixture.lookup("f", in: try fixture.lookup("d")), flags: O_RDONLY).file
+        _ = try fixture.read(file, at: 0, count: 200_000)
+        let block = try #require(fixture.filesystem.residentBlock(for: wanted))
+        #expect(block.count == 64 << 10)
+
+        var otherVersion = wanted
+        otherVersion.fileSize += 1
+        #expect(fixture.filesystem.residentBlock(for: otherVersion) == nil)
+        var otherBlockSize = wanted
+        otherBlockSize.blockSize = 128 << 10
+        #expect(fixture.filesystem.residentBlock(for: otherBlockSize) == nil)
+        // Out of the root through "..", absolute, through a symlink, not a regular file.
+        for path in ["../\(fixture.root.split(separator: "/").last!)/d/f", fixture.root + "/d/f", "link", "d"] {
+            var escape = wanted
+            escape.relativePath = Array(path.utf8)
+            #expect(fixture.filesystem.residentBlock(for: escape) == nil, "\(path)")
+        }
+    }
+}

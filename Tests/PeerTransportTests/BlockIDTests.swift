@@ -1,0 +1,123 @@
+import Testing
+@testable import PeerTransport
+
+@Suite struct BlockIDTests {
+    /// A deterministic generator, so a failure can be reproduced.
+    struct SplitMix: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            return Rendezvous.mix(state)
+        }
+    }
+
+    @Test func roundTripOfOddNames() throws {
+        let names: [[UInt8]] = [
+            Array("models/llama 3/model-00001-of-00004.safetensors".utf8),
+            Array("ünïcödé/日本語/ファイル.bin".utf8),
+            Array("100%/a+b=c?d#e&f;g".utf8),
+            [0xFF, 0xFE, 0x80, UInt8(ascii: "/"), 0x01, 0x7F, 0x20, 0x25],   // not UTF-8, control bytes
+            Array("...hidden/..x/x../.../~tilde".utf8),
+        ]
+        for name in names {
+            let id = PeerBlockID(path: name, fileSize: 5 << 30, modifiedNanoseconds: 1_763_900_000_123_456_789, blockSize: 1 << 20, index: 17)
+            let path = id.requestPath
+            #expect(path.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }, "only printable ASCII on the wire")
+            #expect(try PeerBlockID(requestPath: path) == id)
+        }
+    }
+
+    @Test func roundTripOfRandomBytes() throws {
+        var random = SplitMix(state: 42)
+        for _ in 0..<500 {
+            let length = Int.random(in: 1...200, using: &random)
+            var name = (0..<length).map { _ in UInt8.random(in: 1...255, using: &random) }
+            // Make it a valid relative path: no empty, "." or ".." components, not absolute.
+            name = name.split(separator: UInt8(ascii: "/")).map { component in
+                component.allSatisfy { $0 == UInt8(ascii: ".") } ? Array(component) + [UInt8(ascii: "x")] : Array(component)
+            }.joined(separator: [UInt8(ascii: "/")]).map { $0 }
+            guard !name.isEmpty else { continue }
+            let size = Int64.random(in: 1...(1 << 40), using: &random)
+            let blockSize = 1 << Int.random(in: 16...26, using: &random)
+            let id = PeerBlockID(
+                path: name, fileSize: size, modifiedNanoseconds: Int64.random(in: -1_000_000_000_000...Int64(1) << 62, using: &random),
+                blockSize: blockSize, index: Int64.random(in: 0...(size - 1) / Int64(blockSize), using: &random)
+            )
+            #expect(try PeerBlockID(requestPath: id.requestPath) == id)
+        }
+    }
+
+    @Test(arguments: [
+        ("/v1/block/1048576/0/100/5/%2Fetc%2Fpasswd", "absolute"),
+        ("/v1/block/1048576/0/100/5/..%2F..%2Fetc%2Fpasswd", "dot-dot first"),
+        ("/v1/block/1048576/0/100/5/a%2F..%2F..%2Fb", "dot-dot inside"),
+        ("/v1/block/1048576/0/100/5/a%2F..", "dot-dot last"),
+        ("/v1/block/1048576/0/100/5/..", "dot-dot alone"),
+        ("/v1/block/1048576/0/100/5/.", "dot alone"),
+        ("/v1/block/1048576/0/100/5/a%2F.%2Fb", "dot inside"),
+        ("/v1/block/1048576/0/100/5/a%2F%2Fb", "empty component"),
+        ("/v1/block/1048576/0/100/5/a%2F", "trailing slash"),
+        ("/v1/block/1048576/0/100/5/a%00b", "NUL"),
+        ("/v1/block/1048576/0/100/5/", "empty path"),
+        ("/v1/block/1048576/0/100/5/a/../b", "raw slashes"),
+        ("/v1/block/1048576/0/100/5/a%2", "short escape"),
+        ("/v1/block/1048576/0/100/5/a%zz", "bad escape"),
+        ("/v1/block/1048576/0/100/5/a b", "raw space"),
+        ("/v1/block/1048576/0/100/5", "missing path"),
+        ("/v1/block/1048576/0/100/a", "missing field"),
+        ("/v1/block/1048576/x/100/5/a", "non-numeric index"),
+        ("/v1/block/1048576/-1/100/5/a", "negative index"),
+        ("/v1/block/0/0/100/5/a", "zero block size"),
+        ("/v1/block/1048576/1/100/5/a", "index past the end"),
+        ("/v1/block/99999999999999999999/0/100/5/a", "overflowing number"),
+        ("/v1/blocks/1048576/0/100/5/a", "wrong prefix"),
+        ("/etc/passwd", "not a block request"),
+        ("", "empty"),
+    ])
+    func rejectsMalformedAndUnsafeRequests(path: String, why: String) {
+        #expect(throws: PeerRequestError.self, "\(why)") { try PeerBlockID(requestPath: path) }
+    }
+
+    @Test func rejectsOversizedRequests() {
+        let longName = String(repeating: "a", count: 4097)
+        #expect(throws: PeerRequestError.tooLong) { try PeerBlockID(requestPath: "/v1/block/1048576/0/100/5/" + longName) }
+        let huge = "/v1/block/1048576/0/100/5/" + String(repeating: "%41", count: 6000)
+        #expect(throws: PeerRequestError.tooLong) { try PeerBlockID(requestPath: huge) }
+    }
+
+    @Test func expectedLengthOfLastBlock() {
+        let id = PeerBlockID(path: Array("f".utf8), fileSize: 2_500_000, modifiedNanoseconds: 0, blockSize: 1 << 20, index: 2)
+        #expect(id.expectedLength == 2_500_000 - 2 * (1 << 20))
+        #expect(PeerBlockID(path: id.path, fileSize: 2_500_000, modifiedNanoseconds: 0, blockSize: 1 << 20, index: 0).expectedLength == 1 << 20)
+    }
+
+    @Test func crc32cKnownAnswers() {
+        // The CRC-32C check value (RFC 3720, and every CRC catalogue).
+        let digits = Array("123456789".utf8)
+        #expect(digits.withUnsafeBytes { CRC32CChecksum(of: $0).value } == 0xE306_9283)
+        // Incremental over unaligned pieces equals one pass.
+        let data = (0..<100_003).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        let whole = data.withUnsafeBytes { CRC32CChecksum(of: $0) }
+        var pieces = CRC32CChecksum()
+        data.withUnsafeBytes { bytes in
+            var start = 0
+            for length in [1, 7, 13, 64, 999, 65_536] + [Int](repeating: 100_003, count: 1) {
+                let end = min(start + length, bytes.count)
+                pieces.update(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                start = end
+            }
+        }
+        #expect(pieces == whole)
+        #expect(CRC32CChecksum(hex: whole.hex) == whole)
+        #expect(CRC32CChecksum(hex: "xyz") == nil)
+    }
+
+    @Test func hostPortParsing() {
+        #expect(HostPort(parsing: "127.0.0.1:7070") == HostPort(host: "127.0.0.1", port: 7070))
+        #expect(HostPort(parsing: "cachefs.models.svc:7070") == HostPort(host: "cachefs.models.svc", port: 7070))
+        #expect(HostPort(parsing: "[::1]:80") == HostPort(host: "::1", port: 80))
+        for bad in ["", "host", "host:", ":80", "host:0", "host:65536", "host:x", "::1:80", "[::1]80", "a b:80", "host:80/x"] {
+            #expect(HostPort(parsing: bad) == nil, "\(bad)")
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import Synchronization
+import Testing
+@testable import PeerTransport
+
+@Suite struct RendezvousTests {
+    let peers = (1...5).map { PeerAddress(host: "10.0.0.\($0)", port: 7070) }
+
+    func block(_ index: Int64, file: String = "models/m.safetensors") -> PeerBlockID {
+        PeerBlockID(path: Array(file.utf8), fileSize: 1 << 40, modifiedNanoseconds: 1_700_000_000_000_000_000, blockSize: 1 << 20, index: index)
+    }
+
+    @Test func rankingIsDeterministicAndIndependentOfListOrder() {
+        var shuffled = peers
+        var generator = BlockIDTests.SplitMix(state: 7)
+        for index in Int64(0)..<200 {
+            shuffled.shuffle(using: &generator)
+            let ranked = Rendezvous.rank(peers, for: block(index))
+            #expect(Rendezvous.rank(shuffled, for: block(index)) == ranked)
+            #expect(Set(ranked) == Set(peers))
+        }
+        // Another version of the file is another block, ranked on its own.
+        let other = PeerBlockID(path: block(0).path, fileSize: 1 << 40, modifiedNanoseconds: 1, blockSize: 1 << 20, index: 0)
+        #expect(Rendezvous.hash(of: other) != Rendezvous.hash(of: block(0)))
+    }
+
+    @Test func hashDoesNotDependOnTheProcess() {
+        // FNV-1a's published test vector: "a" → 0xaf63dc4c8601ec8c; our hash appends a 0xFF separator.
+        var expected: UInt64 = 0xAF63_DC4C_8601_EC8C
+        expected ^= 0xFF
+        expected &*= 0x0000_0100_0000_01B3
+        var hash = FNV1a()
+        hash.add(Array("a".utf8))
+        #expect(hash.value == expected)
+    }
+
+    @Test func blocksSpreadEvenly() {
+        var firsts: [PeerAddress: Int] = [:]
+        let blocks = 20_000
+        for index in 0..<blocks { firsts[Rendezvous.rank(peers, for: block(Int64(index)))[0], default: 0] += 1 }
+        let fair = blocks / peers.count
+        for peer in peers {
+            let share = firsts[peer, default: 0]
+            #expect(abs(share - fair) < fair / 10, "\(peer) ranks first for \(share) of \(blocks) blocks")
+        }
+    }
+
+    @Test func removingAPeerMovesOnlyItsBlocks() {
+        let gone = peers[2]
+        let remaining = peers.filter { $0 != gone }
+        var moved = 0
+        for index in Int64(0)..<5_000 {
+            let before = Rendezvous.rank(peers, for: block(index))
+            let after = Rendezvous.rank(remaining, for: block(index))
+            if before[0] == gone {
+                moved += 1
+                #expect(after[0] == before[1], "its blocks go to their second choice")
+            } else {
+                #expect(after[0] == before[0], "other peers keep their blocks")
+            }
+            #expect(after == before.filter { $0 != gone }, "the order of the rest is unchanged")
+        }
+        #expect(moved > 0)
+    }
+}
+
+@Suite struct PeerHealthTests {
+    final class FakeClock: Sendable {
+        let now = Mutex(ContinuousClock.now)
+        func advance(_ duration: Duration) { now.withLock { $0 += duration } }
+    }
+
+    @Test func failingPeerIsSkippedThenRetried() {
+        let clock = FakeClock()
+        let health = PeerHealth(backoff: .seconds(10), maximumBackoff: .seconds(60), clock: { clock.now.withLock { $0 } })
+        let peer = PeerAddress(host: "10.0.0.1", port: 7070), other = PeerAddress(host: "10.0.0.2", port: 7070)
+        #expect(health.isAvailable(peer))
+        health.recordFailure(peer)
+        #expect(!health.isAvailable(peer))
+        #expect(health.isAvailable(other), "only the failing peer is skipped")
+        #expect(health.skippedCount == 1)
+        clock.advance(.seconds(9))
+        #expect(!health.isAvailable(peer))
+        clock.advance(.seconds(1))
+        #expect(health.isAvailable(peer), "retried after the backoff")
+
+        health.recordFailure(peer) // failed again on retry: a longer pause
+        clock.advance(.seconds(19))
+        #expect(!health.isAvailable(peer))
+        clock.advance(.seconds(1))
+        #expect(health.isAvailable(peer))
+        for _ in 0..<10 { health.recordFailure(peer) }
+        clock.advance(.seconds(60))
+        #expect(health.isAvailable(peer), "the pause is capped")
+
+        health.recordFailure(peer)
+        health.recordSuccess(peer)
+        #expect(health.isAvailable(peer), "a success clears the backoff")
+        health.recordFailure(peer)
+        clock.advance(.seconds(10))
+        #expect(health.isAvailable(peer), "and the next failure starts from the base pause")
+    }
+}

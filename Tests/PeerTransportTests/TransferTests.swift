@@ -1,0 +1,250 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import Dispatch
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+@testable import PeerTransport
+
+/// A server on a free loopback port for the duration of `body`.
+func withPeerServer<T>(
+    token: String? = nil, instanceID: String = "server", counters: PeerServerCounters = PeerServerCounters(),
+    lookup: @escaping @Sendable (PeerBlockID) -> Block?,
+    _ body: (PeerAddress) async throws -> T
+) async throws -> T {
+    let logger = Logger(label: "test")
+    let port = Mutex<Int?>(nil)
+    let server = PeerServer.make(
+        address: HostPort(host: "127.0.0.1", port: 0), token: token, instanceID: instanceID, counters: counters,
+        lookup: lookup, onRunning: { bound in port.withLock { $0 = bound } }, logger: logger
+    )
+    return try await withRunning(server) {
+        while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+        return try await body(PeerAddress(host: "127.0.0.1", port: port.withLock { $0! }))
+    }
+}
+
+func withRunning<T>(_ service: some Service, _ body: () async throws -> T) async throws -> T {
+    let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [], logger: Logger(label: "test")))
+    let running = Task { try await group.run() }
+    defer { running.cancel() }
+    let result = try await body()
+    await group.triggerGracefulShutdown()
+    _ = await running.result
+    return result
+}
+
+/// A resident block with the given bytes, made the way the cache makes them.
+func makeBlock(_ bytes: [UInt8]) throws -> Block {
+    let cache = BlockCache(capacity: max(bytes.count, 1), blockSize: max(bytes.count, 1))
+    let key = BlockKey(file: FileVersion(device: 1, inode: 1, size: Int64(bytes.count), modified: .init(seconds: 0, nanoseconds: 0), changed: .init(seconds: 0, nanoseconds: 0)), index: 0)
+    return try cache.block(for: key, length: bytes.count) { buffer in
+        buffer.copyBytes(from: bytes)
+        return bytes.count
+    }
+}
+
+func client(token: String? = nil, instanceID: String = "client", discovery: PeerDiscovery? = nil, blockTimeout: Duration = .seconds(20)) -> PeerClient {
+    var configuration = PeerClient.Configuration(token: token, instanceID: instanceID)
+    configuration.blockTimeout = blockTimeout
+    return PeerClient(configuration: configuration, discovery: discovery, logger: Logger(label: "test"))
+}
+
+/// Fetches into a fresh buffer of the block's expected length; returns the outcome and the bytes.
+func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (PeerFetchOutcome, [UInt8]) {
+    var bytes = [UInt8](repeating: 0, count: id.expectedLength)
+    let outcome = bytes.withUnsafeMutableBytes { client.fetch(id, from: peer, into: $0) }
+    return (outcome, bytes)
+}
+
+@Suite(.serialized) struct TransferTests {
+    let content = (0..<(3 << 20) + 12345).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) }
+    var id: PeerBlockID {
+        PeerBlockID(path: Array("dir/näme %/file".utf8), fileSize: Int64(content.count), modifiedNanoseconds: 99, blockSize: content.count, index: 0)
+    }
+
+    @Test func servesResidentBlocksAndAnswers404Otherwise() async throws {
+        let block = try makeBlock(content)
+        let wanted = id
+        let counters = PeerServerCounters()
+        try await withPeerServer(counters: counters, lookup: { $0 == wanted ? block : nil }) { peer in
+            let client = client()
+            defer { client.shutdown() }
+            let (outcome, bytes) = fetch(client, wanted, from: peer)
+            #expect(outcome == .block(content.count))
+            #expect(bytes == content)
+            var otherVersion = wanted
+            otherVersion.modifiedNanoseconds += 1
+            #expect(fetch(client, otherVersion, from: peer).0 == .notFound)
+            #expect(counters.servedBlocks.load(ordering: .relaxed) == 1)
+            #expect(counters.servedBytes.load(ordering: .relaxed) == UInt64(content.count))
+            #expect(counters.notResident.load(ordering: .relaxed) == 1)
+        }
+    }
+
+    @Test func tokenIsRequiredAndChecked() async throws {
+        let block = try makeBlock(content)
+        try await withPeerServer(token: "s3cret-token", lookup: { _ in block }) { peer in
+            let right = client(token: "s3cret-token"), wrong = client(token: "s3cret-tokem"), none = client()
+            defer { right.shutdown(); wrong.shutdown(); none.shutdown() }
+            #expect(fetch(right, id, from: peer).0 == .block(content.count))
+            #expect(fetch(wrong, id, from: peer).0 == .failed("token refused (HTTP 403)"))
+            #expect(fetch(none, id, from: peer).0 == .failed("token refused (HTTP 401)"))
+        }
+        #expect(PeerResponder.bearerMatches("Bearer abc", token: Array("abc".utf8)))
+        #expect(!PeerResponder.bearerMatches("Bearer abd", token: Array("abc".utf8)))
+        #expect(!PeerResponder.bearerMatches("Bearer abcd", token: Array("abc".utf8)))
+        #expect(!PeerResponder.bearerMatches("Basic abc", token: Array("abc".utf8)))
+    }
+
+    @Test func aServerRefusesItsOwnInstance() async throws {
+        let block = try makeBlock(content)
+        try await withPeerServer(instanceID: "me", lookup: { _ in block }) { peer in
+            let client = client(instanceID: "me")
+            defer { client.shutdown() }
+            #expect(fetch(client, id, from: peer).0 == .isSelf)
+        }
+    }
+
+    @Test func wrongLengthOrChecksumIsNotBelieved() async throws {
+        // A server that lies: a body of the right length with a wrong CRC, and a short body.
+        let router = Router()
+        let body = content
+        router.get("v1/block/**") { request, _ -> Response in
+            let short = request.uri.path.hasSuffix("short")
+            let bytes = short ? Array(body.dropLast()) : body
+            return Response(status: .ok, headers: [PeerServer.checksumHeader: short ? "00000000" : "deadbeef"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        }
+        let port = Mutex<Int?>(nil)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } })
+        try await withRunning(app) {
+            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+            let peer = PeerAddress(host: "127.0.0.1", port: port.withLock { $0! })
+            let client = client()
+            defer { client.shutdown() }
+            #expect(fetch(client, id, from: peer).0 == .failed("CRC-32C mismatch"))
+            var short = id
+            short.path = Array("short".utf8)
+            guard case .failed(let reason) = fetch(client, short, from: peer).0 else { Issue.record("a short body was accepted"); return }
+            #expect(reason.hasPrefix("length"))
+        }
+    }
+
+    @Test func malformedRequestsGet4xx() async throws {
+        let block = try makeBlock(content)
+        try await withPeerServer(lookup: { _ in block }) { (peer) async throws in
+            for (path, status) in [("/v1/block/1048576/0/100/5/..%2Fetc%2Fpasswd", 400), ("/v1/block/1048576/0/100/5/%2Fetc%2Fpasswd", 400),
+                                   ("/v1/block/x", 400), ("/", 400), ("/v1/block/1048576/0/100/5/" + String(repeating: "a", count: 20_000), 414)] {
+                #expect(try rawStatus(peer, "GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == status, "\(path.prefix(60))")
+            }
+            #expect(try rawStatus(peer, "PUT /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n") == 405)
+            #expect(try rawStatus(peer, "DELETE /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == 405)
+        }
+    }
+
+    /// A peer that accepts connections but never answers must cost at most the block timeout.
+    @Test func timesOutOnAPeerThatNeverAnswers() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && listen(listener, 16) == 0 && getsockname(listener, $0, &length) == 0 }
+        }
+        try #require(bound)
+        let peer = PeerAddress(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port)))
+        let client = client(blockTimeout: .milliseconds(300))
+        defer { client.shutdown() }
+        let started = ContinuousClock.now
+        let (outcome, _) = fetch(client, id, from: peer)
+        let waited = ContinuousClock.now - started
+        guard case .failed = outcome else { Issue.record("expected a failure, got \(outcome)"); return }
+        #expect(waited < .seconds(2), "waited \(waited) for a silent peer with a 300 ms timeout")
+    }
+
+    @Test func fetchTriesPeersInRankOrderAndBacksOffFailingOnes() async throws {
+        let block = try makeBlock(content)
+        let wanted = id
+        try await withPeerServer(lookup: { $0 == wanted ? block : nil }) { good in
+            // A dead peer (nothing listens) and a live one; whichever ranks first, the block arrives.
+            let dead = PeerAddress(host: "127.0.0.1", port: 1)
+            let discovery = PeerDiscovery(seeds: [HostPort(host: "x", port: 1)], logger: Logger(label: "test"), isSelf: { _ in false },
+                                          resolve: { _ in [dead, good] })
+            discovery.refresh()
+            #expect(discovery.peers == [dead, good].sorted())
+            let client = client(discovery: discovery)
+            defer { client.shutdown() }
+            for _ in 0..<3 {
+                var bytes = [UInt8](repeating: 0, count: content.count)
+                #expect(bytes.withUnsafeMutableBytes { client.fetch(wanted, into: $0) } == content.count)
+                #expect(bytes == content)
+            }
+            let failures = client.counters.failures.load(ordering: .relaxed)
+            #expect(failures <= 1, "a dead peer is tried once, then skipped while in backoff")
+            if Rendezvous.rank([dead, good], for: wanted)[0] == dead {
+                #expect(failures == 1)
+                #expect(!client.health.isAvailable(dead))
+            }
+            // A block nobody has falls back to the source.
+            var missing = wanted
+            missing.index = 0
+            missing.modifiedNanoseconds = 1
+            var bytes = [UInt8](repeating: 0, count: content.count)
+            #expect(bytes.withUnsafeMutableBytes { client.fetch(missing, into: $0) } == nil)
+            #expect(client.counters.fallbacks.load(ordering: .relaxed) == 1)
+        }
+    }
+
+    @Test func discoveryDropsThisInstanceAndKeepsLastAnswerOnFailure() {
+        let me = PeerAddress(host: "10.0.0.1", port: 7070), other = PeerAddress(host: "10.0.0.2", port: 7070)
+        let answers = Mutex<[[PeerAddress]?]>([[me, other], nil, [other, PeerAddress(host: "10.0.0.3", port: 7070)]])
+        let discovery = PeerDiscovery(seeds: [HostPort(host: "svc", port: 7070)], logger: Logger(label: "test"), isSelf: { $0 == me },
+                                      resolve: { _ in answers.withLock { $0.removeFirst() } })
+        discovery.refresh()
+        #expect(discovery.peers == [other])
+        discovery.refresh() // resolution failed: keep the last answer
+        #expect(discovery.peers == [other])
+        discovery.refresh()
+        #expect(discovery.peers == [other, PeerAddress(host: "10.0.0.3", port: 7070)])
+        discovery.excludeSelf(other)
+        #expect(discovery.peers == [PeerAddress(host: "10.0.0.3", port: 7070)])
+        // Real resolution of a name with several addresses.
+        let local = PeerDiscovery.addresses(of: HostPort(host: "localhost", port: 7070)) ?? []
+        #expect(local.contains(PeerAddress(host: "127.0.0.1", port: 7070)))
+        #expect(PeerDiscovery.localAddresses().contains("127.0.0.1"))
+    }
+}
+
+/// Sends a raw HTTP request and returns the status code of the answer.
+func rawStatus(_ peer: PeerAddress, _ request: String) throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr(peer.host)
+    address.sin_port = in_port_t(UInt16(peer.port).bigEndian)
+    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard connected == 0 else { throw TestError("connect failed") }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    _ = request.withCString { send(fd, $0, strlen($0), 0) }
+    var buffer = [UInt8](repeating: 0, count: 64)
+    let count = recv(fd, &buffer, 64, 0)
+    guard count >= 12 else { throw TestError("no answer") }
+    let line = String(decoding: buffer[..<count], as: UTF8.self)
+    guard let status = Int(line.dropFirst(9).prefix(3)) else { throw TestError("bad status line \(line)") }
+    return status
+}
+
+struct TestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -90,7 +90,7 @@ struct MetricsTests {
         let report = try JSONDecoder().decode(StatsReport.self, from: Data(json.output.utf8))
         #expect(report.pinnedBytes == 3 << 20 && report.pinnedFiles == 1 && report.pinnedCachedBytes == 3 << 20)
         #expect(report.capacityBytes == 32 << 20 && report.cachedBytes == 4 << 20 && report.bytesFromSource == 4 << 20)
-        #expect(report.tiers.map(\.tier) == ["memory", "source"])
+        #expect(report.tiers.map(\.tier) == ["memory", "peer", "source"])
         #expect(report.tiers.reduce(0) { $0 + $1.bytes } == report.bytesRead)
         #expect(json.output.contains("\"pinnedBytes\" : 3145728"))
     }

@@ -25,8 +25,12 @@ enum MountHelperArguments {
                 continue
             }
             for option in options.split(separator: ",") where !option.hasPrefix("x-") {
-                let parts = option.split(separator: "=", maxSplits: 1)
+                let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let name = String(parts[0])
+                guard !name.isEmpty else {
+                    translated.append("-o" + option) // no option name: left for the parser to refuse as unknown
+                    continue
+                }
                 guard !ignored.contains(name) else { continue }
                 translated.append("--" + name.split(separator: "_", omittingEmptySubsequences: false).joined(separator: "-"))
                 if parts.count == 2 { translated.append(String(parts[1])) }

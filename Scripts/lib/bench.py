@@ -191,6 +191,16 @@ def build_rows(s):
     throughput("8d", f"Peer: bindfs over the rclone 300M mount, cold ({cold3}; cf. 3)", "s8.bindfs_cold.mibs",
                "s3.source.mibs", "rclone mount direct", None)
 
+    shared = text(s, "meta.s11_label", cold3)
+    throughput("11a", f"Cache peers: cold instance reads {shared} from a warm peer on loopback, vs the capped source",
+               "s11.peer.mibs", "s3.source.mibs", "rclone mount direct", 5, "stats-s11.json")
+    throughput("11b", f"Cache peers: the same read vs the warm peer's own memory hit", "s11.peer.mibs",
+               "s11.memory.mibs", "memory hit", 0.5, "stats-s11.json")
+    fraction = median(s, "s11.source_fraction")
+    rows.append(Row("11c", "Cache peers: bytes the cold instance read from the source / file size", fraction, None,
+                    fmt_plain, "<= 0.05", lambda m, b, r: m <= 0.05, ratio=fraction, baseline_text="—",
+                    stats="stats-s11.json"))
+
     hwm, cap = median(s, "s9.hwm_mib"), median(s, "s9.capacity_mib")
     read_label = text(s, "meta.s9_label", "4x capacity")
     rows.append(Row("9", f"Memory: daemon VmHWM after reading {read_label} with --capacity {fmt_mib(cap)}",
@@ -325,6 +335,12 @@ def report(results_dir, markdown_path):
     md.append("")
     md.append(markdown_table(header, table_rows))
     md.append("")
+    limits_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-limits.md")
+    if os.path.exists(limits_path):
+        # Hand-written, with the profiles and counters behind it: kept beside the script so every rerun carries it.
+        with open(limits_path) as f:
+            md.append(f.read().rstrip())
+        md.append("")
     if sweep_header:
         md.append("## Block size and prefetch depth")
         md.append("")
@@ -389,7 +405,12 @@ copied to `/dev/shm` for the tmpfs baselines. Every sequential read is `dd bs=1M
    and over the rclone 300M mount for the cold read of scenario 3.
 9. **Memory.** A fresh cachefs with a small capacity over the data directory reads 4x its capacity of distinct
    data; the figure is `VmHWM` from `/proc/PID/status` of the daemon (PID from `cachefs stats --json`).
-10. **Sweep.** Scenario 4's cold read for `--block-size` 1M and 4M and `--prefetch-depth` 4, 16 and 32.""".split("\n")
+10. **Sweep.** Scenario 4's cold read for `--block-size` 1M and 4M and `--prefetch-depth` 4, 16 and 32.
+11. **Cache peers.** Two cachefs instances on this machine over the rclone 300M mount of scenario 3, each
+    `--listen 127.0.0.1:PORT --peers 127.0.0.1:OTHER`. Per run: A reads the file (warm), then is read again after
+    dropping caches (11b's baseline, A's memory hit); B, fresh, reads the file after dropping caches, getting
+    blocks from A's memory over HTTP. 11a compares B with scenario 3's direct read of the capped source; 11c is
+    B's `bytesFromSource` / file size. Both instances and the reader share this machine's cores.""".split("\n")
 
 
 # --------------------------------------------------------------------------- entry point

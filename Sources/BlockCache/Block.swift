@@ -23,7 +23,9 @@ public final class BlockBuffer: @unchecked Sendable {
 
     init(capacity: Int) throws(Errno) {
         precondition(capacity > 0)
-        guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+        // Populated at once: a load writes every page anyway, and one mmap that
+        // allocates 256 pages costs far less than 256 separate page faults.
+        guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
               base != MAP_FAILED
         else { throw Errno(rawValue: errno) }
         memory = UnsafeMutableRawBufferPointer(start: base, count: capacity)
@@ -52,6 +54,8 @@ public final class Block: @unchecked Sendable {
     private let mappedLength: Int
     /// Number of valid bytes; shorter than the block size only for a file's last block.
     public let count: Int
+    /// A 32-bit digest of the bytes once computed (bit 32 set), else 0; see `digest(_:)`.
+    private let memoizedDigest = Atomic<UInt64>(0)
 
     fileprivate init(mapping: UnsafeMutableRawBufferPointer, length: Int) {
         base = mapping.baseAddress!
@@ -61,6 +65,17 @@ public final class Block: @unchecked Sendable {
 
     /// The valid bytes. Valid only while `self` is alive: use inside `withExtendedLifetime`.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    /// A digest of the bytes (a peer server's checksum), computed by the first
+    /// caller and remembered: the bytes never change once sealed. Concurrent first
+    /// callers may both compute it; `compute` must be a pure function of the bytes.
+    public func digest(_ compute: (UnsafeRawBufferPointer) -> UInt32) -> UInt32 {
+        let known = memoizedDigest.load(ordering: .relaxed)
+        if known != 0 { return UInt32(truncatingIfNeeded: known) }
+        let value = compute(bytes)
+        memoizedDigest.store(1 << 32 | UInt64(value), ordering: .relaxed)
+        return value
+    }
 
     deinit { munmap(base, mappedLength) }
 }

@@ -151,15 +151,21 @@ public final class MirrorFilesystem: Sendable {
             blockCount: (size + blockSize - 1) / blockSize,
             // A block another reader is loading needs no prefetch thread to wait for it.
             isResident: { [cache] index in cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) },
-            load: { [self] indices in
-                // A handle of its own, read front to back: sources that stream a handle sequentially stay fast.
-                guard let reader = try? callSource({ () throws(Errno) in
-                    SourceFile(handle: source.handle, descriptor: try source.handle.openForReading(), version: source.version)
-                }) else { return }
-                for index in indices {
-                    let length = Int(min(blockSize, size - index * blockSize))
-                    guard (try? block(index, of: source, length: length, reader: reader)) != nil else { return }
+            load: { [self] index, lane in
+                // Each lane reads through a handle of its own, kept from chunk to chunk, so that a
+                // source that reads ahead per handle sees one handle read front to back.
+                let reader: SourceFile
+                if let kept = lane.context as? SourceFile {
+                    reader = kept
+                } else {
+                    guard let opened = try? callSource({ () throws(Errno) in
+                        SourceFile(handle: source.handle, descriptor: try source.handle.openForReading(), version: source.version)
+                    }) else { return false }
+                    lane.context = opened
+                    reader = opened
                 }
+                let length = Int(min(blockSize, size - index * blockSize))
+                return (try? block(index, of: source, length: length, reader: reader)) != nil
             }
         )
     }
@@ -187,6 +193,9 @@ public final class MirrorFilesystem: Sendable {
         while index * blockSize < end {
             let blockStart = index * blockSize
             let expected = Int(min(blockSize, size - blockStart))
+            if let prefetch = file.prefetch, !cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) {
+                prefetch.waitForLane(toLoad: index, limit: laneWaitLimit)
+            }
             var blockTier = ReadTier.memory
             let block = try block(index, of: source, length: expected, tier: &blockTier)
             tier.include(blockTier)
@@ -293,6 +302,9 @@ public final class MirrorFilesystem: Sendable {
         logger.notice("source is back; reopened its root", metadata: ["source": "\(sourceRootPath)"])
         return true
     }
+
+    /// How long a reader waits for a prefetch lane that has claimed its block before reading it itself.
+    private var laneWaitLimit: Duration { sourceCalls?.timeout ?? .seconds(30) }
 
     /// Runs a source call under the source timeout, if there is one.
     private func callSource<Result: Sendable>(_ work: @escaping @Sendable () throws(Errno) -> Result) throws(Errno) -> Result {

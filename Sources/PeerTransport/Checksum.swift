@@ -14,6 +14,8 @@ public struct CRC32CChecksum: Sendable, Equatable {
 
     public init(of bytes: UnsafeRawBufferPointer) { update(bytes) }
 
+    public init(value: UInt32) { self.value = value }
+
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         value = cachefs_crc32c(value, base, bytes.count)

@@ -96,7 +96,7 @@ struct PeerResponder: HTTPResponder {
                 return withExtendedLifetime(block) {
                     var buffer = ByteBufferAllocator().buffer(capacity: block.count)
                     buffer.writeBytes(block.bytes)
-                    return (buffer, CRC32CChecksum(of: block.bytes))
+                    return (buffer, CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }))
                 }
             }
         } catch {

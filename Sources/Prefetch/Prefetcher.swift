@@ -9,23 +9,30 @@ import Synchronization
 /// thread a reader is waiting for, and fixed so that many sequential readers
 /// cannot multiply the load on the source: at most `workers` prefetch loads run at once.
 ///
-/// Work is handed out in chunks of adjacent blocks, each loaded in order by one
-/// worker: object-store FUSE clients (rclone, ossfs, s3fs) stream a handle
-/// sequentially and stall on out-of-order reads, so parallelism comes from
-/// several chunks at once, each read front to back through its own handle.
+/// Each stream loads through *lanes*: a lane reads chunks of adjacent blocks in
+/// order and keeps its source handle from one chunk to the next, so a single
+/// lane reads the file front to back through one handle. Object-store FUSE
+/// clients (rclone, ossfs, s3fs) read ahead per handle and throw that away when
+/// a handle jumps or closes, so for them one lane is fastest; a source that
+/// charges a fixed latency per request instead gains from several lanes at
+/// once. A stream starts with one lane and doubles them while each doubling
+/// raises its throughput by a quarter or more, up to `maximumLanes`.
 public final class Prefetcher: Sendable {
     /// Blocks kept loading ahead of a sequential reader.
     public let depth: Int
-    /// Adjacent blocks one worker loads in order.
+    /// Adjacent blocks one lane loads in order before the next chunk is handed out.
     public let chunkBlocks: Int
-    private let queue = Mutex<Deque<Job>>([])
+    /// Lanes one stream may use at once.
+    public let maximumLanes: Int
+    private let queue = Mutex<Deque<LaneJob>>([])
     private let queued = DispatchSemaphore(value: 0)
-    private let counters = Counters()
+    fileprivate let counters = Counters()
 
-    public init(workers: Int, depth: Int, chunkBlocks: Int = 4) {
+    public init(workers: Int, depth: Int, chunkBlocks: Int = 4, maximumLanes: Int? = nil) {
         precondition(workers > 0 && depth > 0 && chunkBlocks > 0)
         self.depth = depth
         self.chunkBlocks = chunkBlocks
+        self.maximumLanes = max(1, min(workers, maximumLanes ?? workers))
         for number in 0..<workers {
             let thread = Thread { [self] in work() }
             thread.name = "cachefs-prefetch-\(number)"
@@ -36,13 +43,14 @@ public final class Prefetcher: Sendable {
     /// A prefetch stream for one open file of `blockCount` blocks.
     /// - Parameters:
     ///   - isResident: whether a block is already cached or loading (then it is skipped).
-    ///   - load: loads the given blocks, ascending and mostly adjacent, into the cache,
-    ///     in order; runs on a prefetch thread.
+    ///   - load: loads one block into the cache through `lane` (whose `context` the
+    ///     loader may use to keep a source handle); returns false to end the chunk.
+    ///     Runs on a prefetch thread; a lane's blocks are loaded one at a time, in order.
     public func stream(
         blockSize: Int,
         blockCount: Int64,
         isResident: @escaping @Sendable (Int64) -> Bool,
-        load: @escaping @Sendable ([Int64]) -> Void
+        load: @escaping @Sendable (Int64, PrefetchLane) -> Bool
     ) -> PrefetchStream {
         PrefetchStream(prefetcher: self, blockSize: blockSize, blockCount: blockCount, isResident: isResident, load: load)
     }
@@ -55,36 +63,21 @@ public final class Prefetcher: Sendable {
         )
     }
 
-    fileprivate func enqueue(_ stream: PrefetchStream, blocks: Range<Int64>) {
-        guard !blocks.isEmpty else { return }
-        let chunks = stride(from: blocks.lowerBound, to: blocks.upperBound, by: chunkBlocks).map {
-            $0..<min($0 + Int64(chunkBlocks), blocks.upperBound)
-        }
-        queue.withLock { queue in
-            for chunk in chunks { queue.append(Job(stream: stream, blocks: chunk)) }
-        }
-        counters.queued.add(UInt64(blocks.count), ordering: .relaxed)
-        for _ in chunks { queued.signal() }
+    fileprivate func submit(_ jobs: [LaneJob]) {
+        guard !jobs.isEmpty else { return }
+        queue.withLock { queue in queue.append(contentsOf: jobs) }
+        for _ in jobs { queued.signal() }
     }
 
     private func work() {
         while true {
             queued.wait()
             guard let job = queue.withLock({ $0.popFirst() }) else { continue }
-            let wanted = job.stream.isCancelled ? [] : job.blocks.filter { !job.stream.isResident($0) }
-            counters.cancelled.add(UInt64(job.blocks.count - wanted.count), ordering: .relaxed)
-            guard !wanted.isEmpty else { continue }
-            job.stream.load(wanted)
-            counters.loaded.add(UInt64(wanted.count), ordering: .relaxed)
+            job.stream.run(job)
         }
     }
 
-    private struct Job {
-        let stream: PrefetchStream
-        let blocks: Range<Int64>
-    }
-
-    private final class Counters: Sendable {
+    fileprivate final class Counters: Sendable {
         let queued = Atomic<UInt64>(0)
         let loaded = Atomic<UInt64>(0)
         let cancelled = Atomic<UInt64>(0)
@@ -98,51 +91,237 @@ public struct PrefetchStatistics: Sendable, Equatable {
     public var cancelledBlocks: UInt64
 }
 
+/// One lane of a stream: loads its chunks one after another, in order.
+///
+/// `context` belongs to the loader (MirrorFS keeps the lane's source descriptor
+/// there) and is touched only by the thread running the lane's current chunk;
+/// a lane runs one chunk at a time, and chunks are handed over through the
+/// prefetcher's locked queue.
+public final class PrefetchLane: @unchecked Sendable {
+    public var context: AnyObject?
+    /// The block after the last one this lane read: a chunk starting there continues its handle.
+    fileprivate var nextIndex: Int64 = -1
+    /// Blocks claimed by the chunk this lane is loading or is queued to load; empty when idle.
+    fileprivate var claim: Range<Int64> = 0..<0
+    fileprivate var busy = false
+}
+
+private struct LaneJob {
+    let stream: PrefetchStream
+    let lane: PrefetchLane
+    let blocks: Range<Int64>
+}
+
 /// The prefetch state of one open file. Any thread may report reads; `cancel`
 /// (when the file is released) drops the blocks still queued for it.
-public final class PrefetchStream: Sendable {
+///
+/// All mutable state is guarded by `condition`, which also wakes readers
+/// waiting in `waitForLane(toLoad:)`.
+public final class PrefetchStream: @unchecked Sendable {
     private let prefetcher: Prefetcher
     private let blockSize: Int64
     private let blockCount: Int64
     fileprivate let isResident: @Sendable (Int64) -> Bool
-    fileprivate let load: @Sendable ([Int64]) -> Void
-    private let state: Mutex<State>
+    fileprivate let load: @Sendable (Int64, PrefetchLane) -> Bool
+    private let condition = NSCondition()
     private let cancelled = Atomic<Bool>(false)
 
-    private struct State {
-        var detector: SequentialDetector
-        /// Blocks below this index have been queued already.
-        var queuedUpTo: Int64 = 0
-    }
+    private var detector: SequentialDetector
+    /// Blocks below this index have been asked for (the end of the prefetch window).
+    private var queuedUpTo: Int64 = 0
+    /// Blocks below this index have been handed to lanes.
+    private var scheduledUpTo: Int64 = 0
+    private var lanes: [PrefetchLane] = []
+    private var laneLimit = 1
+    private var throughput = ThroughputProbe()
 
     fileprivate init(prefetcher: Prefetcher, blockSize: Int, blockCount: Int64,
-                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable ([Int64]) -> Void) {
+                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Int64, PrefetchLane) -> Bool) {
         self.prefetcher = prefetcher
         self.blockSize = Int64(blockSize)
         self.blockCount = blockCount
         self.isResident = isResident
         self.load = load
-        state = Mutex(State(detector: SequentialDetector(tolerance: 2 * Int64(blockSize))))
+        detector = SequentialDetector(tolerance: 2 * Int64(blockSize))
+        throughput.probing = prefetcher.maximumLanes > 1
     }
 
     var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
 
+    /// Lanes this stream may use now (1 until probing shows more pay off).
+    public var currentLaneLimit: Int { condition.withLock { laneLimit } }
+
     /// Reports a read; while the reads are sequential, keeps `depth` blocks queued past it.
     public func didRead(offset: Int64, length: Int) {
         guard !isCancelled else { return }
-        let blocks: Range<Int64> = state.withLock { state in
-            guard state.detector.record(offset: offset, length: length) else { return 0..<0 }
+        let jobs: [LaneJob] = condition.withLock {
+            guard detector.record(offset: offset, length: length) else { return [] }
             let current = (offset + Int64(length) - 1) / blockSize
-            let start = max(state.queuedUpTo, current + 1)
             let end = min(blockCount, current + 1 + Int64(prefetcher.depth))
-            guard start < end else { return 0..<0 }
-            state.queuedUpTo = end
-            return start..<end
+            let start = max(queuedUpTo, current + 1)
+            guard start < end else { return [] }
+            // Blocks the reader has passed are not worth a lane any more.
+            skipUnscheduled(upTo: current + 1)
+            prefetcher.counters.queued.add(UInt64(end - start), ordering: .relaxed)
+            queuedUpTo = end
+            return takeJobs()
         }
-        prefetcher.enqueue(self, blocks: blocks)
+        prefetcher.submit(jobs)
+    }
+
+    /// Waits while `index` lies in this stream's prefetch window and no lane has
+    /// loaded it yet, so that the reader (or the kernel's readahead on its behalf)
+    /// gets the block from a lane instead of reading it through another handle,
+    /// which would make a read-ahead source fetch the same bytes twice.
+    /// Returns at once for a block outside the window; gives up after `limit`.
+    public func waitForLane(toLoad index: Int64, limit: Duration = .seconds(30)) {
+        let (seconds, attoseconds) = limit.components
+        let deadline = Date(timeIntervalSinceNow: Double(seconds) + Double(attoseconds) / 1e18)
+        condition.lock()
+        defer { condition.unlock() }
+        while !isCancelled && isPending(index) {
+            guard condition.wait(until: deadline) else { return }
+        }
+    }
+
+    /// Queued for a lane, or claimed by one and not loaded yet. Called with the lock held.
+    private func isPending(_ index: Int64) -> Bool {
+        (scheduledUpTo..<queuedUpTo).contains(index) || lanes.contains { $0.claim.contains(index) }
     }
 
     public func cancel() {
         cancelled.store(true, ordering: .relaxed)
+        condition.withLock {
+            skipUnscheduled(upTo: queuedUpTo)
+            condition.broadcast()
+        }
+    }
+
+    /// Drops queued blocks below `index` that no lane has taken. Called with the lock held.
+    private func skipUnscheduled(upTo index: Int64) {
+        let skipped = min(index, queuedUpTo) - scheduledUpTo
+        if skipped > 0 { prefetcher.counters.cancelled.add(UInt64(skipped), ordering: .relaxed) }
+        scheduledUpTo = max(scheduledUpTo, index)
+    }
+
+    /// Blocks per chunk: the configured size, smaller when that many lanes would not all fit in the window.
+    private var chunkBlocks: Int { max(1, min(prefetcher.chunkBlocks, prefetcher.depth / laneLimit)) }
+
+    /// Hands chunks of the window to idle lanes, up to the lane limit. Called with the lock held.
+    private func takeJobs() -> [LaneJob] {
+        var jobs: [LaneJob] = []
+        while !isCancelled && scheduledUpTo < queuedUpTo {
+            let busyLanes = lanes.filter(\.busy).count
+            guard busyLanes < laneLimit else { break }
+            let available = queuedUpTo - scheduledUpTo
+            // Wait for a whole chunk unless nothing is running, or the window ends at the file's end.
+            guard available >= Int64(chunkBlocks) || busyLanes == 0 || queuedUpTo == blockCount else { break }
+            let start = scheduledUpTo
+            let blocks = start..<min(start + Int64(chunkBlocks), queuedUpTo)
+            let idle = lanes.filter { !$0.busy }
+            let lane: PrefetchLane
+            if let continuing = idle.first(where: { $0.nextIndex == start }) ?? idle.first {
+                lane = continuing
+            } else {
+                lane = PrefetchLane()
+                lanes.append(lane)
+            }
+            lane.busy = true
+            lane.claim = blocks
+            scheduledUpTo = blocks.upperBound
+            jobs.append(LaneJob(stream: self, lane: lane, blocks: blocks))
+        }
+        return jobs
+    }
+
+    /// Loads one chunk on a prefetch thread, then hands out what the window holds next.
+    fileprivate func run(_ job: LaneJob) {
+        var next = job.lane.nextIndex // where the lane's handle stands after this chunk
+        for index in job.blocks {
+            if isCancelled { break }
+            var loaded = false
+            if !isResident(index) {
+                guard load(index, job.lane) else { break }
+                loaded = true
+                next = index + 1
+            }
+            prefetcher.counters.loaded.add(loaded ? 1 : 0, ordering: .relaxed)
+            prefetcher.counters.cancelled.add(loaded ? 0 : 1, ordering: .relaxed)
+            condition.withLock {
+                job.lane.claim = (index + 1)..<job.blocks.upperBound
+                if loaded { adapt() }
+                condition.broadcast()
+            }
+        }
+        let jobs: [LaneJob] = condition.withLock {
+            let unfinished = job.lane.claim.count
+            prefetcher.counters.cancelled.add(UInt64(unfinished), ordering: .relaxed)
+            job.lane.claim = 0..<0
+            job.lane.busy = false
+            job.lane.nextIndex = next
+            // A lane beyond the limit (probing found it did not pay) goes, and its handle with it.
+            if lanes.count > laneLimit, let position = lanes.firstIndex(where: { $0 === job.lane }) {
+                lanes.remove(at: position)
+            }
+            condition.broadcast()
+            return takeJobs()
+        }
+        prefetcher.submit(jobs)
+    }
+
+    /// Counts a loaded block toward the current probe step and moves the lane limit. Called with the lock held.
+    private func adapt() {
+        let steps = max(8, 2 * chunkBlocks * laneLimit)
+        guard let rate = throughput.blockLoaded(stepLength: steps) else { return }
+        switch throughput.decide(rate: rate, lanes: laneLimit) {
+        case .keep: break
+        case .grow: laneLimit = min(prefetcher.maximumLanes, laneLimit * 2)
+        case .revert(let lanes): laneLimit = lanes
+        }
+        if laneLimit >= prefetcher.maximumLanes { throughput.probing = false }
+    }
+}
+
+/// Measures a stream's block rate in steps and decides whether more lanes paid off.
+struct ThroughputProbe {
+    enum Decision: Equatable { case keep, grow, revert(Int) }
+
+    var probing = true
+    /// The rate (blocks per second) with `lanesOfRate` lanes, from the last step.
+    private var bestRate: Double?
+    private var lanesOfRate = 1
+    private var stepStart: ContinuousClock.Instant?
+    private var stepBlocks = 0
+    /// A step with more lanes must beat the last one by this factor to keep them.
+    static let requiredGain = 1.25
+
+    /// Counts a loaded block; returns the step's rate when a step of `stepLength` blocks ends.
+    mutating func blockLoaded(stepLength: Int, now: ContinuousClock.Instant = .now) -> Double? {
+        guard probing else { return nil }
+        // The first block of a step starts its clock: opening a handle is not throughput.
+        guard let start = stepStart else {
+            stepStart = now
+            stepBlocks = 0
+            return nil
+        }
+        stepBlocks += 1
+        guard stepBlocks >= stepLength else { return nil }
+        let elapsed = now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        stepStart = now
+        defer { stepBlocks = 0 }
+        return seconds > 0 ? Double(stepBlocks) / seconds : .infinity
+    }
+
+    /// After a step measured with `lanes` lanes: grow again, or go back to the last good count and stop probing.
+    mutating func decide(rate: Double, lanes: Int) -> Decision {
+        guard probing else { return .keep }
+        if let best = bestRate, lanes > lanesOfRate, rate < best * Self.requiredGain {
+            probing = false
+            return .revert(lanesOfRate)
+        }
+        bestRate = rate
+        lanesOfRate = lanes
+        return .grow
     }
 }

@@ -43,10 +43,10 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Blocks loaded ahead of a sequential reader, in parallel (0 turns prefetching off).")
     var prefetchDepth = 16
 
-    @Option(help: "Adjacent blocks one prefetch thread loads in order through its own source handle.")
+    @Option(help: "Adjacent blocks one prefetch lane loads in order before the next chunk is handed out.")
     var prefetchChunk = 4
 
-    @Option(help: "Threads that load prefetched blocks; at most this many prefetch reads reach the source at once.")
+    @Option(help: "Threads that load prefetched blocks: at most this many prefetch reads reach the source at once, and at most this many lanes serve one file.")
     var prefetchThreads = 8
 
     @Option(parsing: .unconditional, help: "The kernel's read-ahead window on the mount.", transform: ByteCount.init(parsing:))

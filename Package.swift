@@ -128,7 +128,7 @@ let package = Package(
         .testTarget(
             name: "PeerTransportTests",
             dependencies: [
-                "PeerTransport", "BlockCache",
+                "PeerTransport", "BlockCache", "CRC32C",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -9,4 +9,7 @@
 /// Uses the SSE4.2 crc32 instruction when the CPU has it, a table otherwise.
 uint32_t cachefs_crc32c(uint32_t crc, const void *bytes, size_t length);
 
+/// The same with the table only: the reference the hardware path is tested against.
+uint32_t cachefs_crc32c_portable(uint32_t crc, const void *bytes, size_t length);
+
 #endif

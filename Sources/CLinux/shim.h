@@ -16,6 +16,26 @@ static inline int cachefs_openat2(int dirfd, const char *path, uint64_t flags, u
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
 }
 
+/// getxattrat(2) and listxattrat(2) (Linux 6.13; the same numbers on every architecture),
+/// which glibc 2.36 does not wrap. -1 with errno set (ENOSYS on older kernels).
+struct cachefs_xattr_args {
+    uint64_t value;
+    uint32_t size;
+    uint32_t flags;
+};
+
+static inline ssize_t cachefs_getxattrat(int dirfd, const char *path, unsigned int at_flags,
+                                         const char *name, void *value, size_t size) {
+    struct cachefs_xattr_args args = {
+        .value = (uint64_t)(uintptr_t)value, .size = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size, .flags = 0
+    };
+    return syscall(464, dirfd, path, at_flags, name, &args, sizeof args);
+}
+
+static inline ssize_t cachefs_listxattrat(int dirfd, const char *path, unsigned int at_flags, char *list, size_t size) {
+    return syscall(465, dirfd, path, at_flags, list, size);
+}
+
 static const uint64_t CACHEFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const uint64_t CACHEFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
 static const uint64_t CACHEFS_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLinux
+import Synchronization
 import SystemPackage
 
 /// A reference to one file in the source tree: an `O_PATH` descriptor, which
@@ -120,16 +121,71 @@ public final class PathHandle: Sendable {
     public func extendedAttribute(named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         // Symlinks carry no user attributes on Linux, and /proc would follow them.
         guard !isSymbolicLink else { throw Errno.noData }
-        return try syscall { getxattr(procPath, name, buffer.baseAddress, buffer.count) }
+        return try throughProc(
+            relative: { directory, number in cachefs_getxattrat(directory, number, 0, name, buffer.baseAddress, buffer.count) },
+            absolute: { path in getxattr(path, name, buffer.baseAddress, buffer.count) }
+        )
     }
 
     /// Lists attribute names, NUL-separated, into `buffer`; with an empty buffer, returns the list's size.
     public func extendedAttributeNames(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         guard !isSymbolicLink else { return 0 }
-        return try syscall { listxattr(procPath, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count) }
+        let list = buffer.baseAddress?.assumingMemoryBound(to: CChar.self)
+        return try throughProc(
+            relative: { directory, number in cachefs_listxattrat(directory, number, 0, list, buffer.count) },
+            absolute: { path in listxattr(path, list, buffer.count) }
+        )
     }
 
     /// The path through /proc that reopens this descriptor's file.
     private var procPath: String { "/proc/self/fd/\(descriptor.rawValue)" }
 
+    /// Runs an attribute call on this file through its /proc/self/fd entry, which the kernel
+    /// resolves to the file itself. `relative` names the entry by number relative to
+    /// /proc/self/fd, opened once (the *xattrat calls of Linux 6.13); `absolute` walks
+    /// /proc/self/fd/N from the root, which costs several microseconds more on every call:
+    /// ls -l asks two attributes of every file, each a FUSE request that waits for this.
+    /// Where the kernel (or a seccomp filter) lacks the relative calls, the absolute path
+    /// serves from then on; both reach the same file and give the same answer.
+    private func throughProc(
+        relative: (_ directory: Int32, _ number: UnsafePointer<CChar>) -> Int,
+        absolute: (_ path: UnsafePointer<CChar>) -> Int
+    ) throws(Errno) -> Int {
+        let fd = descriptor.rawValue
+        return try syscall {
+            withUnsafeTemporaryAllocation(of: CChar.self, capacity: 32) { text in
+                // "/proc/self/fd/" and the descriptor's number in decimal, NUL-terminated.
+                let prefix: StaticString = "/proc/self/fd/"
+                var end = prefix.utf8CodeUnitCount
+                prefix.withUTF8Buffer { bytes in
+                    for (index, byte) in bytes.enumerated() { text[index] = CChar(bitPattern: byte) }
+                }
+                var digits = 1
+                var rest = Int(fd) / 10
+                while rest > 0 { digits += 1; rest /= 10 }
+                var value = Int(fd)
+                for index in stride(from: end + digits - 1, through: end, by: -1) {
+                    text[index] = CChar(48 + value % 10)
+                    value /= 10
+                }
+                end += digits
+                text[end] = 0
+                let path = UnsafePointer(text.baseAddress!)
+                let directory = ProcSelfFD.directory
+                if directory >= 0 && !ProcSelfFD.relativeCallsMissing.load(ordering: .relaxed) {
+                    let result = relative(directory, path + prefix.utf8CodeUnitCount)
+                    if result != -1 || (errno != ENOSYS && errno != EPERM) { return result }
+                    ProcSelfFD.relativeCallsMissing.store(true, ordering: .relaxed)
+                }
+                return absolute(path)
+            }
+        }
+    }
+}
+
+/// /proc/self/fd of this process, open as a directory for the *xattrat calls (-1 if it cannot be opened).
+enum ProcSelfFD {
+    static let directory: Int32 = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC)
+    /// Set once a relative call failed with ENOSYS or EPERM: an older kernel, or a seccomp filter that refuses it.
+    static let relativeCallsMissing = Atomic<Bool>(false)
 }

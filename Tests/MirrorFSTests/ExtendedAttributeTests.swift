@@ -4,6 +4,8 @@ import Glibc
 import CLinux
 import Foundation
 import MirrorFS
+@testable import SourceTree
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -79,5 +81,50 @@ struct ExtendedAttributeTests {
             _ = try attribute(fixture, of: link, "user.cachefs.kind")
         }
         #expect(try names(fixture, of: link).isEmpty)
+    }
+
+    /// Looks files up while descriptors are held open, so that their source descriptors'
+    /// numbers cross 10, 100 and (where the limit allows) 1000: the attribute calls name
+    /// the descriptor by its decimal number under /proc/self/fd.
+    private func checkDescriptorWidths() throws {
+        let fixture = try SourceFixture()
+        var limit = rlimit()
+        let widest = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur > 1_500 ? 1_000 : 100
+        var filler: [Int32] = []
+        defer { for fd in filler { close(fd) } }
+        var index = 0
+        for boundary in [10, 100, 1_000] where boundary <= widest {
+            while (filler.last ?? -1) < boundary - 3 {
+                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw Errno(rawValue: errno) }
+                filler.append(fd)
+            }
+            for _ in 0..<4 {
+                let name = "file\(index)"
+                index += 1
+                let value = Array("the value of \(name)".utf8)
+                try fixture.write(name, [1])
+                try setAttribute(fixture, name, "user.cachefs.which", value)
+                let node = try fixture.lookup(name)
+                #expect(try attribute(fixture, of: node, "user.cachefs.which") == value, "\(name)")
+                #expect(try names(fixture, of: node).contains("user.cachefs.which"), "\(name)")
+                #expect(throws: Errno.noData) { _ = try attribute(fixture, of: node, "user.cachefs.absent") }
+            }
+        }
+    }
+
+    @Test("Attributes come through whatever the width of the source descriptor's number")
+    func descriptorNumberWidths() throws {
+        try checkDescriptorWidths()
+    }
+
+    @Test("Without getxattrat and listxattrat (kernels before 6.13), the /proc path gives the same answers")
+    func withoutRelativeCalls() throws {
+        // Other tests running meanwhile take the same path; it gives them the same answers too.
+        ProcSelfFD.relativeCallsMissing.store(true, ordering: .relaxed)
+        defer { ProcSelfFD.relativeCallsMissing.store(false, ordering: .relaxed) }
+        try checkDescriptorWidths()
+        try fileAttributes()
+        try directoriesAndSymlinks()
     }
 }

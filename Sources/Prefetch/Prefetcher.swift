@@ -16,7 +16,7 @@ import Synchronization
 /// a handle jumps or closes, so for them one lane is fastest; a source that
 /// charges a fixed latency per request instead gains from several lanes at
 /// once. A stream starts with one lane and doubles them while each doubling
-/// raises its throughput by a quarter or more, up to `maximumLanes`.
+/// raises its throughput by 10% or more, up to `maximumLanes`.
 public final class Prefetcher: Sendable {
     /// Blocks kept loading ahead of a sequential reader.
     public let depth: Int
@@ -160,8 +160,9 @@ public final class PrefetchStream: @unchecked Sendable {
             let end = min(blockCount, current + 1 + Int64(prefetcher.depth))
             let start = max(queuedUpTo, current + 1)
             guard start < end else { return [] }
-            // Blocks the reader has passed are not worth a lane any more.
-            skipUnscheduled(upTo: current + 1)
+            // A reader that jumped past the window leaves its unscheduled blocks behind. Inside the
+            // window, reads ahead of the lanes are the kernel's readahead: they wait for the lanes.
+            if current >= queuedUpTo { skipUnscheduled(upTo: current + 1) }
             prefetcher.counters.queued.add(UInt64(end - start), ordering: .relaxed)
             queuedUpTo = end
             return takeJobs()
@@ -292,8 +293,9 @@ struct ThroughputProbe {
     private var lanesOfRate = 1
     private var stepStart: ContinuousClock.Instant?
     private var stepBlocks = 0
+    private var warmedUp = false
     /// A step with more lanes must beat the last one by this factor to keep them.
-    static let requiredGain = 1.25
+    static let requiredGain = 1.1
 
     /// Counts a loaded block; returns the step's rate when a step of `stepLength` blocks ends.
     mutating func blockLoaded(stepLength: Int, now: ContinuousClock.Instant = .now) -> Double? {
@@ -314,8 +316,14 @@ struct ThroughputProbe {
     }
 
     /// After a step measured with `lanes` lanes: grow again, or go back to the last good count and stop probing.
+    /// The first step only warms up: a source's first reads (opening, its own readahead starting)
+    /// are slow, and a low first rate would make any second lane look like a gain.
     mutating func decide(rate: Double, lanes: Int) -> Decision {
         guard probing else { return .keep }
+        guard warmedUp else {
+            warmedUp = true
+            return .keep
+        }
         if let best = bestRate, lanes > lanesOfRate, rate < best * Self.requiredGain {
             probing = false
             return .revert(lanesOfRate)

@@ -140,6 +140,21 @@ struct PrefetcherTests {
         #expect(prefetcher.statistics.queuedBlocks == 10)
     }
 
+    @Test("Reads ahead inside the window (the kernel's readahead) leave its blocks to the lane")
+    func readaheadInsideTheWindow() {
+        let prefetcher = Prefetcher(workers: 1, depth: 8, maximumLanes: 1)
+        let loads = Loads(holding: true)
+        let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
+        stream.didRead(offset: 0, length: 100)      // window 1…8; the lane holds in load(1)
+        #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
+        stream.didRead(offset: 100, length: 100)
+        stream.didRead(offset: 500, length: 100)    // readahead of block 5, ahead of the lane
+        #expect(prefetcher.statistics.cancelledBlocks == 0, "nothing in the window is given up")
+        for _ in 0..<20 { loads.gate.signal() }
+        #expect(waitFor { loads.indices == Array(1...9) }) // 500 is past the detector's tolerance: no new window
+        #expect(loads.order == Array(1...9), "the lane loaded block 5 in its turn")
+    }
+
     @Test("A reader waits for a block a lane will load, and not for one outside the window")
     func readerWaitsForLane() {
         let prefetcher = Prefetcher(workers: 1, depth: 4, maximumLanes: 1)
@@ -199,6 +214,8 @@ struct ThroughputProbeTests {
         var probe = ThroughputProbe()
         var now = ContinuousClock.now
         #expect(probe.blockLoaded(stepLength: 8, now: now) == nil) // the first block only starts the clock
+        let warmUp = try #require(step(&probe, blocks: 8, seconds: 2, from: &now)) // a slow start decides nothing
+        #expect(probe.decide(rate: warmUp, lanes: 1) == .keep)
         let one = try #require(step(&probe, blocks: 8, seconds: 0.8, from: &now))
         #expect(probe.decide(rate: one, lanes: 1) == .grow)
         let two = try #require(step(&probe, blocks: 8, seconds: 0.4, from: &now)) // twice as fast
@@ -215,6 +232,8 @@ struct ThroughputProbeTests {
         var probe = ThroughputProbe()
         var now = ContinuousClock.now
         _ = probe.blockLoaded(stepLength: 8, now: now)
+        let warmUp = try #require(step(&probe, blocks: 8, seconds: 0.3, from: &now))
+        #expect(probe.decide(rate: warmUp, lanes: 1) == .keep)
         let one = try #require(step(&probe, blocks: 8, seconds: 0.1, from: &now))
         #expect(probe.decide(rate: one, lanes: 1) == .grow)
         let two = try #require(step(&probe, blocks: 8, seconds: 0.12, from: &now)) // slower: the source was the limit

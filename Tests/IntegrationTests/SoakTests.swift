@@ -4,7 +4,7 @@ import Testing
 @Suite("Soak", .serialized)
 struct SoakTests {
     /// The short form of Scripts/soak (the long form runs by hand: `Scripts/soak --duration 1800`).
-    @Test("32 readers for 90 s over a tree twice the capacity, with source files replaced: no wrong byte, bounded memory, flat descriptors and threads")
+    @Test("32 readers for 90 s over a tree twice the capacity, with source files replaced: no wrong byte, bounded memory, threads bounded by the readers, source descriptors released")
     func shortSoak() throws {
         let script = packageRoot.appendingPathComponent("Scripts/soak").path
         let result = try run("python3", [script, "--duration", "90", "--readers", "32", "--binary", cachefsBinary],

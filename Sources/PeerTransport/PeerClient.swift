@@ -1,9 +1,5 @@
-import AsyncHTTPClient
-import Dispatch
 import Logging
-import NIOCore
 import NIOHTTP1
-import NIOPosix
 import Synchronization
 
 /// Fetches blocks from peers for threads that must block (FUSE workers, prefetch threads).
@@ -13,8 +9,9 @@ import Synchronization
 /// the peer for backoff. It returns nil when no peer had the block, and the
 /// caller reads the source. Every wait is bounded by `connectTimeout` and `blockTimeout`.
 ///
-/// Thread safety: `fetch` may be called from any number of threads at once. The
-/// HTTP client runs on its own small event loop group, never on the caller's thread.
+/// Thread safety: `fetch` may be called from any number of threads at once; each
+/// exchange has a connection to itself. The connections run on their own small
+/// event loop group, never on the caller's thread (`PeerConnectionPool`).
 public final class PeerClient: Sendable {
     public struct Configuration: Sendable {
         public var token: String?
@@ -22,10 +19,13 @@ public final class PeerClient: Sendable {
         public var instanceID: String
         public var maximumAttempts = 2
         public var connectTimeout: Duration = .milliseconds(200)
-        /// The whole exchange for one block, from connecting to the last byte.
+        /// One block's exchange, from sending the request to the last byte of the answer.
         public var blockTimeout: Duration = .milliseconds(1500)
         public var eventLoopThreads = 2
-        public var connectionsPerPeer = 32
+        /// Idle connections kept per peer; a fetch that finds none opens another.
+        public var idleConnectionsPerPeer = 16
+        /// The most a connection reads from its socket at once: a 1 MiB block arrives in a few reads.
+        public var receiveBufferSize = 1 << 20
 
         public init(token: String?, instanceID: String) {
             self.token = token
@@ -37,8 +37,8 @@ public final class PeerClient: Sendable {
     public let counters = PeerClientCounters()
     public let health: PeerHealth
     private let discovery: PeerDiscovery?
-    private let eventLoops: MultiThreadedEventLoopGroup
-    private let client: HTTPClient
+    private let connections: PeerConnectionPool
+    private let requestHeaders: HTTPHeaders
     private let logger: Logger
 
     /// - Parameter discovery: where the live peers come from; nil for a client used only with `fetch(_:from:into:)`.
@@ -47,15 +47,16 @@ public final class PeerClient: Sendable {
         self.discovery = discovery
         self.health = health
         self.logger = logger
-        eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
-        var http = HTTPClient.Configuration(
-            redirectConfiguration: .disallow,
-            timeout: .init(connect: .init(configuration.connectTimeout), read: .init(configuration.blockTimeout)),
-            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.connectionsPerPeer)
+        connections = PeerConnectionPool(
+            eventLoopThreads: configuration.eventLoopThreads,
+            maximumIdlePerPeer: configuration.idleConnectionsPerPeer,
+            connectTimeout: configuration.connectTimeout,
+            receiveBufferSize: configuration.receiveBufferSize
         )
-        http.httpVersion = .http1Only
-        http.decompression = .disabled
-        client = HTTPClient(eventLoopGroupProvider: .shared(eventLoops), configuration: http)
+        var headers = HTTPHeaders()
+        headers.add(name: "X-Cachefs-Instance", value: configuration.instanceID)
+        if let token = configuration.token { headers.add(name: "Authorization", value: "Bearer \(token)") }
+        requestHeaders = headers
     }
 
     /// Fills `buffer` with the block from the first peer that has it; returns its length, or nil to read the source.
@@ -89,45 +90,38 @@ public final class PeerClient: Sendable {
         return nil
     }
 
-    /// One request to one peer, waiting at most `blockTimeout` (plus a little for the HTTP client to notice).
+    /// One request to one peer, waiting at most the connect timeout plus `blockTimeout`.
     public func fetch(_ id: PeerBlockID, from peer: PeerAddress, into buffer: UnsafeMutableRawBufferPointer) -> PeerFetchOutcome {
         counters.requests.add(1, ordering: .relaxed)
-        var headers = HTTPHeaders()
-        headers.add(name: "X-Cachefs-Instance", value: configuration.instanceID)
-        if let token = configuration.token { headers.add(name: "Authorization", value: "Bearer \(token)") }
-        let request: HTTPClient.Request
-        do {
-            request = try HTTPClient.Request(url: "http://\(peer.authority)\(id.requestPath)", method: .GET, headers: headers)
-        } catch {
-            return .failed("bad request URL: \(error)")
-        }
-        let receiver = BlockReceiver(destination: buffer)
-        let timeout = configuration.blockTimeout
-        let task = client.execute(request: request, delegate: receiver, deadline: .now() + .init(timeout))
-        let finished = DispatchSemaphore(value: 0)
-        let result = Mutex<Result<PeerFetchOutcome, any Error>?>(nil)
-        task.futureResult.whenComplete { outcome in
-            result.withLock { $0 = outcome }
-            finished.signal()
-        }
-        let (seconds, attoseconds) = (timeout + .milliseconds(250)).components
-        let waited = finished.wait(timeout: .now() + .nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)))
-        // From here on the receiver writes nothing more into `buffer`, whatever the HTTP client still does.
-        receiver.detach()
-        guard waited == .success else {
-            task.cancel()
-            return .failed("no answer within \(timeout)")
-        }
-        switch result.withLock({ $0! }) {
-        case .success(let outcome): return outcome
-        case .failure(let error): return .failed("\(error)")
+        // A kept-alive connection that the peer has closed meanwhile fails before any
+        // response arrives; that is worth one more try on a new connection, not a backoff.
+        var retried = false
+        while true {
+            let connection: PeerConnection, reused: Bool
+            do {
+                (connection, reused) = try connections.checkout(peer)
+            } catch {
+                return .failed("connecting: \(error)")
+            }
+            let receiver = BlockReceiver(destination: buffer)
+            guard let outcome = connection.exchange(
+                target: id.requestPath, headers: requestHeaders, receiver: receiver, timeout: configuration.blockTimeout
+            ) else {
+                connection.close()
+                return .failed("no answer within \(configuration.blockTimeout)")
+            }
+            if receiver.isReusable { connections.checkin(connection, to: peer) } else { connection.close() }
+            if case .failed = outcome, reused, !retried, !receiver.receivedResponse {
+                retried = true
+                continue
+            }
+            return outcome
         }
     }
 
     /// Closes connections and stops the event loops; `fetch` must not be called afterwards.
     public func shutdown() {
-        try? client.syncShutdown()
-        try? eventLoops.syncShutdownGracefully()
+        connections.shutdown()
     }
 }
 
@@ -152,81 +146,4 @@ public final class PeerClientCounters: Sendable {
     public let fallbacks = Atomic<UInt64>(0)
 
     public init() {}
-}
-
-/// Writes a response body straight into the block's memory, checking length and CRC-32C as it arrives.
-///
-/// Runs on the HTTP client's event loop; `detach` (from the fetching thread)
-/// takes the lock, so once it returns no byte is written to the destination.
-final class BlockReceiver: HTTPClientResponseDelegate {
-    typealias Response = PeerFetchOutcome
-
-    /// @unchecked: the pointer is only used under the lock, while the fetching thread owns the memory.
-    private struct State: @unchecked Sendable {
-        var destination: UnsafeMutableRawBufferPointer?
-        var status: UInt = 0
-        var expectedChecksum: CRC32CChecksum?
-        var checksum = CRC32CChecksum()
-        var received = 0
-        var problem: String?
-    }
-
-    private let state: Mutex<State>
-
-    init(destination: UnsafeMutableRawBufferPointer) {
-        state = Mutex(State(destination: destination))
-    }
-
-    func detach() { state.withLock { $0.destination = nil } }
-
-    func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
-        state.withLock { state in
-            state.status = head.status.code
-            guard head.status == .ok, let destination = state.destination else { return }
-            guard let length = head.headers.first(name: "Content-Length").flatMap(Int.init), length == destination.count else {
-                state.problem = "length \(head.headers.first(name: "Content-Length") ?? "missing"), expected \(destination.count)"
-                return
-            }
-            guard let checksum = head.headers.first(name: "X-Cachefs-CRC32C").flatMap(CRC32CChecksum.init(hex:)) else {
-                state.problem = "no X-Cachefs-CRC32C header"
-                return
-            }
-            state.expectedChecksum = checksum
-        }
-        return task.eventLoop.makeSucceededVoidFuture()
-    }
-
-    func didReceiveBodyPart(task: HTTPClient.Task<Response>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
-        state.withLock { state in
-            guard state.status == 200, state.problem == nil, let destination = state.destination else { return }
-            guard state.received + buffer.readableBytes <= destination.count else {
-                state.problem = "body longer than \(destination.count) bytes"
-                return
-            }
-            buffer.withUnsafeReadableBytes { bytes in
-                let target = UnsafeMutableRawBufferPointer(rebasing: destination[state.received..<(state.received + bytes.count)])
-                target.copyMemory(from: bytes)
-                state.checksum.update(UnsafeRawBufferPointer(target))
-            }
-            state.received += buffer.readableBytes
-        }
-        return task.eventLoop.makeSucceededVoidFuture()
-    }
-
-    func didFinishRequest(task: HTTPClient.Task<Response>) throws -> Response {
-        state.withLock { state in
-            switch state.status {
-            case 200:
-                if let problem = state.problem { return .failed(problem) }
-                guard let destination = state.destination else { return .failed("abandoned") }
-                guard state.received == destination.count else { return .failed("short body: \(state.received) of \(destination.count) bytes") }
-                guard state.checksum == state.expectedChecksum else { return .failed("CRC-32C mismatch") }
-                return .block(state.received)
-            case 404: return .notFound
-            case 508: return .isSelf
-            case 401, 403: return .failed("token refused (HTTP \(state.status))")
-            default: return .failed("HTTP \(state.status)")
-            }
-        }
-    }
 }

@@ -148,19 +148,48 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         }
     }
 
+    /// A kept-alive connection that the peer closes instead of answering is replaced by
+    /// a new one for the same block, without the fetch failing.
+    @Test func aKeptConnectionThePeerDropsIsReplaced() throws {
+        let body = Array(content.prefix(4096))
+        let small = PeerBlockID(path: Array("a".utf8), fileSize: Int64(body.count), modifiedNanoseconds: 1, blockSize: body.count, index: 0)
+        let checksum = body.withUnsafeBytes { CRC32CChecksum(of: $0) }
+        let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nX-Cachefs-CRC32C: \(checksum.hex)\r\n\r\n".utf8) + body
+        let (listener, peer) = try listenOnLoopback()
+        defer { close(listener) }
+        let accepted = Atomic<Int>(0)
+        // The first connection answers one request and drops the second unanswered; the next one answers.
+        let server = Thread {
+            for number in 1...2 {
+                let connection = accept(listener, nil, nil)
+                guard connection >= 0 else { return }
+                accepted.add(1, ordering: .relaxed)
+                var request = [UInt8](repeating: 0, count: 4096)
+                var answered = 0
+                while recv(connection, &request, request.count, 0) > 0 {
+                    if number == 1 && answered == 1 { break }
+                    _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, 0) }
+                    answered += 1
+                }
+                close(connection)
+            }
+        }
+        server.start()
+        let client = client(blockTimeout: .seconds(5))
+        defer { client.shutdown() }
+        let first = fetch(client, small, from: peer)
+        #expect(first.0 == .block(body.count))
+        let second = fetch(client, small, from: peer)
+        #expect(second.0 == .block(body.count))
+        let sameBytes = second.1 == body
+        #expect(sameBytes)
+        #expect(accepted.load(ordering: .relaxed) == 2, "the second block came over a new connection")
+    }
+
     /// A peer that accepts connections but never answers must cost at most the block timeout.
     @Test func timesOutOnAPeerThatNeverAnswers() throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (listener, peer) = try listenOnLoopback()
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && listen(listener, 16) == 0 && getsockname(listener, $0, &length) == 0 }
-        }
-        try #require(bound)
-        let peer = PeerAddress(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port)))
         let client = client(blockTimeout: .milliseconds(300))
         defer { client.shutdown() }
         let started = ContinuousClock.now
@@ -221,6 +250,23 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         #expect(local.contains(PeerAddress(host: "127.0.0.1", port: 7070)))
         #expect(PeerDiscovery.localAddresses().contains("127.0.0.1"))
     }
+}
+
+/// A listening TCP socket on a free loopback port, for peers that misbehave on purpose.
+func listenOnLoopback() throws -> (Int32, PeerAddress) {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && listen(listener, 16) == 0 && getsockname(listener, $0, &length) == 0 }
+    }
+    guard bound else {
+        close(listener)
+        throw TestError("cannot listen on loopback")
+    }
+    return (listener, PeerAddress(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port))))
 }
 
 /// Sends a raw HTTP request and returns the status code of the answer.

@@ -29,6 +29,7 @@ public final class MirrorFilesystem: Sendable {
     /// Other instances' caches, asked on a miss before the source (see PeerSupport.swift).
     let remote: (any RemoteBlockSource)?
     let origins = ByteOrigins()
+    let checkedVersions = RecentlyCheckedVersions()
 
     /// - Parameters:
     ///   - prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.

@@ -77,15 +77,59 @@ extension MirrorFilesystem {
     /// symlink), must be a regular file, and its current size and mtime must be
     /// the requested ones; the block is then looked up under the file's full
     /// version (device, inode, size, mtime, ctime), so only a block of exactly
-    /// that file as it is now can answer. Called on a server thread, not a FUSE one.
+    /// that file as it is now (or as it was checked within the last second) can
+    /// answer. Called on a server thread, not a FUSE one.
     public func residentBlock(for request: RemoteBlockRequest) -> Block? {
-        guard request.blockSize == cache.blockSize,
-              let root = try? currentSourceRoot(), // reopened if the source's mount came back
+        guard request.blockSize == cache.blockSize else { return nil }
+        let matches = { (version: FileVersion) in version.size == request.fileSize && version.modified == request.modified }
+        // A peer streaming a file asks for its blocks one after another: one check of
+        // the source per file and second, not one per block (a stat through an object-store
+        // mount can cost a network round trip). Only a remembered version the request
+        // names is trusted; any other answer checks the source again.
+        if let recent = checkedVersions.version(of: request.relativePath), matches(recent) {
+            return cache.residentBlock(for: BlockKey(file: recent, index: request.index))
+        }
+        guard let root = try? currentSourceRoot(), // reopened if the source's mount came back
               let (_, attributes) = try? root.descendant(atRelativePath: request.relativePath),
               attributes.st_mode & S_IFMT == S_IFREG
         else { return nil }
         let version = attributes.version
-        guard version.size == request.fileSize, version.modified == request.modified else { return nil }
+        checkedVersions.record(version, of: request.relativePath)
+        guard matches(version) else { return nil }
         return cache.residentBlock(for: BlockKey(file: version, index: request.index))
+    }
+}
+
+/// File versions recently read from the source on a peer's behalf, each trusted for `freshness`.
+final class RecentlyCheckedVersions: Sendable {
+    private struct Entry {
+        var version: FileVersion
+        var checkedAt: ContinuousClock.Instant
+    }
+
+    private let entries = Mutex<[[UInt8]: Entry]>([:])
+    private let freshness: Duration
+    private let capacity: Int
+
+    init(freshness: Duration = .seconds(1), capacity: Int = 4096) {
+        self.freshness = freshness
+        self.capacity = capacity
+    }
+
+    func version(of path: [UInt8]) -> FileVersion? {
+        let now = ContinuousClock.now
+        return entries.withLock { entries in
+            guard let entry = entries[path], now - entry.checkedAt < freshness else { return nil }
+            return entry.version
+        }
+    }
+
+    func record(_ version: FileVersion, of path: [UInt8]) {
+        let now = ContinuousClock.now
+        entries.withLock { entries in
+            // Stale entries are useless; dropping them all keeps the table bounded without an LRU.
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[path] = Entry(version: version, checkedAt: now)
+        }
     }
 }

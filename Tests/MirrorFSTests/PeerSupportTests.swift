@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import BlockCache
-import MirrorFS
+@testable import MirrorFS
 import Synchronization
 import Testing
 
@@ -99,5 +99,33 @@ import Testing
             escape.relativePath = Array(path.utf8)
             #expect(fixture.filesystem.residentBlock(for: escape) == nil, "\(path)")
         }
+    }
+
+    /// The source is checked once per file and second for a streaming peer, and again
+    /// as soon as a request names a version other than the one remembered.
+    @Test func checkedVersionsAreRememberedBrieflyAndRecheckedOnMismatch() throws {
+        let fixture = try SourceFixture()
+        try fixture.write("f", randomBytes(200_000))
+        let file = try fixture.filesystem.open(node: try fixture.lookup("f"), flags: O_RDONLY).file
+        _ = try fixture.read(file, at: 0, count: 200_000)
+        let old = try request(fixture, "f", index: 0)
+        #expect(fixture.filesystem.residentBlock(for: old) != nil)
+
+        try fixture.write("f", randomBytes(300_000))
+        let new = try request(fixture, "f", index: 0)
+        #expect(new.fileSize == 300_000)
+        #expect(fixture.filesystem.residentBlock(for: new) == nil, "the new version is checked at the source and is not resident")
+        #expect(fixture.filesystem.residentBlock(for: old) == nil, "the source now says the old version is gone")
+
+        let versions = RecentlyCheckedVersions(freshness: .milliseconds(100), capacity: 2)
+        let version = FileVersion(device: 1, inode: 2, size: 3, modified: .init(seconds: 4, nanoseconds: 5), changed: .init(seconds: 6, nanoseconds: 7))
+        versions.record(version, of: Array("a".utf8))
+        #expect(versions.version(of: Array("a".utf8)) == version)
+        #expect(versions.version(of: Array("b".utf8)) == nil)
+        versions.record(version, of: Array("b".utf8))
+        versions.record(version, of: Array("c".utf8))
+        #expect(versions.version(of: Array("a".utf8)) == nil, "a full table starts over")
+        usleep(200_000)
+        #expect(versions.version(of: Array("c".utf8)) == nil, "an entry older than its freshness is not trusted")
     }
 }

@@ -68,8 +68,7 @@ public final class PeerDiscovery: Sendable {
         queue.async { [self] in
             guard !state.withLock({ $0.stopped }) else { return }
             refresh()
-            let (seconds, attoseconds) = interval.components
-            queue.asyncAfter(deadline: .now() + .nanoseconds(Int(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))) { [self] in
+            queue.asyncAfter(deadline: .after(interval)) { [self] in
                 start()
             }
         }

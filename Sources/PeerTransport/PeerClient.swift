@@ -119,6 +119,9 @@ public final class PeerClient: Sendable {
         }
     }
 
+    /// Idle connections kept for `peer` (for tests).
+    func idleConnections(to peer: PeerAddress) -> Int { connections.idleCount(for: peer) }
+
     /// Closes connections and stops the event loops; `fetch` must not be called afterwards.
     public func shutdown() {
         connections.shutdown()

@@ -52,13 +52,27 @@ final class PeerConnectionPool: Sendable {
             }
             .connect(host: peer.host, port: peer.port)
             .wait()
+        // A kept connection that either side closes leaves the pool at once, so peers that
+        // have gone away (scaled in, restarted) leave no entries behind.
+        channel.closeFuture.whenComplete { [weak self] _ in self?.forget(channel, of: peer) }
         return (PeerConnection(channel: channel, authority: peer.authority), false)
     }
+
+    private func forget(_ channel: any Channel, of peer: PeerAddress) {
+        idle.withLock { idle in
+            idle[peer]?.removeAll { $0.channel === channel }
+            if idle[peer]?.isEmpty == true { idle[peer] = nil }
+        }
+    }
+
+    /// Idle connections kept for `peer` (for tests).
+    func idleCount(for peer: PeerAddress) -> Int { idle.withLock { $0[peer]?.count ?? 0 } }
 
     /// Keeps a connection whose last exchange completed, for the next block from that peer.
     func checkin(_ connection: PeerConnection, to peer: PeerAddress) {
         let kept = idle.withLock { idle -> Bool in
-            guard idle[peer, default: []].count < maximumIdlePerPeer else { return false }
+            // Checked under the lock that `forget` takes, so a connection closing now is either refused here or forgotten after.
+            guard connection.channel.isActive, idle[peer, default: []].count < maximumIdlePerPeer else { return false }
             idle[peer, default: []].append(connection)
             return true
         }
@@ -69,7 +83,7 @@ final class PeerConnectionPool: Sendable {
     func shutdown() {
         let connections = idle.withLock { idle in
             defer { idle = [:] }
-            return idle.values.joined()
+            return Array(idle.values.joined())
         }
         for connection in connections { connection.close() }
         try? group.syncShutdownGracefully()

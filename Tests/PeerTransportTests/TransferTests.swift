@@ -158,7 +158,8 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         let (listener, peer) = try listenOnLoopback()
         defer { close(listener) }
         let accepted = Atomic<Int>(0)
-        // The first connection answers one request and drops the second unanswered; the next one answers.
+        // The first connection answers one request and drops the second unanswered; the next
+        // one answers one request and, a little later, closes while the client keeps it idle.
         let server = Thread {
             for number in 1...2 {
                 let connection = accept(listener, nil, nil)
@@ -170,6 +171,10 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
                     if number == 1 && answered == 1 { break }
                     _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, 0) }
                     answered += 1
+                    if number == 2 {
+                        usleep(300_000)
+                        break
+                    }
                 }
                 close(connection)
             }
@@ -184,6 +189,13 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         let sameBytes = second.1 == body
         #expect(sameBytes)
         #expect(accepted.load(ordering: .relaxed) == 2, "the second block came over a new connection")
+        #expect(client.idleConnections(to: peer) == 1, "kept for the next block")
+        var waited = 0
+        while client.idleConnections(to: peer) > 0, waited < 100 {
+            usleep(20_000)
+            waited += 1
+        }
+        #expect(client.idleConnections(to: peer) == 0, "a connection the peer closed does not stay in the pool")
     }
 
     /// A peer that accepts connections but never answers must cost at most the block timeout.

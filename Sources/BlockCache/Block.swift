@@ -21,14 +21,23 @@ public final class BlockBuffer: @unchecked Sendable {
     public let memory: UnsafeMutableRawBufferPointer
     private let sealed = Atomic<Bool>(false)
 
-    init(capacity: Int) throws(Errno) {
+    convenience init(capacity: Int) throws(Errno) {
+        self.init(mapping: try Self.map(capacity), capacity: capacity)
+    }
+
+    /// Takes ownership of a mapping of exactly `capacity` bytes made by `map(_:)`.
+    init(mapping: UnsafeMutableRawPointer, capacity: Int) {
         precondition(capacity > 0)
-        // Populated at once: a load writes every page anyway, and one mmap that
-        // allocates 256 pages costs far less than 256 separate page faults.
+        memory = UnsafeMutableRawBufferPointer(start: mapping, count: capacity)
+    }
+
+    /// A fresh anonymous mapping, populated at once: a load writes every page anyway,
+    /// and one mmap that allocates 256 pages costs far less than 256 separate page faults.
+    static func map(_ capacity: Int) throws(Errno) -> UnsafeMutableRawPointer {
         guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
               base != MAP_FAILED
         else { throw Errno(rawValue: errno) }
-        memory = UnsafeMutableRawBufferPointer(start: base, count: capacity)
+        return base
     }
 
     /// Publishes the first `length` bytes as a read-only block, which owns the mapping from now on.

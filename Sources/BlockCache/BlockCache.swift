@@ -21,12 +21,15 @@ public final class BlockCache: Sendable {
     public let capacity: Int
     public let blockSize: Int
     let state: Mutex<State>
+    /// Memory for whole blocks, prepared off the loading threads' critical path.
+    let preparedMemory: PreparedMappings
 
     public init(capacity: Int, blockSize: Int) {
         precondition(capacity > 0 && blockSize > 0)
         self.capacity = capacity
         self.blockSize = blockSize
         state = Mutex(State())
+        preparedMemory = PreparedMappings(size: blockSize)
     }
 
     /// Returns the block for `key`, calling `load` to fill it on a miss.
@@ -93,7 +96,10 @@ public final class BlockCache: Sendable {
             return (try pending.wait(), .coalesced)
         case .load(let pending, let kept):
             let outcome = Result { () throws -> Block in
-                let buffer = try BlockBuffer(capacity: length)
+                // A file's last, shorter block is mapped to its own length.
+                let buffer = length == blockSize
+                    ? BlockBuffer(mapping: try preparedMemory.take(), capacity: length)
+                    : try BlockBuffer(capacity: length)
                 let filled = try fill(buffer)
                 return buffer.seal(length: min(max(filled, 0), length))
             }

@@ -95,6 +95,8 @@ public final class PeerClient: Sendable {
         counters.requests.add(1, ordering: .relaxed)
         // A kept-alive connection that the peer has closed meanwhile fails before any
         // response arrives; that is worth one more try on a new connection, not a backoff.
+        // The retry shares the first attempt's deadline, so the bound above holds either way.
+        let deadline = ContinuousClock.now + configuration.blockTimeout
         var retried = false
         while true {
             let connection: PeerConnection, reused: Bool
@@ -105,7 +107,7 @@ public final class PeerClient: Sendable {
             }
             let receiver = BlockReceiver(destination: buffer)
             guard let outcome = connection.exchange(
-                target: id.requestPath, headers: requestHeaders, receiver: receiver, timeout: configuration.blockTimeout
+                target: id.requestPath, headers: requestHeaders, receiver: receiver, timeout: deadline - .now
             ) else {
                 connection.close()
                 return .failed("no answer within \(configuration.blockTimeout)")

@@ -73,7 +73,6 @@ let package = Package(
             name: "PeerTransport",
             dependencies: [
                 "BlockCache", "CRC32C",
-                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -88,3 +88,11 @@ public final class Block: @unchecked Sendable {
 
     deinit { munmap(base, mappedLength) }
 }
+
+/// What a lookup that must not do I/O could tell about a block.
+public enum ResidencyAnswer: Sendable {
+    case resident(Block)
+    case absent
+    /// Telling needs I/O (such as checking the file's version at the source).
+    case undetermined
+}

@@ -80,14 +80,14 @@ extension MirrorFilesystem {
     /// that file as it is now (or as it was checked within the last second) can
     /// answer. Called on a server thread, not a FUSE one.
     public func residentBlock(for request: RemoteBlockRequest) -> Block? {
-        guard request.blockSize == cache.blockSize else { return nil }
-        let matches = { (version: FileVersion) in version.size == request.fileSize && version.modified == request.modified }
         // A peer streaming a file asks for its blocks one after another: one check of
         // the source per file and second, not one per block (a stat through an object-store
         // mount can cost a network round trip). Only a remembered version the request
         // names is trusted; any other answer checks the source again.
-        if let recent = checkedVersions.version(of: request.relativePath), matches(recent) {
-            return cache.residentBlock(for: BlockKey(file: recent, index: request.index))
+        switch residentBlockWithoutCheckingSource(for: request) {
+        case .resident(let block): return block
+        case .absent: return nil
+        case .undetermined: break
         }
         guard let root = try? currentSourceRoot(), // reopened if the source's mount came back
               let (_, attributes) = try? root.descendant(atRelativePath: request.relativePath),
@@ -95,8 +95,19 @@ extension MirrorFilesystem {
         else { return nil }
         let version = attributes.version
         checkedVersions.record(version, of: request.relativePath)
-        guard matches(version) else { return nil }
+        guard version.size == request.fileSize, version.modified == request.modified else { return nil }
         return cache.residentBlock(for: BlockKey(file: version, index: request.index))
+    }
+
+    /// What `residentBlock(for:)` answers when it can tell without any I/O: when the
+    /// request names the version of its file checked within the last second. Cheap
+    /// enough for a network event loop.
+    public func residentBlockWithoutCheckingSource(for request: RemoteBlockRequest) -> ResidencyAnswer {
+        guard request.blockSize == cache.blockSize else { return .absent }
+        guard let recent = checkedVersions.version(of: request.relativePath),
+              recent.size == request.fileSize, recent.modified == request.modified
+        else { return .undetermined }
+        return cache.residentBlock(for: BlockKey(file: recent, index: request.index)).map(ResidencyAnswer.resident) ?? .absent
     }
 }
 

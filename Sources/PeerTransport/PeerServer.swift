@@ -1,8 +1,8 @@
 import BlockCache
 import HTTPTypes
-import Hummingbird
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
@@ -18,14 +18,20 @@ import Synchronization
 ///     401  no token; 403 wrong token; 405 not GET; 414 request path too long
 ///     508  the request came from this very instance (X-Cachefs-Instance is ours)
 ///
-/// Requests run on SwiftNIO's event loops; `lookup` (which may stat the source)
-/// and the copy of the block run on NIO's blocking thread pool.
+/// Built on SwiftNIO's HTTP/1.1 server pipeline, with one handler that answers on
+/// the connection's event loop: a block whose file version was checked within the
+/// last second (`quickLookup`) is copied into the response there, without a hop to
+/// another thread; only a lookup that must stat the source (`lookup`) runs on NIO's
+/// blocking thread pool. Serving a block is a copy and a send (Docs/PEERS.md).
 public enum PeerServer {
-    public static let checksumHeader = HTTPField.Name("X-Cachefs-CRC32C")!
-    public static let instanceHeader = HTTPField.Name("X-Cachefs-Instance")!
+    public static let checksumHeader = HTTPField.Name(checksumHeaderName)!
+    public static let instanceHeader = HTTPField.Name(instanceHeaderName)!
+    static let checksumHeaderName = "X-Cachefs-CRC32C"
+    static let instanceHeaderName = "X-Cachefs-Instance"
 
     /// - Parameters:
     ///   - lookup: the resident block for an ID, or nil; must not read the source's data. Called on a pool thread.
+    ///   - quickLookup: answers without any I/O where it can (called on an event loop); nil sends every request to `lookup`.
     ///   - onRunning: called with the bound port once the server listens (port 0 picks a free one).
     public static func make(
         address: HostPort,
@@ -33,18 +39,15 @@ public enum PeerServer {
         instanceID: String,
         counters: PeerServerCounters,
         lookup: @escaping @Sendable (PeerBlockID) -> Block?,
+        quickLookup: (@Sendable (PeerBlockID) -> ResidencyAnswer)? = nil,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
         logger: Logger
     ) -> some Service {
         let responder = PeerResponder(
-            token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters, lookup: lookup, logger: logger
+            token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters,
+            lookup: lookup, quickLookup: quickLookup, logger: logger
         )
-        return Application(
-            responder: responder,
-            configuration: .init(address: .hostname(address.host, port: address.port), serverName: "cachefs-peer"),
-            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? address.port) },
-            logger: logger
-        )
+        return PeerHTTPService(address: address, responder: responder, onRunning: onRunning, logger: logger)
     }
 }
 
@@ -60,64 +63,108 @@ public final class PeerServerCounters: Sendable {
     public init() {}
 }
 
-struct PeerResponder: HTTPResponder {
-    typealias Context = BasicRequestContext
+/// Listens until graceful shutdown or cancellation, then closes the listener and every open connection.
+struct PeerHTTPService: Service {
+    let address: HostPort
+    let responder: PeerResponder
+    let onRunning: @Sendable (Int) async -> Void
+    let logger: Logger
 
+    func run() async throws {
+        let connections = OpenConnections()
+        let responder = responder
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                connections.add(channel)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(PeerRequestHandler(responder: responder))
+                }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+        await onRunning(listener.localAddress?.port ?? address.port)
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                try? await listener.closeFuture.get()
+            } onGracefulShutdown: {
+                listener.close(promise: nil)
+            }
+        } onCancel: {
+            listener.close(promise: nil)
+        }
+        connections.closeAll()
+    }
+}
+
+/// The server's accepted connections, so that shutdown can close the kept-alive ones.
+final class OpenConnections: Sendable {
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    func add(_ channel: any Channel) {
+        let key = ObjectIdentifier(channel)
+        channels.withLock { $0[key] = channel }
+        channel.closeFuture.whenComplete { [weak self] _ in self?.channels.withLock { _ = $0.removeValue(forKey: key) } }
+    }
+
+    func closeAll() {
+        for channel in channels.withLock({ Array($0.values) }) { channel.close(promise: nil) }
+    }
+}
+
+/// What to answer a request, decided from its head alone.
+enum PeerRequestDecision {
+    case refuse(HTTPResponseStatus, HTTPHeaders)
+    case lookUp(PeerBlockID)
+}
+
+/// Validates requests and finds their blocks; shared by every connection's handler.
+struct PeerResponder: Sendable {
     let token: [UInt8]?
     let instanceID: String
     let counters: PeerServerCounters
     let lookup: @Sendable (PeerBlockID) -> Block?
+    let quickLookup: (@Sendable (PeerBlockID) -> ResidencyAnswer)?
     let logger: Logger
 
-    func respond(to request: Request, context: Context) async throws -> Response {
+    func decide(_ head: HTTPRequestHead) -> PeerRequestDecision {
         counters.requests.add(1, ordering: .relaxed)
-        guard request.method == .get else { return refuse(.methodNotAllowed, headers: [.allow: "GET"]) }
+        guard head.method == .GET else { return refuse(.methodNotAllowed, ["Allow": "GET"]) }
         if let token {
-            guard let authorization = request.headers[.authorization] else {
-                return refuse(.unauthorized, headers: [.wwwAuthenticate: "Bearer"])
+            guard let authorization = head.headers.first(name: "Authorization") else {
+                return refuse(.unauthorized, ["WWW-Authenticate": "Bearer"])
             }
             guard Self.bearerMatches(authorization, token: token) else { return refuse(.forbidden) }
         }
-        if request.headers[PeerServer.instanceHeader] == instanceID { return refuse(.init(code: 508, reasonPhrase: "Loop Detected")) }
-        let target = request.head.path ?? ""
-        let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        let id: PeerBlockID
+        if head.headers.first(name: PeerServer.instanceHeaderName) == instanceID {
+            return refuse(.custom(code: 508, reasonPhrase: "Loop Detected"))
+        }
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         do {
-            id = try PeerBlockID(requestPath: path)
+            return .lookUp(try PeerBlockID(requestPath: path))
         } catch {
             logger.debug("refused peer request", metadata: ["error": "\(error)"])
             return refuse(error == .tooLong ? .uriTooLong : .badRequest)
         }
-        let lookup = lookup
-        let found: (ByteBuffer, CRC32CChecksum)?
-        do {
-            found = try await NIOThreadPool.singleton.runIfActive {
-                guard let block = lookup(id), block.count == id.expectedLength else { return nil }
-                return withExtendedLifetime(block) {
-                    var buffer = ByteBufferAllocator().buffer(capacity: block.count)
-                    buffer.writeBytes(block.bytes)
-                    return (buffer, CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }))
-                }
-            }
-        } catch {
-            return Response(status: .serviceUnavailable)
-        }
-        guard let (body, checksum) = found else {
-            counters.notResident.add(1, ordering: .relaxed)
-            return Response(status: .notFound)
-        }
-        counters.servedBlocks.add(1, ordering: .relaxed)
-        counters.servedBytes.add(UInt64(body.readableBytes), ordering: .relaxed)
-        return Response(
-            status: .ok,
-            headers: [.contentType: "application/octet-stream", PeerServer.checksumHeader: checksum.hex],
-            body: .init(byteBuffer: body)
-        )
     }
 
-    private func refuse(_ status: HTTPResponse.Status, headers: HTTPFields = [:]) -> Response {
+    private func refuse(_ status: HTTPResponseStatus, _ headers: HTTPHeaders = [:]) -> PeerRequestDecision {
         counters.refused.add(1, ordering: .relaxed)
-        return Response(status: status, headers: headers)
+        return .refuse(status, headers)
+    }
+
+    /// The block to send, if resident in full at the requested length.
+    func servable(_ block: Block?, for id: PeerBlockID) -> Block? {
+        guard let block, block.count == id.expectedLength else {
+            counters.notResident.add(1, ordering: .relaxed)
+            return nil
+        }
+        counters.servedBlocks.add(1, ordering: .relaxed)
+        counters.servedBytes.add(UInt64(block.count), ordering: .relaxed)
+        return block
     }
 
     /// Compares in time independent of where the tokens differ, so timing does not reveal a prefix.
@@ -131,5 +178,85 @@ struct PeerResponder: HTTPResponder {
             difference |= byte ^ expected
         }
         return difference == 0
+    }
+}
+
+/// One connection's requests, answered in order (NIO's pipelining handler holds the next
+/// request back until this one's response has ended). Event loop only.
+final class PeerRequestHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let responder: PeerResponder
+    private var head: HTTPRequestHead?
+
+    init(responder: PeerResponder) { self.responder = responder }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): self.head = head
+        case .body: break  // a GET has none; anything else is refused by its head
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            respond(to: head, context: context)
+        }
+    }
+
+    private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let id: PeerBlockID
+        switch responder.decide(head) {
+        case .refuse(let status, let headers):
+            return send(status, headers: headers, body: nil, keepAlive: head.isKeepAlive, context: context)
+        case .lookUp(let wanted): id = wanted
+        }
+        switch responder.quickLookup?(id) ?? .undetermined {
+        case .resident(let block): return sendBlock(responder.servable(block, for: id), head: head, context: context)
+        case .absent: return sendBlock(responder.servable(nil, for: id), head: head, context: context)
+        case .undetermined: break
+        }
+        let lookup = responder.lookup
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { lookup(id) }.whenComplete { result in
+            let (handler, context) = loopBound.value
+            switch result {
+            case .success(let block):
+                handler.sendBlock(handler.responder.servable(block, for: id), head: head, context: context)
+            case .failure:
+                handler.send(.serviceUnavailable, headers: [:], body: nil, keepAlive: false, context: context)
+            }
+        }
+    }
+
+    private func sendBlock(_ block: Block?, head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard let block else { return send(.notFound, headers: [:], body: nil, keepAlive: head.isKeepAlive, context: context) }
+        let (body, checksum) = withExtendedLifetime(block) {
+            var body = context.channel.allocator.buffer(capacity: block.count)
+            body.writeBytes(block.bytes)
+            return (body, CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }))
+        }
+        let headers: HTTPHeaders = ["Content-Type": "application/octet-stream", PeerServer.checksumHeaderName: checksum.hex]
+        send(.ok, headers: headers, body: body, keepAlive: head.isKeepAlive, context: context)
+    }
+
+    private func send(_ status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?, keepAlive: Bool, context: ChannelHandlerContext) {
+        var headers = headers
+        headers.add(name: "Content-Length", value: String(body?.readableBytes ?? 0))
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        let ended = context.writeAndFlushWithFuture(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            let channel = context.channel
+            ended.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+}
+
+extension ChannelHandlerContext {
+    fileprivate func writeAndFlushWithFuture(_ data: NIOAny) -> EventLoopFuture<Void> {
+        let promise = eventLoop.makePromise(of: Void.self)
+        writeAndFlush(data, promise: promise)
+        return promise.futureResult
     }
 }

@@ -55,13 +55,8 @@ final class PeerNetwork: Sendable {
         guard let listen = settings.listen else { return nil }
         return PeerServer.make(
             address: listen, token: settings.token, instanceID: instanceID, counters: serverCounters,
-            lookup: { id in
-                filesystem.residentBlock(for: RemoteBlockRequest(
-                    relativePath: id.path, fileSize: id.fileSize,
-                    modified: Timestamp(nanosecondsSinceEpoch: id.modifiedNanoseconds),
-                    blockSize: id.blockSize, index: id.index
-                ))
-            },
+            lookup: { id in filesystem.residentBlock(for: RemoteBlockRequest(id)) },
+            quickLookup: { id in filesystem.residentBlockWithoutCheckingSource(for: RemoteBlockRequest(id)) },
             onRunning: onRunning,
             logger: logger
         )
@@ -122,5 +117,14 @@ extension StatsReport {
         report.bytesFromSource = origins.fromSource
         report.peers = peers?.report
         return report
+    }
+}
+
+extension RemoteBlockRequest {
+    init(_ id: PeerBlockID) {
+        self.init(
+            relativePath: id.path, fileSize: id.fileSize, modified: Timestamp(nanosecondsSinceEpoch: id.modifiedNanoseconds),
+            blockSize: id.blockSize, index: id.index
+        )
     }
 }

@@ -109,7 +109,28 @@ import Testing
         let file = try fixture.filesystem.open(node: try fixture.lookup("f"), flags: O_RDONLY).file
         _ = try fixture.read(file, at: 0, count: 200_000)
         let old = try request(fixture, "f", index: 0)
+        guard case .undetermined = fixture.filesystem.residentBlockWithoutCheckingSource(for: old) else {
+            Issue.record("answered without any check of the source")
+            return
+        }
         #expect(fixture.filesystem.residentBlock(for: old) != nil)
+        // Now checked: the event loop's lookup answers without I/O, for that version only.
+        guard case .resident = fixture.filesystem.residentBlockWithoutCheckingSource(for: old) else {
+            Issue.record("a just-checked version was not answered from memory")
+            return
+        }
+        var notLoaded = old
+        notLoaded.index = 10 // past the end: never resident
+        guard case .absent = fixture.filesystem.residentBlockWithoutCheckingSource(for: notLoaded) else {
+            Issue.record("a block not resident was not answered as absent")
+            return
+        }
+        var otherMtime = old
+        otherMtime.modified.nanoseconds += 1
+        guard case .undetermined = fixture.filesystem.residentBlockWithoutCheckingSource(for: otherMtime) else {
+            Issue.record("a version other than the checked one was answered without checking")
+            return
+        }
 
         try fixture.write("f", randomBytes(300_000))
         let new = try request(fixture, "f", index: 0)

@@ -87,6 +87,50 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         }
     }
 
+    /// A request the quick lookup can answer never reaches the pool's lookup; one it cannot does.
+    @Test func quickLookupAnswersWithoutThePool() async throws {
+        let block = try makeBlock(content)
+        let wanted = id
+        let slowLookups = Atomic<Int>(0)
+        let logger = Logger(label: "test")
+        let port = Mutex<Int?>(nil)
+        let server = PeerServer.make(
+            address: HostPort(host: "127.0.0.1", port: 0), token: nil, instanceID: "server", counters: PeerServerCounters(),
+            lookup: { requested in
+                slowLookups.add(1, ordering: .relaxed)
+                return requested.index == 1 ? block : nil
+            },
+            quickLookup: { requested in
+                switch requested.index {
+                case 0: .resident(block)
+                case 1: .undetermined
+                default: .absent
+                }
+            },
+            onRunning: { bound in port.withLock { $0 = bound } }, logger: logger
+        )
+        try await withRunning(server) {
+            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+            let peer = PeerAddress(host: "127.0.0.1", port: port.withLock { $0! })
+            let client = client()
+            defer { client.shutdown() }
+            let (outcome, bytes) = fetch(client, wanted, from: peer)
+            #expect(outcome == .block(content.count))
+            #expect(bytes == content)
+            #expect(slowLookups.load(ordering: .relaxed) == 0)
+            var second = wanted
+            second.index = 1
+            second.fileSize = Int64(content.count) * 2
+            #expect(fetch(client, second, from: peer).0 == .block(content.count))
+            #expect(slowLookups.load(ordering: .relaxed) == 1)
+            var third = second
+            third.index = 2
+            third.fileSize = Int64(content.count) * 3
+            #expect(fetch(client, third, from: peer).0 == .notFound)
+            #expect(slowLookups.load(ordering: .relaxed) == 1)
+        }
+    }
+
     @Test func tokenIsRequiredAndChecked() async throws {
         let block = try makeBlock(content)
         try await withPeerServer(token: "s3cret-token", lookup: { _ in block }) { peer in

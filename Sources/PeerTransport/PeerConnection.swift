@@ -253,7 +253,7 @@ final class BlockReceiver: Sendable {
 
     /// The outcome, or nil if none came within `timeout`.
     func wait(timeout: Duration) -> PeerFetchOutcome? {
-        guard done.wait(timeout: .after(timeout)) == .success else { return nil }
+        guard done.wait(timeout: .now() + timeout / .seconds(1)) == .success else { return nil }
         return state.withLock { $0.outcome }
     }
 
@@ -267,13 +267,5 @@ final class BlockReceiver: Sendable {
             return true
         }
         if first { done.signal() }
-    }
-}
-
-extension DispatchTime {
-    /// `duration` from now, for Dispatch's waits and timers.
-    static func after(_ duration: Duration) -> DispatchTime {
-        let (seconds, attoseconds) = duration.components
-        return .now() + .nanoseconds(Int(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
     }
 }

@@ -68,7 +68,7 @@ public final class PeerDiscovery: Sendable {
         queue.async { [self] in
             guard !state.withLock({ $0.stopped }) else { return }
             refresh()
-            queue.asyncAfter(deadline: .after(interval)) { [self] in
+            queue.asyncAfter(deadline: .now() + interval / .seconds(1)) { [self] in
                 start()
             }
         }

@@ -176,8 +176,7 @@ public final class PrefetchStream: @unchecked Sendable {
     /// which would make a read-ahead source fetch the same bytes twice.
     /// Returns at once for a block outside the window; gives up after `limit`.
     public func waitForLane(toLoad index: Int64, limit: Duration = .seconds(30)) {
-        let (seconds, attoseconds) = limit.components
-        let deadline = Date(timeIntervalSinceNow: Double(seconds) + Double(attoseconds) / 1e18)
+        let deadline = Date(timeIntervalSinceNow: limit / .seconds(1))
         condition.lock()
         defer { condition.unlock() }
         while !isCancelled && isPending(index) {
@@ -309,7 +308,7 @@ struct ThroughputProbe {
         stepBlocks += 1
         guard stepBlocks >= stepLength else { return nil }
         let elapsed = now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed / .seconds(1)
         stepStart = now
         defer { stepBlocks = 0 }
         return seconds > 0 ? Double(stepBlocks) / seconds : .infinity

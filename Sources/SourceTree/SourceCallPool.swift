@@ -61,7 +61,7 @@ public final class SourceCallPool: Sendable {
             thread.start()
         }
         queued.signal()
-        guard call.done.wait(timeout: .now() + .nanoseconds(Int(timeout.nanoseconds))) == .success else {
+        guard call.done.wait(timeout: .now() + timeout / .seconds(1)) == .success else {
             call.abandoned.store(true, ordering: .relaxed)
             timeouts.add(1, ordering: .relaxed)
             throw Errno.ioError
@@ -72,7 +72,7 @@ public final class SourceCallPool: Sendable {
     private func serve() {
         while true {
             state.withLock { $0.idle += 1 }
-            let signalled = queued.wait(timeout: .now() + .nanoseconds(Int(idleExit.nanoseconds))) == .success
+            let signalled = queued.wait(timeout: .now() + idleExit / .seconds(1)) == .success
             let call: Call? = state.withLock { state in
                 state.idle -= 1
                 if let call = state.calls.popFirst() { return call }
@@ -100,12 +100,5 @@ public final class SourceCallPool: Sendable {
                 do throws(Errno) { return .success(try work()) } catch { return .failure(error) }
             }
         }
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

@@ -210,7 +210,7 @@ struct Daemon {
         let uptime = ContinuousClock.now - start
         return StatsReport(
             source: settings.source, mountpoint: settings.mountpoint, pid: getpid(),
-            uptimeSeconds: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18,
+            uptimeSeconds: uptime / .seconds(1),
             capacityBytes: cache.capacity, blockSizeBytes: cache.blockSize,
             cachedBytes: cache.residentBytes, cachedBlocks: cache.residentBlocks,
             hits: cache.hits, misses: cache.misses, coalescedMisses: cache.coalescedMisses,

@@ -144,7 +144,7 @@ final class WarmProgress: Sendable {
     func finish(mountpoint: String, pinned: Bool) {
         let done = state.withLock { $0.done }
         let elapsed = ContinuousClock.now - started
-        let seconds = Self.seconds(elapsed)
+        let seconds = elapsed / .seconds(1)
         let rate = seconds > 0 ? ByteCount.format(Int(Double(done) / seconds)) + "/s" : "-"
         let verb = pinned ? "warmed and pinned" : "warmed"
         write((terminal ? "\r\u{1B}[K" : "")
@@ -161,17 +161,13 @@ final class WarmProgress: Sendable {
 
     /// "1.2 GiB / 4 GiB, 512 MiB/s, ETA 6 s"
     private func summary(done: Int64, elapsed: Duration) -> String {
-        let seconds = Self.seconds(elapsed)
+        let seconds = elapsed / .seconds(1)
         let rate = seconds > 0 ? Double(done) / seconds : 0
         var text = "\(ByteCount.format(Int(done))) / \(ByteCount.format(Int(total)))"
         guard rate > 0 else { return text }
         text += ", \(ByteCount.format(Int(rate)))/s"
         if done < total { text += ", ETA \(Int((Double(total - done) / rate).rounded(.up))) s" }
         return text
-    }
-
-    private static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
     private func write(_ text: String) {

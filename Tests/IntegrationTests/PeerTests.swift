@@ -5,19 +5,30 @@ import Testing
 import Glibc
 #endif
 
-/// A free TCP port on loopback (the kernel's pick; free again once the probe socket closes).
-func freeLoopbackPort() throws -> Int {
+/// A TCP socket bound to a port the kernel picks on loopback, listening if asked; the caller closes it.
+func loopbackSocket(listening: Bool) throws -> (descriptor: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let ok = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && (!listening || listen(fd, 1) == 0) && getsockname(fd, $0, &length) == 0
+        }
     }
-    guard ok else { throw TestFailure("no free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    guard ok else {
+        close(fd)
+        throw TestFailure("no free port on loopback")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
+}
+
+/// A free TCP port on loopback (the kernel's pick; free again once the probe socket closes).
+func freeLoopbackPort() throws -> Int {
+    let (fd, port) = try loopbackSocket(listening: false)
+    close(fd)
+    return port
 }
 
 /// Three cachefs instances over one source, each listening on loopback and given
@@ -217,17 +228,8 @@ struct PeerTests {
         try "\n".write(toFile: emptyToken, atomically: true, encoding: .utf8)
         let unreadable = try scratch.make("a-directory")
         // A port someone else listens on.
-        let busy = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (busy, busyPort) = try loopbackSocket(listening: true)
         defer { close(busy) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(busy, $0, length) == 0 && listen(busy, 1) == 0 && getsockname(busy, $0, &length) == 0 }
-        }
-        try #require(listening)
-        let busyPort = Int(UInt16(bigEndian: address.sin_port))
         let base = [source, mountpoint, "--capacity", "64M"]
         let cases: [([String], String)] = [
             (["--listen", "nonsense"], "--listen nonsense: expected HOST:PORT"),

@@ -32,6 +32,8 @@ public enum PeerServer {
     /// - Parameters:
     ///   - lookup: the resident block for an ID, or nil; must not read the source's data. Called on a pool thread.
     ///   - quickLookup: answers without any I/O where it can (called on an event loop); nil sends every request to `lookup`.
+    ///   - idleTimeout: a connection that neither sends nor receives anything for this long is closed
+    ///     (clients reconnect; their pools forget connections the server closes).
     ///   - onRunning: called with the bound port once the server listens (port 0 picks a free one).
     public static func make(
         address: HostPort,
@@ -40,6 +42,7 @@ public enum PeerServer {
         counters: PeerServerCounters,
         lookup: @escaping @Sendable (PeerBlockID) -> Block?,
         quickLookup: (@Sendable (PeerBlockID) -> ResidencyAnswer)? = nil,
+        idleTimeout: Duration = .seconds(60),
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
         logger: Logger
     ) -> some Service {
@@ -47,7 +50,7 @@ public enum PeerServer {
             token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters,
             lookup: lookup, quickLookup: quickLookup, logger: logger
         )
-        return PeerHTTPService(address: address, responder: responder, onRunning: onRunning, logger: logger)
+        return PeerHTTPService(address: address, responder: responder, idleTimeout: idleTimeout, onRunning: onRunning, logger: logger)
     }
 }
 
@@ -67,12 +70,14 @@ public final class PeerServerCounters: Sendable {
 struct PeerHTTPService: Service {
     let address: HostPort
     let responder: PeerResponder
+    let idleTimeout: Duration
     let onRunning: @Sendable (Int) async -> Void
     let logger: Logger
 
     func run() async throws {
         let connections = OpenConnections()
         let responder = responder
+        let idleTimeout = TimeAmount(idleTimeout)
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -80,6 +85,7 @@ struct PeerHTTPService: Service {
             .childChannelInitializer { channel in
                 connections.add(channel)
                 return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(PeerRequestHandler(responder: responder))
                 }
@@ -200,6 +206,14 @@ final class PeerRequestHandler: ChannelInboundHandler {
             guard let head else { return }
             self.head = nil
             respond(to: head, context: context)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
     }
 

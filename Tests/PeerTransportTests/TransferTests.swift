@@ -14,6 +14,7 @@ import Testing
 /// A server on a free loopback port for the duration of `body`.
 func withPeerServer<T>(
     token: String? = nil, instanceID: String = "server", counters: PeerServerCounters = PeerServerCounters(),
+    idleTimeout: Duration = .seconds(60),
     lookup: @escaping @Sendable (PeerBlockID) -> Block?,
     _ body: (PeerAddress) async throws -> T
 ) async throws -> T {
@@ -21,7 +22,7 @@ func withPeerServer<T>(
     let port = Mutex<Int?>(nil)
     let server = PeerServer.make(
         address: HostPort(host: "127.0.0.1", port: 0), token: token, instanceID: instanceID, counters: counters,
-        lookup: lookup, onRunning: { bound in port.withLock { $0 = bound } }, logger: logger
+        lookup: lookup, idleTimeout: idleTimeout, onRunning: { bound in port.withLock { $0 = bound } }, logger: logger
     )
     return try await withRunning(server) {
         while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
@@ -192,6 +193,35 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         }
     }
 
+    /// A connection that sends nothing, or half a request, is closed after the idle timeout;
+    /// one that keeps asking stays open.
+    @Test func idleConnectionsAreClosed() async throws {
+        let block = try makeBlock(content)
+        try await withPeerServer(idleTimeout: .milliseconds(300), lookup: { _ in block }) { peer in
+            for opening in ["", "GET /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\n"] {
+                let fd = try connectRaw(peer)
+                defer { close(fd) }
+                _ = opening.withCString { send(fd, $0, strlen($0), 0) }
+                let started = ContinuousClock.now
+                var byte: UInt8 = 0
+                let received = recv(fd, &byte, 1, 0)
+                #expect(received == 0, "the server closed the connection (recv gave \(received), errno \(errno))")
+                #expect(ContinuousClock.now - started < .seconds(3))
+            }
+            // A client asking every 100 ms keeps its connection: its requests all get answers.
+            let fd = try connectRaw(peer)
+            defer { close(fd) }
+            for _ in 0..<6 {
+                let request = "GET /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\n\r\n"
+                _ = request.withCString { send(fd, $0, strlen($0), 0) }
+                var buffer = [UInt8](repeating: 0, count: 256)
+                let count = recv(fd, &buffer, buffer.count, 0)
+                #expect(count > 0 && String(decoding: buffer[..<max(count, 0)], as: UTF8.self).hasPrefix("HTTP/1.1 "))
+                usleep(100_000)
+            }
+        }
+    }
+
     /// A kept-alive connection that the peer closes instead of answering is replaced by
     /// a new one for the same block, without the fetch failing.
     @Test func aKeptConnectionThePeerDropsIsReplaced() throws {
@@ -327,16 +357,8 @@ func listenOnLoopback() throws -> (Int32, PeerAddress) {
 
 /// Sends a raw HTTP request and returns the status code of the answer.
 func rawStatus(_ peer: PeerAddress, _ request: String) throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = try connectRaw(peer)
     defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr(peer.host)
-    address.sin_port = in_port_t(UInt16(peer.port).bigEndian)
-    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard connected == 0 else { throw TestError("connect failed") }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     _ = request.withCString { send(fd, $0, strlen($0), 0) }
     var buffer = [UInt8](repeating: 0, count: 64)
     let count = recv(fd, &buffer, 64, 0)
@@ -344,6 +366,23 @@ func rawStatus(_ peer: PeerAddress, _ request: String) throws -> Int {
     let line = String(decoding: buffer[..<count], as: UTF8.self)
     guard let status = Int(line.dropFirst(9).prefix(3)) else { throw TestError("bad status line \(line)") }
     return status
+}
+
+/// A TCP connection to `peer` whose receives give up after 5 s; the caller closes it.
+func connectRaw(_ peer: PeerAddress) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr(peer.host)
+    address.sin_port = in_port_t(UInt16(peer.port).bigEndian)
+    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard connected == 0 else {
+        close(fd)
+        throw TestError("connect failed")
+    }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return fd
 }
 
 struct TestError: Error, CustomStringConvertible {

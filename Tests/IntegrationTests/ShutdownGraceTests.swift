@@ -6,7 +6,7 @@ import Glibc
 
 @Suite("Shutdown grace", .serialized)
 struct ShutdownGraceTests {
-    @Test("SIGTERM during a read waiting on the source: the shutdown sees it in progress, it finishes with the right bytes, then the mount goes")
+    @Test("SIGTERM during a read waiting on the source: the mount stays through the grace, the read finishes with the right bytes, then the mount goes")
     func readInFlightFinishes() throws {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
@@ -25,6 +25,9 @@ struct ShutdownGraceTests {
         // The first block's load is now stalled at the source for 2 s.
         #expect(eventually(within: 5) { mount.log.contains("stalled") || (try? mount.stats().misses) ?? 0 > 0 })
         kill(mount.pid, SIGTERM)
+        // Within the grace, the mount stays while the read waits on the source (without one it goes at once).
+        usleep(500_000)
+        #expect(isMounted(mount.mountpoint), "unmounted during the grace while a read was in progress")
         reader.waitUntilExit()
         #expect(reader.terminationStatus == 0, "the read in flight at SIGTERM failed or returned wrong bytes")
         #expect(eventually(within: 10) { !isMounted(mount.mountpoint) })

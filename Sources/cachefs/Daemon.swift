@@ -204,23 +204,6 @@ struct Daemon {
         logger.logLevel = settings.logLevel
         return logger
     }
-
-    static func report(_ statistics: MirrorStatistics, settings: MountSettings, since start: ContinuousClock.Instant) -> StatsReport {
-        let cache = statistics.cache
-        let uptime = ContinuousClock.now - start
-        return StatsReport(
-            source: settings.source, mountpoint: settings.mountpoint, pid: getpid(),
-            uptimeSeconds: uptime / .seconds(1),
-            capacityBytes: cache.capacity, blockSizeBytes: cache.blockSize,
-            cachedBytes: cache.residentBytes, cachedBlocks: cache.residentBlocks,
-            hits: cache.hits, misses: cache.misses, coalescedMisses: cache.coalescedMisses,
-            bytesFromSource: cache.loadedBytes, evictions: cache.evictions, evictedBytes: cache.evictedBytes,
-            sourceErrors: statistics.sourceErrors, readRequests: statistics.readRequests,
-            bytesRead: statistics.bytesRead, knownNodes: statistics.knownNodes,
-            prefetchedBlocks: statistics.prefetch?.loadedBlocks ?? 0,
-            prefetchSkippedBlocks: statistics.prefetch?.cancelledBlocks ?? 0
-        )
-    }
 }
 
 private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)

@@ -31,13 +31,29 @@ final class DaemonControl: ControlHandler {
 
     func stats() -> StatsReport {
         let statistics = filesystem.statistics
-        var report = Daemon.report(statistics, settings: settings, since: started)
-        report.pinnedBytes = statistics.cache.pinnedBytes
-        report.pinnedFiles = statistics.cache.pinnedFiles
-        report.pinnedCachedBytes = statistics.cache.pinnedResidentBytes
+        let cache = statistics.cache
+        let origins = filesystem.byteOrigins
+        var report = StatsReport(
+            source: settings.source, mountpoint: settings.mountpoint, pid: getpid(),
+            uptimeSeconds: (ContinuousClock.now - started) / .seconds(1),
+            capacityBytes: cache.capacity, blockSizeBytes: cache.blockSize,
+            cachedBytes: cache.residentBytes, cachedBlocks: cache.residentBlocks,
+            hits: cache.hits, misses: cache.misses, coalescedMisses: cache.coalescedMisses,
+            bytesFromSource: origins.fromSource, evictions: cache.evictions, evictedBytes: cache.evictedBytes,
+            sourceErrors: statistics.sourceErrors, readRequests: statistics.readRequests,
+            bytesRead: statistics.bytesRead, knownNodes: statistics.knownNodes,
+            prefetchedBlocks: statistics.prefetch?.loadedBlocks ?? 0,
+            prefetchSkippedBlocks: statistics.prefetch?.cancelledBlocks ?? 0
+        )
+        report.bytesFromMemory = origins.fromMemory
+        report.bytesFromPeers = origins.fromPeers
+        report.peers = peers?.report
+        report.pinnedBytes = cache.pinnedBytes
+        report.pinnedFiles = cache.pinnedFiles
+        report.pinnedCachedBytes = cache.pinnedResidentBytes
         report.tiers = telemetry.totals.map { .init(tier: $0.tier.description, reads: $0.reads, bytes: $0.bytes) }
         report.metricsAddress = metricsAddress.withLock { $0 }
-        return report.including(origins: filesystem.byteOrigins, peers: peers)
+        return report
     }
 
     func planWarm(_ request: WarmPlanRequest) throws(ControlRequestError) -> WarmPlan {

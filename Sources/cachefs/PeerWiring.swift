@@ -108,18 +108,6 @@ extension Timestamp {
     var nanosecondsSinceEpoch: Int64 { seconds &* 1_000_000_000 &+ nanoseconds }
 }
 
-extension StatsReport {
-    /// Adds where bytes came from and the peer counters to the base report.
-    func including(origins: ByteOriginStatistics, peers: PeerNetwork?) -> StatsReport {
-        var report = self
-        report.bytesFromMemory = origins.fromMemory
-        report.bytesFromPeers = origins.fromPeers
-        report.bytesFromSource = origins.fromSource
-        report.peers = peers?.report
-        return report
-    }
-}
-
 extension RemoteBlockRequest {
     init(_ id: PeerBlockID) {
         self.init(

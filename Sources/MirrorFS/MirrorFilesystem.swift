@@ -366,7 +366,8 @@ public final class MirrorFilesystem: Sendable {
             sourceHandleReopens: counters.handleReopens.load(ordering: .relaxed),
             sourceTimeouts: sourceCalls?.timedOutCalls ?? 0,
             sourceReattaches: counters.sourceReattaches.load(ordering: .relaxed),
-            prefetch: prefetcher?.statistics
+            prefetch: prefetcher?.statistics,
+            origins: byteOrigins
         )
     }
 
@@ -418,6 +419,8 @@ public struct MirrorStatistics: Sendable {
     /// Times the source root was opened again after its mount went away and came back.
     public var sourceReattaches: UInt64
     public var prefetch: PrefetchStatistics?
+    /// Where the loaded and returned bytes came from: memory, peers, the source.
+    public var origins: ByteOriginStatistics
 }
 
 /// A contiguous range of one cached block's bytes.

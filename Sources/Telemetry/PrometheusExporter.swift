@@ -50,7 +50,7 @@ public final class PrometheusExporter: Sendable {
             ("cachefs_cache_hits_total", [], cache.hits),
             ("cachefs_cache_misses_total", [], cache.misses),
             ("cachefs_cache_coalesced_misses_total", [], cache.coalescedMisses),
-            ("cachefs_source_bytes_total", [], cache.loadedBytes),
+            ("cachefs_source_bytes_total", [], statistics.origins.fromSource),
             ("cachefs_source_errors_total", [], statistics.sourceErrors),
             ("cachefs_evictions_total", [], cache.evictions),
             ("cachefs_evicted_bytes_total", [], cache.evictedBytes),

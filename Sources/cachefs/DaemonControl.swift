@@ -32,7 +32,7 @@ final class DaemonControl: ControlHandler {
     func stats() -> StatsReport {
         let statistics = filesystem.statistics
         let cache = statistics.cache
-        let origins = filesystem.byteOrigins
+        let origins = statistics.origins
         var report = StatsReport(
             source: settings.source, mountpoint: settings.mountpoint, pid: getpid(),
             uptimeSeconds: (ContinuousClock.now - started) / .seconds(1),

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// Parses Prometheus text into "name{labels}" -> value.
-private func samples(_ text: String) -> [String: Double] {
+func prometheusSamples(_ text: String) -> [String: Double] {
     var values: [String: Double] = [:]
     for line in text.split(separator: "\n") where !line.hasPrefix("#") {
         guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
@@ -26,7 +26,7 @@ struct MetricsTests {
         func scrape() throws -> [String: Double] {
             let result = try run("/usr/bin/curl", ["-sf", "http://\(address)/metrics"], timeout: 30)
             guard result.status == 0 else { throw TestFailure("curl failed: \(result.status) \(result.error)") }
-            return samples(result.output)
+            return prometheusSamples(result.output)
         }
         let before = try scrape()
         #expect(before["cachefs_capacity_bytes"] == Double(64 << 20))

@@ -108,7 +108,8 @@ final class PeerCluster {
 struct PeerTests {
     @Test("After A has read a file, B reads it from A's memory: every byte right, nothing from the source")
     func secondInstanceReadsFromThePeer() throws {
-        let cluster = try PeerCluster("mkdir -p 'models/v 1' && head -c 40000000 /dev/urandom > 'models/v 1/weights.bin'")
+        let cluster = try PeerCluster("mkdir -p 'models/v 1' && head -c 40000000 /dev/urandom > 'models/v 1/weights.bin'",
+                                      extra: [[], ["--metrics", "127.0.0.1:0"], []])
         defer { cluster.stop() }
         let file = "models/v 1/weights.bin"
         let expected = try cluster.sha256(cluster.data + "/" + file)
@@ -123,6 +124,9 @@ struct PeerTests {
         #expect(b.bytesFromSource == 0, "B read \(b.bytesFromSource) bytes from the source")
         #expect(b.bytesFromPeers == 40_000_000)
         #expect(b.peers?.failures == 0)
+        // The Prometheus counter agrees: blocks from peers are not source bytes.
+        let metrics = try run("/usr/bin/curl", ["-sf", "http://\(try #require(b.metricsAddress))/metrics"], timeout: 30)
+        #expect(prometheusSamples(metrics.output)["cachefs_source_bytes_total"] == 0, "\(metrics.output.prefix(2000))")
         let served = try cluster.a.stats().peers?.servedBytes ?? 0
         #expect(served == 40_000_000, "A served \(served) bytes")
 

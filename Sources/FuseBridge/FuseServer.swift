@@ -117,23 +117,6 @@ public final class FuseServer: @unchecked Sendable {
         Self.detach(path)
     }
 
-    /// Sets how far ahead the kernel reads sequential files on this mount. FUSE
-    /// starts at 128 KiB; a larger window lets the kernel ask for whole blocks,
-    /// several at once. Only root may change it; failure only costs speed.
-    public static func setKernelReadAhead(mountpoint: String, bytes: Int) -> Bool {
-        var attributes = stat()
-        guard stat(mountpoint, &attributes) == 0 else { return false }
-        let device = UInt64(attributes.st_dev)
-        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~0xfff)
-        let minor = (device & 0xff) | ((device >> 12) & ~0xff)
-        let path = "/sys/class/bdi/\(major):\(minor)/read_ahead_kb"
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        let value = "\(max(bytes / 1024, 4))\n"
-        return value.withCString { write(fd, $0, strlen($0)) } == value.utf8.count
-    }
-
     /// Lazily unmounts `path`: as root directly, otherwise through fusermount3.
     public static func detach(_ path: String) {
         if umount2(path, Int32(MNT_DETACH)) == 0 { return }

@@ -115,8 +115,9 @@ struct Daemon {
         }
         if ready { ready = mountAnswers() }
         if ready { peers?.start() }
-        if ready && !FuseServer.setKernelReadAhead(mountpoint: settings.mountpoint, bytes: settings.readAhead) {
-            logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower")
+        if ready, let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead) {
+            logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower",
+                          metadata: ["error": "\(String(cString: strerror(failure)))", "window": "\(ReadAheadWindow.current(mountpoint: settings.mountpoint).map { ByteCount.format($0) } ?? "unknown")"])
         }
         if ready {
             logger.info("ready", metadata: [

@@ -50,7 +50,7 @@ struct MountSettings {
             throw UsageError("\(mountpoint) is already a mount point; unmount it first or choose another directory")
         }
         self.mountpoint = mountpoint
-        let memory = Self.usableMemory()
+        let memory = MemoryLimit.usable()
         if command.capacity.bytes > memory && !command.force {
             throw UsageError("--capacity \(command.capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
         }
@@ -103,47 +103,5 @@ struct MountSettings {
     static func absolute(_ path: String) -> String {
         let joined = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         return URL(fileURLWithPath: joined).standardizedFileURL.path
-    }
-
-    /// Physical memory, or the cgroup's limit when the daemon runs in a smaller container.
-    static func usableMemory() -> Int {
-        let physical = sysconf(Int32(_SC_PHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE))
-        if let text = try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8),
-           let limit = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-            return min(physical, limit)
-        }
-        return physical
-    }
-}
-
-/// The kernel's view of mounts, from /proc/self/mountinfo.
-struct MountTable {
-    struct Entry {
-        var mountpoint: String
-        var type: String
-    }
-
-    static func current() -> [Entry] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ")
-            guard fields.count > 7, let separator = fields.firstIndex(of: "-"), separator + 1 < fields.count else { return nil }
-            return Entry(mountpoint: unescape(fields[4]), type: String(fields[separator + 1]))
-        }
-    }
-
-    /// mountinfo writes space, tab, newline and backslash as three-digit octal escapes.
-    private static func unescape(_ field: Substring) -> String {
-        var bytes: [UInt8] = []
-        var utf8 = Array(field.utf8)[...]
-        while let byte = utf8.popFirst() {
-            if byte == UInt8(ascii: "\\"), utf8.count >= 3, let value = UInt8(String(decoding: utf8.prefix(3), as: UTF8.self), radix: 8) {
-                bytes.append(value)
-                utf8 = utf8.dropFirst(3)
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

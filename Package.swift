@@ -15,11 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
@@ -67,13 +64,24 @@ let package = Package(
         ),
         // CRC32C (Castagnoli) with the SSE4.2 instruction where the CPU has it: the peer transfer's integrity check.
         .target(name: "CRC32C"),
+        // The daemon's one HTTP/1.1 stack, on SwiftNIO: a listener service, a whole-message responder and
+        // a one-shot client (control socket, metrics, peers), and the one HOST:PORT parser.
+        .target(
+            name: "HTTPServing",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Block sharing between cachefs instances over HTTP: block IDs, server, client, rendezvous, discovery.
         // Knows nothing of FUSE or MirrorFS; only BlockCache's `Block`, the bytes it serves.
         .target(
             name: "PeerTransport",
             dependencies: [
-                "BlockCache", "CRC32C",
-                .product(name: "HTTPTypes", package: "swift-http-types"),
+                "BlockCache", "CRC32C", "HTTPServing",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -85,10 +93,9 @@ let package = Package(
         .target(
             name: "ControlPlane",
             dependencies: [
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "HTTPServing",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -105,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "cachefs",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport",
+                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport", "HTTPServing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -126,8 +133,7 @@ let package = Package(
         .testTarget(
             name: "PeerTransportTests",
             dependencies: [
-                "PeerTransport", "BlockCache", "CRC32C",
-                .product(name: "Hummingbird", package: "hummingbird"),
+                "PeerTransport", "BlockCache", "CRC32C", "HTTPServing",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]

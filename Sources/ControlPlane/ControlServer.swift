@@ -1,10 +1,10 @@
 import Dispatch
 import Foundation
-import Hummingbird
-import Logging
-import ServiceLifecycle
+import HTTPServing
+import NIOCore
+import NIOHTTP1
 
-/// Serves the daemon's control API on a Unix socket:
+/// The daemon's control API on a Unix socket:
 ///
 ///     GET  /stats       the StatsReport, as JSON
 ///     POST /warm/plan, /warm, /unpin   see WarmAPI.swift
@@ -12,76 +12,72 @@ import ServiceLifecycle
 /// Requests arrive on SwiftNIO's event loops; work that may block on the
 /// source runs on a dispatch queue of its own, so the loops never wait for I/O.
 public enum ControlServer {
+    /// The listener for `socketPath` (its directory is created, a stale socket removed); run it as a service.
     public static func make(
         socketPath: String,
         handler: some ControlHandler,
-        onRunning: @escaping @Sendable () async -> Void,
-        logger: Logger
-    ) throws -> some Service {
+        onRunning: @escaping @Sendable () async -> Void
+    ) throws -> HTTPListener {
         try prepareSocketPath(socketPath)
-        let router = Router()
-        router.get("stats") { _, _ -> Response in
-            try json(handler.stats())
-        }
-        router.post("warm/plan") { request, _ -> Response in
-            let body = try await decode(WarmPlanRequest.self, from: request)
-            return try await respond { () throws(ControlRequestError) in try handler.planWarm(body) }
-        }
-        router.post("warm") { request, _ -> Response in
-            let body = try await decode(WarmRangeRequest.self, from: request)
-            return try await respond { () throws(ControlRequestError) in try handler.warm(body) }
-        }
-        router.post("unpin") { request, _ -> Response in
-            let body = try await decode(UnpinRequest.self, from: request)
-            return try await respond { () throws(ControlRequestError) in try handler.unpin(body) }
-        }
-        return Application(
-            router: router,
-            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "cachefs"),
-            onServerRunning: { _ in
+        return HTTPListener(
+            target: .unixSocket(socketPath),
+            makeHandler: { RespondingHandler { request in await answer(request, handler: handler) } },
+            onRunning: { _ in
                 chmod(socketPath, 0o600)
                 await onRunning()
-            },
-            logger: logger
+            }
         )
+    }
+
+    static func answer(_ request: HTTPMessage, handler: some ControlHandler) async -> HTTPMessage {
+        switch (request.method, request.target) {
+        case (.GET, "/stats"):
+            return await onWorkQueue { () throws(ControlRequestError) in handler.stats() }
+        case (.POST, "/warm/plan"):
+            return await decoding(WarmPlanRequest.self, request) { body throws(ControlRequestError) in try handler.planWarm(body) }
+        case (.POST, "/warm"):
+            return await decoding(WarmRangeRequest.self, request) { body throws(ControlRequestError) in try handler.warm(body) }
+        case (.POST, "/unpin"):
+            return await decoding(UnpinRequest.self, request) { body throws(ControlRequestError) in try handler.unpin(body) }
+        case (_, "/stats"), (_, "/warm/plan"), (_, "/warm"), (_, "/unpin"):
+            return .text(.methodNotAllowed, "method not allowed")
+        default:
+            return .text(.notFound, "no such control request: \(request.target)")
+        }
+    }
+
+    private static func decoding<Body: Decodable & Sendable, Answer: Encodable & Sendable>(
+        _ type: Body.Type, _ request: HTTPMessage,
+        _ work: @escaping @Sendable (Body) throws(ControlRequestError) -> Answer
+    ) async -> HTTPMessage {
+        let body: Body
+        do {
+            body = try JSONDecoder().decode(type, from: Data(buffer: request.body))
+        } catch {
+            return .text(.badRequest, "malformed request body: \(error)")
+        }
+        return await onWorkQueue { () throws(ControlRequestError) in try work(body) }
     }
 
     /// Blocking work: several warm requests run at once, each on its own thread.
     private static let workQueue = DispatchQueue(label: "cachefs.control.work", attributes: .concurrent)
 
-    private static func respond<Body: Encodable & Sendable>(
-        _ work: @escaping @Sendable () throws(ControlRequestError) -> Body
-    ) async throws -> Response {
-        let outcome: Result<Body, ControlRequestError> = await withCheckedContinuation { continuation in
+    private static func onWorkQueue<Answer: Encodable & Sendable>(
+        _ work: @escaping @Sendable () throws(ControlRequestError) -> Answer
+    ) async -> HTTPMessage {
+        let outcome: Result<Answer, ControlRequestError> = await withCheckedContinuation { continuation in
             workQueue.async { continuation.resume(returning: Result { () throws(ControlRequestError) in try work() }) }
         }
         switch outcome {
-        case .success(let body):
-            return try json(body)
+        case .success(let answer):
+            do {
+                return .response(.ok, contentType: "application/json", body: ByteBuffer(bytes: try JSONEncoder().encode(answer)))
+            } catch {
+                return .text(.internalServerError, "cannot encode the answer: \(error)")
+            }
         case .failure(let error):
-            return Response(
-                status: .init(code: error.status),
-                headers: [.contentType: "text/plain; charset=utf-8"],
-                body: .init(byteBuffer: ByteBuffer(string: error.message))
-            )
+            return .text(HTTPResponseStatus(statusCode: error.status), error.message)
         }
-    }
-
-    private static func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
-        let buffer = try await request.body.collect(upTo: 1 << 20)
-        do {
-            return try JSONDecoder().decode(type, from: Data(buffer: buffer))
-        } catch {
-            throw HTTPError(.badRequest, message: "malformed request body: \(error)")
-        }
-    }
-
-    private static func json(_ value: some Encodable) throws -> Response {
-        Response(
-            status: .ok,
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(value)))
-        )
     }
 
     /// Creates the socket's directory and removes a socket left by a daemon that died.

@@ -1,3 +1,4 @@
+import HTTPServing
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,5 @@
 import BlockCache
-import HTTPTypes
+import HTTPServing
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -24,10 +24,8 @@ import Synchronization
 /// another thread; only a lookup that must stat the source (`lookup`) runs on NIO's
 /// blocking thread pool. Serving a block is a copy and a send (Docs/PEERS.md).
 public enum PeerServer {
-    public static let checksumHeader = HTTPField.Name(checksumHeaderName)!
-    public static let instanceHeader = HTTPField.Name(instanceHeaderName)!
-    static let checksumHeaderName = "X-Cachefs-CRC32C"
-    static let instanceHeaderName = "X-Cachefs-Instance"
+    public static let checksumHeaderName = "X-Cachefs-CRC32C"
+    public static let instanceHeaderName = "X-Cachefs-Instance"
 
     /// - Parameters:
     ///   - lookup: the resident block for an ID, or nil; must not read the source's data. Called on a pool thread.
@@ -45,12 +43,16 @@ public enum PeerServer {
         idleTimeout: Duration = .seconds(60),
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
         logger: Logger
-    ) -> some Service {
+    ) -> HTTPListener {
         let responder = PeerResponder(
             token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters,
             lookup: lookup, quickLookup: quickLookup, logger: logger
         )
-        return PeerHTTPService(address: address, responder: responder, idleTimeout: idleTimeout, onRunning: onRunning, logger: logger)
+        return HTTPListener(
+            target: .tcp(address), idleTimeout: idleTimeout,
+            makeHandler: { PeerRequestHandler(responder: responder) },
+            onRunning: { port in await onRunning(port ?? address.port) }
+        )
     }
 }
 
@@ -64,61 +66,6 @@ public final class PeerServerCounters: Sendable {
     public let refused = Atomic<UInt64>(0)
 
     public init() {}
-}
-
-/// Listens until graceful shutdown or cancellation, then closes the listener and every open connection.
-struct PeerHTTPService: Service {
-    let address: HostPort
-    let responder: PeerResponder
-    let idleTimeout: Duration
-    let onRunning: @Sendable (Int) async -> Void
-    let logger: Logger
-
-    func run() async throws {
-        let connections = OpenConnections()
-        let responder = responder
-        let idleTimeout = TimeAmount(idleTimeout)
-        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                connections.add(channel)
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(PeerRequestHandler(responder: responder))
-                }
-            }
-            .bind(host: address.host, port: address.port)
-            .get()
-        await onRunning(listener.localAddress?.port ?? address.port)
-        await withTaskCancellationHandler {
-            await withGracefulShutdownHandler {
-                try? await listener.closeFuture.get()
-            } onGracefulShutdown: {
-                listener.close(promise: nil)
-            }
-        } onCancel: {
-            listener.close(promise: nil)
-        }
-        connections.closeAll()
-    }
-}
-
-/// The server's accepted connections, so that shutdown can close the kept-alive ones.
-final class OpenConnections: Sendable {
-    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
-
-    func add(_ channel: any Channel) {
-        let key = ObjectIdentifier(channel)
-        channels.withLock { $0[key] = channel }
-        channel.closeFuture.whenComplete { [weak self] _ in self?.channels.withLock { _ = $0.removeValue(forKey: key) } }
-    }
-
-    func closeAll() {
-        for channel in channels.withLock({ Array($0.values) }) { channel.close(promise: nil) }
-    }
 }
 
 /// What to answer a request, decided from its head alone.
@@ -209,14 +156,6 @@ final class PeerRequestHandler: ChannelInboundHandler {
         }
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
         let id: PeerBlockID
         switch responder.decide(head) {
@@ -254,23 +193,6 @@ final class PeerRequestHandler: ChannelInboundHandler {
     }
 
     private func send(_ status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?, keepAlive: Bool, context: ChannelHandlerContext) {
-        var headers = headers
-        headers.add(name: "Content-Length", value: String(body?.readableBytes ?? 0))
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        let ended = context.writeAndFlushWithFuture(wrapOutboundOut(.end(nil)))
-        if !keepAlive {
-            let channel = context.channel
-            ended.whenComplete { _ in channel.close(promise: nil) }
-        }
-    }
-}
-
-extension ChannelHandlerContext {
-    fileprivate func writeAndFlushWithFuture(_ data: NIOAny) -> EventLoopFuture<Void> {
-        let promise = eventLoop.makePromise(of: Void.self)
-        writeAndFlush(data, promise: promise)
-        return promise.futureResult
+        context.sendResponse(status, headers: headers, body: body, keepAlive: keepAlive)
     }
 }

@@ -82,8 +82,7 @@ struct Daemon {
             control = try ControlServer.make(
                 socketPath: settings.controlSocket,
                 handler: handler,
-                onRunning: { controlRunning.signal() },
-                logger: logger
+                onRunning: { controlRunning.signal() }
             )
         } catch {
             server.requestExit() // unmount before reporting the failure

@@ -8,16 +8,14 @@ extension Daemon {
     func makeMetricsService(_ exporter: PrometheusExporter, handler: DaemonControl, logger: Logger) -> any Service {
         let address = settings.metrics!
         return MetricsServer.make(
-            host: address.host,
-            port: address.port,
+            address: address,
             render: { exporter.render(statistics: handler.filesystem.statistics, tiers: handler.telemetry.totals) },
             onRunning: { port in
                 var bound = address
                 bound.port = port
                 handler.metricsAddress.withLock { $0 = bound.description }
                 logger.info("metrics", metadata: ["url": "http://\(bound)/metrics"])
-            },
-            logger: logger
+            }
         )
     }
 }

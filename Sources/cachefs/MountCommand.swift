@@ -1,5 +1,6 @@
 import ArgumentParser
 import ControlPlane
+import HTTPServing
 import Logging
 
 struct MountCommand: ParsableCommand {
@@ -95,7 +96,7 @@ struct MountCommand: ParsableCommand {
         guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
         guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
         guard shutdownGrace >= 0, shutdownGrace <= 600 else { throw ValidationError("--shutdown-grace must be between 0 and 600 seconds") }
-        if let metrics, ListenAddress(metrics) == nil {
+        if let metrics, HostPort(parsing: metrics) == nil {
             throw ValidationError("--metrics '\(metrics)' is not HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
         }
         if preloadPin && preload.isEmpty { throw ValidationError("--preload-pin needs at least one --preload GLOB") }

@@ -4,6 +4,7 @@ import Glibc
 import ControlPlane
 import Foundation
 import FuseBridge
+import HTTPServing
 import Logging
 
 struct UsageError: Error, CustomStringConvertible {
@@ -31,7 +32,7 @@ struct MountSettings {
     let controlSocket: String
     let logLevel: Logger.Level
     let logFile: String?
-    let metrics: ListenAddress?
+    let metrics: HostPort?
     let preload: [String]
     let preloadPin: Bool
     let shutdownGrace: Double
@@ -67,7 +68,7 @@ struct MountSettings {
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
         logLevel = command.logLevel
         logFile = command.logFile.map(Self.absolute)
-        metrics = command.metrics.flatMap(ListenAddress.init)
+        metrics = command.metrics.flatMap { HostPort(parsing: $0) }
         preload = command.preload
         preloadPin = command.preloadPin
         shutdownGrace = command.shutdownGrace

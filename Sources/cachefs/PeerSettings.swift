@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import HTTPServing
 import PeerTransport
 
 /// `--listen`, `--peers` and `--peer-token-file`, checked: every address parses and the token is readable.
@@ -46,7 +47,7 @@ struct PeerSettings {
         guard !list.isEmpty else { throw UsageError("--peers: empty list") }
         return try list.map { item in
             let item = item.trimmingCharacters(in: .whitespaces)
-            guard let address = HostPort(parsing: item) else {
+            guard let address = HostPort(parsing: item), address.port != 0 else {
                 throw UsageError("--peers: '\(item)' is not HOST:PORT (give HOST:PORT,HOST:PORT or dns:NAME:PORT)")
             }
             return address

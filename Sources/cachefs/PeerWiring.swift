@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCache
 import ControlPlane
+import HTTPServing
 import Logging
 import MirrorFS
 import PeerTransport

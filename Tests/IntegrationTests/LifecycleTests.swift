@@ -74,13 +74,17 @@ struct LifecycleTests {
         try shell("head -c 50000000 /dev/urandom > model.bin", in: source)
         let mountpoint = try scratch.make("mnt")
         let first = try CachefsMount(source: source, mountpoint: mountpoint)
-        // A reader with the file open, reading a little at a time, reports how its reads end.
+        // A reader with the file open, reading a little at a time, reports that it is reading
+        // (a marker after its first read) and how its reads end.
         let reader = Process()
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let outcome = scratch.path + "/reader.out"
+        let reading = scratch.path + "/reader.reading"
         reader.arguments = ["python3", "-c", """
             import os, sys, time
             fd = os.open(sys.argv[1], os.O_RDONLY)
+            os.read(fd, 4096)
+            open(sys.argv[3], 'w').close()
             start = time.time()
             try:
                 while time.time() - start < 30:
@@ -90,15 +94,18 @@ struct LifecycleTests {
             except OSError as error:
                 result = 'error %d' % error.errno
             open(sys.argv[2], 'w').write(result)
-            """, mountpoint + "/model.bin", outcome]
+            """, mountpoint + "/model.bin", outcome, reading]
         try reader.run()
-        usleep(500_000)
+        try #require(eventually(within: 30) { FileManager.default.fileExists(atPath: reading) || !reader.isRunning })
+        try #require(reader.isRunning, "the reader ended before the daemon was killed: \((try? String(contentsOfFile: outcome, encoding: .utf8)) ?? "no outcome")")
         kill(first.pid, SIGKILL)
         let killed = Date()
         #expect(eventually(within: 5) { !reader.isRunning }, "the reader hung after the daemon died")
         #expect(Date().timeIntervalSince(killed) < 5)
         let result = (try? String(contentsOfFile: outcome, encoding: .utf8)) ?? "nothing"
         #expect(result == "error \(ENOTCONN)" || result == "error \(EIO)", "the reader saw: \(result)")
+        // auto_unmount: fusermount3 removes the dead daemon's mount by itself (checked before the test's own cleanup could).
+        #expect(eventually(within: 5) { !isMounted(mountpoint) }, "the dead daemon's mount was left behind")
         first.stop()
 
         let second = try CachefsMount(source: source, mountpoint: mountpoint)

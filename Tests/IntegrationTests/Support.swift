@@ -139,9 +139,15 @@ final class ScratchDirectory {
     }
 }
 
+/// A whole file, read until EOF: /proc files report size 0, and a single read stops at the first page.
+func readToEnd(_ path: String) -> String? {
+    guard let handle = FileHandle(forReadingAtPath: path), let data = try? handle.readToEnd() else { return nil }
+    return String(decoding: data, as: UTF8.self)
+}
+
 /// Mount points below `prefix`, from the kernel's table.
 func mountedPaths(under prefix: String) -> [String] {
-    guard let text = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) else { return [] }
+    guard let text = readToEnd("/proc/self/mounts") else { return [] }
     return text.split(separator: "\n").compactMap { line in
         let fields = line.split(separator: " ")
         guard fields.count > 2 else { return nil }
@@ -201,7 +207,7 @@ final class CachefsMount {
 
     /// Peak resident memory of the daemon, from /proc (VmHWM).
     func peakResidentBytes() throws -> Int {
-        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let status = readToEnd("/proc/\(pid)/status") else { throw TestFailure("cannot read /proc/\(pid)/status") }
         guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
               let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
         else { throw TestFailure("no VmHWM in /proc/\(pid)/status") }

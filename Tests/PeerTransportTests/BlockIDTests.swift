@@ -1,5 +1,6 @@
 import CRC32C
 import Testing
+import HTTPServing
 @testable import PeerTransport
 
 @Suite struct BlockIDTests {
@@ -130,7 +131,8 @@ import Testing
         #expect(HostPort(parsing: "127.0.0.1:7070") == HostPort(host: "127.0.0.1", port: 7070))
         #expect(HostPort(parsing: "cachefs.models.svc:7070") == HostPort(host: "cachefs.models.svc", port: 7070))
         #expect(HostPort(parsing: "[::1]:80") == HostPort(host: "::1", port: 80))
-        for bad in ["", "host", "host:", ":80", "host:0", "host:65536", "host:x", "::1:80", "[::1]80", "a b:80", "host:80/x"] {
+        #expect(HostPort(parsing: "0.0.0.0:0") == HostPort(host: "0.0.0.0", port: 0)) // any free port, to listen on
+        for bad in ["", "host", "host:", ":80", "host:-1", "host:+80", "host:65536", "host:x", "::1:80", "[::1]80", "a b:80", "host:80/x"] {
             #expect(HostPort(parsing: bad) == nil, "\(bad)")
         }
     }

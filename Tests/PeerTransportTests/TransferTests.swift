@@ -4,7 +4,8 @@ import Glibc
 import BlockCache
 import Dispatch
 import Foundation
-import Hummingbird
+import HTTPServing
+import NIOCore
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -158,17 +159,22 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
 
     @Test func wrongLengthOrChecksumIsNotBelieved() async throws {
         // A server that lies: a body of the right length with a wrong CRC, and a short body.
-        let router = Router()
         let body = content
-        router.get("v1/block/**") { request, _ -> Response in
-            let short = request.uri.path.hasSuffix("short")
-            let bytes = short ? Array(body.dropLast()) : body
-            return Response(status: .ok, headers: [PeerServer.checksumHeader: short ? "00000000" : "deadbeef"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
-        }
         let port = Mutex<Int?>(nil)
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                              onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } })
-        try await withRunning(app) {
+        let liar = HTTPListener(
+            target: .tcp(HostPort(host: "127.0.0.1", port: 0)),
+            makeHandler: {
+                RespondingHandler { request in
+                    let short = request.target.hasSuffix("short")
+                    var answer = HTTPMessage.response(.ok, contentType: "application/octet-stream",
+                                                      body: ByteBuffer(bytes: short ? Array(body.dropLast()) : body))
+                    answer.headers.add(name: PeerServer.checksumHeaderName, value: short ? "00000000" : "deadbeef")
+                    return answer
+                }
+            },
+            onRunning: { bound in port.withLock { $0 = bound } }
+        )
+        try await withRunning(liar) {
             while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
             let peer = PeerAddress(host: "127.0.0.1", port: port.withLock { $0! })
             let client = client()

@@ -57,7 +57,7 @@ let package = Package(
         .target(
             name: "FuseBridge",
             dependencies: [
-                "CFuse", "MirrorFS",
+                "CFuse", "MirrorFS", "BlockCache",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -104,7 +104,7 @@ let package = Package(
         .target(
             name: "Telemetry",
             dependencies: [
-                "MirrorFS",
+                "BlockCache", "MirrorFS", "ControlPlane",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]

@@ -32,48 +32,29 @@ public final class BlockCache: Sendable {
         preparedMemory = PreparedMappings(size: blockSize)
     }
 
-    /// Returns the block for `key`, calling `load` to fill it on a miss.
+    /// Returns the block for `key` and the tier it came from, calling `fill` to load it on a miss:
+    /// the one entry point for reads, prefetch and warm-up.
     ///
     /// - Parameters:
     ///   - length: the block's expected size (`blockSize`, or less for a file's last block).
-    ///   - load: fills the buffer from the source and returns how many bytes it wrote.
-    ///     It runs on the calling thread without the cache's lock. Concurrent callers
-    ///     asking for the same key while it runs wait for it and share its result, error included.
-    /// - Throws: what `load` threw, or `Errno` if memory could not be mapped. Failures are not cached.
-    public func block(
-        for key: BlockKey,
-        length: Int,
-        load: (UnsafeMutableRawBufferPointer) throws -> Int
-    ) throws -> Block {
-        try fetch(for: key, length: length, fill: { buffer in try load(buffer.memory) }).block
-    }
-
-    /// Like `block(for:length:load:)`, but `fill` gets the buffer object itself,
-    /// which it may hand to work that outlives the call (a source read the caller
-    /// stopped waiting for): the memory stays mapped until that work lets go.
-    public func block(
-        for key: BlockKey,
-        length: Int,
-        fill: (BlockBuffer) throws -> Int
-    ) throws -> Block {
-        try fetch(for: key, length: length, fill: fill).block
-    }
-
-    /// `block(for:length:fill:)`, also telling where the block came from.
+    ///   - fill: loads the block into the buffer and returns how many bytes it wrote and
+    ///     where they came from (a peer or the source). It runs on the calling thread without
+    ///     the cache's lock, and may hand the buffer to work that outlives the call (a source
+    ///     read the caller stopped waiting for): the memory stays mapped until that work lets go.
+    ///     Concurrent callers asking for the same key while it runs wait for it and share its
+    ///     result, error included.
+    /// - Returns: the block, and `.memory` for a hit, else the tier `fill` reported.
+    /// - Throws: what `fill` threw, or `Errno` if memory could not be mapped. Failures are not cached.
     public func fetch(
         for key: BlockKey,
         length: Int,
-        fill: (BlockBuffer) throws -> Int
-    ) throws -> (block: Block, origin: BlockOrigin) {
+        fill: (BlockBuffer) throws -> (count: Int, tier: ReadTier)
+    ) throws -> (block: Block, tier: ReadTier) {
         precondition(length > 0 && length <= blockSize)
         var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
         defer { evicted.removeAll() }
         let step: Step = state.withLock { state in
-            if !state.pinnedBlocks.isEmpty, let block = state.pinnedBlocks[key] {
-                state.counters.hits += 1
-                return .hit(block)
-            }
-            if let block = state.resident.touch(key) {
+            if let block = state.lookup(key, touching: true) {
                 state.counters.hits += 1
                 return .hit(block)
             }
@@ -93,57 +74,42 @@ public final class BlockCache: Sendable {
         case .hit(let block):
             return (block, .memory)
         case .wait(let pending):
-            return (try pending.wait(), .coalesced)
+            return try pending.wait()
         case .load(let pending, let kept):
-            let outcome = Result { () throws -> Block in
+            let outcome = Result { () throws -> (block: Block, tier: ReadTier) in
                 // A file's last, shorter block is mapped to its own length.
                 let buffer = length == blockSize
                     ? BlockBuffer(mapping: try preparedMemory.take(), capacity: length)
                     : try BlockBuffer(capacity: length)
-                let filled = try fill(buffer)
-                return buffer.seal(length: min(max(filled, 0), length))
+                let (filled, tier) = try fill(buffer)
+                return (buffer.seal(length: min(max(filled, 0), length)), tier)
             }
             state.withLock { state in
                 state.pending[key] = nil
                 if kept { state.reservedBytes -= length }
                 switch outcome {
-                case .success(let block):
-                    state.counters.loadedBytes += UInt64(block.count)
-                    state.admit(key, block, reserved: kept)
+                case .success(let loaded):
+                    state.counters.loadedBytes += UInt64(loaded.block.count)
+                    state.admit(key, loaded.block, reserved: kept)
                 case .failure:
                     state.counters.loadErrors += 1
                 }
             }
             pending.complete(outcome)
-            return (try outcome.get(), .loaded)
+            return try outcome.get()
         }
     }
 
-    /// Whether the block is resident, without touching its recency or the counters.
-    public func contains(_ key: BlockKey) -> Bool {
-        state.withLock { $0.isResident(key) }
-    }
-
-    /// The block if it is resident, marked most recently used; never loads. For serving peers,
-    /// which must not make this instance read its source for them; not counted as a reader's hit.
+    /// The block if it is in memory (pinned or not), marked most recently used; never loads.
+    /// For serving peers, which must not make this instance read its source for them; not
+    /// counted as a reader's hit.
     public func residentBlock(for key: BlockKey) -> Block? {
-        state.withLock { $0.resident.touch(key) }
+        state.withLock { $0.lookup(key, touching: true) }
     }
 
-    /// Whether the block is resident or being loaded: asking for it would not start a source read.
+    /// Whether the block is in memory or being loaded: asking for it would not start a source read.
     public func isResidentOrLoading(_ key: BlockKey) -> Bool {
-        state.withLock { $0.isResident(key) || $0.pending[key] != nil }
-    }
-
-    /// Drops every evictable block; pinned blocks stay, and loads in flight finish normally.
-    public func removeAll() {
-        let dropped: [Block] = state.withLock { state in
-            var dropped: [Block] = []
-            while let (_, block) = state.resident.removeOldest() { dropped.append(block) }
-            state.residentBytes = 0
-            return dropped
-        }
-        _ = dropped // unmapped here, outside the lock
+        state.withLock { $0.lookup(key, touching: false) != nil || $0.pending[key] != nil }
     }
 
     public var statistics: CacheStatistics {
@@ -189,8 +155,10 @@ public final class BlockCache: Sendable {
             !pins.isEmpty && pins[file.identity] == file
         }
 
-        func isResident(_ key: BlockKey) -> Bool {
-            resident.peek(key) != nil || pinnedBlocks[key] != nil
+        /// The one residency lookup every entry point goes through: pinned blocks, then the LRU list.
+        mutating func lookup(_ key: BlockKey, touching: Bool) -> Block? {
+            if !pinnedBlocks.isEmpty, let block = pinnedBlocks[key] { return block }
+            return touching ? resident.touch(key) : resident.peek(key)
         }
 
         /// Keeps a freshly loaded block with its pinned file, or in the room reserved for it.
@@ -221,29 +189,19 @@ public final class BlockCache: Sendable {
     }
 }
 
-/// Where `fetch` found a block.
-public enum BlockOrigin: Sendable {
-    /// Resident: a hit.
-    case memory
-    /// Loaded by this call.
-    case loaded
-    /// Loaded by another caller's load, which this call waited for.
-    case coalesced
-}
-
 /// A load in flight, which concurrent missers of the same block wait for.
 final class PendingLoad: Sendable {
     private let finished = DispatchGroup()
-    private let outcome = Mutex<Result<Block, any Error>?>(nil)
+    private let outcome = Mutex<Result<(block: Block, tier: ReadTier), any Error>?>(nil)
 
     init() { finished.enter() }
 
-    func complete(_ result: Result<Block, any Error>) {
+    func complete(_ result: Result<(block: Block, tier: ReadTier), any Error>) {
         outcome.withLock { $0 = result }
         finished.leave()
     }
 
-    func wait() throws -> Block {
+    func wait() throws -> (block: Block, tier: ReadTier) {
         finished.wait()
         return try outcome.withLock { $0! }.get()
     }
@@ -272,4 +230,17 @@ public struct CacheStatistics: Sendable, Equatable {
     public var pinnedResidentBytes = 0
 
     public init() {}
+}
+
+// Conveniences for tests (internal: production code goes through `fetch`).
+extension BlockCache {
+    /// `fetch` with a loader that fills the block's memory from the source.
+    func block(for key: BlockKey, length: Int, load: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Block {
+        try fetch(for: key, length: length) { buffer in (try load(buffer.memory), .source) }.block
+    }
+
+    /// Whether the block is in memory, without touching its recency or the counters.
+    func contains(_ key: BlockKey) -> Bool {
+        state.withLock { $0.lookup(key, touching: false) != nil }
+    }
 }

@@ -7,8 +7,9 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
-// Swift cannot import function-like macros or set C bitfields reliably:
-// these wrappers are the only C the project writes.
+// Swift cannot import function-like macros or set C bitfields reliably: these
+// wrappers are all the C between the project and libfuse (the other C in the
+// tree is the CRC-32C of peer transfers, Sources/CRC32C).
 
 static inline int cachefs_session_loop_mt(struct fuse_session *se, struct fuse_loop_config *config) {
     return fuse_session_loop_mt(se, config);

@@ -1,3 +1,4 @@
+import HTTPServing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,14 +18,9 @@ public enum ControlSocket {
         return "/tmp/cachefs-\(geteuid())"
     }
 
-    /// 64-bit FNV-1a: stable across runs and builds, unlike `Hasher`.
     static func hexHash(_ text: String) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01b3
-        }
-        let digits = String(hash, radix: 16)
-        return String(repeating: "0", count: 16 - digits.count) + digits
+        var hash = FNV1a()
+        hash.add(text.utf8)
+        return hash.hex
     }
 }

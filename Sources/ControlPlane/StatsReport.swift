@@ -1,91 +1,182 @@
-/// What `cachefs stats` shows: a daemon's configuration and counters, as JSON on the control socket.
-public struct StatsReport: Codable, Sendable, Equatable {
-    public var source: String
-    public var mountpoint: String
+/// One figure of a daemon's statistics. Its name is the key in `cachefs stats --json`
+/// and the row in the table; the Prometheus metric is derived from it
+/// (`cachefs_` + snake_case, `_total` for a counter): one name everywhere.
+public struct Figure: Hashable, Sendable {
+    public enum Kind: Sendable { case counter, gauge }
+    public enum Unit: Sendable { case count, bytes }
+    /// The table's sections, in order.
+    public enum Group: String, CaseIterable, Sendable { case cache, reads, source, prefetch, peers }
+
+    public let name: String
+    public let kind: Kind
+    public let unit: Unit
+    public let group: Group
+    public let help: String
+
+    init(_ name: String, _ kind: Kind, _ unit: Unit = .count, _ group: Group, _ help: String) {
+        self.name = name
+        self.kind = kind
+        self.unit = unit
+        self.group = group
+        self.help = help
+    }
+
+    public var prometheusName: String {
+        var snake = "cachefs_"
+        for character in name {
+            if character.isUppercase { snake += "_" + character.lowercased() } else { snake.append(character) }
+        }
+        return kind == .counter ? snake + "_total" : snake
+    }
+}
+
+extension Figure {
+    public static let cachedBytes = Figure("cachedBytes", .gauge, .bytes, .cache, "File data in memory, pinned files included.")
+    public static let cachedBlocks = Figure("cachedBlocks", .gauge, .count, .cache, "Blocks in memory.")
+    public static let reservedBytes = Figure("reservedBytes", .gauge, .bytes, .cache, "Capacity held by block loads in flight.")
+    public static let hits = Figure("hits", .counter, .count, .cache, "Block lookups answered from memory.")
+    public static let misses = Figure("misses", .counter, .count, .cache, "Block lookups that loaded the block.")
+    public static let coalescedMisses = Figure("coalescedMisses", .counter, .count, .cache, "Block lookups that waited for another reader's load of the same block.")
+    public static let evictions = Figure("evictions", .counter, .count, .cache, "Blocks evicted to make room.")
+    public static let evictedBytes = Figure("evictedBytes", .counter, .bytes, .cache, "Bytes of the blocks evicted.")
+    public static let pinnedBytes = Figure("pinnedBytes", .gauge, .bytes, .cache, "Capacity held by pinned files: their full sizes.")
+    public static let pinnedFiles = Figure("pinnedFiles", .gauge, .count, .cache, "Pinned files.")
+    public static let pinnedCachedBytes = Figure("pinnedCachedBytes", .gauge, .bytes, .cache, "Bytes of pinned files loaded so far.")
+
+    public static let readRequests = Figure("readRequests", .counter, .count, .reads, "Read requests from the kernel.")
+    public static let bytesRead = Figure("bytesRead", .counter, .bytes, .reads, "Bytes returned to the kernel's read requests.")
+    public static let memoryReads = Figure("memoryReads", .counter, .count, .reads, "Reads whose blocks were all in memory.")
+    public static let memoryReadBytes = Figure("memoryReadBytes", .counter, .bytes, .reads, "Bytes of those reads.")
+    public static let peerReads = Figure("peerReads", .counter, .count, .reads, "Reads that needed a block from a peer, none from the source.")
+    public static let peerReadBytes = Figure("peerReadBytes", .counter, .bytes, .reads, "Bytes of those reads.")
+    public static let sourceReads = Figure("sourceReads", .counter, .count, .reads, "Reads that needed a block from the source (or waited for another reader's load).")
+    public static let sourceReadBytes = Figure("sourceReadBytes", .counter, .bytes, .reads, "Bytes of those reads.")
+
+    public static let bytesFromSource = Figure("bytesFromSource", .counter, .bytes, .source, "Bytes of blocks loaded from the source.")
+    public static let bytesFromPeers = Figure("bytesFromPeers", .counter, .bytes, .source, "Bytes of blocks loaded from peers.")
+    public static let sourceErrors = Figure("sourceErrors", .counter, .count, .source, "Block loads that failed, whatever the cause.")
+    public static let sourceTimeouts = Figure("sourceTimeouts", .counter, .count, .source, "Source opens and reads given up after --source-timeout (the reader got EIO).")
+    public static let sourceReattaches = Figure("sourceReattaches", .counter, .count, .source, "Times the source root was opened again after its mount went away and came back.")
+    public static let knownNodes = Figure("knownNodes", .gauge, .count, .source, "Source files and directories the kernel holds a reference to.")
+    public static let sourceHandles = Figure("sourceHandles", .gauge, .count, .source, "Source descriptors kept open for known files.")
+    public static let sourceHandleReopens = Figure("sourceHandleReopens", .counter, .count, .source, "Known files found again by name after their descriptor was let go.")
+
+    public static let prefetchQueuedBlocks = Figure("prefetchQueuedBlocks", .counter, .count, .prefetch, "Blocks queued ahead of sequential readers.")
+    public static let prefetchedBlocks = Figure("prefetchedBlocks", .counter, .count, .prefetch, "Blocks loaded ahead of sequential readers.")
+    public static let prefetchSkippedBlocks = Figure("prefetchSkippedBlocks", .counter, .count, .prefetch, "Queued blocks skipped: already cached, or their reader went away.")
+
+    public static let peerRequests = Figure("peerRequests", .counter, .count, .peers, "Block requests this instance sent to peers.")
+    public static let blocksFromPeers = Figure("blocksFromPeers", .counter, .count, .peers, "Of those, blocks a peer sent.")
+    public static let peerNotFound = Figure("peerNotFound", .counter, .count, .peers, "Of those, requests the peer could not answer from memory.")
+    public static let peerFailures = Figure("peerFailures", .counter, .count, .peers, "Of those, requests that failed (timeout, refused, bad length or checksum).")
+    public static let peerFallbacks = Figure("peerFallbacks", .counter, .count, .peers, "Blocks no peer provided, read from the source instead.")
+    public static let peersInBackoff = Figure("peersInBackoff", .gauge, .count, .peers, "Peers skipped for now after failures.")
+    public static let servedBlocks = Figure("servedBlocks", .counter, .count, .peers, "Blocks this instance sent to peers.")
+    public static let servedBytes = Figure("servedBytes", .counter, .bytes, .peers, "Bytes of those blocks.")
+    public static let servedNotResident = Figure("servedNotResident", .counter, .count, .peers, "Peer requests for blocks not in memory here.")
+    public static let servedRefused = Figure("servedRefused", .counter, .count, .peers, "Peer requests refused: malformed, unsafe path, wrong token, not GET.")
+
+    /// Every figure, in the order the table shows them.
+    public static let all: [Figure] = [
+        cachedBytes, cachedBlocks, reservedBytes, hits, misses, coalescedMisses, evictions, evictedBytes,
+        pinnedBytes, pinnedFiles, pinnedCachedBytes,
+        readRequests, bytesRead, memoryReads, memoryReadBytes, peerReads, peerReadBytes, sourceReads, sourceReadBytes,
+        bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, knownNodes, sourceHandles, sourceHandleReopens,
+        prefetchQueuedBlocks, prefetchedBlocks, prefetchSkippedBlocks,
+        peerRequests, blocksFromPeers, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,
+        servedBlocks, servedBytes, servedNotResident, servedRefused,
+    ]
+
+    static let byName = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+}
+
+/// The kernel read-ahead window on the mount, as the daemon found it.
+public struct ReadAheadState: Codable, Sendable, Equatable {
+    /// The window in force, in bytes (nil if it could not be read).
+    public var windowBytes: Int?
+    /// Why raising it to `--read-ahead` failed (e.g. a read-only /sys in a container); nil if it worked.
+    public var error: String?
+
+    public init(windowBytes: Int?, error: String?) {
+        self.windowBytes = windowBytes
+        self.error = error
+    }
+}
+
+/// What `cachefs stats` shows, as JSON on the control socket: the settings the daemon runs
+/// with, its state, and every figure (`Figure.all`) at the top level of the JSON object.
+public struct StatsReport: Sendable, Equatable {
+    public var settings: MountSettings
     public var pid: Int32
     public var uptimeSeconds: Double
-    public var capacityBytes: Int
-    public var blockSizeBytes: Int
-    public var cachedBytes: Int
-    public var cachedBlocks: Int
-    /// Block lookups answered from memory.
-    public var hits: UInt64
-    /// Block lookups that read the source.
-    public var misses: UInt64
-    /// Block lookups that waited for another reader's load of the same block.
-    public var coalescedMisses: UInt64
-    /// Bytes of blocks loaded from the source (not from peers).
-    public var bytesFromSource: UInt64
-    /// Bytes returned to readers from blocks already in memory, and bytes of blocks loaded from peers.
-    public var bytesFromMemory: UInt64 = 0
-    public var bytesFromPeers: UInt64 = 0
-    /// Present with --listen or --peers.
-    public var peers: PeerStatsReport?
-    public var evictions: UInt64
-    public var evictedBytes: UInt64
-    public var sourceErrors: UInt64
-    /// Read requests from the kernel and the bytes returned to them.
-    public var readRequests: UInt64
-    public var bytesRead: UInt64
-    /// Source files the kernel currently holds a reference to.
-    public var knownNodes: Int
-    /// Blocks loaded ahead of sequential readers, and queued ones skipped (already cached, or the reader left).
-    public var prefetchedBlocks: UInt64
-    public var prefetchSkippedBlocks: UInt64
-    /// Capacity held by pinned files (their full sizes), how many they are, and how much of them is loaded.
-    public var pinnedBytes: Int = 0
-    public var pinnedFiles: Int = 0
-    public var pinnedCachedBytes: Int = 0
-    /// Successful reads and their bytes by the tier that served them, fastest tier first.
-    public var tiers: [TierReport] = []
+    public var readAhead: ReadAheadState?
     /// Where Prometheus metrics are served (`HOST:PORT`), if they are.
     public var metricsAddress: String?
+    /// Peers currently known (resolved, not this instance); nil without --peers.
+    public var livePeers: [String]?
+    /// Figure values by name; a figure that does not apply (peers without --peers) is absent.
+    public var values: [String: UInt64]
 
-    public struct TierReport: Codable, Sendable, Equatable {
-        public var tier: String
-        public var reads: UInt64
-        public var bytes: UInt64
-
-        public init(tier: String, reads: UInt64, bytes: UInt64) {
-            self.tier = tier
-            self.reads = reads
-            self.bytes = bytes
-        }
-    }
-
-    public init(
-        source: String, mountpoint: String, pid: Int32, uptimeSeconds: Double,
-        capacityBytes: Int, blockSizeBytes: Int, cachedBytes: Int, cachedBlocks: Int,
-        hits: UInt64, misses: UInt64, coalescedMisses: UInt64, bytesFromSource: UInt64,
-        evictions: UInt64, evictedBytes: UInt64, sourceErrors: UInt64,
-        readRequests: UInt64, bytesRead: UInt64, knownNodes: Int,
-        prefetchedBlocks: UInt64, prefetchSkippedBlocks: UInt64
-    ) {
-        self.prefetchedBlocks = prefetchedBlocks
-        self.prefetchSkippedBlocks = prefetchSkippedBlocks
-        self.source = source
-        self.mountpoint = mountpoint
+    public init(settings: MountSettings, pid: Int32, uptimeSeconds: Double, values: [Figure: UInt64] = [:]) {
+        self.settings = settings
         self.pid = pid
         self.uptimeSeconds = uptimeSeconds
-        self.capacityBytes = capacityBytes
-        self.blockSizeBytes = blockSizeBytes
-        self.cachedBytes = cachedBytes
-        self.cachedBlocks = cachedBlocks
-        self.hits = hits
-        self.misses = misses
-        self.coalescedMisses = coalescedMisses
-        self.bytesFromSource = bytesFromSource
-        self.evictions = evictions
-        self.evictedBytes = evictedBytes
-        self.sourceErrors = sourceErrors
-        self.readRequests = readRequests
-        self.bytesRead = bytesRead
-        self.knownNodes = knownNodes
+        self.values = Dictionary(uniqueKeysWithValues: values.map { ($0.key.name, $0.value) })
     }
+
+    public subscript(_ figure: Figure) -> UInt64 {
+        get { values[figure.name] ?? 0 }
+        set { values[figure.name] = newValue }
+    }
+
+    /// Whether the daemon reported this figure at all.
+    public func has(_ figure: Figure) -> Bool { values[figure.name] != nil }
 
     /// Share of block lookups served from memory, coalesced waits counted as misses.
     public var hitRatio: Double {
-        let lookups = hits + misses + coalescedMisses
-        return lookups == 0 ? 0 : Double(hits) / Double(lookups)
+        let lookups = self[.hits] + self[.misses] + self[.coalescedMisses]
+        return lookups == 0 ? 0 : Double(self[.hits]) / Double(lookups)
+    }
+}
+
+extension StatsReport: Codable {
+    private enum Key: String, CodingKey {
+        case settings, pid, uptimeSeconds, readAhead, metricsAddress, livePeers
+    }
+
+    private struct FigureKey: CodingKey {
+        let stringValue: String
+        init(stringValue: String) { self.stringValue = stringValue }
+        var intValue: Int? { nil }
+        init?(intValue: Int) { nil }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: Key.self)
+        settings = try container.decode(MountSettings.self, forKey: .settings)
+        pid = try container.decode(Int32.self, forKey: .pid)
+        uptimeSeconds = try container.decode(Double.self, forKey: .uptimeSeconds)
+        readAhead = try container.decodeIfPresent(ReadAheadState.self, forKey: .readAhead)
+        metricsAddress = try container.decodeIfPresent(String.self, forKey: .metricsAddress)
+        livePeers = try container.decodeIfPresent([String].self, forKey: .livePeers)
+        let figures = try decoder.container(keyedBy: FigureKey.self)
+        values = [:]
+        for figure in Figure.all {
+            values[figure.name] = try figures.decodeIfPresent(UInt64.self, forKey: FigureKey(stringValue: figure.name))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(settings, forKey: .settings)
+        try container.encode(pid, forKey: .pid)
+        try container.encode(uptimeSeconds, forKey: .uptimeSeconds)
+        try container.encodeIfPresent(readAhead, forKey: .readAhead)
+        try container.encodeIfPresent(metricsAddress, forKey: .metricsAddress)
+        try container.encodeIfPresent(livePeers, forKey: .livePeers)
+        var figures = encoder.container(keyedBy: FigureKey.self)
+        for (name, value) in values where Figure.byName[name] != nil {
+            try figures.encode(value, forKey: FigureKey(stringValue: name))
+        }
     }
 }

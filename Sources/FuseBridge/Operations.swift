@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BlockCache
 import CFuse
 import MirrorFS
 import SystemPackage

@@ -35,42 +35,7 @@ public protocol RemoteBlockSource: Sendable {
     func readBlock(_ request: RemoteBlockRequest, into buffer: UnsafeMutableRawBufferPointer) -> Int?
 }
 
-/// Where the bytes came from: resident blocks, peers, the source.
-final class ByteOrigins: Sendable {
-    /// Bytes returned to readers from blocks that were resident when asked for.
-    let memory = Atomic<UInt64>(0)
-    /// Bytes of blocks loaded from peers, and from the source.
-    let peers = Atomic<UInt64>(0)
-    let source = Atomic<UInt64>(0)
-}
-
-public struct ByteOriginStatistics: Sendable, Equatable {
-    public var fromMemory: UInt64
-    public var fromPeers: UInt64
-    public var fromSource: UInt64
-}
-
 extension MirrorFilesystem {
-    public var byteOrigins: ByteOriginStatistics {
-        ByteOriginStatistics(
-            fromMemory: origins.memory.load(ordering: .relaxed),
-            fromPeers: origins.peers.load(ordering: .relaxed),
-            fromSource: origins.source.load(ordering: .relaxed)
-        )
-    }
-
-    /// Asks the remote source for a block of a file opened with a known path; nil to read the source.
-    func loadFromRemote(_ index: Int64, of file: SourceFile, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
-        guard let remote, let path = file.relativePath, !path.isEmpty else { return nil }
-        let request = RemoteBlockRequest(
-            relativePath: path, fileSize: file.version.size, modified: file.version.modified,
-            blockSize: cache.blockSize, index: index
-        )
-        guard let count = remote.readBlock(request, into: buffer), count == buffer.count else { return nil }
-        origins.peers.add(UInt64(count), ordering: .relaxed)
-        return count
-    }
-
     /// The resident block a peer asks for, or nil; never reads the source's data.
     ///
     /// The path is resolved beneath the source root (no `..`, absolute path or
@@ -89,7 +54,7 @@ extension MirrorFilesystem {
         case .absent: return nil
         case .undetermined: break
         }
-        guard let root = try? currentSourceRoot(), // reopened if the source's mount came back
+        guard let root = try? session.currentRoot(), // reopened if the source's mount came back
               let (_, attributes) = try? root.descendant(atRelativePath: request.relativePath),
               attributes.st_mode & S_IFMT == S_IFREG
         else { return nil }

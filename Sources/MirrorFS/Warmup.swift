@@ -25,7 +25,7 @@ extension MirrorFilesystem {
     /// sorted by path. Symlinks and special files are skipped.
     public func warmCandidates(atRelativePath path: String) throws(Errno) -> [WarmFile] {
         let relative = Self.normalized(path)
-        let (handle, attributes) = try currentSourceRoot().descendant(atRelativePath: relative)
+        let (handle, attributes) = try session.currentRoot().descendant(atRelativePath: relative)
         var files: [WarmFile] = []
         try collect(handle, attributes: attributes, path: relative, into: &files)
         return files.sorted { $0.path < $1.path }
@@ -54,28 +54,17 @@ extension MirrorFilesystem {
     /// The file is opened afresh: if it changed since it was listed, the new
     /// version is loaded (and is not pinned unless pinned again).
     public func warm(relativePath path: String, offset: Int64, length: Int64) throws(Errno) -> (version: FileVersion, bytes: Int64) {
-        let (handle, attributes) = try currentSourceRoot().descendant(atRelativePath: Self.normalized(path))
+        let (handle, attributes) = try session.currentRoot().descendant(atRelativePath: Self.normalized(path))
         guard attributes.st_mode & S_IFMT == S_IFREG else { throw .isDirectory }
-        let descriptor = try handle.openForReading()
-        let source: SourceFile
-        do {
-            source = SourceFile(handle: handle, descriptor: descriptor, version: try descriptor.attributes().version)
-        } catch {
-            try? descriptor.close()
-            throw error
+        let source = try session.open(handle)
+        let start = max(0, offset), end = min(source.version.size, offset + max(0, length))
+        var covered = start
+        for span in loader.spans(from: start, to: end, size: source.version.size) {
+            let block = try loader.block(span, of: source).block
+            covered = span.start + Int64(block.count)
+            if block.count < span.length { break } // the source ended early
         }
-        let size = source.version.size
-        let blockSize = Int64(cache.blockSize)
-        let start = max(0, offset), end = min(size, offset + max(0, length))
-        guard start < end else { return (source.version, 0) }
-        var index = start / blockSize
-        while index * blockSize < end {
-            let expected = Int(min(blockSize, size - index * blockSize))
-            let block = try block(index, of: source, length: expected)
-            if block.count < expected { break } // the source ended early
-            index += 1
-        }
-        return (source.version, min(end, index * blockSize) - start)
+        return (source.version, max(0, min(end, covered) - start))
     }
 
     /// Pins these files' versions in the cache, or none if they do not fit.

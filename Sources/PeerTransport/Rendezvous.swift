@@ -1,3 +1,5 @@
+import HTTPServing
+
 /// Rendezvous (highest-random-weight) hashing: every instance ranks the live
 /// peers for a block the same way, so the readers of a block ask the same peer
 /// first, and a peer joining or leaving moves only the blocks it ranks first.
@@ -26,7 +28,7 @@ public enum Rendezvous {
 
     static func hash(of peer: PeerAddress) -> UInt64 {
         var hash = FNV1a()
-        hash.add(Array(peer.description.utf8))
+        hash.add(peer.description.utf8)
         return hash.value
     }
 
@@ -36,31 +38,5 @@ public enum Rendezvous {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
-    }
-}
-
-/// 64-bit FNV-1a.
-struct FNV1a {
-    private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
-
-    mutating func add(_ bytes: [UInt8]) {
-        for byte in bytes {
-            value ^= UInt64(byte)
-            value &*= 0x0000_0100_0000_01B3
-        }
-        add(UInt8(0xFF)) // a separator, so ("ab", "c") and ("a", "bc") differ
-    }
-
-    mutating func add(_ number: Int64) {
-        var bits = UInt64(bitPattern: number).littleEndian
-        for _ in 0..<8 {
-            add(UInt8(truncatingIfNeeded: bits))
-            bits >>= 8
-        }
-    }
-
-    private mutating func add(_ byte: UInt8) {
-        value ^= UInt64(byte)
-        value &*= 0x0000_0100_0000_01B3
     }
 }

@@ -26,10 +26,13 @@ public final class Prefetcher: Sendable {
     public let maximumLanes: Int
     private let queue = Mutex<Deque<LaneJob>>([])
     private let queued = DispatchSemaphore(value: 0)
+    private let workers: Int
+    private let stopped = Atomic<Bool>(false)
     fileprivate let counters = Counters()
 
     public init(workers: Int, depth: Int, chunkBlocks: Int = 4, maximumLanes: Int? = nil) {
         precondition(workers > 0 && depth > 0 && chunkBlocks > 0)
+        self.workers = workers
         self.depth = depth
         self.chunkBlocks = chunkBlocks
         self.maximumLanes = max(1, min(workers, maximumLanes ?? workers))
@@ -63,8 +66,22 @@ public final class Prefetcher: Sendable {
         )
     }
 
+    /// Ends the prefetch threads once their current chunks are done; queued chunks are dropped
+    /// and later reads queue nothing. Readers waiting for a lane stop waiting at their deadline.
+    public func stop() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        let dropped = queue.withLock { queue in
+            defer { queue.removeAll() }
+            return queue
+        }
+        for job in dropped { job.stream.cancel() }
+        for _ in 0..<workers { queued.signal() }
+    }
+
+    public var isStopped: Bool { stopped.load(ordering: .relaxed) }
+
     fileprivate func submit(_ jobs: [LaneJob]) {
-        guard !jobs.isEmpty else { return }
+        guard !jobs.isEmpty, !isStopped else { return }
         queue.withLock { queue in queue.append(contentsOf: jobs) }
         for _ in jobs { queued.signal() }
     }
@@ -72,6 +89,7 @@ public final class Prefetcher: Sendable {
     private func work() {
         while true {
             queued.wait()
+            if isStopped { return }
             guard let job = queue.withLock({ $0.popFirst() }) else { continue }
             job.stream.run(job)
         }

@@ -43,7 +43,7 @@ public final class SourceCallPool: Sendable {
     /// Threads alive now, busy or idle.
     public var threadCount: Int { state.withLock { $0.threads } }
 
-    /// Runs `work` on a pool thread and returns its result, or throws `EIO` once `timeout` has passed.
+    /// Runs `work` on a pool thread and returns its result, or throws `ETIMEDOUT` once `timeout` has passed.
     ///
     /// `work` may go on running after a timeout: it must own (retain) everything
     /// it touches, and its result is then dropped.
@@ -64,7 +64,7 @@ public final class SourceCallPool: Sendable {
         guard call.done.wait(timeout: .now() + timeout / .seconds(1)) == .success else {
             call.abandoned.store(true, ordering: .relaxed)
             timeouts.add(1, ordering: .relaxed)
-            throw Errno.ioError
+            throw Errno.timedOut
         }
         return try call.outcome.withLock { $0! }.get() as! Result
     }

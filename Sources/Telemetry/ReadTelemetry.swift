@@ -1,4 +1,5 @@
 import Metrics
+import BlockCache
 import MirrorFS
 import Synchronization
 

@@ -12,7 +12,7 @@ struct Cachefs: ParsableCommand {
           cachefs warm /data-fast/models/base.safetensors --pin
           fusermount3 -u /data-fast
         """,
-        subcommands: [MountCommand.self, StatsCommand.self, WarmCommand.self, UnpinCommand.self],
+        subcommands: [MountCommand.self, StatsCommand.self, WarmCommand.self, UnpinCommand.self, ServeCommand.self],
         defaultSubcommand: MountCommand.self
     )
 }

@@ -52,7 +52,7 @@ struct Daemon {
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
-        let peers = PeerNetwork(settings: settings.peers, logger: logger)
+        let peers = try PeerNetwork(settings: settings, logger: logger)
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
@@ -70,74 +70,82 @@ struct Daemon {
         let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry, logger: logger)
         try server.mount(at: settings.mountpoint)
 
-        let loopEnded = DispatchSemaphore(value: 0)
-        Thread { server.run(); loopEnded.signal() }.start()
-        startSignalThread(server: server, logger: logger, systemd: systemd)
-
         let started = ContinuousClock.now
-        let controlRunning = DispatchSemaphore(value: 0)
         let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, peers: peers, started: started)
+        let controlRunning = DispatchSemaphore(value: 0)
         let control: any Service
         do {
-            control = try ControlServer.make(
-                socketPath: settings.controlSocket,
-                handler: handler,
-                onRunning: { controlRunning.signal() }
-            )
+            control = try ControlServer.make(socketPath: settings.controlSocket, handler: handler, onRunning: { controlRunning.signal() })
         } catch {
             server.requestExit() // unmount before reporting the failure
-            loopEnded.wait()
+            server.run()
             throw UsageError("control socket \(settings.controlSocket): \(error)")
         }
-        let metricsService = exporter.map { makeMetricsService($0, handler: handler, logger: logger) }
         let peerServerRunning = DispatchSemaphore(value: 0)
         let peerServer = peers?.server(for: filesystem) { port in
             logger.info("serving blocks to peers", metadata: ["port": "\(port)"])
             peerServerRunning.signal()
         }
-        let extraServices: [any Service] = (metricsService.map { [$0] } ?? []) + (peerServer.map { [$0] } ?? [])
-        let services = ServiceGroup(configuration: .init(services: [control] + extraServices, gracefulShutdownSignals: [], logger: logger))
-        let servicesEnded = DispatchSemaphore(value: 0)
-        let controlFailure = Mutex<(any Error)?>(nil)
-        Task {
-            do { try await services.run() } catch { controlFailure.withLock { $0 = error } }
-            controlRunning.signal() // wake a start-up wait if the server failed to bind
-            peerServerRunning.signal()
-            servicesEnded.signal()
-        }
+        let ready = ReadyGate()
 
-        var ready = controlRunning.wait(timeout: .now() + 30) == .success
-        if peerServer != nil { ready = ready && peerServerRunning.wait(timeout: .now() + 30) == .success }
-        if let failure = controlFailure.withLock({ $0 }) {
+        // Started together; on shutdown stopped from the last to the first: the preload stops
+        // first, then the mount drains its reads and goes, then the servers, then the threads
+        // that load blocks. The mount ending by itself (an external unmount) shuts the group down.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let prefetcher {
+            services.append(.init(service: StoppableService(description: "prefetcher", start: {}, stop: prefetcher.stop)))
+        }
+        if let peers { services.append(.init(service: StoppableService(description: "peer discovery", start: peers.start, stop: peers.shutdown))) }
+        if let peerServer { services.append(.init(service: peerServer)) }
+        if let exporter { services.append(.init(service: makeMetricsService(exporter, handler: handler, logger: logger))) }
+        services.append(.init(service: control))
+        services.append(.init(service: FuseService(server: server, grace: .milliseconds(Int(settings.shutdownGrace * 1000)), logger: logger),
+                              successTerminationBehavior: .gracefullyShutdownGroup))
+        // A preload that is done (or has nothing to do) leaves the others running.
+        services.append(.init(service: PreloadService(patterns: settings.preload, pin: settings.preloadPin, filesystem: filesystem, ready: ready, logger: logger),
+                              successTerminationBehavior: .ignore))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger))
+        let groupEnded = DispatchSemaphore(value: 0)
+        let groupFailure = Mutex<(any Error)?>(nil)
+        Task {
+            do { try await group.run() } catch { groupFailure.withLock { $0 = error } }
+            controlRunning.signal() // wake a start-up wait if a server failed to bind
+            peerServerRunning.signal()
+            groupEnded.signal()
+        }
+        startSignalThread(group: group, server: server, logger: logger, systemd: systemd)
+
+        var isReady = controlRunning.wait(timeout: .now() + 30) == .success
+        if peerServer != nil { isReady = isReady && peerServerRunning.wait(timeout: .now() + 30) == .success }
+        if let failure = groupFailure.withLock({ $0 }) {
             logger.error("control socket or peer server failed", metadata: ["socket": "\(settings.controlSocket)", "error": "\(failure)"])
-            ready = false
+            isReady = false
         }
-        if ready { ready = mountAnswers() }
-        if ready { peers?.start() }
-        if ready, let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead) {
-            logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower",
-                          metadata: ["error": "\(String(cString: strerror(failure)))", "window": "\(ReadAheadWindow.current(mountpoint: settings.mountpoint).map { ByteCount.format($0) } ?? "unknown")"])
-        }
-        if ready {
+        if isReady { isReady = mountAnswers() }
+        if isReady {
+            let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead).map { String(cString: strerror($0)) }
+            let state = ReadAheadState(windowBytes: ReadAheadWindow.current(mountpoint: settings.mountpoint), error: failure)
+            handler.readAhead.withLock { $0 = state }
+            if let failure {
+                logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower",
+                              metadata: ["error": "\(failure)", "window": "\(state.windowBytes.map(ByteCount.format) ?? "unknown")"])
+            }
             logger.info("ready", metadata: [
                 "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
                 "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
             ])
             readiness?.succeed()
             systemd?.ready(status: "serving \(settings.source) at \(settings.mountpoint)")
-            Preloader.start(patterns: settings.preload, pin: settings.preloadPin, filesystem: filesystem, logger: logger)
         } else {
-            server.requestExit()
+            Task { await group.triggerGracefulShutdown() }
         }
+        ready.open(isReady)
 
-        loopEnded.wait()
+        groupEnded.wait()
         systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
-        Task { await services.triggerGracefulShutdown() }
-        _ = servicesEnded.wait(timeout: .now() + 5)
-        peers?.shutdown()
         unlink(settings.controlSocket)
-        if !ready {
-            let reason = controlFailure.withLock { $0 }.map { "\($0)" } ?? "see the log"
+        if !isReady {
+            let reason = groupFailure.withLock { $0 }.map { "\($0)" } ?? "see the log"
             throw UsageError("cachefs could not start serving \(settings.mountpoint): \(reason)")
         }
     }
@@ -148,7 +156,8 @@ struct Daemon {
         return stat(settings.mountpoint, &attributes) == 0
     }
 
-    private func startSignalThread(server: FuseServer, logger: Logger, systemd: SystemdNotifier?) {
+    /// SIGTERM, SIGINT and SIGHUP (blocked in every other thread) start a graceful shutdown of the group.
+    private func startSignalThread(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) {
         Thread {
             var signals = Self.signalSet()
             while true {
@@ -156,10 +165,7 @@ struct Daemon {
                 guard sigwait(&signals, &received) == 0 else { continue }
                 logger.notice("signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
                 systemd?.stopping()
-                if !server.waitForReadsToDrain(grace: .milliseconds(Int(settings.shutdownGrace * 1000))) {
-                    logger.warning("reads still in progress after the shutdown grace; unmounting anyway", metadata: ["reads": "\(server.activeReads)"])
-                }
-                server.requestExit()
+                Task { await group.triggerGracefulShutdown() }
             }
         }.start()
     }

@@ -20,6 +20,8 @@ final class DaemonControl: ControlHandler {
     let started: ContinuousClock.Instant
     /// Set once the metrics server has bound its port.
     let metricsAddress = Mutex<String?>(nil)
+    /// Set once the daemon has tried to raise the kernel's read-ahead window.
+    let readAhead = Mutex<ReadAheadState?>(nil)
 
     init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?, started: ContinuousClock.Instant) {
         self.filesystem = filesystem
@@ -29,30 +31,38 @@ final class DaemonControl: ControlHandler {
         self.started = started
     }
 
+    /// The one snapshot of the daemon's statistics, which `cachefs stats` and `/metrics` both render.
     func stats() -> StatsReport {
         let statistics = filesystem.statistics
         let cache = statistics.cache
-        let origins = statistics.origins
-        var report = StatsReport(
-            source: settings.source, mountpoint: settings.mountpoint, pid: getpid(),
-            uptimeSeconds: (ContinuousClock.now - started) / .seconds(1),
-            capacityBytes: cache.capacity, blockSizeBytes: cache.blockSize,
-            cachedBytes: cache.residentBytes, cachedBlocks: cache.residentBlocks,
-            hits: cache.hits, misses: cache.misses, coalescedMisses: cache.coalescedMisses,
-            bytesFromSource: origins.fromSource, evictions: cache.evictions, evictedBytes: cache.evictedBytes,
-            sourceErrors: statistics.sourceErrors, readRequests: statistics.readRequests,
-            bytesRead: statistics.bytesRead, knownNodes: statistics.knownNodes,
-            prefetchedBlocks: statistics.prefetch?.loadedBlocks ?? 0,
-            prefetchSkippedBlocks: statistics.prefetch?.cancelledBlocks ?? 0
-        )
-        report.bytesFromMemory = origins.fromMemory
-        report.bytesFromPeers = origins.fromPeers
-        report.peers = peers?.report
-        report.pinnedBytes = cache.pinnedBytes
-        report.pinnedFiles = cache.pinnedFiles
-        report.pinnedCachedBytes = cache.pinnedResidentBytes
-        report.tiers = telemetry.totals.map { .init(tier: $0.tier.description, reads: $0.reads, bytes: $0.bytes) }
+        var report = StatsReport(settings: settings, pid: getpid(), uptimeSeconds: (ContinuousClock.now - started) / .seconds(1))
+        report.readAhead = readAhead.withLock { $0 }
         report.metricsAddress = metricsAddress.withLock { $0 }
+        let values: [(Figure, UInt64)] = [
+            (.cachedBytes, UInt64(cache.residentBytes)), (.cachedBlocks, UInt64(cache.residentBlocks)),
+            (.reservedBytes, UInt64(cache.reservedBytes)), (.hits, cache.hits), (.misses, cache.misses),
+            (.coalescedMisses, cache.coalescedMisses), (.evictions, cache.evictions), (.evictedBytes, cache.evictedBytes),
+            (.pinnedBytes, UInt64(cache.pinnedBytes)), (.pinnedFiles, UInt64(cache.pinnedFiles)),
+            (.pinnedCachedBytes, UInt64(cache.pinnedResidentBytes)),
+            (.readRequests, statistics.readRequests), (.bytesRead, statistics.bytesRead),
+            (.bytesFromSource, statistics.bytesFromSource), (.bytesFromPeers, statistics.bytesFromPeers),
+            (.sourceErrors, statistics.sourceErrors), (.sourceTimeouts, statistics.sourceTimeouts),
+            (.sourceReattaches, statistics.sourceReattaches), (.knownNodes, UInt64(statistics.knownNodes)),
+            (.sourceHandles, UInt64(statistics.sourceHandles)), (.sourceHandleReopens, statistics.sourceHandleReopens),
+            (.prefetchQueuedBlocks, statistics.prefetch?.queuedBlocks ?? 0), (.prefetchedBlocks, statistics.prefetch?.loadedBlocks ?? 0),
+            (.prefetchSkippedBlocks, statistics.prefetch?.cancelledBlocks ?? 0),
+        ]
+        for (figure, value) in values { report[figure] = value }
+        for total in telemetry.totals {
+            let (reads, bytes): (Figure, Figure) = switch total.tier {
+            case .memory: (.memoryReads, .memoryReadBytes)
+            case .peer: (.peerReads, .peerReadBytes)
+            case .source: (.sourceReads, .sourceReadBytes)
+            }
+            report[reads] = total.reads
+            report[bytes] = total.bytes
+        }
+        peers?.report(into: &report)
         return report
     }
 

@@ -9,7 +9,7 @@ extension Daemon {
         let address = settings.metrics!
         return MetricsServer.make(
             address: address,
-            render: { exporter.render(statistics: handler.filesystem.statistics, tiers: handler.telemetry.totals) },
+            render: { exporter.render(handler.stats()) },
             onRunning: { port in
                 var bound = address
                 bound.port = port

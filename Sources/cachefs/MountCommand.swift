@@ -30,28 +30,28 @@ struct MountCommand: ParsableCommand {
     var allowOther = false
 
     @Option(parsing: .unconditional, help: "Size of a cached block: a power of two from 64K to 64M.", transform: ByteCount.init(parsing:))
-    var blockSize = ByteCount(bytes: 1 << 20)
+    var blockSize = ByteCount(bytes: MountSettings.defaults.blockSize)
 
     @Option(help: "Seconds the kernel may cache names and attributes; changes in the source show within this time.")
-    var metadataTimeout: Double = 1.0
+    var metadataTimeout = MountSettings.defaults.metadataTimeout
 
     @Option(help: "Seconds a source read may stall before the reader gets EIO (0: wait forever).")
-    var sourceTimeout: Double = 30
+    var sourceTimeout = MountSettings.defaults.sourceTimeout ?? 0
 
     @Option(help: "Most FUSE worker threads; each waits on the source while it serves a miss.")
-    var threads = 16
+    var threads = MountSettings.defaults.threads
 
     @Option(help: "Blocks loaded ahead of a sequential reader, in parallel (0 turns prefetching off).")
-    var prefetchDepth = 16
+    var prefetchDepth = MountSettings.defaults.prefetchDepth
 
     @Option(help: "Adjacent blocks one prefetch lane loads in order before the next chunk is handed out.")
-    var prefetchChunk = 4
+    var prefetchChunk = MountSettings.defaults.prefetchChunk
 
     @Option(help: "Threads that load prefetched blocks: at most this many prefetch reads reach the source at once, and at most this many lanes serve one file.")
-    var prefetchThreads = 8
+    var prefetchThreads = MountSettings.defaults.prefetchThreads
 
     @Option(parsing: .unconditional, help: "The kernel's read-ahead window on the mount.", transform: ByteCount.init(parsing:))
-    var readAhead = ByteCount(bytes: 1 << 20)
+    var readAhead = ByteCount(bytes: MountSettings.defaults.readAhead)
 
     @Flag(help: "Accept a capacity larger than this machine's (or container's) memory.")
     var force = false
@@ -60,7 +60,7 @@ struct MountCommand: ParsableCommand {
     var controlSocket: String?
 
     @Option(help: "Least severe log level: trace, debug, info, notice, warning, error or critical.")
-    var logLevel: Logger.Level = .info
+    var logLevel = MountSettings.defaults.logLevel
 
     @Option(help: "Append the daemon's log to this file (in the background, logs are discarded otherwise).")
     var logFile: String?
@@ -75,7 +75,7 @@ struct MountCommand: ParsableCommand {
     var preloadPin = false
 
     @Option(help: "On SIGTERM or SIGINT, wait up to this many seconds for reads in progress before unmounting.")
-    var shutdownGrace: Double = 5
+    var shutdownGrace = MountSettings.defaults.shutdownGrace
     @Option(help: ArgumentHelp("Serve this instance's cached blocks to peers on HOST:PORT (TCP), e.g. 0.0.0.0:7070.", valueName: "host:port"))
     var listen: String?
 
@@ -85,10 +85,6 @@ struct MountCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A file holding the shared secret peers must present (Authorization: Bearer).", valueName: "path"))
     var peerTokenFile: String?
 
-    /// Set by the background launcher: the pipe on which the daemon reports that it is ready, or why it failed.
-    @Option(help: .hidden)
-    var readyFD: Int32?
-
     func validate() throws {
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
         guard (0...4096).contains(prefetchDepth) else { throw ValidationError("--prefetch-depth must be between 0 and 4096") }
@@ -96,9 +92,6 @@ struct MountCommand: ParsableCommand {
         guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
         guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
         guard shutdownGrace >= 0, shutdownGrace <= 600 else { throw ValidationError("--shutdown-grace must be between 0 and 600 seconds") }
-        if let metrics, HostPort(parsing: metrics) == nil {
-            throw ValidationError("--metrics '\(metrics)' is not HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
-        }
         if preloadPin && preload.isEmpty { throw ValidationError("--preload-pin needs at least one --preload GLOB") }
         guard sourceTimeout >= 0, sourceTimeout <= 86_400 else { throw ValidationError("--source-timeout must be from 0 to 86400 seconds") }
         let block = blockSize.bytes
@@ -112,8 +105,8 @@ struct MountCommand: ParsableCommand {
 
     func run() throws {
         let settings = try MountSettings(self)
-        if foreground || readyFD != nil {
-            try Daemon(settings: settings, readiness: readyFD.map(ReadinessPipe.init)).run()
+        if foreground {
+            try Daemon(settings: settings, readiness: nil).run()
         } else {
             try BackgroundLauncher.launch(settings: settings)
         }

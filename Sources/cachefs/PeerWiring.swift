@@ -12,27 +12,30 @@ import ServiceLifecycle
 /// This daemon's part in the peer network: the client that asks peers for
 /// missing blocks, and the server that answers theirs from resident blocks.
 final class PeerNetwork: Sendable {
-    let settings: PeerSettings
+    let settings: MountSettings
     /// Random per process: a server refuses requests carrying its own ID, so an instance never asks itself.
     let instanceID: String
     let discovery: PeerDiscovery?
     let client: PeerClient?
+    /// The shared secret from --peer-token-file, presented to peers and required of them.
+    private let token: String?
     let serverCounters = PeerServerCounters()
     private let logger: Logger
 
     /// nil when neither --listen nor --peers is given.
-    init?(settings: PeerSettings, logger: Logger) {
-        guard settings.isEnabled else { return nil }
+    init?(settings: MountSettings, logger: Logger) throws {
+        guard settings.peersEnabled else { return nil }
         self.settings = settings
         self.logger = logger
+        token = try settings.peerTokenFile.map(PeerOptions.readToken)
         instanceID = String(UInt64.random(in: .min ... .max), radix: 16) + String(UInt64.random(in: .min ... .max), radix: 16)
-        if settings.seeds.isEmpty {
+        if settings.peers.isEmpty {
             discovery = nil
             client = nil
         } else {
-            let discovery = PeerDiscovery(seeds: settings.seeds, logger: logger, isSelf: Self.selfTest(listen: settings.listen))
+            let discovery = PeerDiscovery(seeds: settings.peers, logger: logger, isSelf: Self.selfTest(listen: settings.listen))
             self.discovery = discovery
-            client = PeerClient(configuration: .init(token: settings.token, instanceID: instanceID), discovery: discovery, logger: logger)
+            client = PeerClient(configuration: .init(token: token, instanceID: instanceID), discovery: discovery, logger: logger)
         }
     }
 
@@ -55,7 +58,7 @@ final class PeerNetwork: Sendable {
     func server(for filesystem: MirrorFilesystem, onRunning: @escaping @Sendable (Int) async -> Void) -> (any Service)? {
         guard let listen = settings.listen else { return nil }
         return PeerServer.make(
-            address: listen, token: settings.token, instanceID: instanceID, counters: serverCounters,
+            address: listen, token: token, instanceID: instanceID, counters: serverCounters,
             lookup: { id in filesystem.residentBlock(for: RemoteBlockRequest(id)) },
             quickLookup: { id in filesystem.residentBlockWithoutCheckingSource(for: RemoteBlockRequest(id)) },
             onRunning: onRunning,
@@ -68,22 +71,24 @@ final class PeerNetwork: Sendable {
         client?.shutdown()
     }
 
-    var report: PeerStatsReport {
-        let counters = client?.counters
-        return PeerStatsReport(
-            listen: settings.listen?.description,
-            livePeers: discovery?.peers.map(\.description) ?? [],
-            peersInBackoff: client?.health.skippedCount ?? 0,
-            requests: counters?.requests.load(ordering: .relaxed) ?? 0,
-            blocksFromPeers: counters?.blocks.load(ordering: .relaxed) ?? 0,
-            notFound: counters?.notFound.load(ordering: .relaxed) ?? 0,
-            failures: counters?.failures.load(ordering: .relaxed) ?? 0,
-            fallbacks: counters?.fallbacks.load(ordering: .relaxed) ?? 0,
-            servedBlocks: serverCounters.servedBlocks.load(ordering: .relaxed),
-            servedBytes: serverCounters.servedBytes.load(ordering: .relaxed),
-            servedNotResident: serverCounters.notResident.load(ordering: .relaxed),
-            servedRefused: serverCounters.refused.load(ordering: .relaxed)
-        )
+    /// Adds the peer figures and the live peers to a stats report.
+    func report(into report: inout StatsReport) {
+        if let client {
+            let counters = client.counters
+            report[.peerRequests] = counters.requests.load(ordering: .relaxed)
+            report[.blocksFromPeers] = counters.blocks.load(ordering: .relaxed)
+            report[.peerNotFound] = counters.notFound.load(ordering: .relaxed)
+            report[.peerFailures] = counters.failures.load(ordering: .relaxed)
+            report[.peerFallbacks] = counters.fallbacks.load(ordering: .relaxed)
+            report[.peersInBackoff] = UInt64(client.health.skippedCount)
+            report.livePeers = discovery?.peers.map(\.description) ?? []
+        }
+        if settings.listen != nil {
+            report[.servedBlocks] = serverCounters.servedBlocks.load(ordering: .relaxed)
+            report[.servedBytes] = serverCounters.servedBytes.load(ordering: .relaxed)
+            report[.servedNotResident] = serverCounters.notResident.load(ordering: .relaxed)
+            report[.servedRefused] = serverCounters.refused.load(ordering: .relaxed)
+        }
     }
 }
 

@@ -46,39 +46,51 @@ struct StatsCommand: ParsableCommand {
     }
 
     static func table(_ report: StatsReport) -> String {
-        let size = ByteCount.format
-        let percent = String(format: "%.1f%%", report.hitRatio * 100)
-        let rows: [(String, String)] = [
-            ("mountpoint", report.mountpoint),
-            ("source", report.source),
+        let settings = report.settings
+        var rows: [(String, String)] = [
+            ("mountpoint", settings.mountpoint),
+            ("source", settings.source),
             ("pid", "\(report.pid), up \(Int(report.uptimeSeconds)) s"),
-            ("capacity", size(report.capacityBytes)),
-            ("cached", "\(size(report.cachedBytes)) in \(report.cachedBlocks) blocks of \(size(report.blockSizeBytes))"),
-            ("pinned", "\(size(report.pinnedBytes)) in \(report.pinnedFiles) file\(report.pinnedFiles == 1 ? "" : "s") (\(size(report.pinnedCachedBytes)) loaded)"),
-            ("hit ratio", "\(percent) (\(report.hits) hits, \(report.misses) misses, \(report.coalescedMisses) coalesced)"),
-            ("from memory", size(Int(report.bytesFromMemory))),
-            ("from peers", size(Int(report.bytesFromPeers))),
-            ("from source", size(Int(report.bytesFromSource))),
-            ("evictions", "\(report.evictions) (\(size(Int(report.evictedBytes))))"),
-            ("source errors", "\(report.sourceErrors)"),
-            ("reads", "\(report.readRequests) requests, \(size(Int(report.bytesRead)))"),
-            ("by tier", report.tiers.map { "\($0.tier) \($0.reads) reads, \(size(Int($0.bytes)))" }.joined(separator: "; ")),
-            ("prefetched", "\(report.prefetchedBlocks) blocks (\(report.prefetchSkippedBlocks) skipped)"),
-            ("open nodes", "\(report.knownNodes)"),
-        ] + (report.metricsAddress.map { [("metrics", "http://\($0)/metrics")] } ?? [])
-        return (rows + (report.peers.map(peerRows) ?? [])).map { $0.0.padding(toLength: 15, withPad: " ", startingAt: 0) + $0.1 }.joined(separator: "\n")
-    }
-}
-
-extension StatsCommand {
-    static func peerRows(_ peers: PeerStatsReport) -> [(String, String)] {
-        [
-            ("peer listen", peers.listen ?? "off"),
-            ("live peers", peers.livePeers.isEmpty ? "none" : "\(peers.livePeers.joined(separator: ", ")) (\(peers.peersInBackoff) in backoff)"),
-            ("peer requests", "\(peers.requests) (\(peers.blocksFromPeers) blocks, \(peers.notFound) not found, \(peers.failures) failed, \(peers.fallbacks) to source)"),
-            ("served peers", "\(peers.servedBlocks) blocks (\(ByteCount.format(Int(peers.servedBytes)))), \(peers.servedNotResident) not resident, \(peers.servedRefused) refused"),
+            ("hit ratio", String(format: "%.1f%%", report.hitRatio * 100)),
         ]
+        if let address = report.metricsAddress { rows.append(("metrics", "http://\(address)/metrics")) }
+        if let readAhead = report.readAhead {
+            let window = readAhead.windowBytes.map(ByteCount.format) ?? "unknown"
+            rows.append(("read-ahead", window + (readAhead.error.map { " (raising it to \(ByteCount.format(settings.readAhead)) failed: \($0))" } ?? "")))
+        }
+        if let live = report.livePeers { rows.append(("live peers", live.isEmpty ? "none" : live.joined(separator: ", "))) }
+        var sections: [(title: String?, rows: [(String, String)])] = [(nil, rows), ("settings", settingRows(settings))]
+        for group in Figure.Group.allCases {
+            let figures = Figure.all.filter { $0.group == group && report.has($0) }
+            if !figures.isEmpty { sections.append((group.rawValue, figures.map { ($0.name, value(report[$0], unit: $0.unit)) })) }
+        }
+        let width = sections.flatMap(\.rows).map(\.0.count).max()! + 2
+        return sections.map { section in
+            (section.title.map { [$0] } ?? []) + section.rows.map { "  " + $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + $0.1 }
+        }.map { $0.joined(separator: "\n") }.joined(separator: "\n\n")
     }
+
+    /// Each setting under its JSON name, as the daemon received it.
+    static func settingRows(_ settings: MountSettings) -> [(String, String)] {
+        let sizes: Set<String> = ["capacity", "blockSize", "readAhead"]
+        return Mirror(reflecting: settings).children.compactMap { child in
+            guard let name = child.label else { return nil }
+            let shown: String
+            switch child.value {
+            case let bytes as Int where sizes.contains(name): shown = ByteCount.format(bytes)
+            case let list as [Any]: shown = list.isEmpty ? "none" : list.map { "\($0)" }.joined(separator: ", ")
+            case Optional<Any>.none: shown = "none"
+            case Optional<Any>.some(let value): shown = "\(value)"
+            default: shown = "\(child.value)"
+            }
+            return (name, shown)
+        }
+    }
+
+    private static func value(_ value: UInt64, unit: Figure.Unit) -> String {
+        unit == .bytes ? ByteCount.format(Int(clamping: value)) : "\(value)"
+    }
+
 }
 
 /// Runs async work from a synchronous command. The daemon's commands stay

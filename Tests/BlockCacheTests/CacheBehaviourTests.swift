@@ -1,4 +1,4 @@
-import BlockCache
+@testable import BlockCache
 import Dispatch
 import Foundation
 import Synchronization
@@ -144,33 +144,6 @@ struct RecencyTests {
         #expect(cache.contains(key(1)))
     }
 
-    @Test("removeAll empties the cache; blocks still held stay readable; the next read loads again")
-    func removeAllEmpties() throws {
-        let cache = BlockCache(capacity: 1 << 20, blockSize: 4096)
-        let held = try cache.block(for: key(0), length: 4096, load: fill(0))
-        for index in 1..<3 { _ = try cache.block(for: key(Int64(index)), length: 4096, load: fill(index)) }
-        cache.removeAll()
-        let statistics = cache.statistics
-        #expect(cache.keysByRecency.isEmpty)
-        #expect(statistics.residentBytes == 0 && statistics.residentBlocks == 0)
-        #expect(!cache.contains(key(0)) && !cache.contains(key(1)) && !cache.contains(key(2)))
-        #expect(contents(held) == pattern(0, count: 4096), "a block a reader holds must outlive removeAll")
-
-        let loads = Atomic<Int>(0)
-        let again = try cache.block(for: key(1), length: 4096) { buffer in
-            loads.add(1, ordering: .relaxed)
-            return try fill(11)(buffer)
-        }
-        #expect(loads.load(ordering: .relaxed) == 1)
-        #expect(contents(again) == pattern(11, count: 4096))
-        #expect(cache.statistics.misses == 4)
-    }
-}
-
-// MARK: Capacity
-
-@Suite("Block cache: capacity", .serialized)
-struct CapacityTests {
     @Test("1,000 distinct blocks through a 10-block cache: resident bytes stay within capacity")
     func boundOneThread() throws {
         let cache = BlockCache(capacity: 10 * 4096, blockSize: 4096)
@@ -349,7 +322,8 @@ struct ConcurrentLoadTests {
             blocks.withLock { $0.append(block) }
         }
         // The load is blocked: every other thread must be waiting for it, not loading.
-        #expect(waitUntil { cache.statistics.coalescedMisses == 15 })
+        // (The loading thread may register its load and be descheduled before its closure counts.)
+        #expect(waitUntil { cache.statistics.coalescedMisses == 15 && loads.load(ordering: .relaxed) >= 1 })
         #expect(loads.load(ordering: .relaxed) == 1)
         #expect(cache.isResidentOrLoading(key(7)) && !cache.contains(key(7)))
         release.signal()

@@ -1,4 +1,4 @@
-import BlockCache
+@testable import BlockCache
 import Dispatch
 import Testing
 

@@ -65,7 +65,7 @@ struct CommandLineTests {
         #expect(started.error.isEmpty && started.output.isEmpty)
         #expect(try shell("cat file", in: mountpoint) == "served\n")
         let stats = try run(cachefsBinary, ["stats", mountpoint], timeout: 30)
-        #expect(stats.status == 0 && stats.output.contains("capacity       64 MiB"), "\(stats.output)\(stats.error)")
+        #expect(stats.status == 0 && statsRows(stats.output)["capacity"] == "64 MiB", "\(stats.output)\(stats.error)")
         let json = try run(cachefsBinary, ["stats", mountpoint, "--json"], timeout: 30)
         let pid = try JSONDecoder().decode(StatsShape.self, from: Data(json.output.utf8)).pid
 
@@ -99,7 +99,7 @@ struct CommandLineTests {
         #expect(started.status == 0, "\(started.error)")
         defer { _ = try? run("/bin/fusermount3", ["-u", mountpoint]) }
         let stats = try run(cachefsBinary, ["stats", mountpoint], timeout: 30)
-        #expect(stats.output.contains("capacity       96 MiB") && stats.output.contains("blocks of 2 MiB"), "\(stats.output)")
+        #expect(statsRows(stats.output)["capacity"] == "96 MiB" && statsRows(stats.output)["blockSize"] == "2 MiB", "\(stats.output)")
         #expect(try shell("grep ' \(mountpoint) ' /proc/mounts").contains("allow_other"))
         let unknown = try run(cachefsBinary, [source, scratch.path, "-o", "capacity=1G,colour=blue"])
         #expect(unknown.status != 0 && unknown.error.contains("colour"))

@@ -90,7 +90,7 @@ struct FaultTests {
             try run("/usr/bin/cmp", [data + "/models/model.bin", file]).status == 0
         }, "reads did not recover: \(mount.log)")
         #expect(try run("/bin/ls", [mount.mountpoint + "/models"]).output == "model.bin\n")
-        #expect(try mount.stats().cachedBytes > 0)
+        #expect(try mount.stats()[.cachedBytes] > 0)
     }
 
     /// Reads a file through the mount while the source file is changed after the first MiB;

@@ -105,7 +105,7 @@ struct LifecycleTests {
         let result = (try? String(contentsOfFile: outcome, encoding: .utf8)) ?? "nothing"
         #expect(result == "error \(ENOTCONN)" || result == "error \(EIO)", "the reader saw: \(result)")
         // auto_unmount: fusermount3 removes the dead daemon's mount by itself (checked before the test's own cleanup could).
-        #expect(eventually(within: 5) { !isMounted(mountpoint) }, "the dead daemon's mount was left behind")
+        #expect(eventually(within: 10) { !isMounted(mountpoint) }, "the dead daemon's mount was left behind")
         first.stop()
 
         let second = try CachefsMount(source: source, mountpoint: mountpoint)

@@ -30,20 +30,29 @@ struct MetricsTests {
         }
         let before = try scrape()
         #expect(before["cachefs_capacity_bytes"] == Double(64 << 20))
-        #expect(before["cachefs_cache_misses_total"] ?? 0 == 0)
+        #expect(before["cachefs_misses_total"] ?? 0 == 0)
 
         try shell("cat \(mount.mountpoint)/model.bin > /dev/null") // cold: from the source
         try dropKernelCaches()
         try shell("cat \(mount.mountpoint)/model.bin > /dev/null") // warm: from memory
         let after = try scrape()
 
-        #expect(after["cachefs_source_bytes_total"] == 6_000_000)
-        #expect(after["cachefs_cache_misses_total"]! > 0)
-        #expect(after["cachefs_cache_hits_total"]! > 0)
-        #expect(after["cachefs_resident_bytes"] == 6_000_000)
+        #expect(after["cachefs_bytes_from_source_total"] == 6_000_000)
+        #expect(after["cachefs_misses_total"]! > 0)
+        #expect(after["cachefs_hits_total"]! > 0)
+        #expect(after["cachefs_cached_bytes"] == 6_000_000)
         #expect(after["cachefs_pinned_bytes"] == 0)
         #expect(after["cachefs_read_requests_total"]! > 0)
-        #expect(after["cachefs_read_bytes_total{tier=\"memory\"}"]! + after["cachefs_read_bytes_total{tier=\"source\"}"]! == 12_000_000)
+        #expect(after["cachefs_memory_read_bytes_total"]! + after["cachefs_source_read_bytes_total"]! == 12_000_000)
+        // One name per figure: every figure of `cachefs stats` is a metric of the same value, under its derived name.
+        let report = try mount.stats()
+        let final = try scrape()
+        for figure in Figure.all where report.has(figure) && figure.kind == .gauge || figure == .bytesFromSource {
+            #expect(final[figure.prometheusName] == Double(report[figure]), "\(figure.name) vs \(figure.prometheusName)")
+        }
+        for figure in Figure.all where report.has(figure) {
+            #expect(final[figure.prometheusName] != nil, "\(figure.prometheusName) missing from /metrics")
+        }
         for tier in ["memory", "source"] {
             let count = after["cachefs_read_duration_seconds_count{tier=\"\(tier)\"}"] ?? 0
             let infinite = after["cachefs_read_duration_seconds_bucket{tier=\"\(tier)\",le=\"+Inf\"}"] ?? 0
@@ -76,22 +85,23 @@ struct MetricsTests {
 
         let table = try run(cachefsBinary, ["stats", mount.mountpoint, "--control-socket", mount.controlSocket])
         #expect(table.status == 0, "\(table.error)")
-        let rows = Dictionary(table.output.split(separator: "\n").map { line in
-            (String(line.prefix(15)).trimmingCharacters(in: .whitespaces), String(line.dropFirst(15)))
-        }, uniquingKeysWith: { first, _ in first })
-        #expect(rows["capacity"] == "32 MiB")
-        #expect(rows["cached"] == "4 MiB in 4 blocks of 1 MiB", "\(table.output)")
-        #expect(rows["pinned"] == "3 MiB in 1 file (3 MiB loaded)", "\(table.output)")
-        #expect(rows["from source"] == "4 MiB")
-        #expect(rows["by tier"]?.hasPrefix("memory ") == true && rows["by tier"]?.contains("source ") == true, "\(table.output)")
-        #expect(rows["hit ratio"] != nil && rows["evictions"] == "0 (0 B)" && rows["source errors"] == "0")
+        let rows = statsRows(table.output)
+        #expect(rows["capacity"] == "32 MiB", "\(table.output)")
+        #expect(rows["sourceTimeout"] == "30.0" && rows["logFile"] == mount.logFile && rows["metrics"] == "none", "\(table.output)")
+        #expect(rows["cachedBytes"] == "4 MiB" && rows["cachedBlocks"] == "4", "\(table.output)")
+        #expect(rows["pinnedBytes"] == "3 MiB" && rows["pinnedFiles"] == "1" && rows["pinnedCachedBytes"] == "3 MiB", "\(table.output)")
+        #expect(rows["bytesFromSource"] == "4 MiB" && rows["evictions"] == "0" && rows["sourceErrors"] == "0", "\(table.output)")
+        #expect(rows["hit"] != nil, "\(table.output)")
 
         let json = try run(cachefsBinary, ["stats", mount.mountpoint, "--json", "--control-socket", mount.controlSocket])
         let report = try JSONDecoder().decode(StatsReport.self, from: Data(json.output.utf8))
-        #expect(report.pinnedBytes == 3 << 20 && report.pinnedFiles == 1 && report.pinnedCachedBytes == 3 << 20)
-        #expect(report.capacityBytes == 32 << 20 && report.cachedBytes == 4 << 20 && report.bytesFromSource == 4 << 20)
-        #expect(report.tiers.map(\.tier) == ["memory", "peer", "source"])
-        #expect(report.tiers.reduce(0) { $0 + $1.bytes } == report.bytesRead)
+        #expect(report[.pinnedBytes] == 3 << 20 && report[.pinnedFiles] == 1 && report[.pinnedCachedBytes] == 3 << 20)
+        #expect(report.settings.capacity == 32 << 20 && report[.cachedBytes] == 4 << 20 && report[.bytesFromSource] == 4 << 20)
+        #expect(report[.memoryReadBytes] + report[.peerReadBytes] + report[.sourceReadBytes] == report[.bytesRead])
+        // One name per figure: every figure the daemon reports is a row of the table under its JSON name.
+        for figure in Figure.all where report.has(figure) {
+            #expect(rows[figure.name] != nil, "\(figure.name) is in the JSON but not in the table")
+        }
         #expect(json.output.contains("\"pinnedBytes\" : 3145728"))
     }
 }

@@ -106,6 +106,19 @@ final class PeerCluster {
 
 @Suite("Peers share cached blocks", .serialized)
 struct PeerTests {
+    @Test("A pinned file is served to peers like any other: B takes under 5% of it from the source")
+    func pinnedFileIsServedToPeers() throws {
+        let cluster = try PeerCluster("head -c 48000000 /dev/urandom > pinned.bin")
+        defer { cluster.stop() }
+        let expected = try cluster.sha256(cluster.data + "/pinned.bin")
+        let warm = try run(cachefsBinary, ["warm", cluster.a.mountpoint + "/pinned.bin", "--pin", "--control-socket", cluster.a.controlSocket])
+        #expect(warm.status == 0, "\(warm.error)")
+        #expect(try cluster.a.stats()[.pinnedCachedBytes] == 48_000_000)
+        #expect(try cluster.sha256(cluster.b.mountpoint + "/pinned.bin") == expected)
+        let b = try cluster.b.stats()
+        #expect(b[.bytesFromSource] < 48_000_000 / 20, "B read \(b[.bytesFromSource]) bytes of A's pinned file from the source")
+    }
+
     @Test("After A has read a file, B reads it from A's memory: every byte right, nothing from the source")
     func secondInstanceReadsFromThePeer() throws {
         let cluster = try PeerCluster("mkdir -p 'models/v 1' && head -c 40000000 /dev/urandom > 'models/v 1/weights.bin'",
@@ -115,28 +128,28 @@ struct PeerTests {
         let expected = try cluster.sha256(cluster.data + "/" + file)
         #expect(try cluster.sha256(cluster.a.mountpoint + "/" + file) == expected)
         let a = try cluster.a.stats()
-        #expect(a.bytesFromSource == 40_000_000)
-        #expect(a.peers?.livePeers.count == 2, "A never counts itself among its peers: \(a.peers?.livePeers ?? [])")
-        #expect(a.peers?.livePeers.contains("127.0.0.1:\(cluster.ports[0])") == false)
+        #expect(a[.bytesFromSource] == 40_000_000)
+        #expect(a.livePeers?.count == 2, "A never counts itself among its peers: \(a.livePeers ?? [])")
+        #expect(a.livePeers?.contains("127.0.0.1:\(cluster.ports[0])") == false)
 
         #expect(try cluster.sha256(cluster.b.mountpoint + "/" + file) == expected)
         let b = try cluster.b.stats()
-        #expect(b.bytesFromSource == 0, "B read \(b.bytesFromSource) bytes from the source")
-        #expect(b.bytesFromPeers == 40_000_000)
-        #expect(b.peers?.failures == 0)
+        #expect(b[.bytesFromSource] == 0, "B read \(b[.bytesFromSource]) bytes from the source")
+        #expect(b[.bytesFromPeers] == 40_000_000)
+        #expect(b[.peerFailures] == 0)
         // The Prometheus counter agrees: blocks from peers are not source bytes.
         let metrics = try run("/usr/bin/curl", ["-sf", "http://\(try #require(b.metricsAddress))/metrics"], timeout: 30)
-        #expect(prometheusSamples(metrics.output)["cachefs_source_bytes_total"] == 0, "\(metrics.output.prefix(2000))")
-        let served = try cluster.a.stats().peers?.servedBytes ?? 0
+        #expect(prometheusSamples(metrics.output)["cachefs_bytes_from_source_total"] == 0, "\(metrics.output.prefix(2000))")
+        let served = try cluster.a.stats()[.servedBytes]
         #expect(served == 40_000_000, "A served \(served) bytes")
 
         // C finds every block at A or B, and a second read on B is from B's own memory.
         #expect(try cluster.sha256(cluster.c.mountpoint + "/" + file) == expected)
-        #expect(try cluster.c.stats().bytesFromSource == 0)
+        #expect(try cluster.c.stats()[.bytesFromSource] == 0)
         try dropKernelCaches()
         #expect(try cluster.sha256(cluster.b.mountpoint + "/" + file) == expected)
         let again = try cluster.b.stats()
-        #expect(again.bytesFromMemory >= 40_000_000 && again.bytesFromPeers == 40_000_000)
+        #expect(again[.memoryReadBytes] >= 40_000_000 && again[.bytesFromPeers] == 40_000_000)
     }
 
     @Test("Killing A (SIGKILL) in the middle of B's read leaves B's read correct and complete")
@@ -153,7 +166,7 @@ struct PeerTests {
         var content = Data()
         while content.count < 24_000_000, let chunk = try reader.read(upToCount: 1 << 20), !chunk.isEmpty { content.append(chunk) }
         let before = try cluster.b.stats()
-        #expect(before.bytesFromPeers > 0, "the first part came from A")
+        #expect(before[.bytesFromPeers] > 0, "the first part came from A")
         kill(cluster.a.pid, SIGKILL)
         while let chunk = try reader.read(upToCount: 1 << 20), !chunk.isEmpty { content.append(chunk) }
         #expect(content.count == 64_000_000)
@@ -161,10 +174,10 @@ struct PeerTests {
         try content.write(to: URL(fileURLWithPath: copy))
         #expect(try cluster.sha256(copy) == expected)
         let after = try cluster.b.stats()
-        #expect(after.bytesFromSource > 0, "the rest came from the source")
-        #expect(after.bytesFromPeers + after.bytesFromSource >= 64_000_000)
-        #expect((after.peers?.failures ?? 0) >= 1, "A's death was noticed")
-        #expect((after.peers?.failures ?? 0) <= 5, "A is skipped while in backoff rather than asked for every block")
+        #expect(after[.bytesFromSource] > 0, "the rest came from the source")
+        #expect(after[.bytesFromPeers] + after[.bytesFromSource] >= 64_000_000)
+        #expect(after[.peerFailures] >= 1, "A's death was noticed")
+        #expect(after[.peerFailures] <= 5, "A is skipped while in backoff rather than asked for every block")
     }
 
     @Test("A wrong token gets nothing from peers but still reads correctly; requests without the token are refused")
@@ -175,10 +188,10 @@ struct PeerTests {
         #expect(try cluster.sha256(cluster.a.mountpoint + "/f.bin") == expected)
         #expect(try cluster.sha256(cluster.c.mountpoint + "/f.bin") == expected)
         let c = try cluster.c.stats()
-        #expect(c.bytesFromPeers == 0 && c.bytesFromSource == 5_000_000)
-        #expect((c.peers?.failures ?? 0) >= 1)
+        #expect(c[.bytesFromPeers] == 0 && c[.bytesFromSource] == 5_000_000)
+        #expect(c[.peerFailures] >= 1)
         #expect(try cluster.sha256(cluster.b.mountpoint + "/f.bin") == expected)
-        #expect(try cluster.b.stats().bytesFromSource == 0, "B, with the right token, read from A")
+        #expect(try cluster.b.stats()[.bytesFromSource] == 0, "B, with the right token, read from A")
 
         let url = cluster.blockURL(instance: 0, path: "f.bin", size: 5_000_000, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/f.bin"))
         #expect(try cluster.status(url) == 401)
@@ -205,7 +218,7 @@ struct PeerTests {
         let fb = cluster.blockURL(instance: 0, path: "f.bin", size: 3_000_000, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/f.bin"), index: 2)
         #expect(try cluster.status(fb) == 200)
         #expect(try run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", fb]).output == "405")
-        #expect(try cluster.a.stats().bytesFromSource == 3_000_000, "nothing more was read from the source")
+        #expect(try cluster.a.stats()[.bytesFromSource] == 3_000_000, "nothing more was read from the source")
     }
 
     @Test("A peer's block of a file that has since changed in the source is not believed")
@@ -219,8 +232,8 @@ struct PeerTests {
         let expected = try cluster.sha256(path)
         #expect(try cluster.sha256(cluster.b.mountpoint + "/f.bin") == expected)
         let b = try cluster.b.stats()
-        #expect(b.bytesFromPeers == 0 && b.bytesFromSource == 3_000_000)
-        #expect((b.peers?.notFound ?? 0) > 0, "A was asked and had only the old version")
+        #expect(b[.bytesFromPeers] == 0 && b[.bytesFromSource] == 3_000_000)
+        #expect(b[.peerNotFound] > 0, "A was asked and had only the old version")
     }
 
     @Test("Bad peer options fail with one clear line and leave nothing mounted")

@@ -23,7 +23,7 @@ struct ShutdownGraceTests {
         reader.arguments = [data + "/stalled.bin", mount.mountpoint + "/stalled.bin"]
         try reader.run()
         // The first block's load is now stalled at the source for 2 s.
-        #expect(eventually(within: 5) { mount.log.contains("stalled") || (try? mount.stats().misses) ?? 0 > 0 })
+        #expect(eventually(within: 5) { mount.log.contains("stalled") || (try? mount.stats()[.misses]) ?? 0 > 0 })
         kill(mount.pid, SIGTERM)
         // Within the grace, the mount stays while the read waits on the source (without one it goes at once).
         usleep(500_000)

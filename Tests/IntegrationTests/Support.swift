@@ -220,6 +220,14 @@ final class CachefsMount {
     deinit { stop() }
 }
 
+/// The rows of `cachefs stats` (without --json): "  name  value", names as in the JSON.
+func statsRows(_ table: String) -> [String: String] {
+    Dictionary(table.split(separator: "\n").filter { $0.hasPrefix("  ") }.map { line in
+        let words = line.split(separator: " ", maxSplits: 1)
+        return (String(words[0]), words.count > 1 ? words[1].trimmingCharacters(in: .whitespaces) : "")
+    }, uniquingKeysWith: { first, _ in first })
+}
+
 /// Drops the kernel's page cache, so the next read through a FUSE mount reaches the daemon.
 func dropKernelCaches() throws {
     sync()

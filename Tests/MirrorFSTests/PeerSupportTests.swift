@@ -45,14 +45,35 @@ import Testing
         let directory = try a.lookup("models")
         let fileA = try a.filesystem.open(node: try a.lookup("weights.bin", in: directory), flags: O_RDONLY).file
         #expect(try a.read(fileA, at: 0, count: content.count) == content)
-        #expect(a.filesystem.byteOrigins.fromSource == UInt64(content.count))
+        #expect(a.filesystem.statistics.bytesFromSource == UInt64(content.count))
 
         let fileB = try b.filesystem.open(node: try b.lookup("weights.bin", in: try b.lookup("models")), flags: O_RDONLY).file
         #expect(try b.read(fileB, at: 0, count: content.count) == content)
-        let origins = b.filesystem.byteOrigins
-        #expect(origins.fromPeers == UInt64(content.count) && origins.fromSource == 0 && origins.fromMemory == 0)
+        let statistics = b.filesystem.statistics
+        #expect(statistics.bytesFromPeers == UInt64(content.count) && statistics.bytesFromSource == 0)
+        var tier = ReadTier.memory
+        _ = try b.filesystem.read(fileB, at: 0, count: content.count, tier: &tier)
+        #expect(tier == .memory, "the second read is from memory")
+        #expect(b.filesystem.statistics.bytesFromPeers == UInt64(content.count))
+    }
+
+    /// Pinned blocks live apart from the LRU list; the peer lookup must find them too.
+    @Test func pinnedBlocksAreServedToPeers() throws {
+        let a = try SourceFixture()
+        let peer = InProcessPeer()
+        let b = try SourceFixture(sharing: a, remote: peer)
+        peer.peer.withLock { $0 = a.filesystem }
+        let content = randomBytes(6 * (64 << 10), seed: 4)
+        try a.write("pinned.bin", content)
+        let files = try a.filesystem.warmCandidates(atRelativePath: "pinned.bin")
+        try a.filesystem.pin(files)
+        _ = try a.filesystem.warm(relativePath: "pinned.bin", offset: 0, length: Int64(content.count))
+        #expect(a.filesystem.cache.statistics.pinnedResidentBytes == content.count)
+
+        let fileB = try b.filesystem.open(node: try b.lookup("pinned.bin"), flags: O_RDONLY).file
         #expect(try b.read(fileB, at: 0, count: content.count) == content)
-        #expect(b.filesystem.byteOrigins.fromMemory == UInt64(content.count), "the second read is from memory")
+        #expect(b.filesystem.statistics.bytesFromPeers == UInt64(content.count))
+        #expect(b.filesystem.statistics.bytesFromSource == 0, "B read a pinned file from the source instead of A's memory")
     }
 
     @Test func aChangedFileIsNotTakenFromAPeer() throws {
@@ -69,7 +90,7 @@ import Testing
         try a.setTimes("f", modified: timespec(tv_sec: time(nil) + 10, tv_nsec: 5))
         let fileB = try b.filesystem.open(node: try b.lookup("f"), flags: O_RDONLY).file
         #expect(try b.read(fileB, at: 0, count: 100_000) == newer)
-        #expect(b.filesystem.byteOrigins.fromPeers == 0)
+        #expect(b.filesystem.statistics.bytesFromPeers == 0)
         #expect(peer.asked.load(ordering: .relaxed) > 0, "the peer was asked, and had only the old version")
     }
 

@@ -20,12 +20,12 @@ import Testing
         #expect(pool.timedOutCalls == 0)
     }
 
-    @Test("A stalled call fails with EIO after the timeout while other calls go on; idle threads leave")
+    @Test("A stalled call fails with ETIMEDOUT after the timeout while other calls go on; idle threads leave")
     func stalledCallTimesOut() throws {
         let pool = SourceCallPool(timeout: .milliseconds(300), idleExit: .milliseconds(200))
         let release = DispatchSemaphore(value: 0)
         let started = Date()
-        #expect(throws: Errno.ioError) {
+        #expect(throws: Errno.timedOut) {
             try pool.run { () throws(Errno) -> Int in release.wait(); return 1 }
         }
         let waited = Date().timeIntervalSince(started)
@@ -49,7 +49,7 @@ import Testing
         }
         callers.forEach { $0.start() }
         usleep(100_000)
-        #expect(throws: Errno.ioError) {
+        #expect(throws: Errno.timedOut) {
             try pool.run { () throws(Errno) -> Int in lateStarts.add(1, ordering: .relaxed); return 0 }
         }
         #expect(pool.threadCount == 2)

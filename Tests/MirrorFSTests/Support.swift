@@ -6,6 +6,7 @@ import CLinux
 import Foundation
 import Logging
 import MirrorFS
+import Prefetch
 import SourceTree
 import SystemPackage
 import Testing
@@ -19,7 +20,8 @@ final class SourceFixture {
 
     /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
     init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
-         sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil) throws {
+         sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil,
+         prefetcher: Prefetcher? = nil, blockReader: any SourceBlockReader = DescriptorBlockReader()) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         owner = other
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -28,9 +30,10 @@ final class SourceFixture {
         filesystem = try MirrorFilesystem(
             sourceRoot: try PathHandle.openRoot(root),
             cache: BlockCache(capacity: cacheBlocks * blockSize, blockSize: blockSize),
+            prefetcher: prefetcher,
             sourceHandleLimit: sourceHandleLimit,
             sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, remote: remote,
-            logger: logger
+            blockReader: blockReader, logger: logger
         )
     }
 

@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import HTTPServing
 @testable import PeerTransport
 
 @Suite struct RendezvousTests {

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCache
+@testable import BlockCache
 import Dispatch
 import Foundation
 import HTTPServing

@@ -1,43 +1,25 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ControlPlane
 import Foundation
 import HTTPServing
-import PeerTransport
 
 /// `--listen`, `--peers` and `--peer-token-file`, checked: every address parses and the token is readable.
-struct PeerSettings {
-    /// Where this instance serves its blocks to peers; nil serves nothing.
-    let listen: HostPort?
-    /// Names or addresses resolved (again every 10 s) to the live peers.
-    let seeds: [HostPort]
-    /// The shared secret peers present (and this instance presents to them), if any.
-    let token: String?
-    /// Absolute path of the token file, passed on to a background daemon.
-    let tokenFile: String?
-
-    var isEnabled: Bool { listen != nil || !seeds.isEmpty }
-
-    init(listen: String?, peers: String?, tokenFile: String?) throws {
+enum PeerOptions {
+    static func apply(listen: String?, peers: String?, tokenFile: String?, to settings: inout MountSettings) throws {
         if let listen {
             guard let address = HostPort(parsing: listen) else {
                 throw UsageError("--listen \(listen): expected HOST:PORT, such as 0.0.0.0:7070 or [::]:7070")
             }
-            self.listen = address
-        } else {
-            self.listen = nil
+            settings.listen = address
         }
-        seeds = try peers.map(Self.parsePeers) ?? []
+        settings.peers = try peers.map(parsePeers) ?? []
         if let tokenFile {
-            guard self.listen != nil || !seeds.isEmpty else {
-                throw UsageError("--peer-token-file needs --listen or --peers")
-            }
+            guard settings.peersEnabled else { throw UsageError("--peer-token-file needs --listen or --peers") }
             let path = MountSettings.absolute(tokenFile)
-            token = try Self.readToken(path)
-            self.tokenFile = path
-        } else {
-            token = nil
-            self.tokenFile = nil
+            _ = try readToken(path) // refused now, with one line, rather than by the daemon later
+            settings.peerTokenFile = path
         }
     }
 
@@ -69,14 +51,5 @@ struct PeerSettings {
             throw UsageError("--peer-token-file \(path): the token must be printable ASCII without spaces")
         }
         return token
-    }
-
-    /// The same options for the background daemon.
-    var arguments: [String] {
-        var arguments: [String] = []
-        if let listen { arguments += ["--listen", listen.description] }
-        if !seeds.isEmpty { arguments += ["--peers", seeds.map(\.description).joined(separator: ",")] }
-        if let tokenFile { arguments += ["--peer-token-file", tokenFile] }
-        return arguments
     }
 }

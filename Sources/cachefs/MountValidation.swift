@@ -12,35 +12,10 @@ struct UsageError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// A mount request whose paths and limits have been checked against this machine.
-struct MountSettings {
-    let source: String
-    let mountpoint: String
-    let capacity: Int
-    let blockSize: Int
-    let metadataTimeout: Double
-    /// Seconds a source open or block read may take before the reader gets EIO; nil waits forever.
-    let sourceTimeout: Double?
-    let threads: Int
-    /// Blocks kept loading ahead of a sequential reader, limited to a quarter of the capacity
-    /// so that prefetching cannot evict what is being read.
-    let prefetchDepth: Int
-    let prefetchThreads: Int
-    let prefetchChunk: Int
-    let readAhead: Int
-    let allowOther: Bool
-    let controlSocket: String
-    let logLevel: Logger.Level
-    let logFile: String?
-    let metrics: HostPort?
-    let preload: [String]
-    let preloadPin: Bool
-    let shutdownGrace: Double
-    let peers: PeerSettings
-
+/// A mount request checked against this machine: paths resolved and free, sizes parsed, limits met.
+extension MountSettings {
     init(_ command: MountCommand) throws {
-        peers = try PeerSettings(listen: command.listen, peers: command.peers, tokenFile: command.peerTokenFile)
-        source = try Self.existingDirectory(command.source, role: "source")
+        let source = try Self.existingDirectory(command.source, role: "source")
         let requested = Self.absolute(command.mountpoint)
         try Self.clearStaleMount(at: requested)
         let mountpoint = try Self.existingDirectory(command.mountpoint, role: "mountpoint")
@@ -50,12 +25,11 @@ struct MountSettings {
         if MountTable.current().contains(where: { $0.mountpoint == mountpoint }) {
             throw UsageError("\(mountpoint) is already a mount point; unmount it first or choose another directory")
         }
-        self.mountpoint = mountpoint
         let memory = MemoryLimit.usable()
         if command.capacity.bytes > memory && !command.force {
             throw UsageError("--capacity \(command.capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
         }
-        capacity = command.capacity.bytes
+        self.init(source: source, mountpoint: mountpoint, capacity: command.capacity.bytes)
         blockSize = command.blockSize.bytes
         metadataTimeout = command.metadataTimeout
         sourceTimeout = command.sourceTimeout > 0 ? command.sourceTimeout : nil
@@ -68,14 +42,20 @@ struct MountSettings {
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
         logLevel = command.logLevel
         logFile = command.logFile.map(Self.absolute)
-        metrics = command.metrics.flatMap { HostPort(parsing: $0) }
+        metrics = try command.metrics.map { text in
+            guard let address = HostPort(parsing: text) else {
+                throw UsageError("--metrics '\(text)' is not HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+            }
+            return address
+        }
         preload = command.preload
         preloadPin = command.preloadPin
         shutdownGrace = command.shutdownGrace
+        try PeerOptions.apply(listen: command.listen, peers: command.peers, tokenFile: command.peerTokenFile, to: &self)
     }
 
     /// Resolves `path` to a canonical directory path, or explains in one line why it is not one.
-    private static func existingDirectory(_ path: String, role: String) throws -> String {
+    fileprivate static func existingDirectory(_ path: String, role: String) throws -> String {
         guard let resolved = realpath(path, nil) else {
             let reason = String(cString: strerror(errno))
             throw UsageError("\(role) \(path): \(reason)")
@@ -90,7 +70,7 @@ struct MountSettings {
     }
 
     /// A daemon killed without unmounting leaves "Transport endpoint is not connected" behind: remove it.
-    private static func clearStaleMount(at path: String) throws {
+    fileprivate static func clearStaleMount(at path: String) throws {
         guard let entry = MountTable.current().last(where: { $0.mountpoint == path }), entry.type == "fuse.cachefs" else { return }
         // statfs always asks the daemon, where stat may be answered from cached attributes.
         var statistics = statvfs()

@@ -284,6 +284,9 @@ def down(arguments):
 
 
 def main():
+    # A parent may start us with signals blocked (the Swift test runner does), and children
+    # inherit the mask: SIGTERM must reach this process, s3fs and moto_server.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     parser = argparse.ArgumentParser(description="A local S3 object store (moto_server) mounted read-only by s3fs.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("serve", "up"):

@@ -11,14 +11,18 @@ ensure_packages() {
     fi
 }
 
-# Installs Python modules from PyPI for the real-client tests, if any is missing.
+# Installs Python modules from PyPI for the tests, if any is missing. Each argument is a
+# module name, or MODULE=REQUIREMENT where pip knows it otherwise (moto.server='moto[server]').
 ensure_python_modules() {
-    local module
-    for module in "$@"; do
-        python3 -c "import $module" 2>/dev/null || python3 -m pip install -q "$@" 2>&1 | grep -v "WARNING: Running pip as" || true
+    local argument missing=()
+    for argument in "$@"; do
+        python3 -c "import ${argument%%=*}" 2>/dev/null || missing+=("${argument#*=}")
     done
-    for module in "$@"; do
-        python3 -c "import $module" || { echo "$(basename "$0"): cannot import $module" >&2; exit 1; }
+    if [ ${#missing[@]} -gt 0 ]; then
+        python3 -m pip install -q "${missing[@]}" 2>&1 | grep -v "WARNING: Running pip as" || true
+    fi
+    for argument in "$@"; do
+        python3 -c "import ${argument%%=*}" || { echo "$(basename "$0"): cannot import ${argument%%=*}" >&2; exit 1; }
     done
 }
 

@@ -2,10 +2,12 @@
 // store, for benchmarks and fault tests. Every read pays a fixed latency (like a
 // range GET) while requests run concurrently, the page cache is bypassed
 // (direct_io, like object-store FUSE clients), and faults can be injected:
-// EIO for chosen files or offsets, stalls, and the whole source failing on
-// SIGUSR1 until SIGUSR2, or hanging on SIGHUP (an unreachable NAS) until SIGUSR2.
+// EIO for chosen files or offsets, stalled reads or opens, and the whole source
+// failing on SIGUSR1 until SIGUSR2, or hanging on SIGHUP (an unreachable NAS) until SIGUSR2.
+// With --unstable-inodes it numbers files as s3fs does: anew each time the
+// kernel forgets a file and looks it up again.
 //
-// It is test tooling: path-based, nodes never forgotten, no cache of its own.
+// It is test tooling: path-based, no cache of its own.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,7 +30,9 @@ struct TestSource: ParsableCommand {
     @Option(help: "Reads of files matching this glob (relative to ROOT) fail with EIO.") var failFile: [String] = []
     @Option(help: "With --fail-file: only reads reaching this offset or beyond fail.") var failOffset: Int64 = 0
     @Option(help: "Reads of files matching this glob stall first (until --stall-seconds pass or SIGUSR2).") var stallFile: [String] = []
-    @Option(help: "How long a stalled read waits.") var stallSeconds: Double = 30
+    @Option(help: "Opens of files matching this glob stall first (until --stall-seconds pass or SIGUSR2), as on a hard-mounted NAS or an object-store client fetching metadata.") var stallOpen: [String] = []
+    @Option(help: "How long a stalled read or open waits.") var stallSeconds: Double = 30
+    @Flag(help: "Give a file a new node ID and inode number each time the kernel forgets it and looks it up again, as s3fs does.") var unstableInodes = false
 
     func run() throws {
         var signals = sigset_t()
@@ -69,13 +73,15 @@ final class Source: Sendable {
     let root: String
     let latency: Double
     let failGlobs: [String], failOffset: Int64
-    let stallGlobs: [String], stallSeconds: Double
+    let stallGlobs: [String], stallOpenGlobs: [String], stallSeconds: Double
+    /// Node IDs are reported as inode numbers, and a forgotten file gets a new ID at its next lookup.
+    let unstableInodes: Bool
     let failing = Atomic<Bool>(false)
     /// Every read waits until recovery, as on a hard-mounted NAS whose server went away.
     let hanging = Atomic<Bool>(false)
     /// Bumped by recovery, which ends the stalls in progress.
     let recoveries = Atomic<Int>(0)
-    private let paths = Mutex<(byID: [UInt64: String], byPath: [String: UInt64])>(([1: ""], ["": 1]))
+    private let nodes = Mutex(Nodes())
     private let bucket: TokenBucket?
 
     init(root: String, options: TestSource) {
@@ -84,6 +90,8 @@ final class Source: Sendable {
         failGlobs = options.failFile
         failOffset = options.failOffset
         stallGlobs = options.stallFile
+        stallOpenGlobs = options.stallOpen
+        unstableInodes = options.unstableInodes
         stallSeconds = options.stallSeconds
         bucket = options.bandwidth > 0 ? TokenBucket(bytesPerSecond: options.bandwidth) : nil
     }
@@ -102,16 +110,38 @@ final class Source: Sendable {
         return session
     }
 
-    func path(_ id: UInt64) -> String? { paths.withLock { $0.byID[id] } }
+    func path(_ id: UInt64) -> String? { nodes.withLock { $0.byID[id]?.path } }
 
-    func id(for path: String) -> UInt64 {
-        paths.withLock { table in
-            if let id = table.byPath[path] { return id }
-            let id = UInt64(table.byID.count + 1)
-            table.byID[id] = path
-            table.byPath[path] = id
+    /// The node ID for `path`, counting one more lookup the kernel will forget.
+    func lookUp(_ path: String) -> UInt64 {
+        nodes.withLock { table in
+            let id: UInt64
+            if let known = table.idOfPath[path] {
+                id = known
+            } else {
+                id = table.nextID
+                table.nextID += 1
+                table.idOfPath[path] = id
+            }
+            table.byID[id, default: (path, 0)].lookups += 1
             return id
         }
+    }
+
+    /// The kernel dropped `count` lookups of `id`; at zero the node is gone. Without
+    /// --unstable-inodes its path keeps the ID for the next lookup; with it, the next lookup gets a new one.
+    func forget(_ id: UInt64, count: UInt64) {
+        nodes.withLock { table in
+            guard id != Nodes.rootID, var node = table.byID[id] else { return }
+            node.lookups -= min(count, node.lookups)
+            table.byID[id] = node.lookups > 0 ? node : nil
+            if node.lookups == 0 && unstableInodes { table.idOfPath[node.path] = nil }
+        }
+    }
+
+    /// The inode number the kernel shows for node `id`: the source file's, or with --unstable-inodes the node ID.
+    func setInodeNumber(of attributes: inout stat, node id: UInt64) {
+        if unstableInodes { attributes.st_ino = ino_t(id) }
     }
 
     func full(_ relative: String) -> String { relative.isEmpty ? root : root + "/" + relative }
@@ -138,7 +168,7 @@ final class Source: Sendable {
     }
 
     /// Waits `seconds`, or until the next recovery.
-    private func stall(seconds: Double) {
+    func stall(seconds: Double) {
         let recovery = recoveries.load(ordering: .relaxed)
         let deadline = seconds.isFinite ? Date().addingTimeInterval(seconds) : .distantFuture
         while Date() < deadline && recoveries.load(ordering: .relaxed) == recovery { usleep(10_000) }
@@ -152,16 +182,21 @@ final class Source: Sendable {
             let child = (base.isEmpty ? "" : base + "/") + String(cString: name!)
             var entry = fuse_entry_param()
             guard lstat(source.full(child), &entry.attr) == 0 else { fuse_reply_err(req, errno); return }
-            entry.ino = source.id(for: child)
+            entry.ino = source.lookUp(child)
+            source.setInodeNumber(of: &entry.attr, node: entry.ino)
             entry.attr_timeout = 1
             entry.entry_timeout = 1
             fuse_reply_entry(req, &entry)
         }
-        ops.forget = { req, _, _ in fuse_reply_none(req) }
+        ops.forget = { req, node, lookups in
+            Source.of(req).forget(node, count: lookups)
+            fuse_reply_none(req)
+        }
         ops.getattr = { req, node, _ in
             let source = Source.of(req)
             var attributes = stat()
             guard let path = source.path(node), lstat(source.full(path), &attributes) == 0 else { fuse_reply_err(req, errno == 0 ? ESTALE : errno); return }
+            source.setInodeNumber(of: &attributes, node: node)
             fuse_reply_attr(req, &attributes, 1)
         }
         ops.readlink = { req, node in
@@ -175,6 +210,7 @@ final class Source: Sendable {
         ops.open = { req, node, info in
             let source = Source.of(req)
             guard let path = source.path(node) else { fuse_reply_err(req, ESTALE); return }
+            if source.matches(source.stallOpenGlobs, path) { source.stall(seconds: source.stallSeconds) }
             let fd = open(source.full(path), O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { fuse_reply_err(req, errno); return }
             cachefs_file_info_set_handle(info, UInt64(fd))
@@ -238,6 +274,15 @@ final class Source: Sendable {
     static func of(_ req: fuse_req_t?) -> Source {
         Unmanaged<Source>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
     }
+}
+
+/// Node IDs the kernel holds, with their paths and the lookups it has not forgotten.
+struct Nodes {
+    static let rootID: UInt64 = 1
+    var byID: [UInt64: (path: String, lookups: UInt64)] = [rootID: ("", 1)]
+    /// The ID a lookup of the path answers with; without --unstable-inodes kept after the node is forgotten.
+    var idOfPath: [String: UInt64] = ["": rootID]
+    var nextID: UInt64 = rootID + 1
 }
 
 /// A directory's entries, read once at opendir; offsets are positions in it.

@@ -1,33 +1,53 @@
+/// What names a source file across its versions: what a rewrite in place keeps.
+///
+/// Which one a source gets is decided once per source, from its file system type
+/// (see `IdentityRule` in MirrorFS): the inode where the source keeps inode numbers
+/// stable, the path where it hands out new ones (object-store FUSE clients).
+public enum FileIdentity: Hashable, Sendable, CustomStringConvertible {
+    /// Device and inode numbers: local and network file systems. A file renamed over
+    /// the name is another inode, so it is another file whatever its size and times.
+    case inode(device: UInt64, inode: UInt64)
+    /// The path beneath the source root, as raw bytes: sources whose inode numbers change
+    /// each time the kernel forgets a file (s3fs, ossfs, high-level libfuse file systems).
+    case path([UInt8])
+
+    public var description: String {
+        switch self {
+        case .inode(let device, let inode): "dev \(device) ino \(inode)"
+        case .path(let path): "path \(String(decoding: path, as: UTF8.self))"
+        }
+    }
+}
+
 /// One version of one source file's content.
 ///
 /// Two reads see the same bytes only if their versions are equal, so a block
 /// cached for one version is never returned for another: a file rewritten in
-/// place changes its size, mtime or ctime; a file renamed over gets a new inode.
+/// place changes its size, mtime or ctime; a file renamed over gets a new inode
+/// (where inodes identify files) or new times.
 public struct FileVersion: Hashable, Sendable, CustomStringConvertible {
-    public var device: UInt64
-    public var inode: UInt64
+    public var identity: FileIdentity
     public var size: Int64
     public var modified: Timestamp
     /// The status-change time catches rewrites that restore the old mtime (`cp -p`, `rsync -t`).
     public var changed: Timestamp
 
-    public init(device: UInt64, inode: UInt64, size: Int64, modified: Timestamp, changed: Timestamp) {
-        self.device = device
-        self.inode = inode
+    public init(identity: FileIdentity, size: Int64, modified: Timestamp, changed: Timestamp) {
+        self.identity = identity
         self.size = size
         self.modified = modified
         self.changed = changed
     }
 
     public var description: String {
-        "dev \(device) ino \(inode) size \(size) mtime \(modified)"
+        "\(identity) size \(size) mtime \(modified)"
     }
 
     /// Whether `other` is the same file with the same size and mtime: what a
     /// write in progress changes. Unlike equality it ignores ctime, which also
     /// moves on chmod, a new hard link or an unlink (a rename over the name), none of which touch the bytes.
     public func hasSameContent(as other: FileVersion) -> Bool {
-        device == other.device && inode == other.inode && size == other.size && modified == other.modified
+        identity == other.identity && size == other.size && modified == other.modified
     }
 }
 

@@ -1,18 +1,3 @@
-/// The identity of a source file across its versions: what a rewrite in place keeps.
-public struct FileIdentity: Hashable, Sendable {
-    public var device: UInt64
-    public var inode: UInt64
-
-    public init(device: UInt64, inode: UInt64) {
-        self.device = device
-        self.inode = inode
-    }
-}
-
-extension FileVersion {
-    public var identity: FileIdentity { FileIdentity(device: device, inode: inode) }
-}
-
 /// A pin that would take more than the capacity left for it.
 public struct PinRefused: Error, Equatable, CustomStringConvertible {
     /// Bytes the refused files would have added to the pinned total.

@@ -26,7 +26,7 @@ public struct DescriptorBlockReader: SourceBlockReader {
 
     public func read(_ file: SourceFile, through reader: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
         let count = try reader.descriptor.readFully(into: buffer, at: offset)
-        guard try reader.descriptor.attributes().version.hasSameContent(as: file.version) else { throw .staleNFSFileHandle }
+        guard file.version.isContent(of: try reader.descriptor.attributes()) else { throw .staleNFSFileHandle }
         return count
     }
 }
@@ -104,9 +104,9 @@ final class BlockLoader: Sendable {
 
     /// Asks the peers for a block of a file opened with a known path; nil to read the source.
     private func loadFromRemote(_ index: Int64, of file: SourceFile, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
-        guard let remote, let path = file.relativePath, !path.isEmpty else { return nil }
+        guard let remote, !file.relativePath.isEmpty else { return nil }
         let request = RemoteBlockRequest(
-            relativePath: path, fileSize: file.version.size, modified: file.version.modified,
+            relativePath: file.relativePath, fileSize: file.version.size, modified: file.version.modified,
             blockSize: cache.blockSize, index: index
         )
         guard let count = remote.readBlock(request, into: buffer), count == buffer.count else { return nil }

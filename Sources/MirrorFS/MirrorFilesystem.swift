@@ -58,8 +58,11 @@ public final class MirrorFilesystem: Sendable {
         let parent = try session.node(parent)
         let (handle, attributes) = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).child(named: name) }
         let name = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
+        let identity = session.identityRule.identity(of: attributes, path: Node.path(of: parent, appending: name))
         var released: [PathHandle] = []  // closed when this scope ends, outside the lock
-        let node = session.nodes.withLock { $0.remember(attributes.identity, in: parent, name: name, handle: handle, released: &released) }
+        let node = session.nodes.withLock {
+            $0.remember(identity, type: attributes.st_mode & S_IFMT, in: parent, name: name, handle: handle, released: &released)
+        }
         return (node.id, attributes)
     }
 
@@ -116,7 +119,7 @@ public final class MirrorFilesystem: Sendable {
         guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else { throw .readOnlyFileSystem }
         let node = try session.node(id)
         let source = try session.recovering { () throws(Errno) in
-            try self.session.open(self.session.handle(of: node), relativePath: self.loader.remote == nil ? nil : node.relativePath)
+            try self.session.open(self.session.handle(of: node), relativePath: node.relativePath)
         }
         let version = source.version
         let previous = node.lastOpenedVersion.withLock { last in
@@ -143,7 +146,7 @@ public final class MirrorFilesystem: Sendable {
                 if let kept = lane.context as? SourceFile {
                     reader = kept
                 } else {
-                    guard let opened = try? session.open(source.handle) else { return false }
+                    guard let opened = try? session.open(source.handle, relativePath: source.relativePath) else { return false }
                     lane.context = opened
                     reader = opened
                 }
@@ -319,17 +322,5 @@ public struct DirectoryEntry {
 extension DirectoryStream.Entry {
     var isDotOrDotDot: Bool {
         name[0] == 0x2E && (name[1] == 0 || (name[1] == 0x2E && name[2] == 0))
-    }
-}
-
-extension stat {
-    var identity: SourceIdentity { SourceIdentity(device: UInt64(st_dev), inode: UInt64(st_ino)) }
-
-    var version: FileVersion {
-        FileVersion(
-            device: UInt64(st_dev), inode: UInt64(st_ino), size: Int64(st_size),
-            modified: Timestamp(seconds: Int64(st_mtim.tv_sec), nanoseconds: Int64(st_mtim.tv_nsec)),
-            changed: Timestamp(seconds: Int64(st_ctim.tv_sec), nanoseconds: Int64(st_ctim.tv_nsec))
-        )
     }
 }

@@ -1,12 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockCache
 import SourceTree
 import Synchronization
-
-/// The identity of a source file: what makes two names hard links to one file.
-struct SourceIdentity: Hashable {
-    var device: UInt64
-    var inode: UInt64
-}
 
 /// A source file the kernel knows by a node ID.
 ///
@@ -16,7 +13,10 @@ struct SourceIdentity: Hashable {
 /// bounded cache in the `NodeTable`.
 final class Node: Sendable {
     let id: UInt64
-    let identity: SourceIdentity
+    /// Which source file this is (`IdentityRule`): under the inode rule, hard links share a node.
+    let identity: FileIdentity
+    /// The file's type (`S_IFMT` bits), which a file found again by name must still have.
+    let type: mode_t
     /// Where the kernel last looked the file up; nil for the root. Holding the
     /// parent keeps the whole chain to the root resolvable even after the kernel forgets a directory.
     private let place: Mutex<Place?>
@@ -29,9 +29,10 @@ final class Node: Sendable {
         let name: [CChar]
     }
 
-    init(id: UInt64, identity: SourceIdentity, place: Place?) {
+    init(id: UInt64, identity: FileIdentity, type: mode_t, place: Place?) {
         self.id = id
         self.identity = identity
+        self.type = type
         self.place = Mutex(place)
     }
 
@@ -55,6 +56,14 @@ final class Node: Sendable {
         }
         return path
     }
+
+    /// The path of `name` (NUL-terminated) in the directory `parent`.
+    static func path(of parent: Node, appending name: [CChar]) -> [UInt8] {
+        var path = parent.relativePath
+        if !path.isEmpty { path.append(UInt8(ascii: "/")) }
+        path.append(contentsOf: name.dropLast().map { UInt8(bitPattern: $0) })
+        return path
+    }
 }
 
 /// Node IDs handed to the kernel, each with the number of lookups the kernel
@@ -73,15 +82,15 @@ struct NodeTable: ~Copyable {
     let root: Node
     private(set) var rootHandle: PathHandle
     private var entries: [UInt64: Entry] = [:]
-    private var ids: [SourceIdentity: UInt64] = [:]
+    private var ids: [FileIdentity: UInt64] = [:]
     private var nextID: UInt64 = NodeTable.rootID + 1
     /// Open O_PATH descriptors of recently used nodes (the root's is kept apart, always open).
     private var handles = LRUList<UInt64, PathHandle>()
     private let handleLimit: Int
 
-    init(root rootHandle: PathHandle, identity: SourceIdentity, handleLimit: Int) {
+    init(root rootHandle: PathHandle, identity: FileIdentity, handleLimit: Int) {
         precondition(handleLimit > 0)
-        root = Node(id: Self.rootID, identity: identity, place: nil)
+        root = Node(id: Self.rootID, identity: identity, type: S_IFDIR, place: nil)
         self.rootHandle = rootHandle
         self.handleLimit = handleLimit
         entries[Self.rootID] = Entry(node: root, lookups: 1)
@@ -97,7 +106,7 @@ struct NodeTable: ~Copyable {
     /// more lookup; `handle`, just opened for it, joins the descriptor cache.
     /// - Parameter released: descriptors pushed out of the cache, to close outside the lock.
     mutating func remember(
-        _ identity: SourceIdentity, in parent: Node, name: [CChar], handle: PathHandle, released: inout [PathHandle]
+        _ identity: FileIdentity, type: mode_t, in parent: Node, name: [CChar], handle: PathHandle, released: inout [PathHandle]
     ) -> Node {
         let node: Node
         if let id = ids[identity], var entry = entries[id] {
@@ -106,7 +115,7 @@ struct NodeTable: ~Copyable {
             node = entry.node
             if id != Self.rootID { node.moved(to: Node.Place(parent: parent, name: name)) }
         } else {
-            node = Node(id: nextID, identity: identity, place: Node.Place(parent: parent, name: name))
+            node = Node(id: nextID, identity: identity, type: type, place: Node.Place(parent: parent, name: name))
             nextID += 1
             entries[node.id] = Entry(node: node, lookups: 1)
             ids[identity] = node.id

@@ -58,7 +58,7 @@ extension MirrorFilesystem {
               let (_, attributes) = try? root.descendant(atRelativePath: request.relativePath),
               attributes.st_mode & S_IFMT == S_IFREG
         else { return nil }
-        let version = attributes.version
+        let version = session.identityRule.version(of: attributes, path: request.relativePath)
         checkedVersions.record(version, of: request.relativePath)
         guard version.size == request.fileSize, version.modified == request.modified else { return nil }
         return cache.residentBlock(for: BlockKey(file: version, index: request.index))

@@ -16,6 +16,8 @@ import SystemPackage
 /// source block their caller (at most the source timeout, where there is one).
 final class SourceSession: Sendable {
     let nodes: Mutex<NodeTable>
+    /// How this source's files are told apart (inode or path), from its file system type.
+    let identityRule: IdentityRule
     /// Where source opens and reads run when they have a deadline; nil runs them on the caller's thread.
     let sourceCalls: SourceCallPool?
     private let rootPath: String?
@@ -35,10 +37,12 @@ final class SourceSession: Sendable {
     init(root: PathHandle, rootPath: String?, handleLimit: Int, sourceCalls: SourceCallPool?, logger: Logger) throws(Errno) {
         let attributes = try root.attributes()
         rootType = try root.fileSystemType()
+        identityRule = IdentityRule(fileSystemType: rootType)
         self.rootPath = rootPath
         self.sourceCalls = sourceCalls
         self.logger = logger
-        nodes = Mutex(NodeTable(root: root, identity: attributes.identity, handleLimit: handleLimit))
+        nodes = Mutex(NodeTable(root: root, identity: identityRule.identity(of: attributes, path: []), handleLimit: handleLimit))
+        logger.info("source", metadata: ["path": "\(rootPath ?? "-")", "type": "\(String(rootType, radix: 16))", "files named by": "\(identityRule)"])
     }
 
     func node(_ id: UInt64) throws(Errno) -> Node {
@@ -52,7 +56,8 @@ final class SourceSession: Sendable {
     }
 
     /// A source descriptor for the node: the cached one, or found again by name
-    /// from its parent (recursively), checked to still be the same file.
+    /// from its parent (recursively), checked to still be the same file: the same
+    /// identity (under the path rule, the same path) and the same type.
     ///
     /// A name that now leads to another file (renamed over, deleted) gives
     /// `ESTALE`, as NFS does; the kernel then looks the name up afresh.
@@ -63,7 +68,8 @@ final class SourceSession: Sendable {
         let (handle, attributes) = try place.name.withUnsafeBufferPointer { (name) throws(Errno) in
             try parent.child(named: name.baseAddress!)
         }
-        guard attributes.identity == node.identity else { throw .staleNFSFileHandle }
+        guard identityRule.identity(of: attributes, path: node.relativePath) == node.identity,
+              attributes.st_mode & S_IFMT == node.type else { throw .staleNFSFileHandle }
         var released: [PathHandle] = []
         nodes.withLock { $0.cache(handle, for: node.id, released: &released) }
         counters.handleReopens.add(1, ordering: .relaxed)
@@ -74,7 +80,7 @@ final class SourceSession: Sendable {
     /// descriptor: the one way every reader, prefetch lane and warm-up opens the source,
     /// under the source timeout like a block read (an object-store client may fetch
     /// metadata at open; a hard-mounted NAS may stall it).
-    func open(_ handle: PathHandle, relativePath: [UInt8]? = nil) throws(Errno) -> SourceFile {
+    func open(_ handle: PathHandle, relativePath: [UInt8]) throws(Errno) -> SourceFile {
         let (descriptor, attributes) = try call(.open) { () throws(Errno) in
             let descriptor = try handle.openForReading()
             do throws(Errno) {
@@ -84,7 +90,8 @@ final class SourceSession: Sendable {
                 throw error
             }
         }
-        return SourceFile(handle: handle, descriptor: descriptor, version: attributes.version, relativePath: relativePath)
+        return SourceFile(handle: handle, descriptor: descriptor, version: identityRule.version(of: attributes, path: relativePath),
+                          relativePath: relativePath)
     }
 
     /// What a source call was doing, for its log line.
@@ -170,10 +177,10 @@ public final class SourceFile: Sendable {
     let handle: PathHandle
     public let descriptor: FileDescriptor
     public let version: FileVersion
-    /// The path below the source root when opened, which names the file to peers; nil without peers.
-    let relativePath: [UInt8]?
+    /// The path below the source root when opened, which names the file to peers.
+    let relativePath: [UInt8]
 
-    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion, relativePath: [UInt8]? = nil) {
+    init(handle: PathHandle, descriptor: FileDescriptor, version: FileVersion, relativePath: [UInt8]) {
         self.handle = handle
         self.descriptor = descriptor
         self.version = version

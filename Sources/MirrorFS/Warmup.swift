@@ -56,7 +56,7 @@ extension MirrorFilesystem {
     public func warm(relativePath path: String, offset: Int64, length: Int64) throws(Errno) -> (version: FileVersion, bytes: Int64) {
         let (handle, attributes) = try session.currentRoot().descendant(atRelativePath: Self.normalized(path))
         guard attributes.st_mode & S_IFMT == S_IFREG else { throw .isDirectory }
-        let source = try session.open(handle)
+        let source = try session.open(handle, relativePath: Array(Self.normalized(path).utf8))
         let start = max(0, offset), end = min(source.version.size, offset + max(0, length))
         var covered = start
         for span in loader.spans(from: start, to: end, size: source.version.size) {
@@ -80,7 +80,7 @@ extension MirrorFilesystem {
     private func collect(_ handle: PathHandle, attributes: stat, path: String, into files: inout [WarmFile]) throws(Errno) {
         switch attributes.st_mode & S_IFMT {
         case S_IFREG:
-            files.append(WarmFile(path: path, version: attributes.version))
+            files.append(WarmFile(path: path, version: session.identityRule.version(of: attributes, path: Array(path.utf8))))
         case S_IFDIR:
             // Names first, then one child at a time: descriptors stay few however large the directory.
             var names: [String] = []

@@ -12,7 +12,7 @@ private func version(
     mtime: Int64 = 100, mtimeNanoseconds: Int64 = 0, ctime: Int64 = 100
 ) -> FileVersion {
     FileVersion(
-        device: device, inode: inode, size: size,
+        identity: .inode(device: device, inode: inode), size: size,
         modified: Timestamp(seconds: mtime, nanoseconds: mtimeNanoseconds),
         changed: Timestamp(seconds: ctime, nanoseconds: 0)
     )

@@ -7,7 +7,7 @@ private let blockSize = 4096
 
 private func file(_ inode: UInt64, blocks: Int64, mtime: Int64 = 100) -> FileVersion {
     FileVersion(
-        device: 7, inode: inode, size: blocks * Int64(blockSize),
+        identity: .inode(device: 7, inode: inode), size: blocks * Int64(blockSize),
         modified: Timestamp(seconds: mtime, nanoseconds: 0), changed: Timestamp(seconds: mtime, nanoseconds: 0)
     )
 }

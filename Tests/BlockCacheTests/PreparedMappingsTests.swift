@@ -44,7 +44,7 @@ struct PreparedMappingsTests {
     @Test("whole blocks and a file's shorter last block load through the cache with the right bytes")
     func cacheLoadsUsePreparedMemory() throws {
         let cache = BlockCache(capacity: 64 << 20, blockSize: 1 << 20)
-        let file = FileVersion(device: 1, inode: 1, size: (5 << 20) + 100, modified: .init(seconds: 0, nanoseconds: 0), changed: .init(seconds: 0, nanoseconds: 0))
+        let file = FileVersion(identity: .inode(device: 1, inode: 1), size: (5 << 20) + 100, modified: .init(seconds: 0, nanoseconds: 0), changed: .init(seconds: 0, nanoseconds: 0))
         for index in 0..<6 {
             let length = index == 5 ? 100 : 1 << 20
             let block = try cache.block(for: BlockKey(file: file, index: Int64(index)), length: length) { buffer in

@@ -33,7 +33,7 @@ struct ObjectStoreTests {
         }
         // Otherwise this test would not test anything: the source must really renumber the file.
         #expect(Set(sourceInodes).count == 3, "the source kept its inode numbers: \(sourceInodes)")
-        let fromSource = try mount.stats().bytesFromSource
+        let fromSource = try mount.stats()[.bytesFromSource]
         #expect(Double(fromSource) <= 1.05 * Double(size),
                 "\(fromSource) bytes read from the source for a \(size)-byte file read 3 times (\(String(format: "%.2f", Double(fromSource) / Double(size)))x); source inodes \(sourceInodes)")
     }
@@ -84,7 +84,7 @@ struct ObjectStoreTests {
             try dropKernelCachesOfBothLayers()
             #expect(try Data(contentsOf: URL(fileURLWithPath: mirrored)) == newBytes, "read \(read) after the change: old bytes")
         }
-        let fromSource = try mount.stats().bytesFromSource
+        let fromSource = try mount.stats()[.bytesFromSource]
         #expect(Double(fromSource) <= 1.05 * Double(2 * size),
                 "\(fromSource) bytes read from the source for two versions of \(size) bytes (\(String(format: "%.2f", Double(fromSource) / Double(size)))x one version)")
     }

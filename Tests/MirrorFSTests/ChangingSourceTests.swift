@@ -95,7 +95,7 @@ struct ChangingSourceTests {
         let newNode = try fixture.lookup("data")
         #expect(newNode != oldNode)
         let reopened = try fixture.filesystem.open(node: newNode, flags: O_RDONLY)
-        #expect(reopened.file.version.inode != opened.version.inode)
+        #expect(reopened.file.version.identity != opened.version.identity)
         #expect(try fixture.read(reopened.file, at: 0, count: 150_000) == new)
         // The old node, opened again, still reaches the old inode (it is pinned by its O_PATH handle).
         let oldAgain = try fixture.filesystem.open(node: oldNode, flags: O_RDONLY)

@@ -160,7 +160,7 @@ import Testing
         #expect(fixture.filesystem.residentBlock(for: old) == nil, "the source now says the old version is gone")
 
         let versions = RecentlyCheckedVersions(freshness: .milliseconds(100), capacity: 2)
-        let version = FileVersion(device: 1, inode: 2, size: 3, modified: .init(seconds: 4, nanoseconds: 5), changed: .init(seconds: 6, nanoseconds: 7))
+        let version = FileVersion(identity: .inode(device: 1, inode: 2), size: 3, modified: .init(seconds: 4, nanoseconds: 5), changed: .init(seconds: 6, nanoseconds: 7))
         versions.record(version, of: Array("a".utf8))
         #expect(versions.version(of: Array("a".utf8)) == version)
         #expect(versions.version(of: Array("b".utf8)) == nil)

@@ -44,7 +44,7 @@ func withRunning<T>(_ service: some Service, _ body: () async throws -> T) async
 /// A resident block with the given bytes, made the way the cache makes them.
 func makeBlock(_ bytes: [UInt8]) throws -> Block {
     let cache = BlockCache(capacity: max(bytes.count, 1), blockSize: max(bytes.count, 1))
-    let key = BlockKey(file: FileVersion(device: 1, inode: 1, size: Int64(bytes.count), modified: .init(seconds: 0, nanoseconds: 0), changed: .init(seconds: 0, nanoseconds: 0)), index: 0)
+    let key = BlockKey(file: FileVersion(identity: .inode(device: 1, inode: 1), size: Int64(bytes.count), modified: .init(seconds: 0, nanoseconds: 0), changed: .init(seconds: 0, nanoseconds: 0)), index: 0)
     return try cache.block(for: key, length: bytes.count) { buffer in
         buffer.copyBytes(from: bytes)
         return bytes.count

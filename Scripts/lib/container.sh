@@ -57,27 +57,48 @@ stop_test_containers() {
     done
 }
 
+# Closes every descriptor above 2 that this shell inherited. A test runner may wait for one
+# to close (Foundation's Process does) before it sees the shell exit, and a container or a
+# daemon started from here would hold it open for as long as it lives.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+}
+
 # container_boot ROOT LOG: boots ROOT in the background (console to LOG) and waits
 # until systemd inside reports the boot finished. Prints "NSPAWN_PID INIT_PID".
 container_boot() {
     local root=$1 log=$2 nspawn init="" _
     # setsid: the container outlives the shell that started it; it is stopped by PID.
-    setsid systemd-nspawn -D "$root" --keep-unit --register=no --bind=/dev/fuse \
-        --capability=CAP_SYS_ADMIN --console=pipe -b </dev/null >>"$log" 2>&1 &
+    (
+        close_inherited_fds
+        exec setsid systemd-nspawn -D "$root" --keep-unit --register=no --bind=/dev/fuse \
+            --capability=CAP_SYS_ADMIN --console=pipe -b </dev/null >>"$log" 2>&1
+    ) &
     nspawn=$!
+    # The container's init is the child of systemd-nspawn that has become systemd (earlier
+    # children are still in the host's namespaces, where nsenter would find no systemd).
     for _ in $(seq 300); do
-        init=$(pgrep -P "$nspawn" | head -n 1 || true)
+        init=$(pgrep -P "$nspawn" -x systemd || true)
         [ -n "$init" ] && break
         kill -0 "$nspawn" 2>/dev/null || { echo "systemd-nspawn exited: $(tail -n 3 "$log")" >&2; return 1; }
         sleep 0.1
     done
     [ -n "$init" ] || { echo "no init process under systemd-nspawn $nspawn" >&2; container_stop "$nspawn"; return 1; }
-    # "degraded" (some unit failed) still means the boot finished.
-    if ! timeout 120 nsenter -t "$init" -a systemctl is-system-running --wait >/dev/null; then
-        local state
-        state=$(nsenter -t "$init" -a systemctl is-system-running 2>&1 || true)
-        [ "$state" = degraded ] || { echo "container did not finish booting: $state" >&2; container_stop "$nspawn"; return 1; }
-    fi
+    # Until systemd has its bus, systemctl fails at once; "degraded" (a unit failed) still means booted.
+    local state="" deadline=$((SECONDS + 120))
+    while [ $SECONDS -lt $deadline ]; do
+        state=$(timeout 120 nsenter -t "$init" -a systemctl is-system-running --wait 2>&1 || true)
+        case "$state" in running|degraded) break ;; esac
+        sleep 0.2
+    done
+    case "$state" in
+        running|degraded) ;;
+        *) echo "container did not finish booting: $state" >&2; container_stop "$nspawn"; return 1 ;;
+    esac
     echo "$nspawn $init"
 }
 
@@ -85,7 +106,10 @@ container_boot() {
 container_exec() {
     local init=$1
     shift
-    nsenter -t "$init" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
+    (
+        close_inherited_fds
+        exec nsenter -t "$init" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
+    )
 }
 
 # container_stop NSPAWN_PID: powers the container off (systemd-nspawn turns SIGTERM into a

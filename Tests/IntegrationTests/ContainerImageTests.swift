@@ -44,13 +44,13 @@ struct ContainerImageTests {
         }
         // What the container runtime does with the pod: run ENTRYPOINT + args as the container's main process.
         let command = (steps.entrypoint + steps.args).map { "'\($0)'" }.joined(separator: " ")
-        try container.check("systemd-run --unit=cachefs-pod --property=KillMode=process \(command)")
+        try container.check("systemd-run --unit=cachefs-pod \(command)")
         let serving = try eventually(within: 20) { try container.exec("/usr/local/bin/cachefs stats /data-fast").status == 0 }
         #expect(serving, "the readiness probe's command never succeeded:\n\(container.journal("cachefs-pod"))")
         #expect(try container.exec("cmp /data-slow/model.bin /data-fast/model.bin").status == 0)
 
         // Pod deletion: the runtime sends SIGTERM to the container's main process only.
-        try container.check("kill -TERM $(systemctl show -P MainPID cachefs-pod)")
+        try container.check("pid=$(systemctl show -P MainPID cachefs-pod) && [ \"$pid\" -gt 0 ] && kill -TERM \"$pid\"")
         let ended = try eventually(within: 15) { try container.exec("systemctl is-active cachefs-pod").output.hasPrefix("active") == false }
         #expect(ended, "still running 15 s after SIGTERM")
         #expect(try container.cachefsMounts(at: "/data-fast").isEmpty, "the mount outlived SIGTERM")

@@ -1,0 +1,244 @@
+import ControlPlane
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What Scripts/test prepares for the tests that boot a container: a debootstrapped Debian 12
+/// (`CACHEFS_CONTAINER_BASE`, Scripts/lib/container.sh) and `DESTDIR=… Scripts/install`'s
+/// files (`CACHEFS_INSTALL_STAGE`), or the reason it could not (`CACHEFS_CONTAINER_SKIP`).
+enum ContainerPrerequisites {
+    static let environment = ProcessInfo.processInfo.environment
+    static let library = packageRoot.appendingPathComponent("Scripts/lib/container.sh").path
+
+    /// Why these tests cannot run here, or nil.
+    static let missing: String? = {
+        if let reason = environment["CACHEFS_CONTAINER_SKIP"] { return reason }
+        guard let base = environment["CACHEFS_CONTAINER_BASE"], let stage = environment["CACHEFS_INSTALL_STAGE"] else {
+            return "CACHEFS_CONTAINER_BASE and CACHEFS_INSTALL_STAGE are not set; Scripts/test prepares both"
+        }
+        guard FileManager.default.fileExists(atPath: base + "/usr/lib/systemd/systemd") else { return "no container root at \(base)" }
+        guard FileManager.default.isExecutableFile(atPath: stage + "/usr/local/bin/cachefs") else { return "no staged install at \(stage)" }
+        return nil
+    }()
+
+    static var skipComment: Comment { Comment(rawValue: missing ?? "") }
+}
+
+/// A copy of the base root booted with systemd in systemd-nspawn, with Scripts/install's
+/// files in it; powered off (its mounts go with it) and deleted at deinit.
+final class BootedContainer {
+    let scratch: ScratchDirectory
+    let root: String
+    private let console: String
+    private(set) var nspawnPid: Int32 = 0
+    private(set) var initPid: Int32 = 0
+
+    /// - Parameter prepare: writes files into the root before the first boot.
+    init(prepare: (String) throws -> Void = { _ in }) throws {
+        let environment = ContainerPrerequisites.environment
+        scratch = try ScratchDirectory("cachefs-test-container")
+        root = scratch.path + "/root"
+        console = scratch.path + "/console.log"
+        try shell("cp -a --reflink=auto \"$0\" \"$1\" && cp -a \"$2/.\" \"$1/\"",
+                  arguments: [environment["CACHEFS_CONTAINER_BASE"]!, root, environment["CACHEFS_INSTALL_STAGE"]!])
+        try Self.padMountTable(root: root)
+        try prepare(root)
+        try boot()
+    }
+
+    deinit { stop() }
+
+    /// A unit that mounts 60 small tmpfs with long names early at every boot, before local and
+    /// remote file systems: the mount table is then well past one page (4 KiB) before any
+    /// cachefs mount, which a one-read parser of /proc/self/mountinfo does not see.
+    private static func padMountTable(root: String) throws {
+        let unit = """
+            [Unit]
+            Description=Mount table longer than a page (cachefs tests)
+            DefaultDependencies=no
+            Wants=remote-fs-pre.target
+            Before=local-fs.target remote-fs-pre.target
+
+            [Service]
+            Type=oneshot
+            RemainAfterExit=yes
+            ExecStart=/bin/sh -c 'for i in $$(seq 60); do d=/run/cachefs-test-padding/a-mount-with-a-long-name-to-fill-the-table-$$i; mkdir -p $$d && mount -t tmpfs -o size=4k padding-$$i $$d; done'
+
+            [Install]
+            WantedBy=local-fs.target
+
+            """
+        let units = root + "/etc/systemd/system"
+        try unit.write(toFile: units + "/cachefs-test-padding.service", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: units + "/local-fs.target.wants", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: units + "/local-fs.target.wants/cachefs-test-padding.service",
+                                                   withDestinationPath: "../cachefs-test-padding.service")
+    }
+
+    private func boot() throws {
+        let pids = try shell("source \"$0\"; container_boot \"$1\" \"$2\"", arguments: [ContainerPrerequisites.library, root, console], timeout: 180)
+            .split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        guard pids.count == 2 else { throw TestFailure("container_boot printed no PIDs") }
+        (nspawnPid, initPid) = (pids[0], pids[1])
+        // For Scripts/test's cleanup, should this process die before deinit.
+        try "\(nspawnPid)\n".write(toFile: scratch.path + "/nspawn.pid", atomically: true, encoding: .utf8)
+    }
+
+    /// Runs a bash script inside the container, as root with a clean environment.
+    @discardableResult
+    func exec(_ script: String, timeout: Double = 120) throws -> CommandResult {
+        try run("/bin/bash", ["-c", "source \"$0\"; container_exec \"$@\"", ContainerPrerequisites.library,
+                              "\(initPid)", "bash", "-euo", "pipefail", "-c", script], timeout: timeout)
+    }
+
+    /// Runs a bash script inside the container; throws with its standard error unless it succeeds.
+    @discardableResult
+    func check(_ script: String, timeout: Double = 120) throws -> String {
+        let result = try exec(script, timeout: timeout)
+        guard result.status == 0 else { throw TestFailure("in the container (\(result.status)): \(script)\n\(result.error)") }
+        return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// `systemctl reboot` inside, then boots the same root again (systemd-nspawn exits on a reboot).
+    func reboot() throws {
+        _ = try exec("systemctl reboot")
+        guard eventually(within: 60, { !isAlive(nspawnPid) }) else { throw TestFailure("the container did not go down for the reboot") }
+        try boot()
+    }
+
+    func stop() {
+        guard nspawnPid > 0 else { return }
+        _ = try? shell("source \"$0\"; container_stop \"$1\"", arguments: [ContainerPrerequisites.library, "\(nspawnPid)"], timeout: 60)
+        nspawnPid = 0
+    }
+
+    /// A unit's property, from `systemctl show`.
+    func property(_ unit: String, _ name: String) throws -> String {
+        try check("systemctl show -P \(name) \(unit)")
+    }
+
+    /// The fuse.cachefs entries at `mountpoint` in the container's mount table, with the byte offset of each line.
+    func cachefsMounts(at mountpoint: String) throws -> [Int] {
+        try check("grep -b ' \(mountpoint) .* - fuse.cachefs ' /proc/self/mountinfo || true")
+            .split(separator: "\n").compactMap { Int($0.prefix { $0 != ":" }) }
+    }
+
+    /// The last lines of a unit's journal, for failure messages.
+    func journal(_ unit: String) -> String {
+        (try? exec("journalctl -u \(unit) --no-pager -n 30 -o short-monotonic").output) ?? ""
+    }
+}
+
+/// Whether a process exists and is not a zombie (a container's systemd-nspawn is not our child).
+private func isAlive(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let state = stat.split(separator: ")").last?.split(separator: " ").first else { return false }
+    return state != "Z"
+}
+
+/// `shell` with positional arguments ($0, $1…), so that paths need no quoting.
+@discardableResult
+private func shell(_ script: String, arguments: [String], timeout: Double = 300) throws -> String {
+    let result = try run("/bin/bash", ["-euo", "pipefail", "-c", script] + arguments, timeout: timeout)
+    guard result.status == 0 else { throw TestFailure("shell failed (\(result.status)): \(script)\n\(result.error)") }
+    return result.output
+}
+
+/// The source every test mirrors, written into the root before the first boot.
+private let modelSize = 48 << 20
+private func writeModels(root: String) throws {
+    try shell("mkdir -p \"$0/srv/models\" \"$0/mnt/models\" \"$0/mnt/fstab\" \"$0/etc/cachefs\" && head -c \(modelSize) /dev/urandom > \"$0/srv/models/model.bin\"",
+              arguments: [root])
+    try "SOURCE=/srv/models\nMOUNTPOINT=/mnt/models\nCAPACITY=256M\n"
+        .write(toFile: root + "/etc/cachefs/models.conf", atomically: true, encoding: .utf8)
+}
+
+@Suite("Under a booted systemd (Debian 12 in systemd-nspawn)", .serialized,
+       .enabled(if: ContainerPrerequisites.missing == nil, ContainerPrerequisites.skipComment))
+struct SystemdTests {
+    @Test("cachefs@models: active on READY=1, found by warm and stats, a second mount refused, back within 10 s of a SIGKILL, no mount after stop")
+    func unitLifecycle() throws {
+        let container = try BootedContainer(prepare: writeModels)
+        let unit = "cachefs@models.service"
+        #expect(Int(try container.check("wc -c < /proc/self/mountinfo")) ?? 0 > 8192, "the mount table was not padded")
+
+        let started = try container.exec("systemctl enable --now \(unit)")
+        try #require(started.status == 0, "\(started.error)\n\(container.journal(unit))")
+        #expect(try container.property(unit, "ActiveState") == "active")
+        // STATUS= travels in the READY=1 datagram: systemd has it only if it took the notification.
+        #expect(try container.property(unit, "StatusText") == "serving /srv/models at /mnt/models")
+        let firstPid = Int32(try container.property(unit, "MainPID")) ?? 0
+        try #require(firstPid > 0, "no main PID") // never `kill -9 0`
+        let mounts = try container.cachefsMounts(at: "/mnt/models")
+        #expect(mounts.count == 1)
+        #expect(mounts.allSatisfy { $0 > 4096 }, "the cachefs entry is within the first page of the mount table: \(mounts)")
+
+        let warm = try container.exec("cachefs warm /mnt/models")
+        #expect(warm.status == 0, "cachefs warm: \(warm.error)")
+        let statsResult = try container.exec("cachefs stats /mnt/models --json")
+        #expect(statsResult.status == 0, "cachefs stats: \(statsResult.error)")
+        if statsResult.status == 0 {
+            let stats = try JSONDecoder().decode(StatsReport.self, from: Data(statsResult.output.utf8))
+            #expect(stats.pid == firstPid, "stats reached pid \(stats.pid), the unit's is \(firstPid)")
+            #expect(stats.cachedBytes >= modelSize, "warm left \(stats.cachedBytes) bytes cached")
+        }
+        #expect(try container.exec("cmp /srv/models/model.bin /mnt/models/model.bin").status == 0)
+
+        let second = try container.exec("cachefs /srv/models /mnt/models --capacity 64M")
+        #expect(second.status != 0, "a second mount on a live mountpoint was accepted")
+        #expect(second.error.split(separator: "\n").count == 1, "not one line: \(second.error)")
+        #expect(try container.cachefsMounts(at: "/mnt/models").count == 1)
+        #expect(try container.property(unit, "MainPID") == "\(firstPid)")
+        if second.status == 0 { // accepted: remove the mount stacked on top, so that the checks below see the unit's own
+            _ = try container.exec("umount -l /mnt/models")
+        }
+
+        try container.check("kill -9 \(firstPid)")
+        let killed = Date()
+        let back = try eventually(within: 10) {
+            try container.property(unit, "ActiveState") == "active"
+                && !["0", "\(firstPid)"].contains(try container.property(unit, "MainPID"))
+                && container.cachefsMounts(at: "/mnt/models").count == 1
+                && container.exec("stat -f /mnt/models").status == 0
+        }
+        #expect(back, "not serving again within 10 s of the SIGKILL:\n\(container.journal(unit))")
+        print("cachefs@models serving again \(String(format: "%.1f", Date().timeIntervalSince(killed))) s after SIGKILL")
+        #expect(try container.exec("cmp /srv/models/model.bin /mnt/models/model.bin").status == 0)
+
+        // A stop right after a crash, before the restart: nothing may be left at the mountpoint,
+        // whether fusermount3's auto_unmount helper survived the crash (KillMode) or not (all killed).
+        try container.check("pid=$(systemctl show -P MainPID \(unit)) && [ \"$pid\" -gt 0 ] && kill -9 \"$pid\" && systemctl stop \(unit)")
+        #expect(try container.cachefsMounts(at: "/mnt/models").isEmpty, "a dead mount outlived a stop after SIGKILL of the daemon")
+        try container.check("systemctl start \(unit) && systemctl kill --signal=SIGKILL \(unit) && systemctl stop \(unit)")
+        #expect(try container.cachefsMounts(at: "/mnt/models").isEmpty, "a dead mount outlived a stop after SIGKILL of the whole unit")
+
+        try container.check("systemctl start \(unit)")
+        let stopped = try container.exec("systemctl stop \(unit)")
+        #expect(stopped.status == 0, "\(stopped.error)")
+        #expect(try container.property(unit, "ActiveState") == "inactive")
+        #expect(try container.cachefsMounts(at: "/mnt/models").isEmpty, "a mount outlived systemctl stop")
+        #expect(try container.exec("stat -f /mnt/models").status == 0, "the mountpoint is not usable after stop")
+        // No procps in the container: read the process names from /proc.
+        let left = try container.exec("cat /proc/[0-9]*/comm 2>/dev/null | grep -x -e cachefs -e fusermount3")
+        #expect(left.status != 0, "processes outlived systemctl stop: \(left.output)")
+    }
+
+    @Test("After a reboot, an /etc/fstab line (fuse.cachefs, _netdev,nofail) and the enabled unit are mounted and serve the source's bytes")
+    func fstabAfterReboot() throws {
+        let container = try BootedContainer(prepare: writeModels)
+        try container.check("""
+            echo '/srv/models /mnt/fstab fuse.cachefs capacity=128M,_netdev,nofail 0 0' >> /etc/fstab
+            systemctl enable cachefs@models.service
+            """)
+        try container.reboot()
+        let mounted = try eventually(within: 30) { try container.cachefsMounts(at: "/mnt/fstab").count == 1 }
+        #expect(mounted, "the fstab line did not mount:\n\(container.journal("mnt-fstab.mount"))")
+        #expect(try container.cachefsMounts(at: "/mnt/fstab").allSatisfy { $0 > 4096 })
+        #expect(try container.exec("cmp /srv/models/model.bin /mnt/fstab/model.bin").status == 0)
+        #expect(try container.property("cachefs@models.service", "ActiveState") == "active",
+                "\(container.journal("cachefs@models.service"))")
+        #expect(try container.exec("cmp /srv/models/model.bin /mnt/models/model.bin").status == 0)
+    }
+}

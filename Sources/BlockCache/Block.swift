@@ -6,74 +6,85 @@ import Darwin
 import Synchronization
 import SystemPackage
 
-/// Memory for one block being filled by a load. It owns an anonymous mapping
-/// until `seal(length:)` hands that mapping to an immutable `Block`.
+/// Where a block's bytes live: a range of its file version's memory file, or (for a
+/// file smaller than one block) an anonymous mapping of its own.
+enum BlockMemory: Sendable {
+    case file(VersionMemory, generation: UInt64)
+    case anonymous
+}
+
+/// Memory for one block being filled by a load, until `seal(length:)` hands it to an
+/// immutable `Block`.
 ///
-/// Blocks are mapped rather than malloc'ed so that evicting a block returns its
-/// memory to the system at once; malloc keeps freed large chunks in its arenas,
-/// which lets the daemon's RSS drift above the cache capacity.
-///
-/// A reference type so that a load that outlives its caller (a source read that
-/// timed out but is still running on another thread) keeps the memory it writes
-/// to mapped until it returns; an unsealed buffer is unmapped by its last owner.
+/// A reference type so that a load that outlives its caller (a source read that timed
+/// out but is still running on another thread) keeps the memory it writes to valid
+/// until it returns; an unsealed buffer gives its memory back with its last owner.
 public final class BlockBuffer: @unchecked Sendable {
     // @unchecked: one loader writes the memory; it is read only after the loader has finished and the block is sealed.
     public let memory: UnsafeMutableRawBufferPointer
+    let backing: BlockMemory
     private let sealed = Atomic<Bool>(false)
 
-    convenience init(capacity: Int) throws(Errno) {
-        self.init(mapping: try Self.map(capacity), capacity: capacity)
+    init(memory: UnsafeMutableRawBufferPointer, backing: BlockMemory) {
+        self.memory = memory
+        self.backing = backing
     }
 
-    /// Takes ownership of a mapping of exactly `capacity` bytes made by `map(_:)`.
-    init(mapping: UnsafeMutableRawPointer, capacity: Int) {
+    /// A fresh anonymous mapping of `capacity` bytes, populated at once: a load writes every
+    /// page anyway, and one mmap that allocates the pages costs far less than a fault per page.
+    static func anonymous(_ capacity: Int) throws(Errno) -> BlockBuffer {
         precondition(capacity > 0)
-        memory = UnsafeMutableRawBufferPointer(start: mapping, count: capacity)
-    }
-
-    /// A fresh anonymous mapping, populated at once: a load writes every page anyway,
-    /// and one mmap that allocates 256 pages costs far less than 256 separate page faults.
-    static func map(_ capacity: Int) throws(Errno) -> UnsafeMutableRawPointer {
         guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
               base != MAP_FAILED
         else { throw Errno(rawValue: errno) }
-        return base
+        return BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: base, count: capacity), backing: .anonymous)
     }
 
-    /// Publishes the first `length` bytes as a read-only block, which owns the mapping from now on.
+    /// Publishes the first `length` bytes as a read-only block, which owns the memory from now on.
     func seal(length: Int) -> Block {
         precondition(length >= 0 && length <= memory.count)
         let wasSealed = sealed.exchange(true, ordering: .acquiringAndReleasing)
         precondition(!wasSealed, "block buffer sealed twice")
-        return Block(mapping: memory, length: length)
+        let block = Block(memory: memory, length: length, backing: backing)
+        if case .file(let version, let generation) = backing { version.adopt(block, generation: generation, at: memory.baseAddress!) }
+        return block
     }
 
     deinit {
-        if !sealed.load(ordering: .acquiring) { munmap(memory.baseAddress, memory.count) }
+        if !sealed.load(ordering: .acquiring) { Block.release(memory, backing) }
     }
 }
 
 /// A loaded block: immutable bytes shared by every reader that holds it.
 ///
-/// A reader keeps the block alive while the kernel copies from it, so a block
-/// evicted in the middle of a reply is unmapped only when the last reader lets go.
+/// A reader keeps the block alive while the kernel copies from it, so a block evicted
+/// in the middle of a reply gives its memory back only when the last reader lets go:
+/// an anonymous block is unmapped, a block in a version's memory file has its range
+/// punched out of the file (unless a newer block of the same range took it meanwhile).
 public final class Block: @unchecked Sendable {
     // @unchecked: the memory is written only before the block is sealed, and read-only after.
-    private let base: UnsafeMutableRawPointer
-    private let mappedLength: Int
+    private let memory: UnsafeMutableRawBufferPointer
+    let backing: BlockMemory
     /// Number of valid bytes; shorter than the block size only for a file's last block.
     public let count: Int
     /// A 32-bit digest of the bytes once computed (bit 32 set), else 0; see `digest(_:)`.
     private let memoizedDigest = Atomic<UInt64>(0)
 
-    fileprivate init(mapping: UnsafeMutableRawBufferPointer, length: Int) {
-        base = mapping.baseAddress!
-        mappedLength = mapping.count
+    fileprivate init(memory: UnsafeMutableRawBufferPointer, length: Int, backing: BlockMemory) {
+        self.memory = memory
+        self.backing = backing
         count = length
     }
 
     /// The valid bytes. Valid only while `self` is alive: use inside `withExtendedLifetime`.
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: memory.baseAddress, count: count) }
+
+    /// The memory file holding the block and the block's offset in it, for sending it
+    /// with sendfile(2); nil for a block in anonymous memory. Valid while `self` is alive.
+    public var fileRange: (descriptor: Int32, offset: Int64)? {
+        guard case .file(let version, _) = backing else { return nil }
+        return (version.descriptor, Int64(memory.baseAddress! - version.base))
+    }
 
     /// A digest of the bytes (a peer server's checksum), computed by the first
     /// caller and remembered: the bytes never change once sealed. Concurrent first
@@ -86,7 +97,14 @@ public final class Block: @unchecked Sendable {
         return value
     }
 
-    deinit { munmap(base, mappedLength) }
+    deinit { Self.release(memory, backing) }
+
+    static func release(_ memory: UnsafeMutableRawBufferPointer, _ backing: BlockMemory) {
+        switch backing {
+        case .anonymous: munmap(memory.baseAddress, memory.count)
+        case .file(let version, let generation): version.release(memory, generation: generation)
+        }
+    }
 }
 
 /// What a lookup that must not do I/O could tell about a block.

@@ -6,30 +6,31 @@ import SystemPackage
 ///
 /// Thread safety: every method may be called from any thread (FUSE workers,
 /// prefetchers). One mutex guards the index and the counters; it is never held
-/// while a block loads, allocates or is freed, so a slow source stalls only the
-/// readers of the blocks it is loading.
+/// while a block loads, while memory is mapped, or while it is given back, so a
+/// slow source stalls only the readers of the blocks it is loading.
+///
+/// Memory: the blocks of a file version live in that version's memory file
+/// (`VersionMemory`), each at its own offset, so that a wholly cached version
+/// can be handed to the kernel to serve directly (`hold`). A file smaller than
+/// one block, and a block the cache will not keep, get anonymous memory instead.
 ///
 /// Capacity: bytes of evictable resident blocks, plus bytes reserved by loads in
-/// flight, plus the sizes of pinned files never exceed `capacity`. A load that
-/// finds every byte reserved or pinned still runs, but its block is handed to the
-/// caller and not kept.
+/// flight, plus the sizes of pinned files and of held files, never exceed
+/// `capacity`. A load that finds every byte reserved, pinned or held still runs,
+/// but its block is handed to the caller and not kept.
 ///
-/// Pinning (see `pin(_:)`): a pinned file version holds its whole size of the
-/// capacity from the moment it is pinned, and its blocks, once loaded, live
-/// outside the LRU list, so no eviction can take them.
+/// Fixed versions: a pinned version (see `pin(_:)`) or a held one (see `hold(_:)`)
+/// keeps its blocks outside the LRU list, so no eviction can take them.
 public final class BlockCache: Sendable {
     public let capacity: Int
     public let blockSize: Int
     let state: Mutex<State>
-    /// Memory for whole blocks, prepared off the loading threads' critical path.
-    let preparedMemory: PreparedMappings
 
     public init(capacity: Int, blockSize: Int) {
         precondition(capacity > 0 && blockSize > 0)
         self.capacity = capacity
         self.blockSize = blockSize
         state = Mutex(State())
-        preparedMemory = PreparedMappings(size: blockSize)
     }
 
     /// Returns the block for `key` and the tier it came from, calling `fill` to load it on a miss:
@@ -40,18 +41,18 @@ public final class BlockCache: Sendable {
     ///   - fill: loads the block into the buffer and returns how many bytes it wrote and
     ///     where they came from (a peer or the source). It runs on the calling thread without
     ///     the cache's lock, and may hand the buffer to work that outlives the call (a source
-    ///     read the caller stopped waiting for): the memory stays mapped until that work lets go.
+    ///     read the caller stopped waiting for): the memory stays valid until that work lets go.
     ///     Concurrent callers asking for the same key while it runs wait for it and share its
     ///     result, error included.
     /// - Returns: the block, and `.memory` for a hit, else the tier `fill` reported.
-    /// - Throws: what `fill` threw, or `Errno` if memory could not be mapped. Failures are not cached.
+    /// - Throws: what `fill` threw, or `Errno` if memory could not be had. Failures are not cached.
     public func fetch(
         for key: BlockKey,
         length: Int,
         fill: (BlockBuffer) throws -> (count: Int, tier: ReadTier)
     ) throws -> (block: Block, tier: ReadTier) {
         precondition(length > 0 && length <= blockSize)
-        var evicted: [Block] = []  // unmapped when this scope ends, outside the lock
+        var evicted: [Block] = []  // given back when this scope ends, outside the lock
         defer { evicted.removeAll() }
         let step: Step = state.withLock { state in
             if let block = state.lookup(key, touching: true) {
@@ -65,9 +66,10 @@ public final class BlockCache: Sendable {
             state.counters.misses += 1
             let pending = PendingLoad()
             state.pending[key] = pending
-            // A pinned file's blocks are already paid for by its pin.
-            let kept = state.isPinned(key.file) ? false : state.reserve(length, capacity: capacity, evicted: &evicted)
-            return .load(pending, kept: kept)
+            // A fixed version's blocks are already paid for by its pin or hold.
+            let fixed = state.isFixed(key.file)
+            let reserved = fixed ? false : state.reserve(length, capacity: capacity, evicted: &evicted)
+            return .load(pending, reserved: reserved, admitted: fixed || reserved)
         }
 
         switch step {
@@ -75,22 +77,30 @@ public final class BlockCache: Sendable {
             return (block, .memory)
         case .wait(let pending):
             return try pending.wait()
-        case .load(let pending, let kept):
+        case .load(let pending, let reserved, let admitted):
             let outcome = Result { () throws -> (block: Block, tier: ReadTier) in
-                // A file's last, shorter block is mapped to its own length.
-                let buffer = length == blockSize
-                    ? BlockBuffer(mapping: try preparedMemory.take(), capacity: length)
-                    : try BlockBuffer(capacity: length)
-                let (filled, tier) = try fill(buffer)
-                return (buffer.seal(length: min(max(filled, 0), length)), tier)
+                switch try memory(for: key, length: length, kept: admitted) {
+                case .live(let block):
+                    return (block, .memory) // evicted while a reader still held it: taken back, a hit after all
+                case .fresh(let buffer):
+                    let (filled, tier) = try fill(buffer)
+                    return (buffer.seal(length: min(max(filled, 0), length)), tier)
+                }
             }
             state.withLock { state in
                 state.pending[key] = nil
-                if kept { state.reservedBytes -= length }
+                if reserved { state.reservedBytes -= length }
                 switch outcome {
                 case .success(let loaded):
-                    state.counters.loadedBytes += UInt64(loaded.block.count)
-                    state.admit(key, loaded.block, reserved: kept)
+                    if loaded.tier == .memory {
+                        state.counters.misses -= 1
+                        state.counters.hits += 1
+                        state.counters.reclaimedBlocks += 1
+                        state.counters.reclaimedBytes += UInt64(loaded.block.count)
+                    } else {
+                        state.counters.loadedBytes += UInt64(loaded.block.count)
+                    }
+                    state.admit(key, loaded.block, reserved: reserved)
                 case .failure:
                     state.counters.loadErrors += 1
                 }
@@ -100,7 +110,26 @@ public final class BlockCache: Sendable {
         }
     }
 
-    /// The block if it is in memory (pinned or not), marked most recently used; never loads.
+    /// Memory for a block to be loaded: its range of the version's memory file if the cache
+    /// keeps it and the file spans at least a block, else an anonymous mapping of its own.
+    private func memory(for key: BlockKey, length: Int, kept: Bool) throws -> VersionMemory.Claim {
+        guard kept, key.file.size >= Int64(blockSize) else { return .fresh(try BlockBuffer.anonymous(length)) }
+        return try memory(of: key.file).claim(key.index, length: length)
+    }
+
+    /// The version's memory file, made (outside the lock) on its first block.
+    private func memory(of version: FileVersion) throws -> VersionMemory {
+        if let existing = state.withLock({ $0.memories[version]?.memory }) { return existing }
+        let made = try VersionMemory(size: version.size, blockSize: blockSize)
+        return state.withLock { state in
+            if let raced = state.memories[version]?.memory { return raced }
+            state.forgetReleasedMemories()
+            state.memories[version] = WeakMemory(memory: made)
+            return made
+        }
+    }
+
+    /// The block if it is in memory (fixed or not), marked most recently used; never loads.
     /// For serving peers, which must not make this instance read its source for them; not
     /// counted as a reader's hit.
     public func residentBlock(for key: BlockKey) -> Block? {
@@ -117,25 +146,31 @@ public final class BlockCache: Sendable {
             var snapshot = state.counters
             snapshot.capacity = capacity
             snapshot.blockSize = blockSize
-            snapshot.residentBytes = state.residentBytes + state.pinnedResidentBytes
-            snapshot.residentBlocks = state.resident.count + state.pinnedBlocks.count
+            snapshot.residentBytes = state.residentBytes + state.fixedResidentBytes
+            snapshot.residentBlocks = state.resident.count + state.fixed.values.reduce(0) { $0 + $1.count }
             snapshot.reservedBytes = state.reservedBytes
             snapshot.pinnedBytes = state.pinnedBytes
             snapshot.pinnedFiles = state.pins.count
-            snapshot.pinnedResidentBytes = state.pinnedResidentBytes
+            snapshot.pinnedResidentBytes = state.pins.values.reduce(0) { $0 + state.fixedBytes(of: $1) }
+            snapshot.heldBytes = state.heldBytes
+            snapshot.heldFiles = state.holds.count
             return snapshot
         }
     }
 
-    /// Evictable resident keys from least to most recently used (for tests and diagnostics); pinned blocks are not listed.
-    public var keysByRecency: [BlockKey] {
+    /// Evictable resident keys from least to most recently used (for tests and diagnostics); fixed blocks are not listed.
+    var keysByRecency: [BlockKey] {
         state.withLock { $0.resident.keysOldestFirst }
     }
 
     private enum Step {
         case hit(Block)
         case wait(PendingLoad)
-        case load(PendingLoad, kept: Bool)
+        case load(PendingLoad, reserved: Bool, admitted: Bool)
+    }
+
+    struct WeakMemory {
+        weak var memory: VersionMemory?
     }
 
     struct State: ~Copyable {
@@ -145,28 +180,42 @@ public final class BlockCache: Sendable {
         var reservedBytes = 0
         var pending: [BlockKey: PendingLoad] = [:]
         var counters = CacheStatistics()
-        /// Pinned file versions by identity, the sum of their sizes, and their loaded blocks.
+        /// Blocks of pinned or held versions, by version, and their bytes.
+        var fixed: [FileVersion: [Int64: Block]] = [:]
+        var fixedResidentBytes = 0
+        /// Pinned file versions by identity, and the sum of their sizes.
         var pins: [FileIdentity: FileVersion] = [:]
         var pinnedBytes = 0
-        var pinnedBlocks: [BlockKey: Block] = [:]
-        var pinnedResidentBytes = 0
+        /// Held versions (`hold`) and how many holds each has; the sizes of those not also pinned.
+        var holds: [FileVersion: Int] = [:]
+        var heldBytes = 0
+        /// Each version's memory file while any of its blocks lives.
+        var memories: [FileVersion: WeakMemory] = [:]
 
         func isPinned(_ file: FileVersion) -> Bool {
             !pins.isEmpty && pins[file.identity] == file
         }
 
-        /// The one residency lookup every entry point goes through: pinned blocks, then the LRU list.
+        func isFixed(_ file: FileVersion) -> Bool {
+            isPinned(file) || holds[file] != nil
+        }
+
+        /// The one residency lookup every entry point goes through: fixed blocks, then the LRU list.
         mutating func lookup(_ key: BlockKey, touching: Bool) -> Block? {
-            if !pinnedBlocks.isEmpty, let block = pinnedBlocks[key] { return block }
+            if !fixed.isEmpty, let block = fixed[key.file]?[key.index] { return block }
             return touching ? resident.touch(key) : resident.peek(key)
         }
 
-        /// Keeps a freshly loaded block with its pinned file, or in the room reserved for it.
-        /// A block with neither (no room, or its file was unpinned while it loaded) is not kept.
+        func fixedBytes(of file: FileVersion) -> Int {
+            fixed[file]?.values.reduce(0) { $0 + $1.count } ?? 0
+        }
+
+        /// Keeps a freshly loaded block with its fixed version, or in the room reserved for it.
+        /// A block with neither (no room, or its version was unfixed while it loaded) is not kept.
         mutating func admit(_ key: BlockKey, _ block: Block, reserved: Bool) {
-            if isPinned(key.file) {
-                pinnedBlocks[key] = block
-                pinnedResidentBytes += block.count
+            if isFixed(key.file) {
+                fixed[key.file, default: [:]][key.index] = block
+                fixedResidentBytes += block.count
             } else if reserved {
                 resident.insert(key, block)
                 residentBytes += block.count
@@ -174,9 +223,9 @@ public final class BlockCache: Sendable {
         }
 
         /// Makes room for `length` bytes by evicting least recently used blocks.
-        /// Returns false if loads in flight hold too much of the capacity to make room.
+        /// Returns false if loads in flight and fixed versions hold too much of the capacity to make room.
         mutating func reserve(_ length: Int, capacity: Int, evicted: inout [Block]) -> Bool {
-            while residentBytes + reservedBytes + pinnedBytes + length > capacity {
+            while residentBytes + reservedBytes + pinnedBytes + heldBytes + length > capacity {
                 guard let (_, block) = resident.removeOldest() else { return false }
                 evicted.append(block)
                 residentBytes -= block.count
@@ -186,7 +235,44 @@ public final class BlockCache: Sendable {
             reservedBytes += length
             return true
         }
+
+        /// Moves a version's resident blocks out of the LRU list into the fixed table.
+        mutating func fix(_ file: FileVersion, blockSize: Int) {
+            for index in 0..<blockCount(file, blockSize: blockSize) {
+                let key = BlockKey(file: file, index: index)
+                guard let block = resident.remove(key) else { continue }
+                residentBytes -= block.count
+                fixed[file, default: [:]][index] = block
+                fixedResidentBytes += block.count
+            }
+        }
+
+        /// Moves a version's fixed blocks back to the LRU list (most recently used), or returns them to be dropped.
+        mutating func unfix(_ file: FileVersion, keepBlocks: Bool) -> [Block] {
+            guard let blocks = fixed.removeValue(forKey: file) else { return [] }
+            var dropped: [Block] = []
+            for (index, block) in blocks.sorted(by: { $0.key < $1.key }) {
+                fixedResidentBytes -= block.count
+                if keepBlocks {
+                    resident.insert(BlockKey(file: file, index: index), block)
+                    residentBytes += block.count
+                } else {
+                    dropped.append(block)
+                }
+            }
+            return dropped
+        }
+
+        /// Drops the entries of memory files that have been released (all their blocks gone).
+        mutating func forgetReleasedMemories() {
+            guard memories.count >= 64 else { return }
+            memories = memories.filter { $0.value.memory != nil }
+        }
     }
+}
+
+func blockCount(_ file: FileVersion, blockSize: Int) -> Int64 {
+    (file.size + Int64(blockSize) - 1) / Int64(blockSize)
 }
 
 /// A load in flight, which concurrent missers of the same block wait for.
@@ -221,6 +307,9 @@ public struct CacheStatistics: Sendable, Equatable {
     /// Lookups that found the block loading and waited for that load instead of starting another.
     public var coalescedMisses: UInt64 = 0
     public var loadedBytes: UInt64 = 0
+    /// Bytes of evicted blocks taken back by a lookup while a reader still held them (counted as hits, not loads).
+    public var reclaimedBlocks: UInt64 = 0
+    public var reclaimedBytes: UInt64 = 0
     public var loadErrors: UInt64 = 0
     public var evictions: UInt64 = 0
     public var evictedBytes: UInt64 = 0
@@ -228,6 +317,9 @@ public struct CacheStatistics: Sendable, Equatable {
     public var pinnedBytes = 0
     public var pinnedFiles = 0
     public var pinnedResidentBytes = 0
+    /// Files held in memory for the kernel to read directly (passthrough), and their bytes not already pinned.
+    public var heldFiles = 0
+    public var heldBytes = 0
 
     public init() {}
 }

@@ -17,56 +17,57 @@ public struct PinRefused: Error, Equatable, CustomStringConvertible {
 // counted against the capacity as soon as it is pinned, whether or not its
 // blocks are loaded yet, so that warming it later can never fail for room.
 // Pins are kept per file identity: pinning a new version of a file replaces
-// the pin of the old one, whose blocks are dropped.
+// the pin of the old one, whose blocks are dropped (unless a hold keeps them).
 extension BlockCache {
     /// Pins every version in `files`, or none of them if their sizes do not fit
-    /// beside what is already pinned and what loads in flight hold.
+    /// beside what is already pinned or held and what loads in flight hold.
     ///
     /// Blocks of these versions already resident leave the LRU list; other blocks
     /// are made room for by evicting least recently used ones.
     public func pin(_ files: [FileVersion]) throws(PinRefused) {
-        var released: [Block] = [] // unmapped after the lock is dropped
+        var released: [Block] = [] // given back after the lock is dropped
         defer { released.removeAll() }
         try state.withLock { (state: inout State) throws(PinRefused) in
             var newest: [FileIdentity: FileVersion] = [:]
             for file in files { newest[file.identity] = file }
             let added = newest.values.filter { state.pins[$0.identity] != $0 }
             let replaced = added.reduce(0) { $0 + Int(state.pins[$1.identity]?.size ?? 0) }
+            // A held version is already paid for in full: pinning it moves its charge.
             let requested = added.reduce(0) { $0 + Int($1.size) }
-            guard state.pinnedBytes - replaced + requested + state.reservedBytes <= capacity else {
-                throw PinRefused(requestedBytes: requested, pinnedBytes: state.pinnedBytes,
+            let alreadyHeld = added.filter { state.holds[$0] != nil }.reduce(0) { $0 + Int($1.size) }
+            let charged = state.pinnedBytes + state.heldBytes + state.reservedBytes
+            guard charged - replaced - alreadyHeld + requested <= capacity else {
+                throw PinRefused(requestedBytes: requested, pinnedBytes: state.pinnedBytes + state.heldBytes,
                                  reservedBytes: state.reservedBytes, capacity: capacity)
             }
             for file in added {
                 if let old = state.pins[file.identity] {
-                    released += state.unpin(old, blockSize: blockSize, keepBlocks: false)
+                    released += state.unpin(old, keepBlocks: false)
                 }
                 state.pins[file.identity] = file
                 state.pinnedBytes += Int(file.size)
-                for index in 0..<blockCount(file) {
-                    let key = BlockKey(file: file, index: index)
-                    guard let block = state.resident.remove(key) else { continue }
-                    state.residentBytes -= block.count
-                    state.pinnedBlocks[key] = block
-                    state.pinnedResidentBytes += block.count
+                if state.holds[file] != nil {
+                    state.heldBytes -= Int(file.size)
+                } else {
+                    state.fix(file, blockSize: blockSize)
                 }
             }
             // Room for the new pins: reserving nothing evicts down to the bound.
             if state.reserve(0, capacity: capacity, evicted: &released) == false {
-                preconditionFailure("pinned and reserved bytes exceed the capacity that was checked")
+                preconditionFailure("pinned, held and reserved bytes exceed the capacity that was checked")
             }
         }
     }
 
     /// Releases the pins of these files (any version); their loaded blocks become
-    /// ordinary, most recently used blocks. Returns the number of files and bytes unpinned.
+    /// ordinary, most recently used blocks (or stay held). Returns the number of files and bytes unpinned.
     @discardableResult
     public func unpin(_ files: [FileIdentity]) -> (files: Int, bytes: Int) {
         state.withLock { state in
             var count = 0, bytes = 0
             for identity in Set(files) {
                 guard let version = state.pins[identity] else { continue }
-                _ = state.unpin(version, blockSize: blockSize, keepBlocks: true)
+                _ = state.unpin(version, keepBlocks: true)
                 count += 1
                 bytes += Int(version.size)
             }
@@ -84,31 +85,19 @@ extension BlockCache {
     public func isPinned(_ file: FileVersion) -> Bool {
         state.withLock { $0.isPinned(file) }
     }
-
-    private func blockCount(_ file: FileVersion) -> Int64 {
-        (file.size + Int64(blockSize) - 1) / Int64(blockSize)
-    }
 }
 
 extension BlockCache.State {
-    /// Drops the pin of `version`. Its blocks move to the LRU list (which has room:
-    /// the pin held at least their size), or are returned for the caller to release.
-    mutating func unpin(_ version: FileVersion, blockSize: Int, keepBlocks: Bool) -> [Block] {
+    /// Drops the pin of `version`. A held version keeps its blocks fixed (its charge moves
+    /// to the held bytes); otherwise they move to the LRU list (which has room: the pin held
+    /// at least their size), or are returned for the caller to release.
+    mutating func unpin(_ version: FileVersion, keepBlocks: Bool) -> [Block] {
         pins[version.identity] = nil
         pinnedBytes -= Int(version.size)
-        var dropped: [Block] = []
-        let blocks = (version.size + Int64(blockSize) - 1) / Int64(blockSize)
-        for index in 0..<blocks {
-            let key = BlockKey(file: version, index: index)
-            guard let block = pinnedBlocks.removeValue(forKey: key) else { continue }
-            pinnedResidentBytes -= block.count
-            if keepBlocks {
-                resident.insert(key, block)
-                residentBytes += block.count
-            } else {
-                dropped.append(block)
-            }
+        if holds[version] != nil {
+            heldBytes += Int(version.size)
+            return []
         }
-        return dropped
+        return unfix(version, keepBlocks: keepBlocks)
     }
 }

@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <stdint.h>
 #include <linux/openat2.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
 
 /// openat2(2), which glibc 2.36 does not wrap: opens `path` below `dirfd` under `resolve` rules.
 /// Returns the descriptor, or -1 with errno set.
@@ -35,6 +37,21 @@ static inline ssize_t cachefs_getxattrat(int dirfd, const char *path, unsigned i
 static inline ssize_t cachefs_listxattrat(int dirfd, const char *path, unsigned int at_flags, char *list, size_t size) {
     return syscall(465, dirfd, path, at_flags, list, size);
 }
+
+/// memfd_create(2): an anonymous file in memory, the storage of a file version's cached blocks.
+static inline int cachefs_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+static const unsigned int CACHEFS_MFD_CLOEXEC = 0x0001U;
+
+/// Frees a range of a memory file's pages (fallocate PUNCH_HOLE, size kept). 0 or -1 with errno.
+static inline int cachefs_punch_hole(int fd, off_t offset, off_t length) {
+    return (int)syscall(SYS_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+/// madvise(MADV_POPULATE_WRITE) (Linux 5.14): fault a range in writable at once.
+static const int CACHEFS_MADV_POPULATE_WRITE = 23;
 
 static const uint64_t CACHEFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const uint64_t CACHEFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;

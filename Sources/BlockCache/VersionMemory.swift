@@ -1,0 +1,115 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLinux
+import Synchronization
+import SystemPackage
+
+/// The memory of one file version's cached blocks: a memory file (memfd) as large as the
+/// file, sparse, each block at its own offset, and one shared mapping of it all through
+/// which the daemon fills and reads blocks. Because the bytes sit in a file at the file's
+/// own offsets, the kernel can serve a wholly cached version straight from it (FUSE
+/// passthrough), and a peer server can send blocks from it with sendfile(2).
+///
+/// Memory is given back block by block: a block's range is punched out of the file when
+/// the last reference to the block goes. A range belongs to one block at a time, so that
+/// no block's bytes can change or vanish while a reader holds it: a load that finds the
+/// range's block still alive (evicted, but still being copied to a reader) takes that
+/// block back instead of loading again; otherwise it claims the range (a new generation),
+/// and a block whose last reference goes after its range was claimed again leaves it alone.
+///
+/// Lives as long as any block of the version (and any passthrough hold of it): the blocks
+/// retain it. Threads: any.
+public final class VersionMemory: @unchecked Sendable {
+    // @unchecked: `base` is set once; the memory behind it is written only by the load that claimed a range.
+    let descriptor: Int32
+    let base: UnsafeMutableRawPointer
+    private let mappedLength: Int
+    private let blockSize: Int
+    /// Each block index's owner: the generation that claimed the range, and the block it became.
+    private let slots = Mutex<(next: UInt64, byIndex: [Int64: Slot])>((1, [:]))
+
+    private struct Slot {
+        var generation: UInt64
+        weak var block: Block?
+    }
+
+    /// What a load finds for a block's range.
+    enum Claim {
+        /// The range's block is still alive: its bytes are this version's, ready.
+        case live(Block)
+        /// The range is the caller's to fill.
+        case fresh(BlockBuffer)
+    }
+    init(size: Int64, blockSize: Int) throws(Errno) {
+        precondition(size > 0)
+        let fd = cachefs_memfd_create("cachefs-block-memory", UInt32(CACHEFS_MFD_CLOEXEC))
+        guard fd >= 0 else { throw Errno(rawValue: errno) }
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let length = (Int(size) + pageSize - 1) / pageSize * pageSize
+        guard ftruncate(fd, off_t(size)) == 0,
+              let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0), mapped != MAP_FAILED
+        else {
+            let error = Errno(rawValue: errno)
+            close(fd)
+            throw error
+        }
+        descriptor = fd
+        base = mapped
+        mappedLength = length
+        self.blockSize = blockSize
+    }
+
+    deinit {
+        munmap(base, mappedLength)
+        close(descriptor)
+    }
+
+    /// The range of block `index` (`length` bytes) for the caller's load, or the block still
+    /// alive in it. A fresh range's pages are allocated at once (MADV_POPULATE_WRITE), as
+    /// MAP_POPULATE does for an anonymous block.
+    func claim(_ index: Int64, length: Int) -> Claim {
+        let generation: UInt64? = slots.withLock { slots in
+            if let alive = slots.byIndex[index]?.block, alive.count == length { return nil }
+            defer { slots.next += 1 }
+            slots.byIndex[index] = Slot(generation: slots.next, block: nil)
+            return slots.next
+        }
+        guard let generation else {
+            // Taken outside the closure that found it, so that it is retained here; it cannot have
+            // gone in between: only a new claim or its own release clears the slot, and neither can
+            // run for this index while the cache has this load pending.
+            return slots.withLock { $0.byIndex[index]?.block }.map(Claim.live) ?? claim(index, length: length)
+        }
+        let start = base + Int(index) * blockSize
+        _ = madvise(start, (length + 4095) & ~4095, CACHEFS_MADV_POPULATE_WRITE)
+        return .fresh(BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: start, count: length), backing: .file(self, generation: generation)))
+    }
+
+    /// Records the block a claimed range became, so that a later load can take it back while it lives.
+    func adopt(_ block: Block, generation: UInt64, at memory: UnsafeRawPointer) {
+        let index = Int64((memory - UnsafeRawPointer(base)) / blockSize)
+        slots.withLock { slots in
+            if slots.byIndex[index]?.generation == generation { slots.byIndex[index]?.block = block }
+        }
+    }
+
+    /// Gives a block's range back to the system, unless it has been claimed again since.
+    func release(_ memory: UnsafeMutableRawBufferPointer, generation: UInt64) {
+        let offset = memory.baseAddress! - base
+        let index = Int64(offset / blockSize)
+        slots.withLock { slots in
+            guard slots.byIndex[index]?.generation == generation else { return }
+            slots.byIndex[index] = nil
+            // Under the lock: a new claim of this range waits until the punch is done.
+            _ = cachefs_punch_hole(descriptor, off_t(offset), off_t(memory.count))
+        }
+    }
+
+    /// Bytes of the file that hold memory now (for tests and diagnostics).
+    var allocatedBytes: Int {
+        var attributes = stat()
+        guard fstat(descriptor, &attributes) == 0 else { return 0 }
+        return Int(attributes.st_blocks) * 512
+    }
+}

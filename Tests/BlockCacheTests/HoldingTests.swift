@@ -1,0 +1,142 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import BlockCache
+import Testing
+
+private let blockSize = 4096
+
+private func version(_ inode: UInt64, blocks: Int, extra: Int = 0) -> FileVersion {
+    FileVersion(identity: .inode(device: 9, inode: inode), size: Int64(blocks * blockSize + extra),
+                modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
+}
+
+private func bytes(_ file: FileVersion, _ index: Int64, count: Int) -> [UInt8] {
+    (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ Int(index) &* 13 &+ Int(file.size)) }
+}
+
+/// Loads the blocks of `file` (all by default) with their own bytes; returns how many reached the loader.
+@discardableResult
+private func load(_ cache: BlockCache, _ file: FileVersion, _ indexes: Range<Int64>? = nil) throws -> Int {
+    var loads = 0
+    let count = (file.size + Int64(blockSize) - 1) / Int64(blockSize)
+    for index in indexes ?? 0..<count {
+        let length = Int(min(Int64(blockSize), file.size - index * Int64(blockSize)))
+        _ = try cache.block(for: BlockKey(file: file, index: index), length: length) { buffer in
+            loads += 1
+            bytes(file, index, count: length).withUnsafeBytes { buffer.copyMemory(from: $0) }
+            return length
+        }
+    }
+    return loads
+}
+
+/// The whole content of a memory file, read through its descriptor as the kernel would.
+private func contents(of descriptor: Int32, size: Int) -> [UInt8] {
+    var result = [UInt8](repeating: 0, count: size)
+    let count = result.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, size, 0) }
+    return Array(result.prefix(max(count, 0)))
+}
+
+@Suite("Block memory in memory files, and holds for passthrough", .serialized)
+struct HoldingTests {
+    @Test("A wholly cached version's blocks sit in one memory file at the file's own offsets")
+    func blocksLiveInTheVersionsMemoryFile() throws {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let file = version(1, blocks: 4, extra: 100) // a shorter last block
+        try load(cache, file)
+        let hold = try #require(cache.hold(file))
+        defer { cache.release(hold) }
+        let expected = (0..<5).flatMap { bytes(file, Int64($0), count: $0 == 4 ? 100 : blockSize) }
+        #expect(contents(of: hold.descriptor, size: Int(file.size)) == expected)
+    }
+
+    @Test("A hold is refused for a version not wholly in memory, and for a file smaller than a block")
+    func holdNeedsTheWholeVersion() throws {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let partial = version(2, blocks: 4)
+        try load(cache, partial, 0..<3)
+        #expect(cache.hold(partial) == nil)
+        let small = version(3, blocks: 0, extra: 1000)
+        try load(cache, small)
+        #expect(cache.hold(small) == nil, "a file smaller than a block has no memory file")
+        #expect(cache.statistics.heldFiles == 0)
+    }
+
+    @Test("A held version survives any eviction pressure; after its last release it is evictable again")
+    func heldBlocksAreNotEvicted() throws {
+        let cache = BlockCache(capacity: 8 * blockSize, blockSize: blockSize)
+        let held = version(4, blocks: 4)
+        try load(cache, held)
+        let first = try #require(cache.hold(held))
+        let second = try #require(cache.hold(held))
+        #expect(cache.statistics.heldFiles == 1 && cache.statistics.heldBytes == 4 * blockSize)
+        try load(cache, version(5, blocks: 20)) // five times the room left
+        #expect(try load(cache, held) == 0, "a held block was evicted")
+        #expect(contents(of: first.descriptor, size: 4 * blockSize) == (0..<4).flatMap { bytes(held, Int64($0), count: blockSize) })
+        #expect(cache.statistics.residentBytes <= cache.capacity)
+
+        cache.release(first)
+        try load(cache, version(6, blocks: 20))
+        #expect(try load(cache, held) == 0, "still held by the second hold")
+        cache.release(second)
+        #expect(cache.statistics.heldFiles == 0 && cache.statistics.heldBytes == 0)
+        try load(cache, version(7, blocks: 20))
+        #expect(try load(cache, held) > 0, "released, the version's blocks are evictable again")
+    }
+
+    @Test("Evicted blocks give their memory back: the memory file holds only what is cached")
+    func evictionPunchesTheMemoryFile() throws {
+        let cache = BlockCache(capacity: 8 * blockSize, blockSize: blockSize)
+        let file = version(8, blocks: 8)
+        let block = try cache.block(for: BlockKey(file: file, index: 0), length: blockSize) { buffer in
+            buffer.initializeMemory(as: UInt8.self, repeating: 1)
+            return blockSize
+        }
+        guard case .file(let memory, _) = block.backing else { Issue.record("a file of 8 blocks should use a memory file"); return }
+        try load(cache, file, 1..<8)
+        #expect(memory.allocatedBytes == 8 * blockSize)
+        try load(cache, version(9, blocks: 6)) // evicts six of the eight
+        // Block 0 is still referenced here: its range stays until this reference goes.
+        #expect(memory.allocatedBytes == 3 * blockSize, "\(memory.allocatedBytes) bytes allocated")
+        _ = block
+    }
+
+    @Test("A block evicted while a reader holds it is taken back by the next lookup, never loaded over")
+    func evictedBlockHeldByAReaderIsTakenBack() throws {
+        let cache = BlockCache(capacity: 4 * blockSize, blockSize: blockSize)
+        let file = version(10, blocks: 4)
+        let key = BlockKey(file: file, index: 2)
+        let held = try cache.block(for: key, length: blockSize) { buffer in
+            bytes(file, 2, count: blockSize).withUnsafeBytes { buffer.copyMemory(from: $0) }
+            return blockSize
+        }
+        try load(cache, version(11, blocks: 8)) // evicts it; the reader still holds it
+        #expect(!cache.contains(key))
+        let again = try cache.block(for: key, length: blockSize) { buffer in
+            buffer.initializeMemory(as: UInt8.self, repeating: 0xEE) // would corrupt the held block's range
+            return blockSize
+        }
+        #expect(again === held)
+        #expect(withExtendedLifetime(held) { Array(held.bytes) } == bytes(file, 2, count: blockSize))
+        #expect(cache.statistics.reclaimedBlocks == 1)
+    }
+
+    @Test("Pinned and held at once: unpinning keeps the blocks while held, releasing makes them evictable")
+    func pinAndHoldTogether() throws {
+        let cache = BlockCache(capacity: 8 * blockSize, blockSize: blockSize)
+        let file = version(12, blocks: 4)
+        try cache.pin([file])
+        try load(cache, file)
+        let hold = try #require(cache.hold(file))
+        #expect(cache.statistics.pinnedBytes == 4 * blockSize && cache.statistics.heldBytes == 0, "charged once, as pinned")
+        cache.unpin([file.identity])
+        #expect(cache.statistics.pinnedBytes == 0 && cache.statistics.heldBytes == 4 * blockSize, "the charge moves to the hold")
+        try load(cache, version(13, blocks: 20))
+        #expect(try load(cache, file) == 0, "held blocks were evicted after the unpin")
+        cache.release(hold)
+        try load(cache, version(14, blocks: 20))
+        #expect(try load(cache, file) > 0)
+        #expect(cache.statistics.heldBytes == 0 && cache.statistics.pinnedBytes == 0)
+    }
+}

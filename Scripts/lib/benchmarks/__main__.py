@@ -57,7 +57,7 @@ def build():
     for product in ("cachefs", "cachefs-testsource"):
         out = subprocess.run(["swift", "build", "-c", "release", "--product", product], cwd=REPO,
                              capture_output=True, text=True)
-        print("\n".join((out.stdout + out.stderr).strip().splitlines()[-1:]))
+        print("\n".join(line for line in out.stdout.splitlines() if line.startswith("Build ")))
         if out.returncode != 0:
             sys.exit(f"bench: swift build of {product} failed:\n{out.stdout}{out.stderr}")
     return system.output(["swift", "build", "-c", "release", "--show-bin-path"])
@@ -94,10 +94,12 @@ def record_meta(bench, args, argv, selected):
         bench.note(f"--quick: {plan.runs} runs a figure; scenario 3 and 11 read 1 GiB (not 2 GiB), scenario 4 the "
                    f"first {plan.latency_mib} MiB of the 1 GiB file, fio runs {plan.fio_seconds} s (not 10 s), 7 and "
                    f"14 walk {plan.tree_dirs * 1000:,} files (not 50,000), the sweep reads {plan.sweep_mib} MiB once "
-                   f"per setting, 12 reads {plan.peer_mib} MiB, 15 loads a {plan.seed_mib} MiB checkpoint")
+                   f"per setting, 12 reads {plan.peer_mib} MiB, 15 loads a {plan.seed_mib} MiB checkpoint, 16 reads "
+                   f"{plan.s3_mib} MiB")
     if scenarios.seed_table in selected and plan.seed_runs != plan.runs:
-        bench.note(f"scenario 15 (seed table) is the median of {plan.seed_runs} runs (each source-bound load of a "
-                   f"{plan.seed_mib} MiB checkpoint takes about a minute at 80 MB/s)")
+        minutes = 2 * plan.seed_mib * system.MiB / scenarios.seed_table.SOURCE_BANDWIDTH / 60
+        bench.note(f"scenario 15 (seed table) is the median of {report.runs_text(plan.seed_runs)}: its two "
+                   f"source-bound loads of a {plan.seed_mib} MiB checkpoint take about {minutes:.1f} minutes a run")
 
 
 def load_warning(bench):

@@ -23,6 +23,7 @@ class Plan:
     peer_bandwidth: str       # scenario 12's source cap (Scripts/bench-peers --bandwidth)
     seed_mib: int             # scenario 15's checkpoint
     seed_runs: int
+    s3_mib: int               # scenario 16's file, read through s3fs from moto_server (about 65 MiB/s)
     herd_readers: int = 16
     memory_bound_capacity_mib: int = 512   # scenario 9 reads 4x this: the 2 GiB file
     sweep_depths: tuple = (4, 16, 32)
@@ -32,9 +33,11 @@ class Plan:
     def make(cls, quick):
         if quick:
             return cls(quick=True, runs=3, fio_seconds=5, cold_file=ONE, latency_mib=256, tree_dirs=10,
-                       sweep_mib=128, sweep_runs=1, peer_mib=1024, peer_bandwidth="300M", seed_mib=1024, seed_runs=1)
+                       sweep_mib=128, sweep_runs=1, peer_mib=1024, peer_bandwidth="300M", seed_mib=1024, seed_runs=1,
+                       s3_mib=256)
         return cls(quick=False, runs=5, fio_seconds=10, cold_file=BIG, latency_mib=1024, tree_dirs=50,
-                   sweep_mib=512, sweep_runs=3, peer_mib=2048, peer_bandwidth="300M", seed_mib=4096, seed_runs=3)
+                   sweep_mib=512, sweep_runs=3, peer_mib=2048, peer_bandwidth="300M", seed_mib=4096, seed_runs=3,
+                   s3_mib=1024)
 
 
 # The data set, kept on local disk and reused across runs.
@@ -68,7 +71,10 @@ class Bench:
 
     def record(self, key, value):
         """One raw sample: the same key repeated is one sample per run, and the figure is their median."""
-        text = f"{value:.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+        if isinstance(value, float):   # five significant digits, never in exponent form
+            text = f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.5g}"
+        else:
+            text = str(value)
         self.samples.setdefault(key, []).append(text)
         with open(os.path.join(self.results, "results.tsv"), "a") as f:
             f.write(f"{key}\t{text}\n")

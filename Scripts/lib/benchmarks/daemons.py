@@ -44,8 +44,7 @@ class Daemons:
         return mount
 
     def cachefs(self, source, path, *options, capacity="3G", preexec_fn=None):
-        command = [self.cachefs_bin, source, path, "--foreground", "--capacity", capacity,
-                   "--log-file", os.path.join(self.logs, f"cachefs-{os.path.basename(path)}.log"), *options]
+        command = [self.cachefs_bin, source, path, "--foreground", "--capacity", capacity, *options]
         mount = self._start("cachefs", path, command, preexec_fn)
         # The control socket answers a moment after the mount does.
         system.wait_until(lambda: self._stats_or_none(mount) is not None, f"cachefs stats at {path}")

@@ -7,6 +7,15 @@ import shutil
 from .context import BIG, FILE_MIB, ONE, TREE, say
 from .system import MiB
 
+DESCRIPTION = """\
+Data lives on local disk under the work directory (`/var/tmp/cachefs-bench` unless `CACHEFS_BENCH_DIR` is set): a
+2 GiB and a 1 GiB file of random bytes, a tree of 50,000 small files and the seed table's checkpoint, reused across
+runs; the 2 GiB file is copied to `/dev/shm` for the tmpfs baselines. Every sequential read is `dd bs=1M
+of=/dev/null`, timed around the process; "page cache dropped" is `sync; echo 3 > /proc/sys/vm/drop_caches` right
+before the timed command. Every daemon (cachefs in `--foreground`, rclone, bindfs, cachefs-testsource) is a child of
+the bench, stopped by its PID, and everything mounted under the work directory is unmounted when a scenario ends,
+fails, or the bench is interrupted."""
+
 
 def random_file(bench, name, mib):
     """DATA/NAME of MIB MiB of random bytes (compression or deduplication anywhere would flatter the reads)."""
@@ -59,11 +68,18 @@ def tree_files(bench):
 
 
 def prepare(bench):
-    """The data every run needs, and the tmpfs copy of the 2 GiB file for the baselines."""
+    """The data most scenarios need."""
     os.makedirs(bench.data, exist_ok=True)
     random_file(bench, BIG, FILE_MIB[BIG])
     random_file(bench, ONE, FILE_MIB[ONE])
     tree(bench)
-    say(f"copying {BIG} to tmpfs ({bench.shm})")
-    os.makedirs(bench.shm, exist_ok=True)
-    shutil.copyfile(bench.path(BIG), os.path.join(bench.shm, BIG))
+
+
+def tmpfs_copy(bench):
+    """The 2 GiB file on tmpfs, for the baselines (made when first needed: it holds 2 GiB of memory until the end)."""
+    path = os.path.join(bench.shm, BIG)
+    if not os.path.exists(path):
+        say(f"copying {BIG} to tmpfs ({bench.shm})")
+        os.makedirs(bench.shm, exist_ok=True)
+        shutil.copyfile(bench.path(BIG), path)
+    return path

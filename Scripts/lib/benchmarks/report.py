@@ -7,6 +7,8 @@ import json
 import os
 import statistics
 
+from . import data
+
 
 class Samples:
     """The raw samples of a run: key -> list of values as recorded (one per run)."""
@@ -59,6 +61,10 @@ def fmt_plain(v):
 
 def fmt_ratio(v):
     return "—" if v is None else f"{v:.2f}x"
+
+
+def runs_text(n):
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def ratio(a, b):
@@ -174,10 +180,12 @@ def write(results_dir, raw, plan, scenarios, markdown_path):
         print()
         print(f"{title}: {intro}")
         print(plain_table(header, section_rows))
-    for lines, prefix in ((notes, "note: "), (stats_lines, "cachefs stats where a target was missed: "),
-                          (failures, "FAILED: ")):
+    for lines, title, prefix in ((notes, None, "note: "), (stats_lines, "cachefs stats where a target was missed:", "  "),
+                                 (failures, None, "FAILED: ")):
         if lines:
             print()
+            if title:
+                print(title)
             for line in lines:
                 print(prefix + line)
     if markdown_path:
@@ -215,7 +223,7 @@ def markdown(s, table, sections, ran, notes, failures, stats_lines):
             md += [f.read().rstrip(), ""]
     for title, intro, header, section_rows in sections:
         md += [f"## {title}", "", intro, "", markdown_table(header, section_rows), ""]
-    md += ["## How each scenario is measured", ""]
+    md += ["## How each scenario is measured", "", data.DESCRIPTION, ""]
     for m in ran:
         md += [m.DESCRIPTION.strip(), ""]
     if notes or failures or stats_lines:

@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from .. import system
+from .. import data, system
 from ..context import BIG, log
 from ..memcg import MemoryGroup
 from ..report import Row, fmt_mib
@@ -47,7 +47,8 @@ def footprint(bench, path, mount_source=None):
 def run(bench):
     size = os.stat(bench.path(BIG)).st_size
     for i in range(1, bench.plan.runs + 1):
-        for name, args in (("disk", (bench.path(BIG),)), ("cachefs", (os.path.join(bench.shm, BIG), bench.shm))):
+        copy = data.tmpfs_copy(bench)
+        for name, args in (("disk", (bench.path(BIG),)), ("cachefs", (copy, os.path.dirname(copy)))):
             anon, cache, scope = footprint(bench, *args)
             bench.record(f"s13.{name}.ratio", (anon + cache) / size)
             bench.record(f"s13.{name}.anon_mib", anon / system.MiB)

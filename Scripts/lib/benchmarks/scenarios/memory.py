@@ -2,7 +2,7 @@
 
 import os
 
-from .. import system
+from .. import data, system
 from ..context import BIG, log
 from ..report import throughput
 
@@ -30,7 +30,7 @@ def warm_main_mount(bench):
 
 def run(bench):
     mount = warm_main_mount(bench)
-    tmpfs, cached = os.path.join(bench.shm, BIG), os.path.join(mount.path, BIG)
+    tmpfs, cached = data.tmpfs_copy(bench), os.path.join(mount.path, BIG)
     for i in range(1, bench.plan.runs + 1):
         system.drop_caches()
         bench.record("s1.tmpfs.mibs", system.read_rate(tmpfs))

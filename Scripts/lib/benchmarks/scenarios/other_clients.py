@@ -3,7 +3,7 @@
 import os
 import shutil
 
-from .. import system
+from .. import data, system
 from ..context import BIG, log
 from ..report import Row, fmt_rate, ratio, throughput
 
@@ -34,7 +34,7 @@ def run(bench):
     bench.daemons.stop(rclone)
     shutil.rmtree(cache, ignore_errors=True)
 
-    bindfs = bench.daemons.bindfs(bench.shm, bench.mountpoint("bindfs-shm"))
+    bindfs = bench.daemons.bindfs(os.path.dirname(data.tmpfs_copy(bench)), bench.mountpoint("bindfs-shm"))
     for i in range(1, bench.plan.runs + 1):
         system.drop_caches()
         hit = system.read_rate(os.path.join(bindfs.path, BIG))

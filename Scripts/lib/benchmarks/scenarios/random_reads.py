@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from .. import system
+from .. import data, system
 from ..context import BIG, log
 from ..report import Row, fmt_iops, fmt_rate, ratio
 from .memory import warm_main_mount
@@ -34,9 +34,9 @@ def run(bench):
     mount = warm_main_mount(bench)
     for bs in ("4k", "1m"):
         for i in range(1, bench.plan.runs + 1):
-            for target, directory in (("tmpfs", bench.shm), ("cachefs", mount.path)):
+            for target, path in (("tmpfs", data.tmpfs_copy(bench)), ("cachefs", os.path.join(mount.path, BIG))):
                 out = os.path.join(bench.results, f"fio-{bs}-{target}-{i}.json")
-                iops, mibs = fio(bench, os.path.join(directory, BIG), bs, out)
+                iops, mibs = fio(bench, path, bs, out)
                 bench.record(f"s5.{bs}.{target}.iops", iops)
                 bench.record(f"s5.{bs}.{target}.mibs", mibs)
                 log(f"run {i}: bs={bs} {target} {iops:.0f} IOPS, {mibs:.0f} MiB/s")

@@ -14,9 +14,9 @@ import time
 import traceback
 
 from . import data, report, scenarios, system
-from .context import Bench, Plan, say
+from .context import LIBRARY, Bench, Plan, say
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+REPO = os.path.dirname(os.path.dirname(LIBRARY))
 USAGE = """\
     Scripts/bench              # the full set: 5 runs a figure, about 35 minutes
     Scripts/bench --quick      # 3 runs, smaller files and shorter fio runs
@@ -80,7 +80,8 @@ def record_meta(bench, args, argv, selected):
         r("meta.memory", f"{int(f.readline().split()[1]) / 1048576:.1f} GiB")
     r("meta.kernel", os.uname().release)
     with open("/etc/os-release") as f:
-        r("meta.os", next((line.split("=", 1)[1].strip().strip('"') for line in f if line.startswith("PRETTY_NAME")), "?"))
+        r("meta.os", next((line.split("=", 1)[1].strip().strip('"') for line in f
+                           if line.startswith("PRETTY_NAME")), "?"))
     swift = next((w for w in system.output(["swift", "--version"]).split("\n") if "Swift version" in w), "")
     r("meta.tools", ", ".join([swift[swift.find("Swift version"):].split(" (")[0],
                                "libfuse " + system.output(["fusermount3", "-V"]).split()[-1],

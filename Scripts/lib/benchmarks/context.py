@@ -37,8 +37,10 @@ class Plan:
                        s3_mib=256)
         return cls(quick=False, runs=5, fio_seconds=10, cold_file=BIG, latency_mib=1024, tree_dirs=50,
                    sweep_mib=512, sweep_runs=3, peer_mib=2048, peer_bandwidth="300M", seed_mib=4096, seed_runs=3,
-                   s3_mib=1024)
+                   s3_mib=512)
 
+
+LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # Scripts/lib: this package and its neighbours
 
 # The data set, kept on local disk and reused across runs.
 BIG = "big-2g.bin"        # 2 GiB of random bytes

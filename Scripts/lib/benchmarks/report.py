@@ -8,6 +8,7 @@ import os
 import statistics
 
 from . import data
+from .context import LIBRARY
 
 
 class Samples:
@@ -157,7 +158,8 @@ HEADER = ["#", "scenario", "measured", "baseline", "ratio", "target", "met"]
 
 
 def write(results_dir, raw, plan, scenarios, markdown_path):
-    """SCENARIOS are the modules this run ran. Prints the tables; writes them, the limits text and the raw samples to MARKDOWN_PATH."""
+    """SCENARIOS are the modules this run ran. Prints the tables; writes them, the limits text and the raw samples
+    to MARKDOWN_PATH."""
     s = Samples(raw)
     ran = sorted(scenarios, key=lambda m: int(m.NUMBERS[0]))
     rows = sorted((r for m in ran for r in m.rows(s, plan)),
@@ -172,16 +174,16 @@ def write(results_dir, raw, plan, scenarios, markdown_path):
                    for summary in [stats_summary(results_dir, r.stats)] if summary]
 
     print()
-    print(f"cachefs benchmarks ({s.text('meta.mode')} mode; each figure the median of {s.text('meta.runs')} runs"
-          " unless a note says otherwise)")
+    print(f"cachefs benchmarks ({s.text('meta.mode')} mode; each figure the median of "
+          f"{runs_text(int(s.text('meta.runs', '0')))} unless a note says otherwise)")
     print()
     print(plain_table(HEADER, table))
     for title, intro, header, section_rows in sections:
         print()
         print(f"{title}: {intro}")
         print(plain_table(header, section_rows))
-    for lines, title, prefix in ((notes, None, "note: "), (stats_lines, "cachefs stats where a target was missed:", "  "),
-                                 (failures, None, "FAILED: ")):
+    for lines, title, prefix in ((notes, None, "note: "), (failures, None, "FAILED: "),
+                                 (stats_lines, "cachefs stats where a target was missed:", "  ")):
         if lines:
             print()
             if title:
@@ -210,13 +212,14 @@ def markdown(s, table, sections, ran, notes, failures, stats_lines):
            f"- tools: {s.text('meta.tools')}",
            f"- load average at start: {s.text('meta.load')}; at end: {s.text('meta.load_end')}"
            + (f" ({s.text('meta.load_warning')})" if s.text("meta.load_warning") else ""),
-           f"- runs: each figure is the median of {s.text('meta.runs')} runs unless a note says otherwise; ratios "
+           f"- runs: each figure is the median of {runs_text(int(s.text('meta.runs', '0')))} unless a note says "
+           "otherwise; ratios "
            "are taken against a baseline measured in the same invocation", "",
            "## Results", "",
            "Ratios are measured / baseline: higher is better for throughput and IOPS, lower is better for times, "
            "source bytes, memory and footprint. *met* compares with the project's target.", "",
            markdown_table(HEADER, table), ""]
-    limits = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench-limits.md")
+    limits = os.path.join(LIBRARY, "bench-limits.md")
     if os.path.exists(limits):
         # Hand-written, with the profiles and counters behind it: kept beside the script so every rerun carries it.
         with open(limits) as f:

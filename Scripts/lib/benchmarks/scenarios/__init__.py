@@ -19,5 +19,6 @@ def select(only):
     known = {n for m in ALL for n in m.NUMBERS}
     unknown = wanted - known
     if unknown:
-        raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))} (there are {', '.join(sorted(known, key=int))})")
+        raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))} "
+                         f"(there are {', '.join(sorted(known, key=int))})")
     return [m for m in ALL if wanted & set(m.NUMBERS)]

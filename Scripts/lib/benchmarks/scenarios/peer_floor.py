@@ -37,8 +37,8 @@ def compile_floor(bench):
     programs = {}
     for name in ("populate", "loopback"):
         programs[name] = os.path.join(bench.work, name)
-        subprocess.run([compiler, "-O2", "-o", programs[name], os.path.join(bench.repo, "Scripts/lib/floor", name + ".c")],
-                       check=True)
+        source = os.path.join(bench.repo, "Scripts/lib/floor", name + ".c")
+        subprocess.run([compiler, "-O2", "-o", programs[name], source], check=True)
     return programs
 
 
@@ -80,7 +80,8 @@ def run(bench):
         for what, program in programs.items():
             bench.record(f"s12.floor.{what}.cpu", float(system.output([program, str(mib)])))
     s = Samples(bench.samples)
-    populate, loopback, busy = (s.median(f"s12.{k}") for k in ("floor.populate.cpu", "floor.loopback.cpu", "memory.busy"))
+    populate, loopback, busy = (s.median(f"s12.{key}")
+                                for key in ("floor.populate.cpu", "floor.loopback.cpu", "memory.busy"))
     log(f"floor: populating {mib} MiB of new block memory {populate:.2f} CPU-s, {mib} MiB over loopback TCP "
         f"{loopback:.2f} CPU-s, the memory-hit read itself {busy:.2f} CPU-s")
 

@@ -12,8 +12,8 @@ from .memory import warm_main_mount
 NUMBERS = ("5",)
 TITLE = "random reads (fio, cachefs vs tmpfs)"
 DESCRIPTION = """
-**5. Random reads.** fio `--rw=randread --ioengine=psync --invalidate=1 --time_based` with `--bs=4k` and `--bs=1m` on the
-2 GiB file fully cached in cachefs memory (page cache dropped before each run) against the tmpfs copy. The ratio is
+**5. Random reads.** fio `--rw=randread --ioengine=psync --invalidate=1 --time_based` with `--bs=4k` and `--bs=1m` on
+the 2 GiB file fully cached in cachefs memory (page cache dropped before each run) against the tmpfs copy. The ratio is
 of IOPS.
 """
 

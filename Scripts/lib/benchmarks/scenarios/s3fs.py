@@ -4,14 +4,14 @@ import os
 import shutil
 
 from .. import data, system
-from ..context import TREE, log, say
+from ..context import LIBRARY, TREE, log, say
 from ..report import Row, duration, fmt_plain, throughput
 
 NUMBERS = ("16",)
 TITLE = "s3fs source: cold read, warm read with the kernel's caches dropped, ls -lR (cachefs vs s3fs)"
 DESCRIPTION = """
 **16. s3fs source** (issue 16). `Scripts/lib/s3source.py` uploads a directory (one file of random bytes and the first
-1,000 files of the tree) to moto_server, a local S3 endpoint, and mounts the bucket read-only with s3fs as a
+1,000 files of the tree) to moto_server (in memory), a local S3 endpoint, and mounts the bucket read-only with s3fs as a
 production ossfs/s3fs mount is set up (no local data cache). Per run: the file read from the s3fs mount directly
 (16a's baseline), then through a fresh cachefs over it, cold (16a); then, with the kernel's caches dropped again, read
 through the same cachefs (16b), which must come from cachefs memory: 16c is the bytes cachefs read from the source
@@ -42,6 +42,8 @@ def run(bench):
         import s3source   # Scripts/lib/s3source.py, from the s3source branch
     except ImportError:
         raise RuntimeError("Scripts/lib/s3source.py (moto_server + s3fs) is not in this tree") from None
+    if os.path.dirname(os.path.abspath(s3source.__file__)) != LIBRARY:
+        bench.note(f"scenario 16 used {s3source.__file__} (not yet in this tree)")
     root, name = source_directory(bench, bench.plan.s3_mib)
     size = os.stat(os.path.join(root, name)).st_size
     say(f"uploading {root} to moto_server and mounting it with s3fs")
@@ -76,7 +78,7 @@ def run(bench):
 
 
 def rows(s, plan):
-    size = f"{plan.s3_mib // 1024} GiB" if plan.s3_mib >= 1024 else f"{plan.s3_mib} MiB"
+    size = f"{plan.s3_mib} MiB"
     fraction = s.median("s16.warm_source_fraction")
     return [
         throughput("16a", f"s3fs source: cold read of {size} through cachefs vs s3fs directly", s, "s16.cold.mibs",

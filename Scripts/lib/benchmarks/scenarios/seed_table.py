@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 from .. import checkpoint, system
-from ..context import log, say
+from ..context import LIBRARY, log, say
 from ..report import duration, fmt_seconds, runs_text
 from .cache_peers import pair
 
 NUMBERS = ("15",)
-TITLE = "seed table: loading a safetensors checkpoint over an OSS-like source (testsource capped like the published case)"
+TITLE = "seed table: a safetensors checkpoint loaded over an OSS-like source (testsource capped as the published one)"
 
 # Alibaba PAI-EAS memory caching, Stable Diffusion model switch, anything-v4.5.safetensors (7.2 GB), seconds.
 PUBLISHED_BYTES = 7.2e9
@@ -22,7 +22,6 @@ PUBLISHED = {"source": 89.88, "memory": 3.845, "peer": 15.18}
 SOURCE_BANDWIDTH = round(PUBLISHED_BYTES / PUBLISHED["source"])
 SOURCE_LATENCY_MS = "1"
 
-LIBRARY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # Scripts/lib
 READS = (("source", "source directly (the OSS-like mount)"), ("cold", "cachefs, cold (every block from the source)"),
          ("memory", "cachefs, memory hit (kernel page cache dropped)"),
          ("peer", "cachefs, warm peer (a second instance, --peers to the first)"))
@@ -112,6 +111,6 @@ def section(s, plan):
                       "—" if theirs is None else f"{PUBLISHED['source'] / theirs:.1f}x",
                       "—" if theirs is None or size is None else fmt_seconds(theirs * size / PUBLISHED_BYTES)])
     intro = (f"Alibaba PAI-EAS's published model-switch figures beside the same loads through cachefs (scenario 15): "
-             f"median of {runs_text(len(s.floats('s15.source.sec')))}, seconds; the source is capped at the published mount's "
-             f"{SOURCE_BANDWIDTH / 1e6:.0f} MB/s with {SOURCE_LATENCY_MS} ms per request.")
+             f"median of {runs_text(len(s.floats('s15.source.sec')))}, seconds; the source is capped at the published "
+             f"mount's {SOURCE_BANDWIDTH / 1e6:.0f} MB/s with {SOURCE_LATENCY_MS} ms per request.")
     return "Seed table: the reference product's published figures", intro, header, table

@@ -48,6 +48,6 @@ def section(s, plan):
             row.append("—" if m is None else f"{m:,.0f} MiB/s" + (f" ({m / base:.1f}x)" if base else ""))
         table.append(row)
     intro = (f"Cold read through a fresh cachefs over `cachefs-testsource --latency-ms 3` (first {plan.sweep_mib} MiB "
-             f"of the 1 GiB file), median of {runs_text(plan.sweep_runs)}; the ratio is against the plain `dd bs=1M` read of "
-             "the testsource mount (scenario 4's baseline).")
+             f"of the 1 GiB file), median of {runs_text(plan.sweep_runs)}; the ratio is against the plain `dd bs=1M` "
+             "read of the testsource mount (scenario 4's baseline).")
     return "Block size and prefetch depth", intro, header, table

@@ -3,8 +3,10 @@ median of several runs and a ratio against a baseline measured in the same run; 
 Docs/BENCHMARKS.md. Run through Scripts/bench, which installs what it needs first."""
 
 import argparse
+import dataclasses
 import datetime
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -39,6 +41,8 @@ def arguments(argv):
     parser.add_argument("--peer-size-mib", type=int, help="scenario 12's file (default 2048, or 1024 with --quick)")
     parser.add_argument("--peer-bandwidth", help="scenario 12's source cap, e.g. 300M (the default)")
     parser.add_argument("--seed-mib", type=int, help="scenario 15's checkpoint (default 4096, or 1024 with --quick)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the last run's raw samples (after editing bench-limits.md)")
     return parser.parse_args(argv)
 
 
@@ -91,6 +95,7 @@ def record_meta(bench, args, argv, selected):
                                "safetensors " + system.output([sys.executable, "-c",
                                                                "import safetensors; print(safetensors.__version__)"])]))
     r("meta.load", system.loadavg())
+    r("meta.plan", json.dumps(dataclasses.asdict(plan)))   # what --report-only needs to label the rows
     if plan.quick:
         bench.note(f"--quick: {plan.runs} runs a figure; scenario 3 and 11 read 1 GiB (not 2 GiB), scenario 4 the "
                    f"first {plan.latency_mib} MiB of the 1 GiB file, fio runs {plan.fio_seconds} s (not 10 s), 7 and "
@@ -110,6 +115,31 @@ def load_warning(bench):
         return (f"a loaded machine: load average up to {busiest:.1f} on {system.CORES} cores during this run; other "
                 "work shared the cores, so the figures are lower and noisier than on an idle machine")
     return ""
+
+
+def markdown_path(results, only):
+    """A partial run does not replace the full figures."""
+    return os.path.join(results if only else os.path.join(REPO, "Docs"), "BENCHMARKS.md")
+
+
+def report_only(work):
+    results = os.path.join(work, "results")
+    raw = {}
+    with open(os.path.join(results, "results.tsv")) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("\t")
+            raw.setdefault(key, []).append(value)
+    s = report.Samples(raw)
+    plan = Plan.make(s.text("meta.mode") == "quick")
+    if s.text("meta.plan"):
+        plan = Plan(**json.loads(s.text("meta.plan")))
+    failed = {n.strip() for f in raw.get("failed", []) for n in f.split(":", 1)[0].split(",")}
+    selected = [m for m in scenarios.select(s.text("meta.only"))
+                if any(s.has(f"s{n}.") or n in failed for n in m.NUMBERS)]
+    markdown = markdown_path(results, s.text("meta.only"))
+    report.write(results, raw, plan, selected, markdown)
+    say(f"wrote {markdown} from {results}/results.tsv")
+    return 0
 
 
 def run_scenario(bench, module):
@@ -140,6 +170,8 @@ def main(argv):
     selected = scenarios.select(args.only)
     plan = make_plan(args)
     work = os.environ.get("CACHEFS_BENCH_DIR", "/var/tmp/cachefs-bench")
+    if args.report_only:
+        return report_only(work)
     os.makedirs(os.path.join(work, "mnt"), exist_ok=True)
     lock = open(os.path.join(work, ".lock"), "w")
     try:
@@ -161,8 +193,7 @@ def main(argv):
             run_scenario(bench, module)
         bench.record("meta.load_end", system.loadavg())
         bench.record("meta.load_warning", load_warning(bench))
-        # A partial run does not replace the full figures.
-        markdown = os.path.join(bench.results if args.only else os.path.join(REPO, "Docs"), "BENCHMARKS.md")
+        markdown = markdown_path(bench.results, args.only)
         report.write(bench.results, bench.samples, plan, selected, markdown)
         print()
         say(f"wrote {markdown}; raw numbers, stats and logs in {bench.results}")

@@ -202,6 +202,8 @@ def markdown(s, table, sections, ran, notes, failures, stats_lines):
     if s.text("meta.mode") == "quick":
         md += ["**These are `--quick` figures** (fewer runs, smaller files, shorter fio runs; see the notes). "
                "Run `Scripts/bench` for the full set.", ""]
+    if s.text("meta.load_warning"):
+        md += [f"**Measured on {s.text('meta.load_warning')}.**", ""]
     if s.text("meta.only"):
         md += [f"**A partial run** (`--only {s.text('meta.only')}`): only these scenarios were measured.", ""]
     md += [f"- date: {s.text('meta.date')}",
@@ -210,8 +212,7 @@ def markdown(s, table, sections, ran, notes, failures, stats_lines):
            f"- machine: {s.text('meta.nproc')} CPUs ({s.text('meta.cpu')}), {s.text('meta.memory')} memory, "
            f"kernel {s.text('meta.kernel')}, {s.text('meta.os')}",
            f"- tools: {s.text('meta.tools')}",
-           f"- load average at start: {s.text('meta.load')}; at end: {s.text('meta.load_end')}"
-           + (f" ({s.text('meta.load_warning')})" if s.text("meta.load_warning") else ""),
+           f"- load average at start: {s.text('meta.load')}; at end: {s.text('meta.load_end')}",
            f"- runs: each figure is the median of {runs_text(int(s.text('meta.runs', '0')))} unless a note says "
            "otherwise; ratios "
            "are taken against a baseline measured in the same invocation", "",

@@ -20,8 +20,9 @@ from .context import LIBRARY, Bench, Plan, say
 
 REPO = os.path.dirname(os.path.dirname(LIBRARY))
 USAGE = """\
-    Scripts/bench              # the full set: 5 runs a figure, about 35 minutes
-    Scripts/bench --quick      # 3 runs, smaller files and shorter fio runs
+    Scripts/bench              # the full set: 5 runs a figure, about 45 minutes on 2 busy cores
+    Scripts/bench --quick      # 3 runs, smaller files and shorter fio runs: about 12 minutes
+    Scripts/bench --report-only   # the report again from the last run's raw samples
     Scripts/bench --only 3,11  # just these scenarios; the report goes to the results directory,
                                # not to Docs/BENCHMARKS.md
 

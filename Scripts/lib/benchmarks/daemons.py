@@ -1,0 +1,95 @@
+"""The FUSE daemons a benchmark starts: cachefs, its sources and the other clients it is compared with.
+
+Every daemon runs in the foreground as a child of the bench, in a session of its own (a Ctrl-C
+reaches the bench, which stops them in order), so each is stopped by its own PID."""
+
+import json
+import os
+import signal
+import subprocess
+
+from . import system
+
+
+class Mount:
+    def __init__(self, kind, path, process, log):
+        self.kind, self.path, self.process, self.log = kind, path, process, log
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def __str__(self):
+        return f"{self.kind} at {self.path} (pid {self.pid})"
+
+
+class Daemons:
+    def __init__(self, cachefs_bin, testsource_bin, logs):
+        self.cachefs_bin, self.testsource_bin, self.logs = cachefs_bin, testsource_bin, logs
+        self.running = []
+
+    def _start(self, kind, path, command, preexec_fn=None):
+        os.makedirs(path, exist_ok=True)
+        log = os.path.join(self.logs, f"{kind}-{os.path.basename(path)}.log")
+        with open(log, "ab") as out:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                       start_new_session=True, preexec_fn=preexec_fn)
+        mount = Mount(kind, path, process, log)
+        self.running.append(mount)
+        try:
+            system.wait_mounted(path, process)
+        except RuntimeError as error:
+            self.stop(mount)
+            raise RuntimeError(f"{error} (log: {log})") from None
+        return mount
+
+    def cachefs(self, source, path, *options, capacity="3G", preexec_fn=None):
+        command = [self.cachefs_bin, source, path, "--foreground", "--capacity", capacity, *options]
+        mount = self._start("cachefs", path, command, preexec_fn)
+        # The control socket answers a moment after the mount does.
+        system.wait_until(lambda: self._stats_or_none(mount) is not None, f"cachefs stats at {path}")
+        return mount
+
+    def testsource(self, root, path, *options):
+        return self._start("testsource", path, [self.testsource_bin, root, path, *options])
+
+    def rclone(self, source, path, *options):
+        return self._start("rclone", path, ["rclone", "mount", source, path, "--read-only", "--config", "/dev/null",
+                                            *options])
+
+    def bindfs(self, source, path, *options):
+        return self._start("bindfs", path, ["bindfs", "-f", "-r", *options, source, path])
+
+    def stats(self, mount):
+        """The daemon's counters, from `cachefs stats --json`."""
+        out = subprocess.run([self.cachefs_bin, "stats", mount.path, "--json"], check=True, capture_output=True,
+                             text=True).stdout
+        return json.loads(out)
+
+    def _stats_or_none(self, mount):
+        try:
+            return self.stats(mount)
+        except (subprocess.CalledProcessError, ValueError):
+            return None
+
+    def stop(self, mount):
+        """Unmounts and waits for the daemon to exit, so that its memory is free; signals it by PID if it lingers."""
+        if mount in self.running:
+            self.running.remove(mount)
+        clean = system.unmount(mount.path)
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and mount.process.poll() is None:
+                mount.process.send_signal(sig)
+            try:
+                mount.process.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                clean = False
+        if not clean:
+            system.unmount(mount.path, lazy=True)
+        return clean
+
+    def stop_all(self):
+        """Stops every daemon still running, the most recent (those mounted over the others) first."""
+        for mount in reversed(list(self.running)):
+            self.stop(mount)

@@ -1,0 +1,40 @@
+"""7: walking a tree of small files through cachefs, against the source directory."""
+
+import os
+
+from .. import system
+from ..context import log
+from ..report import duration
+from .memory import warm_main_mount
+
+NUMBERS = ("7",)
+TITLE = "metadata (the small-file tree, cachefs vs source directory)"
+DESCRIPTION = """
+**7. Metadata.** `find . -type f -print0 | xargs -0 stat` and `ls -lR` over the tree through the main cachefs mount
+against the data directory itself, caches dropped before each run (hyperfine `--prepare`).
+"""
+
+WALKS = {"find": "cd {dir} && find . -type f -print0 | xargs -0 stat >/dev/null",
+         "ls": "ls -lR {dir} >/dev/null"}
+
+
+def run(bench):
+    mount = warm_main_mount(bench)
+    for what, command in WALKS.items():
+        for name, root in (("source", bench.data), ("cachefs", mount.path)):
+            out = os.path.join(bench.results, f"hyperfine-{what}-{name}.json")
+            times = system.hyperfine(command.format(dir=os.path.join(root, bench.tree_walk)), bench.plan.runs, out)
+            for t in times:
+                bench.record(f"s7.{what}.{name}.sec", t)
+            log(f"{what} {name}: {' '.join(f'{t:.3f}' for t in times)} s")
+    bench.keep_stats(mount, "main")
+
+
+def tree_label(plan):
+    return f"{plan.tree_dirs * 1000:,} files"
+
+
+def rows(s, plan):
+    return [duration(ident, f"Metadata, cold: {what} over {tree_label(plan)}", s, f"s7.{key}.cachefs.sec",
+                     f"s7.{key}.source.sec", "source dir", 1.5, "stats-main.json")
+            for ident, key, what in (("7a", "find", "find -type f | xargs stat"), ("7b", "ls", "ls -lR"))]

@@ -140,9 +140,10 @@ def plain_table(header, rows):
     return "\n".join(lines)
 
 
+# Figures of `cachefs stats --json` shown where a target is missed (names as the daemon reports them).
 STATS_KEYS = ["cachedBytes", "cachedBlocks", "hits", "misses", "coalescedMisses", "bytesFromSource", "bytesFromPeers",
               "evictions", "sourceErrors", "readRequests", "bytesRead", "prefetchedBlocks", "prefetchSkippedBlocks",
-              "blockSizeBytes", "capacityBytes"]
+              "passthroughOpens"]
 
 
 def stats_summary(results_dir, name):
@@ -151,7 +152,9 @@ def stats_summary(results_dir, name):
             st = json.load(f)
     except (OSError, ValueError):
         return None
-    return ", ".join(f"{k}={st[k]}" for k in STATS_KEYS if k in st)
+    settings = st.get("settings", {})
+    return ", ".join([f"{k}={st[k]}" for k in STATS_KEYS if k in st]
+                     + [f"{k}={settings[k]}" for k in ("blockSize", "capacity") if k in settings])
 
 
 HEADER = ["#", "scenario", "measured", "baseline", "ratio", "target", "met"]

@@ -57,7 +57,7 @@ let package = Package(
         .target(
             name: "FuseBridge",
             dependencies: [
-                "CFuse", "MirrorFS", "BlockCache",
+                "CFuse", "CLinux", "MirrorFS", "BlockCache",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

@@ -154,6 +154,7 @@ public final class BlockCache: Sendable {
             snapshot.pinnedResidentBytes = state.pins.values.reduce(0) { $0 + state.fixedBytes(of: $1) }
             snapshot.heldBytes = state.heldBytes
             snapshot.heldFiles = state.holds.count
+            snapshot.heldTotalBytes = state.holds.keys.reduce(0) { $0 + Int($1.size) }
             return snapshot
         }
     }
@@ -320,6 +321,8 @@ public struct CacheStatistics: Sendable, Equatable {
     /// Files held in memory for the kernel to read directly (passthrough), and their bytes not already pinned.
     public var heldFiles = 0
     public var heldBytes = 0
+    /// The sizes of all held files, pinned ones included.
+    public var heldTotalBytes = 0
 
     public init() {}
 }

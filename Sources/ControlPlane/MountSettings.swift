@@ -26,6 +26,8 @@ public struct MountSettings: Codable, Sendable, Equatable {
     public var prefetchChunk = 4
     /// The kernel read-ahead window asked for on the mount, in bytes.
     public var readAhead = 1 << 20
+    /// Hand wholly cached files to the kernel to read from memory directly (FUSE passthrough), where it can.
+    public var passthrough = true
     public var allowOther = false
     public var controlSocket = ""
     public var logLevel = Logger.Level.info

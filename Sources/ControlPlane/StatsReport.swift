@@ -5,7 +5,7 @@ public struct Figure: Hashable, Sendable {
     public enum Kind: Sendable { case counter, gauge }
     public enum Unit: Sendable { case count, bytes }
     /// The table's sections, in order.
-    public enum Group: String, CaseIterable, Sendable { case cache, reads, source, prefetch, peers }
+    public enum Group: String, CaseIterable, Sendable { case cache, reads, passthrough, source, prefetch, peers }
 
     public let name: String
     public let kind: Kind
@@ -52,6 +52,10 @@ extension Figure {
     public static let sourceReads = Figure("sourceReads", .counter, .count, .reads, "Reads that needed a block from the source (or waited for another reader's load).")
     public static let sourceReadBytes = Figure("sourceReadBytes", .counter, .bytes, .reads, "Bytes of those reads.")
 
+    public static let passthroughOpens = Figure("passthroughOpens", .counter, .count, .passthrough, "Opens handed to the kernel, which reads the file from memory itself (no read request reaches the daemon).")
+    public static let passthroughFiles = Figure("passthroughFiles", .gauge, .count, .passthrough, "Files held in memory for passthrough opens.")
+    public static let passthroughBytes = Figure("passthroughBytes", .gauge, .bytes, .passthrough, "Bytes of those files.")
+
     public static let bytesFromSource = Figure("bytesFromSource", .counter, .bytes, .source, "Bytes of blocks loaded from the source.")
     public static let bytesFromPeers = Figure("bytesFromPeers", .counter, .bytes, .source, "Bytes of blocks loaded from peers.")
     public static let sourceErrors = Figure("sourceErrors", .counter, .count, .source, "Block loads that failed, whatever the cause.")
@@ -81,6 +85,7 @@ extension Figure {
         cachedBytes, cachedBlocks, reservedBytes, hits, misses, coalescedMisses, evictions, evictedBytes,
         pinnedBytes, pinnedFiles, pinnedCachedBytes,
         readRequests, bytesRead, memoryReads, memoryReadBytes, peerReads, peerReadBytes, sourceReads, sourceReadBytes,
+        passthroughOpens, passthroughFiles, passthroughBytes,
         bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, knownNodes, sourceHandles, sourceHandleReopens,
         prefetchQueuedBlocks, prefetchedBlocks, prefetchSkippedBlocks,
         peerRequests, blocksFromPeers, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,
@@ -103,6 +108,17 @@ public struct ReadAheadState: Codable, Sendable, Equatable {
     }
 }
 
+/// Whether the kernel serves wholly cached files itself (FUSE passthrough), and if not, why.
+public struct PassthroughState: Codable, Sendable, Equatable {
+    public var available: Bool
+    public var reason: String?
+
+    public init(available: Bool, reason: String?) {
+        self.available = available
+        self.reason = reason
+    }
+}
+
 /// What `cachefs stats` shows, as JSON on the control socket: the settings the daemon runs
 /// with, its state, and every figure (`Figure.all`) at the top level of the JSON object.
 public struct StatsReport: Sendable, Equatable {
@@ -110,6 +126,7 @@ public struct StatsReport: Sendable, Equatable {
     public var pid: Int32
     public var uptimeSeconds: Double
     public var readAhead: ReadAheadState?
+    public var passthrough: PassthroughState?
     /// Where Prometheus metrics are served (`HOST:PORT`), if they are.
     public var metricsAddress: String?
     /// Peers currently known (resolved, not this instance); nil without --peers.
@@ -141,7 +158,7 @@ public struct StatsReport: Sendable, Equatable {
 
 extension StatsReport: Codable {
     private enum Key: String, CodingKey {
-        case settings, pid, uptimeSeconds, readAhead, metricsAddress, livePeers
+        case settings, pid, uptimeSeconds, readAhead, passthrough, metricsAddress, livePeers
     }
 
     private struct FigureKey: CodingKey {
@@ -157,6 +174,7 @@ extension StatsReport: Codable {
         pid = try container.decode(Int32.self, forKey: .pid)
         uptimeSeconds = try container.decode(Double.self, forKey: .uptimeSeconds)
         readAhead = try container.decodeIfPresent(ReadAheadState.self, forKey: .readAhead)
+        passthrough = try container.decodeIfPresent(PassthroughState.self, forKey: .passthrough)
         metricsAddress = try container.decodeIfPresent(String.self, forKey: .metricsAddress)
         livePeers = try container.decodeIfPresent([String].self, forKey: .livePeers)
         let figures = try decoder.container(keyedBy: FigureKey.self)
@@ -172,6 +190,7 @@ extension StatsReport: Codable {
         try container.encode(pid, forKey: .pid)
         try container.encode(uptimeSeconds, forKey: .uptimeSeconds)
         try container.encodeIfPresent(readAhead, forKey: .readAhead)
+        try container.encodeIfPresent(passthrough, forKey: .passthrough)
         try container.encodeIfPresent(metricsAddress, forKey: .metricsAddress)
         try container.encodeIfPresent(livePeers, forKey: .livePeers)
         var figures = encoder.container(keyedBy: FigureKey.self)

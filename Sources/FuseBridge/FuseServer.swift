@@ -57,13 +57,18 @@ public final class FuseServer: @unchecked Sendable {
     let readsLogged = Atomic<Int>(0)
     /// Told about every successful read, with its tier and how long it took.
     let readObserver: (any ReadObserver)?
+    /// Negotiates FUSE passthrough and registers backing files; nil never offers it.
+    let passthrough: FusePassthrough?
     /// Reads being served right now, so that a shutdown can let them finish.
     let readsInFlight = Atomic<Int>(0)
 
-    public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil, logger: Logger) {
+    /// - Parameter passthrough: the same object the filesystem registers backing files with.
+    public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil,
+                passthrough: FusePassthrough? = nil, logger: Logger) {
         self.filesystem = filesystem
         self.configuration = configuration
         self.readObserver = readObserver
+        self.passthrough = passthrough
         self.logger = logger
     }
 
@@ -86,6 +91,7 @@ public final class FuseServer: @unchecked Sendable {
             throw MountError(description: "cannot mount at \(path) (see the message above; is the fuse3 package installed?)")
         }
         self.session = session
+        passthrough?.install(on: session)
         mountpoint.withLock { $0 = path }
         logger.info("mounted", metadata: ["mountpoint": "\(path)", "options": "\(configuration.mountOptions)"])
     }

@@ -53,17 +53,24 @@ extension FuseServer {
         }
         ops.open = { req, node, info in
             server(req).reply(req) { fs throws(Errno) in
-                let (file, keepCache, versionChanged) = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
-                if versionChanged, let session = fs.liveSession {
-                    // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
-                    fuse_lowlevel_notify_inval_inode(session, node, -1, 0)
+                let opened = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
+                let fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(opened.file).toOpaque()))
+                let replied: Int32
+                switch opened {
+                case .passthrough(_, let backingID):
+                    // The kernel reads the file's memory itself from now on; keep_cache is not allowed with it.
+                    replied = cachefs_reply_open_passthrough(req, fh, backingID)
+                case .daemonServed(_, let keepCache, let versionChanged):
+                    if versionChanged, let session = fs.liveSession {
+                        // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
+                        fuse_lowlevel_notify_inval_inode(session, node, -1, 0)
+                    }
+                    cachefs_file_info_set_keep_cache(info, keepCache ? 1 : 0)
+                    cachefs_file_info_set_noflush(info)
+                    cachefs_file_info_set_handle(info, fh)
+                    replied = fuse_reply_open(req, info)
                 }
-                cachefs_file_info_set_keep_cache(info, keepCache ? 1 : 0)
-                cachefs_file_info_set_noflush(info)
-                cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque())))
-                if fuse_reply_open(req, info) != 0 {
-                    Unmanaged<OpenFile>.fromOpaque(handle(info)).release() // the opener was interrupted
-                }
+                if replied != 0 { fs.release(fh) } // the opener was interrupted: no RELEASE will come
             }
         }
         ops.read = { req, _, size, offset, info in
@@ -83,7 +90,7 @@ extension FuseServer {
             }
         }
         ops.release = { req, _, info in
-            Unmanaged<OpenFile>.fromOpaque(handle(info)).release()
+            server(req).release(cachefs_file_info_handle(info!))
             fuse_reply_err(req, 0)
         }
         ops.opendir = { req, node, info in
@@ -151,6 +158,14 @@ extension FuseServer {
         ops.copy_file_range = { req, _, _, _, _, _, _, _, _ in refuseWrite(req) }
         return ops
     }()
+
+    /// Ends an open file: the filesystem releases what the open held (a backing file, a hold
+    /// on the version's memory), then the reference made at open is dropped.
+    fileprivate func release(_ fh: UInt64) {
+        let file = Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fh))!)
+        filesystem.release(file.takeUnretainedValue())
+        file.release()
+    }
 
     /// Runs one operation, turning a thrown errno into the error reply.
     @inline(__always)

@@ -23,7 +23,9 @@ public final class MirrorFilesystem: Sendable {
     let session: SourceSession
     let loader: BlockLoader
     private let prefetcher: Prefetcher?
-    private let counters = Counters()
+    /// Where wholly cached files are handed to the kernel (FUSE passthrough); nil serves every read.
+    let backingFiles: (any BackingFileRegistry)?
+    let counters = Counters()
     let checkedVersions = RecentlyCheckedVersions()
 
     /// - Parameters:
@@ -36,12 +38,15 @@ public final class MirrorFilesystem: Sendable {
     ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
     ///   - remote: where a missing block is looked for before the source (peers); nil reads only the source.
     ///   - blockReader: how block bytes are read from the source (tests put slow or failing sources here).
+    ///   - backingFiles: hands wholly cached files to the kernel to read directly; nil serves every read here.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
         sourceRootPath: String? = nil, remote: (any RemoteBlockSource)? = nil,
-        blockReader: any SourceBlockReader = DescriptorBlockReader(), logger: Logger
+        blockReader: any SourceBlockReader = DescriptorBlockReader(), backingFiles: (any BackingFileRegistry)? = nil,
+        logger: Logger
     ) throws(Errno) {
+        self.backingFiles = backingFiles
         session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
                                     sourceCalls: sourceCalls, logger: logger)
         loader = BlockLoader(cache: cache, session: session, reader: blockReader, remote: remote, logger: logger)
@@ -110,27 +115,19 @@ public final class MirrorFilesystem: Sendable {
 
     // MARK: Files
 
-    /// Opens a file for reading.
-    ///
-    /// `keepKernelCache` is true when the file's version is the one opened last
-    /// time, so pages the kernel cached then are still right; when the version
-    /// changed, `versionChanged` tells the caller to drop the kernel's cached attributes too.
-    public func open(node id: UInt64, flags: Int32) throws(Errno) -> (file: OpenFile, keepKernelCache: Bool, versionChanged: Bool) {
+    /// Opens a file for reading: in passthrough if its version is wholly in memory and
+    /// nothing of the node is open the other way, otherwise served by the daemon (see `NodeOpens`).
+    /// Each successful open is matched by one `release`.
+    public func open(node id: UInt64, flags: Int32) throws(Errno) -> OpenedFile {
         guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else { throw .readOnlyFileSystem }
         let node = try session.node(id)
         let source = try session.recovering { () throws(Errno) in
             try self.session.open(self.session.handle(of: node), relativePath: node.relativePath)
         }
-        let version = source.version
-        let previous = node.lastOpenedVersion.withLock { last in
-            defer { last = version }
-            return last
-        }
-        let file = OpenFile(node: id, source: source, prefetch: prefetchStream(for: source))
-        return (file, previous == version, previous != nil && previous != version)
+        return try admit(source, on: node)
     }
 
-    private func prefetchStream(for source: SourceFile) -> PrefetchStream? {
+    func prefetchStream(for source: SourceFile) -> PrefetchStream? {
         guard let prefetcher, source.version.size > 0 else { return nil }
         let blockSize = Int64(cache.blockSize)
         let size = source.version.size
@@ -243,13 +240,16 @@ public final class MirrorFilesystem: Sendable {
             sourceTimeouts: session.sourceCalls?.timedOutCalls ?? 0,
             sourceReattaches: session.counters.reattaches.load(ordering: .relaxed),
             sourceUnavailable: session.counters.unavailable.load(ordering: .relaxed),
+            passthroughOpens: counters.passthroughOpens.load(ordering: .relaxed),
             prefetch: prefetcher?.statistics
         )
     }
 
-    private final class Counters: Sendable {
+    final class Counters: Sendable {
         let readRequests = Atomic<UInt64>(0)
         let bytesRead = Atomic<UInt64>(0)
+        /// Opens answered with FOPEN_PASSTHROUGH (the kernel reads the file itself).
+        let passthroughOpens = Atomic<UInt64>(0)
     }
 }
 
@@ -272,6 +272,8 @@ public struct MirrorStatistics: Sendable {
     public var sourceReattaches: UInt64
     /// Source calls that found its mount gone and could not reopen it (the reader got EIO).
     public var sourceUnavailable: UInt64
+    /// Opens handed to the kernel to serve from memory (FUSE passthrough).
+    public var passthroughOpens: UInt64
     public var prefetch: PrefetchStatistics?
 }
 
@@ -286,17 +288,24 @@ public struct BlockSlice: Sendable {
 
 /// A file open for reading through the mount, pinned to the version it had when opened.
 public final class OpenFile: Sendable {
-    public let node: UInt64
+    /// The node opened: held, so that its release finds it whatever the node table did meanwhile.
+    let opened: Node
     let source: SourceFile
     let prefetch: PrefetchStream?
+    let mode: Mode
 
-    init(node: UInt64, source: SourceFile, prefetch: PrefetchStream?) {
-        self.node = node
+    enum Mode { case daemonServed, passthrough }
+
+    init(node: Node, source: SourceFile, prefetch: PrefetchStream?, mode: Mode) {
+        opened = node
         self.source = source
         self.prefetch = prefetch
+        self.mode = mode
     }
 
     public var version: FileVersion { source.version }
+
+    public var node: UInt64 { opened.id }
 
     /// The reader has gone: blocks still queued for it are not loaded.
     deinit { prefetch?.cancel() }

@@ -20,8 +20,11 @@ final class Node: Sendable {
     /// Where the kernel last looked the file up; nil for the root. Holding the
     /// parent keeps the whole chain to the root resolvable even after the kernel forgets a directory.
     private let place: Mutex<Place?>
-    /// The version last opened, which decides whether the kernel may keep its page cache.
-    let lastOpenedVersion = Mutex<FileVersion?>(nil)
+    /// How the node's files are open now (daemon-served or passthrough), and the version last opened.
+    let opens = Mutex(NodeOpens())
+    /// Set when the file changed while passthrough readers hold the old version: the next
+    /// lookup of its name makes a new node, which the old readers' inode cannot share.
+    private let isSuperseded = Atomic<Bool>(false)
 
     struct Place {
         let parent: Node
@@ -37,6 +40,10 @@ final class Node: Sendable {
     }
 
     var location: Place? { place.withLock { $0 } }
+
+    func supersede() { isSuperseded.store(true, ordering: .relaxed) }
+
+    var superseded: Bool { isSuperseded.load(ordering: .relaxed) }
 
     /// A later lookup under another name (a rename, a second hard link) is where the file is found from now on.
     func moved(to location: Place) { place.withLock { $0 = location } }
@@ -109,7 +116,7 @@ struct NodeTable: ~Copyable {
         _ identity: FileIdentity, type: mode_t, in parent: Node, name: [CChar], handle: PathHandle, released: inout [PathHandle]
     ) -> Node {
         let node: Node
-        if let id = ids[identity], var entry = entries[id] {
+        if let id = ids[identity], var entry = entries[id], !entry.node.superseded {
             entry.lookups += 1
             entries[id] = entry
             node = entry.node

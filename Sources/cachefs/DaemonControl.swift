@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCache
 import ControlPlane
+import FuseBridge
 import MirrorFS
 import Synchronization
 import SystemPackage
@@ -17,17 +18,20 @@ final class DaemonControl: ControlHandler {
     let settings: MountSettings
     let telemetry: ReadTelemetry
     let peers: PeerNetwork?
+    let passthrough: FusePassthrough
     let started: ContinuousClock.Instant
     /// Set once the metrics server has bound its port.
     let metricsAddress = Mutex<String?>(nil)
     /// Set once the daemon has tried to raise the kernel's read-ahead window.
     let readAhead = Mutex<ReadAheadState?>(nil)
 
-    init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?, started: ContinuousClock.Instant) {
+    init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?,
+         passthrough: FusePassthrough, started: ContinuousClock.Instant) {
         self.filesystem = filesystem
         self.settings = settings
         self.telemetry = telemetry
         self.peers = peers
+        self.passthrough = passthrough
         self.started = started
     }
 
@@ -37,6 +41,8 @@ final class DaemonControl: ControlHandler {
         let cache = statistics.cache
         var report = StatsReport(settings: settings, pid: getpid(), uptimeSeconds: (ContinuousClock.now - started) / .seconds(1))
         report.readAhead = readAhead.withLock { $0 }
+        let status = passthrough.status
+        report.passthrough = PassthroughState(available: status.available, reason: status.reason)
         report.metricsAddress = metricsAddress.withLock { $0 }
         let values: [(Figure, UInt64)] = [
             (.cachedBytes, UInt64(cache.residentBytes)), (.cachedBlocks, UInt64(cache.residentBlocks)),
@@ -51,6 +57,8 @@ final class DaemonControl: ControlHandler {
             (.sourceHandles, UInt64(statistics.sourceHandles)), (.sourceHandleReopens, statistics.sourceHandleReopens),
             (.prefetchQueuedBlocks, statistics.prefetch?.queuedBlocks ?? 0), (.prefetchedBlocks, statistics.prefetch?.loadedBlocks ?? 0),
             (.prefetchSkippedBlocks, statistics.prefetch?.cancelledBlocks ?? 0),
+            (.passthroughOpens, statistics.passthroughOpens), (.passthroughFiles, UInt64(cache.heldFiles)),
+            (.passthroughBytes, UInt64(cache.heldTotalBytes)),
         ]
         for (figure, value) in values { report[figure] = value }
         for total in telemetry.totals {

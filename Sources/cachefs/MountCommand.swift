@@ -53,6 +53,9 @@ struct MountCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "The kernel's read-ahead window on the mount.", transform: ByteCount.init(parsing:))
     var readAhead = ByteCount(bytes: MountSettings.defaults.readAhead)
 
+    @Option(help: ArgumentHelp("Let the kernel read wholly cached files from memory itself (FUSE passthrough): on or off.", valueName: "on|off"))
+    var passthrough = Switch(MountSettings.defaults.passthrough)
+
     @Flag(help: "Accept a capacity larger than this machine's (or container's) memory.")
     var force = false
 
@@ -114,3 +117,20 @@ struct MountCommand: ParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// `on` or `off`, as an option's value (a flag could not be turned off from fstab's `-o`).
+struct Switch: ExpressibleByArgument {
+    let isOn: Bool
+
+    init(_ isOn: Bool) { self.isOn = isOn }
+
+    init?(argument: String) {
+        switch argument.lowercased() {
+        case "on", "yes", "true", "1": isOn = true
+        case "off", "no", "false", "0": isOn = false
+        default: return nil
+        }
+    }
+
+    var defaultValueDescription: String { isOn ? "on" : "off" }
+}

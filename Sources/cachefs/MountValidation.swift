@@ -38,6 +38,7 @@ extension MountSettings {
         prefetchThreads = command.prefetchThreads
         prefetchChunk = command.prefetchChunk
         readAhead = command.readAhead.bytes
+        passthrough = command.passthrough.isOn
         allowOther = command.allowOther
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
         logLevel = command.logLevel

@@ -58,6 +58,9 @@ struct StatsCommand: ParsableCommand {
             let window = readAhead.windowBytes.map(ByteCount.format) ?? "unknown"
             rows.append(("read-ahead", window + (readAhead.error.map { " (raising it to \(ByteCount.format(settings.readAhead)) failed: \($0))" } ?? "")))
         }
+        if let passthrough = report.passthrough {
+            rows.append(("passthroughState", passthrough.available ? "on" : "off" + (passthrough.reason.map { " (\($0))" } ?? "")))
+        }
         if let live = report.livePeers { rows.append(("live peers", live.isEmpty ? "none" : live.joined(separator: ", "))) }
         var sections: [(title: String?, rows: [(String, String)])] = [(nil, rows), ("settings", settingRows(settings))]
         for group in Figure.Group.allCases {

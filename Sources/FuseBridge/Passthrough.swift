@@ -1,0 +1,144 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse
+import CLinux
+import Logging
+import MirrorFS
+import Synchronization
+import SystemPackage
+
+/// FUSE passthrough with libfuse 3.14, which has no API for it: the kernel reads a
+/// wholly cached file straight from its memory file, without a request to the daemon.
+///
+/// The daemon negotiates it itself: libfuse reads and writes /dev/fuse through the
+/// custom io installed here (`fuse_session_custom_io`), which notes whether the kernel's
+/// INIT request offers passthrough and, if so, adds FUSE_PASSTHROUGH and a stack depth of
+/// 1 to libfuse's INIT reply. Backing files are then registered with ioctls on the session's
+/// descriptor (`register`), which needs CAP_SYS_ADMIN in the initial user namespace.
+///
+/// Threads: the io hooks run on libfuse's worker threads; `register` and `unregister` on
+/// whichever thread opens or releases a file; `probe` once, after the mount answers.
+public final class FusePassthrough: BackingFileRegistry {
+    private let enabled: Bool
+    private let logger: Logger
+    private let sessionFD = Atomic<Int32>(-1)
+    /// The INIT request's `unique` while its reply is due (0: none).
+    private let initUnique = Atomic<UInt64>(0)
+    private let state = Mutex<Status>(Status(available: false, reason: "the kernel has not been asked yet"))
+
+    /// Whether the kernel serves passthrough opens, and if not, why.
+    public struct Status: Sendable, Equatable {
+        public var available: Bool
+        public var reason: String?
+    }
+
+    /// - Parameter enabled: `--passthrough on`; off, the kernel is never offered it.
+    public init(enabled: Bool, logger: Logger) {
+        self.enabled = enabled
+        self.logger = logger
+        if !enabled { state.withLock { $0 = Status(available: false, reason: "--passthrough off") } }
+    }
+
+    public var status: Status { state.withLock { $0 } }
+
+    public var isAvailable: Bool { state.withLock { $0.available } }
+
+    // MARK: Negotiation (libfuse's io)
+
+    /// Installs the io hooks on a mounted session, keeping its descriptor.
+    func install(on session: OpaquePointer) {
+        let fd = fuse_session_fd(session)
+        sessionFD.store(fd, ordering: .releasing)
+        guard enabled else { return }
+        var io = fuse_custom_io()
+        io.read = { fd, buffer, length, userData in
+            let count = read(fd, buffer, length)
+            if count >= MemoryLayout<cachefs_fuse_in_header>.size, let buffer, let userData {
+                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().passthrough?.noteRequest(UnsafeRawPointer(buffer), count: count)
+            }
+            return count
+        }
+        io.writev = { fd, vectors, count, userData in
+            if let vectors, count >= 2, let userData {
+                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().passthrough?.amendReply(vectors, count: Int(count))
+            }
+            return writev(fd, vectors, count)
+        }
+        if fuse_session_custom_io(session, &io, fd) != 0 {
+            setUnavailable("libfuse refused the custom io that negotiates passthrough")
+        }
+    }
+
+    /// Notes an INIT request that offers passthrough.
+    private func noteRequest(_ request: UnsafeRawPointer, count: Int) {
+        let header = request.loadUnaligned(as: cachefs_fuse_in_header.self)
+        guard header.opcode == CACHEFS_FUSE_INIT else { return }
+        guard count >= MemoryLayout<cachefs_fuse_in_header>.size + MemoryLayout<cachefs_fuse_init_in>.size else {
+            return setUnavailable("the kernel's FUSE protocol is too old for passthrough")
+        }
+        let arguments = request.loadUnaligned(fromByteOffset: MemoryLayout<cachefs_fuse_in_header>.size, as: cachefs_fuse_init_in.self)
+        guard arguments.flags & CACHEFS_FUSE_INIT_EXT != 0, arguments.flags2 & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 else {
+            return setUnavailable("the kernel does not offer FUSE passthrough (protocol \(arguments.major).\(arguments.minor); Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)")
+        }
+        initUnique.store(header.unique, ordering: .releasing)
+    }
+
+    /// Adds FUSE_PASSTHROUGH and a stack depth of 1 to libfuse's reply to that INIT.
+    private func amendReply(_ vectors: UnsafeMutablePointer<iovec>, count: Int) {
+        let expected = initUnique.load(ordering: .acquiring)
+        guard expected != 0, vectors[0].iov_len >= MemoryLayout<cachefs_fuse_out_header>.size,
+              vectors[0].iov_base.loadUnaligned(as: cachefs_fuse_out_header.self).unique == expected
+        else { return }
+        initUnique.store(0, ordering: .relaxed)
+        guard vectors[1].iov_len >= MemoryLayout<cachefs_fuse_init_out>.size, let reply = vectors[1].iov_base else {
+            return setUnavailable("libfuse's INIT reply has no room for passthrough")
+        }
+        var arguments = reply.loadUnaligned(as: cachefs_fuse_init_out.self)
+        guard arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 else { return setUnavailable("libfuse did not answer with FUSE_INIT_EXT") }
+        arguments.flags2 |= CACHEFS_FUSE_PASSTHROUGH_FLAGS2
+        arguments.max_stack_depth = 1
+        reply.storeBytes(of: arguments, as: cachefs_fuse_init_out.self)
+        state.withLock { $0 = Status(available: true, reason: nil) }
+    }
+
+    // MARK: Backing files
+
+    /// Checks once, with a small memory file, that the kernel accepts backing files here,
+    /// and logs why not. Call after the mount answers (the INIT reply has been processed).
+    public func probe() {
+        guard isAvailable else {
+            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(status.reason ?? "-")"])
+            return
+        }
+        let memfd = cachefs_memfd_create("cachefs-passthrough-probe", UInt32(CACHEFS_MFD_CLOEXEC))
+        defer { if memfd >= 0 { close(memfd) } }
+        do throws(Errno) {
+            unregister(try register(memfd))
+            logger.info("FUSE passthrough is on: the kernel reads wholly cached files from memory itself")
+        } catch {
+            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(status.reason ?? "-")"])
+        }
+    }
+
+    public func register(_ descriptor: Int32) throws(Errno) -> Int32 {
+        guard isAvailable else { throw .notSupported }
+        let id = cachefs_backing_open(sessionFD.load(ordering: .acquiring), descriptor)
+        guard id >= 0 else {
+            let error = Errno(rawValue: errno)
+            setUnavailable(error == .notPermitted
+                ? "the kernel refused a backing file (EPERM): passthrough needs CAP_SYS_ADMIN in the initial user namespace"
+                : "the kernel refused a backing file: \(error)")
+            throw error
+        }
+        return id
+    }
+
+    public func unregister(_ id: Int32) {
+        _ = cachefs_backing_close(sessionFD.load(ordering: .acquiring), id)
+    }
+
+    private func setUnavailable(_ reason: String) {
+        state.withLock { $0 = Status(available: false, reason: reason) }
+    }
+}

@@ -1,0 +1,115 @@
+import BlockCache
+import Synchronization
+import SystemPackage
+
+/// Hands memory files to the kernel, which then serves opens from them directly (FUSE
+/// passthrough). Implemented by the FUSE layer; MirrorFS decides which opens use it.
+public protocol BackingFileRegistry: Sendable {
+    /// Whether the kernel takes backing files at all (negotiated, permitted, not turned off).
+    var isAvailable: Bool { get }
+    /// Registers `descriptor` as a backing file; returns the kernel's backing id.
+    func register(_ descriptor: Int32) throws(Errno) -> Int32
+    /// Releases a backing id; files already open keep reading it.
+    func unregister(_ id: Int32)
+}
+
+/// How an open is served.
+public enum OpenedFile: Sendable {
+    /// The daemon answers each read. `keepKernelCache`: the version is the one opened last time, so the
+    /// kernel's page cache of it is right; `versionChanged`: it is not, and the kernel's attributes are stale too.
+    case daemonServed(OpenFile, keepKernelCache: Bool, versionChanged: Bool)
+    /// The kernel reads the version's memory file itself, registered as `backingID`.
+    case passthrough(OpenFile, backingID: Int32)
+
+    public var file: OpenFile {
+        switch self {
+        case .daemonServed(let file, _, _), .passthrough(let file, _): file
+        }
+    }
+
+    public var keepKernelCache: Bool {
+        if case .daemonServed(_, let keep, _) = self { keep } else { false }
+    }
+
+    public var versionChanged: Bool {
+        if case .daemonServed(_, _, let changed) = self { changed } else { false }
+    }
+}
+
+/// What a node's open files are, which decides how the next open is served. The kernel
+/// allows one mode per inode at a time, and one backing file per inode while any
+/// passthrough open lives (kernel fs/fuse/iomode.c):
+/// - no opens: a wholly cached version is opened in passthrough, anything else daemon-served;
+/// - daemon-served opens: so is the next one;
+/// - passthrough opens of version V: the next open of V shares the backing id; an open that
+///   finds the source changed is refused with ESTALE and the node is superseded, so the
+///   kernel looks the name up again and gets a new node for the new version, while the old
+///   readers keep reading V from its held memory file.
+struct NodeOpens {
+    var daemonServed = 0
+    var passthrough: Passthrough?
+    /// The version last opened, which decides whether the kernel may keep its page cache.
+    var lastVersion: FileVersion?
+
+    struct Passthrough {
+        var hold: VersionHold
+        var backingID: Int32
+        var opens: Int
+    }
+}
+
+extension MirrorFilesystem {
+    /// Decides how an open of `node` at `source`'s version is served, and counts it.
+    /// Runs under the node's lock, which `release` takes too: a backing id is closed only when
+    /// no open of the node can still be replying with it.
+    func admit(_ source: SourceFile, on node: Node) throws(Errno) -> OpenedFile {
+        let version = source.version
+        return try node.opens.withLock { (opens: inout NodeOpens) throws(Errno) -> OpenedFile in
+            let previous = opens.lastVersion
+            opens.lastVersion = version
+            if var passthrough = opens.passthrough {
+                guard passthrough.hold.version == version else {
+                    node.supersede()
+                    throw .staleNFSFileHandle
+                }
+                passthrough.opens += 1
+                opens.passthrough = passthrough
+                counters.passthroughOpens.add(1, ordering: .relaxed)
+                return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: passthrough.backingID)
+            }
+            if opens.daemonServed == 0, let backing = backingFiles, backing.isAvailable, let hold = cache.hold(version) {
+                do throws(Errno) {
+                    let id = try backing.register(hold.descriptor)
+                    opens.passthrough = NodeOpens.Passthrough(hold: hold, backingID: id, opens: 1)
+                    counters.passthroughOpens.add(1, ordering: .relaxed)
+                    return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: id)
+                } catch {
+                    cache.release(hold) // refused: this open and later ones are daemon-served
+                }
+            }
+            opens.daemonServed += 1
+            let file = OpenFile(node: node, source: source, prefetch: prefetchStream(for: source), mode: .daemonServed)
+            return .daemonServed(file, keepKernelCache: previous == version, versionChanged: previous != nil && previous != version)
+        }
+    }
+
+    /// The kernel closed an open file (its last descriptor and mapping are gone).
+    public func release(_ file: OpenFile) {
+        file.opened.opens.withLock { opens in
+            switch file.mode {
+            case .daemonServed:
+                opens.daemonServed -= 1
+            case .passthrough:
+                guard var passthrough = opens.passthrough else { return }
+                passthrough.opens -= 1
+                guard passthrough.opens == 0 else {
+                    opens.passthrough = passthrough
+                    return
+                }
+                opens.passthrough = nil
+                backingFiles?.unregister(passthrough.backingID)
+                cache.release(passthrough.hold)
+            }
+        }
+    }
+}

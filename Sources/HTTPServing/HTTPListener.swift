@@ -116,16 +116,24 @@ final class OpenConnections: Sendable {
 extension ChannelHandlerContext {
     /// Writes a whole response; closes the connection after it unless `keepAlive`.
     public func sendResponse(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer?, keepAlive: Bool) {
+        sendResponse(status, headers: headers, body: body.map(IOData.byteBuffer), keepAlive: keepAlive)
+    }
+
+    /// The same with any body, a file region included (sent with sendfile(2)); `written` runs once the
+    /// response has been written or has failed, when the body's memory may be let go.
+    public func sendResponse(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: IOData?, keepAlive: Bool,
+                             written: (@Sendable () -> Void)? = nil) {
         var headers = headers
         headers.replaceOrAdd(name: "Content-Length", value: String(body?.readableBytes ?? 0))
         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
         write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        if let body { write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil) }
+        if let body { write(NIOAny(HTTPServerResponsePart.body(body)), promise: nil) }
         let promise = eventLoop.makePromise(of: Void.self)
         writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
-        if !keepAlive {
-            let channel = channel
-            promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        let channel = channel
+        promise.futureResult.whenComplete { _ in
+            written?()
+            if !keepAlive { channel.close(promise: nil) }
         }
     }
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockCache
 import HTTPServing
 import Logging
@@ -181,14 +184,26 @@ final class PeerRequestHandler: ChannelInboundHandler {
         }
     }
 
+    /// Sends a block: from its version's memory file with sendfile(2) where it has one (no copy
+    /// in this process), else from its memory. The block is held until the write is done, so its
+    /// range cannot be given back (punched) while the kernel still sends from it.
     private func sendBlock(_ block: Block?, head: HTTPRequestHead, context: ChannelHandlerContext) {
         guard let block else { return send(.notFound, headers: [:], body: nil, keepAlive: head.isKeepAlive, context: context) }
-        let (body, checksum) = withExtendedLifetime(block) {
+        let checksum = withExtendedLifetime(block) { CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }) }
+        let headers: HTTPHeaders = ["Content-Type": "application/octet-stream", PeerServer.checksumHeaderName: checksum.hex]
+        if let (descriptor, offset) = block.fileRange, case let copy = dup(descriptor), copy >= 0 {
+            let file = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: copy)
+            let region = FileRegion(fileHandle: file, readerIndex: Int(offset), endIndex: Int(offset) + block.count)
+            context.sendResponse(.ok, headers: headers, body: .fileRegion(region), keepAlive: head.isKeepAlive) {
+                withExtendedLifetime(block) { try? file.close() }
+            }
+            return
+        }
+        let body = withExtendedLifetime(block) {
             var body = context.channel.allocator.buffer(capacity: block.count)
             body.writeBytes(block.bytes)
-            return (body, CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }))
+            return body
         }
-        let headers: HTTPHeaders = ["Content-Type": "application/octet-stream", PeerServer.checksumHeaderName: checksum.hex]
         send(.ok, headers: headers, body: body, keepAlive: head.isKeepAlive, context: context)
     }
 

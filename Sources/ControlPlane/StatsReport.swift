@@ -52,6 +52,7 @@ extension Figure {
     public static let sourceReads = Figure("sourceReads", .counter, .count, .reads, "Reads that needed a block from the source (or waited for another reader's load).")
     public static let sourceReadBytes = Figure("sourceReadBytes", .counter, .bytes, .reads, "Bytes of those reads.")
 
+    public static let extendedAttributeRequests = Figure("extendedAttributeRequests", .counter, .count, .reads, "getxattr and listxattr requests from the kernel (one at most when the source has no extended attributes).")
     public static let passthroughOpens = Figure("passthroughOpens", .counter, .count, .passthrough, "Opens handed to the kernel, which reads the file from memory itself (no read request reaches the daemon).")
     public static let passthroughFiles = Figure("passthroughFiles", .gauge, .count, .passthrough, "Files held in memory for passthrough opens.")
     public static let passthroughBytes = Figure("passthroughBytes", .gauge, .bytes, .passthrough, "Bytes of those files.")
@@ -85,7 +86,7 @@ extension Figure {
         cachedBytes, cachedBlocks, reservedBytes, hits, misses, coalescedMisses, evictions, evictedBytes,
         pinnedBytes, pinnedFiles, pinnedCachedBytes,
         readRequests, bytesRead, memoryReads, memoryReadBytes, peerReads, peerReadBytes, sourceReads, sourceReadBytes,
-        passthroughOpens, passthroughFiles, passthroughBytes,
+        extendedAttributeRequests, passthroughOpens, passthroughFiles, passthroughBytes,
         bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, knownNodes, sourceHandles, sourceHandleReopens,
         prefetchQueuedBlocks, prefetchedBlocks, prefetchSkippedBlocks,
         peerRequests, blocksFromPeers, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,

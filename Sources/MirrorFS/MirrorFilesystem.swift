@@ -100,12 +100,19 @@ public final class MirrorFilesystem: Sendable {
         return statistics
     }
 
+    /// The named extended attribute, passed through exactly. On a source without extended
+    /// attributes this is ENOSYS, which tells the kernel to stop asking for the rest of the
+    /// mount (it then answers EOPNOTSUPP itself): `ls -l` asks two per file, each a round trip.
     public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try onNode(id) { (handle) throws(Errno) in try handle.extendedAttribute(named: name, into: buffer) }
+        counters.extendedAttributeRequests.add(1, ordering: .relaxed)
+        guard session.extendedAttributesSupported else { throw .noFunction }
+        return try onNode(id) { (handle) throws(Errno) in try handle.extendedAttribute(named: name, into: buffer) }
     }
 
     public func extendedAttributeNames(of id: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try onNode(id) { (handle) throws(Errno) in try handle.extendedAttributeNames(into: buffer) }
+        counters.extendedAttributeRequests.add(1, ordering: .relaxed)
+        guard session.extendedAttributesSupported else { throw .noFunction }
+        return try onNode(id) { (handle) throws(Errno) in try handle.extendedAttributeNames(into: buffer) }
     }
 
     /// Runs `body` on the node's source descriptor, looking for the source again if its mount went away.
@@ -241,6 +248,7 @@ public final class MirrorFilesystem: Sendable {
             sourceReattaches: session.counters.reattaches.load(ordering: .relaxed),
             sourceUnavailable: session.counters.unavailable.load(ordering: .relaxed),
             passthroughOpens: counters.passthroughOpens.load(ordering: .relaxed),
+            extendedAttributeRequests: counters.extendedAttributeRequests.load(ordering: .relaxed),
             prefetch: prefetcher?.statistics
         )
     }
@@ -250,6 +258,7 @@ public final class MirrorFilesystem: Sendable {
         let bytesRead = Atomic<UInt64>(0)
         /// Opens answered with FOPEN_PASSTHROUGH (the kernel reads the file itself).
         let passthroughOpens = Atomic<UInt64>(0)
+        let extendedAttributeRequests = Atomic<UInt64>(0)
     }
 }
 
@@ -274,6 +283,8 @@ public struct MirrorStatistics: Sendable {
     public var sourceUnavailable: UInt64
     /// Opens handed to the kernel to serve from memory (FUSE passthrough).
     public var passthroughOpens: UInt64
+    /// getxattr and listxattr requests from the kernel.
+    public var extendedAttributeRequests: UInt64
     public var prefetch: PrefetchStatistics?
 }
 

@@ -18,6 +18,9 @@ final class SourceSession: Sendable {
     let nodes: Mutex<NodeTable>
     /// How this source's files are told apart (inode or path), from its file system type.
     let identityRule: IdentityRule
+    /// Whether the source supports extended attributes at all, from asking its root once at start.
+    /// Object-store FUSE clients (rclone, s3fs) do not; their every file then answers ENOSYS.
+    let extendedAttributesSupported: Bool
     /// Where source opens and reads run when they have a deadline; nil runs them on the caller's thread.
     let sourceCalls: SourceCallPool?
     private let rootPath: String?
@@ -38,11 +41,20 @@ final class SourceSession: Sendable {
         let attributes = try root.attributes()
         rootType = try root.fileSystemType()
         identityRule = IdentityRule(fileSystemType: rootType)
+        do throws(Errno) {
+            _ = try root.extendedAttributeNames(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            extendedAttributesSupported = true
+        } catch {
+            extendedAttributesSupported = !(error == .notSupported || error == .noFunction)
+        }
         self.rootPath = rootPath
         self.sourceCalls = sourceCalls
         self.logger = logger
         nodes = Mutex(NodeTable(root: root, identity: identityRule.identity(of: attributes, path: []), handleLimit: handleLimit))
-        logger.info("source", metadata: ["path": "\(rootPath ?? "-")", "type": "\(String(rootType, radix: 16))", "files named by": "\(identityRule)"])
+        logger.info("source", metadata: [
+            "path": "\(rootPath ?? "-")", "type": "\(String(rootType, radix: 16))", "files named by": "\(identityRule)",
+            "extended attributes": "\(extendedAttributesSupported ? "passed through" : "not supported (the kernel is told once, ENOSYS)")",
+        ])
     }
 
     func node(_ id: UInt64) throws(Errno) -> Node {

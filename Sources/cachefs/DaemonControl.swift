@@ -57,7 +57,7 @@ final class DaemonControl: ControlHandler {
             (.sourceHandles, UInt64(statistics.sourceHandles)), (.sourceHandleReopens, statistics.sourceHandleReopens),
             (.prefetchQueuedBlocks, statistics.prefetch?.queuedBlocks ?? 0), (.prefetchedBlocks, statistics.prefetch?.loadedBlocks ?? 0),
             (.prefetchSkippedBlocks, statistics.prefetch?.cancelledBlocks ?? 0),
-            (.passthroughOpens, statistics.passthroughOpens), (.passthroughFiles, UInt64(cache.heldFiles)),
+            (.passthroughOpens, statistics.passthroughOpens), (.extendedAttributeRequests, statistics.extendedAttributeRequests), (.passthroughFiles, UInt64(cache.heldFiles)),
             (.passthroughBytes, UInt64(cache.heldTotalBytes)),
         ]
         for (figure, value) in values { report[figure] = value }

@@ -124,7 +124,7 @@ let package = Package(
             name: "cachefs-testsource",
             dependencies: ["CFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache"]),
+        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(
             name: "MirrorFSTests",

@@ -87,27 +87,117 @@ public final class BlockCache: Sendable {
                     return (buffer.seal(length: min(max(filled, 0), length)), tier)
                 }
             }
-            state.withLock { state in
-                state.pending[key] = nil
-                if reserved { state.reservedBytes -= length }
-                switch outcome {
-                case .success(let loaded):
-                    if loaded.tier == .memory {
-                        state.counters.misses -= 1
-                        state.counters.hits += 1
-                        state.counters.reclaimedBlocks += 1
-                        state.counters.reclaimedBytes += UInt64(loaded.block.count)
-                    } else {
-                        state.counters.loadedBytes += UInt64(loaded.block.count)
-                    }
-                    state.admit(key, loaded.block, reserved: reserved)
-                case .failure:
-                    state.counters.loadErrors += 1
-                }
-            }
-            pending.complete(outcome)
+            complete((key.index, pending, reserved), file: key.file, length: length, outcome)
             return try outcome.get()
         }
+    }
+
+    /// Loads the run of adjacent blocks of `file` from `first` that are neither in memory nor
+    /// loading (at most `count`), with as few calls to `fill` as their memory allows: they sit
+    /// side by side in the version's memory file, so one read of the source fills them all.
+    /// For a reader that wants them in order (a prefetch lane). Blocks of other callers' runs, and
+    /// evicted blocks a reader still holds (taken back), end a run early.
+    ///
+    /// - Parameter fill: fills `memory`, the blocks from `start` side by side, and returns the bytes
+    ///   written and where they came from; `owners` are the blocks' buffers, to hand to work that may
+    ///   outlive the call (see `fetch`). Concurrent lookups of these blocks wait for it.
+    /// - Returns: how many blocks from `first` are now loaded (0 if `first` was in memory or loading).
+    /// - Throws: the first error of `fill`; the blocks it was filling fail with it (failures are not cached).
+    public func loadRun(
+        of file: FileVersion, from first: Int64, count: Int,
+        fill: (_ start: Int64, _ memory: UnsafeMutableRawBufferPointer, _ owners: [BlockBuffer]) throws -> (count: Int, tier: ReadTier)
+    ) throws -> Int {
+        guard file.size >= Int64(blockSize) else { return 0 } // anonymous memory: one block at a time
+        var evicted: [Block] = []
+        defer { evicted.removeAll() }
+        let end = min(first + Int64(count), blockCount(file, blockSize: blockSize))
+        let run: [(index: Int64, pending: PendingLoad, reserved: Bool)] = state.withLock { state in
+            var run: [(index: Int64, pending: PendingLoad, reserved: Bool)] = []
+            let fixed = state.isFixed(file)
+            for index in first..<max(first, end) {
+                let key = BlockKey(file: file, index: index)
+                guard state.lookup(key, touching: false) == nil, state.pending[key] == nil else { break }
+                let reserved = fixed ? false : state.reserve(length(of: key), capacity: capacity, evicted: &evicted)
+                guard fixed || reserved else { break } // a block the cache would not keep is loaded on its own
+                state.counters.misses += 1
+                let pending = PendingLoad()
+                state.pending[key] = pending
+                run.append((index, pending, reserved))
+            }
+            return run
+        }
+        guard !run.isEmpty else { return 0 }
+        var position = 0
+        var failure: (any Error)?
+        while position < run.count {
+            // Claim ranges until one holds a live block; fill the claimed ones with one call.
+            var claimed: [BlockBuffer] = []
+            var taken: Block?
+            do {
+                let memory = try memory(of: file)
+                while position + claimed.count < run.count {
+                    let index = run[position + claimed.count].index
+                    switch memory.claim(index, length: length(of: BlockKey(file: file, index: index))) {
+                    case .fresh(let buffer): claimed.append(buffer)
+                    case .live(let block): taken = block
+                    }
+                    if taken != nil { break }
+                }
+                if !claimed.isEmpty {
+                    let start = run[position].index
+                    let base = claimed[0].memory.baseAddress!
+                    let whole = UnsafeMutableRawBufferPointer(start: base, count: claimed.reduce(0) { $0 + $1.memory.count })
+                    let (filled, tier) = try fill(start, whole, claimed)
+                    for (offset, buffer) in claimed.enumerated() {
+                        let within = filled - offset * blockSize
+                        complete(run[position + offset], file: file, .success((buffer.seal(length: min(max(within, 0), buffer.memory.count)), tier)))
+                    }
+                    position += claimed.count
+                }
+                if let taken {
+                    complete(run[position], file: file, .success((taken, .memory)))
+                    position += 1
+                }
+            } catch {
+                failure = error
+                break
+            }
+        }
+        if let failure {
+            for entry in run[position...] { complete(entry, file: file, .failure(failure)) }
+            guard position > 0 else { throw failure }
+        }
+        return position
+    }
+
+    /// Ends one block's load: admits the block (or forgets the failure) and wakes its waiters.
+    private func complete(_ entry: (index: Int64, pending: PendingLoad, reserved: Bool), file: FileVersion,
+                          length: Int? = nil, _ outcome: Result<(block: Block, tier: ReadTier), any Error>) {
+        let key = BlockKey(file: file, index: entry.index)
+        state.withLock { state in
+            state.pending[key] = nil
+            if entry.reserved { state.reservedBytes -= length ?? self.length(of: key) }
+            switch outcome {
+            case .success(let loaded):
+                if loaded.tier == .memory {
+                    state.counters.misses -= 1
+                    state.counters.hits += 1
+                    state.counters.reclaimedBlocks += 1
+                    state.counters.reclaimedBytes += UInt64(loaded.block.count)
+                } else {
+                    state.counters.loadedBytes += UInt64(loaded.block.count)
+                }
+                state.admit(key, loaded.block, reserved: entry.reserved)
+            case .failure:
+                state.counters.loadErrors += 1
+            }
+        }
+        entry.pending.complete(outcome)
+    }
+
+    /// A block's length: the block size, or what is left of the file for its last block.
+    private func length(of key: BlockKey) -> Int {
+        Int(min(Int64(blockSize), key.file.size - key.index * Int64(blockSize)))
     }
 
     /// Memory for a block to be loaded: its range of the version's memory file if the cache

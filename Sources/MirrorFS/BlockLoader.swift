@@ -92,14 +92,53 @@ final class BlockLoader: Sendable {
             }
         } catch let error as Errno {
             counters.errors.add(1, ordering: .relaxed)
-            let cause = error == .staleNFSFileHandle ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
-            logger.warning("source read failed", metadata: ["block": "\(key)", "cause": "\(cause)"])
+            logger.warning("source read failed", metadata: ["block": "\(key)", "cause": "\(Self.cause(of: error))"])
             throw error.meansSourceGone ? .ioError : error
         } catch {
             counters.errors.add(1, ordering: .relaxed)
             logger.error("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])
             throw Errno.ioError
         }
+    }
+
+    /// Loads the missing blocks of `file` from `first` (at most `count`) through `reader`, with one
+    /// source read for the whole run where the cache can give it side by side in memory: what a
+    /// prefetch lane asks, so that a source reading ahead per handle (rclone, s3fs) sees long reads.
+    /// Peers are asked block by block first; from the first block they lack, the source reads the rest.
+    /// - Returns: how many blocks from `first` are now loaded (0: none could be run; load `first` alone).
+    func blockRun(from first: Int64, count: Int, of file: SourceFile, reader readerFile: SourceFile) throws(Errno) -> Int {
+        let blockSize = cache.blockSize
+        do {
+            return try cache.loadRun(of: file.version, from: first, count: count) { start, memory, owners in
+                var fromPeers = 0
+                for owner in owners {
+                    guard let count = loadFromRemote(start + Int64(fromPeers), of: file, into: owner.memory) else { break }
+                    _ = count
+                    fromPeers += 1
+                }
+                guard fromPeers < owners.count else { return (memory.count, .peer) }
+                let offset = (start + Int64(fromPeers)) * Int64(blockSize)
+                // The closure owns the buffers and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
+                let count = try session.call(.read) { [reader, owners, fromPeers] () throws(Errno) in
+                    let rest = UnsafeMutableRawBufferPointer(start: owners[fromPeers].memory.baseAddress,
+                                                             count: owners[fromPeers...].reduce(0) { $0 + $1.memory.count })
+                    return try reader.read(file, through: readerFile, into: rest, at: offset)
+                }
+                counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
+                return (fromPeers * blockSize + count, .source)
+            }
+        } catch let error as Errno {
+            counters.errors.add(1, ordering: .relaxed)
+            logger.warning("source read failed", metadata: ["blocks": "\(first)... of \(file.version)", "cause": "\(Self.cause(of: error))"])
+            throw error.meansSourceGone ? .ioError : error
+        } catch {
+            counters.errors.add(1, ordering: .relaxed)
+            throw Errno.ioError
+        }
+    }
+
+    private static func cause(of error: Errno) -> String {
+        error == .staleNFSFileHandle ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
     }
 
     /// Asks the peers for a block of a file opened with a known path; nil to read the source.

@@ -143,19 +143,24 @@ public final class MirrorFilesystem: Sendable {
             blockCount: (size + blockSize - 1) / blockSize,
             // A block another reader is loading needs no prefetch thread to wait for it.
             isResident: { [cache] index in cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) },
-            load: { [session, loader] index, lane in
+            loadRun: { [session, loader] blocks, lane in
                 // Each lane reads through a handle of its own, kept from chunk to chunk, so that a
-                // source that reads ahead per handle sees one handle read front to back.
+                // source that reads ahead per handle sees one handle read front to back, in long reads.
                 let reader: SourceFile
                 if let kept = lane.context as? SourceFile {
                     reader = kept
                 } else {
-                    guard let opened = try? session.open(source.handle, relativePath: source.relativePath) else { return false }
+                    guard let opened = try? session.open(source.handle, relativePath: source.relativePath) else { return 0 }
                     lane.context = opened
                     reader = opened
                 }
-                guard let span = loader.spans(from: index * blockSize, to: index * blockSize + 1, size: size).first else { return false }
-                return (try? loader.block(span, of: source, reader: reader)) != nil
+                guard let loaded = try? loader.blockRun(from: blocks.lowerBound, count: blocks.count, of: source, reader: reader) else { return 0 }
+                if loaded > 0 { return loaded }
+                // Not a run the cache can lay side by side (a small file, a block it would not keep): this block alone.
+                guard let span = loader.spans(from: blocks.lowerBound * blockSize, to: blocks.lowerBound * blockSize + 1, size: size).first,
+                      (try? loader.block(span, of: source, reader: reader)) != nil
+                else { return 0 }
+                return 1
             }
         )
     }

@@ -55,7 +55,21 @@ public final class Prefetcher: Sendable {
         isResident: @escaping @Sendable (Int64) -> Bool,
         load: @escaping @Sendable (Int64, PrefetchLane) -> Bool
     ) -> PrefetchStream {
-        PrefetchStream(prefetcher: self, blockSize: blockSize, blockCount: blockCount, isResident: isResident, load: load)
+        stream(blockSize: blockSize, blockCount: blockCount, isResident: isResident, loadRun: { blocks, lane in
+            load(blocks.lowerBound, lane) ? 1 : 0
+        })
+    }
+
+    /// The same with a loader that takes several adjacent blocks at once (one source read for them all).
+    /// - Parameter loadRun: loads blocks from the start of the range (as many as it can take in one go,
+    ///   at least the first) and returns how many it loaded; 0 ends the chunk.
+    public func stream(
+        blockSize: Int,
+        blockCount: Int64,
+        isResident: @escaping @Sendable (Int64) -> Bool,
+        loadRun: @escaping @Sendable (Range<Int64>, PrefetchLane) -> Int
+    ) -> PrefetchStream {
+        PrefetchStream(prefetcher: self, blockSize: blockSize, blockCount: blockCount, isResident: isResident, load: loadRun)
     }
 
     public var statistics: PrefetchStatistics {
@@ -140,7 +154,7 @@ public final class PrefetchStream: @unchecked Sendable {
     private let blockSize: Int64
     private let blockCount: Int64
     fileprivate let isResident: @Sendable (Int64) -> Bool
-    fileprivate let load: @Sendable (Int64, PrefetchLane) -> Bool
+    fileprivate let load: @Sendable (Range<Int64>, PrefetchLane) -> Int
     private let condition = NSCondition()
     private let cancelled = Atomic<Bool>(false)
 
@@ -154,7 +168,7 @@ public final class PrefetchStream: @unchecked Sendable {
     private var throughput = ThroughputProbe()
 
     fileprivate init(prefetcher: Prefetcher, blockSize: Int, blockCount: Int64,
-                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Int64, PrefetchLane) -> Bool) {
+                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Range<Int64>, PrefetchLane) -> Int) {
         self.prefetcher = prefetcher
         self.blockSize = Int64(blockSize)
         self.blockCount = blockCount
@@ -255,19 +269,22 @@ public final class PrefetchStream: @unchecked Sendable {
     /// Loads one chunk on a prefetch thread, then hands out what the window holds next.
     fileprivate func run(_ job: LaneJob) {
         var next = job.lane.nextIndex // where the lane's handle stands after this chunk
-        for index in job.blocks {
-            if isCancelled { break }
-            var loaded = false
-            if !isResident(index) {
-                guard load(index, job.lane) else { break }
-                loaded = true
-                next = index + 1
+        var index = job.blocks.lowerBound
+        while index < job.blocks.upperBound && !isCancelled {
+            var loaded = 0
+            if isResident(index) {
+                prefetcher.counters.cancelled.add(1, ordering: .relaxed)
+                index += 1
+            } else {
+                loaded = load(index..<job.blocks.upperBound, job.lane)
+                guard loaded > 0 else { break }
+                prefetcher.counters.loaded.add(UInt64(loaded), ordering: .relaxed)
+                index += Int64(loaded)
+                next = index
             }
-            prefetcher.counters.loaded.add(loaded ? 1 : 0, ordering: .relaxed)
-            prefetcher.counters.cancelled.add(loaded ? 0 : 1, ordering: .relaxed)
             condition.withLock {
-                job.lane.claim = (index + 1)..<job.blocks.upperBound
-                if loaded { adapt() }
+                job.lane.claim = index..<job.blocks.upperBound
+                for _ in 0..<loaded { adapt() }
                 condition.broadcast()
             }
         }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 @testable import BlockCache
+import SystemPackage
 import Testing
 
 private let blockSize = 4096
@@ -138,5 +139,52 @@ struct HoldingTests {
         try load(cache, version(14, blocks: 20))
         #expect(try load(cache, file) > 0)
         #expect(cache.statistics.heldBytes == 0 && cache.statistics.pinnedBytes == 0)
+    }
+}
+
+@Suite("Runs of adjacent blocks loaded with one fill", .serialized)
+struct RunTests {
+    @Test("A run of missing blocks is one fill over memory laid side by side; it stops at a block already in memory")
+    func oneFillPerRun() throws {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let file = version(20, blocks: 8, extra: 300)
+        try load(cache, file, 5..<6) // resident in the middle: the run from 2 must stop before it
+        var fills: [(start: Int64, bytes: Int)] = []
+        let loaded = try cache.loadRun(of: file, from: 2, count: 6) { start, memory, owners in
+            fills.append((start, memory.count))
+            #expect(owners.count == memory.count / blockSize)
+            var offset = 0
+            for index in start..<(start + Int64(owners.count)) {
+                bytes(file, index, count: blockSize).withUnsafeBytes {
+                    UnsafeMutableRawBufferPointer(rebasing: memory[offset..<(offset + blockSize)]).copyMemory(from: $0)
+                }
+                offset += blockSize
+            }
+            return (memory.count, .source)
+        }
+        #expect(loaded == 3 && fills.count == 1 && fills[0].start == 2 && fills[0].bytes == 3 * blockSize)
+        for index: Int64 in 2...4 {
+            let block = try #require(cache.residentBlock(for: BlockKey(file: file, index: index)))
+            #expect(withExtendedLifetime(block) { Array(block.bytes) } == bytes(file, index, count: blockSize))
+        }
+        #expect(try cache.loadRun(of: file, from: 5, count: 3) { _, memory, _ in (memory.count, .source) } == 0, "a resident first block makes no run")
+        // The last, shorter block ends the file: the run is cut to the bytes the file has.
+        let last = try cache.loadRun(of: file, from: 6, count: 10) { start, memory, _ in
+            #expect(start == 6 && memory.count == 2 * blockSize + 300)
+            memory.initializeMemory(as: UInt8.self, repeating: 7)
+            return (memory.count, .source)
+        }
+        #expect(last == 3 && cache.residentBlock(for: BlockKey(file: file, index: 8))?.count == 300)
+    }
+
+    @Test("A failing fill fails every block of the run, caches none, and the blocks load again later")
+    func failingRun() throws {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let file = version(21, blocks: 4)
+        #expect(throws: Errno.ioError) {
+            _ = try cache.loadRun(of: file, from: 0, count: 4) { _, _, _ in throw Errno.ioError }
+        }
+        #expect(cache.statistics.residentBlocks == 0 && cache.statistics.reservedBytes == 0 && cache.statistics.loadErrors == 4)
+        #expect(try load(cache, file) == 4)
     }
 }

@@ -42,11 +42,15 @@ final class ScriptedReader: SourceBlockReader {
         if stalling.withLock({ $0.contains(index) }) { released.wait() }
         guard !failing.withLock({ $0.contains(index) }) else { throw .ioError }
         let body = { () throws(Errno) -> Int in
-            if self.latency > .zero { Thread.sleep(forTimeInterval: self.latency / .seconds(1)) }
+            // A bandwidth-bound (serial) source takes its time per block read; a latency-bound one per request.
+            let blocks = self.isSerial ? Double((buffer.count + Int(self.blockSize) - 1) / Int(self.blockSize)) : 1
+            if self.latency > .zero { Thread.sleep(forTimeInterval: blocks * (self.latency / .seconds(1))) }
             return try self.real.read(file, through: reader, into: buffer, at: offset)
         }
         let count = isSerial ? try serial.withLock { _ throws(Errno) in try body() } : try body()
-        reads.withLock { $0.append((index, reader.descriptor.rawValue)) }
+        // One read may fill a run of adjacent blocks: each block it covers is recorded.
+        let covered = index..<max(index + 1, (offset + Int64(count) + blockSize - 1) / blockSize)
+        reads.withLock { reads in for block in covered { reads.append((block, reader.descriptor.rawValue)) } }
         return count
     }
 
@@ -54,6 +58,7 @@ final class ScriptedReader: SourceBlockReader {
 
     /// The descriptors that read blocks from `first` on: the lanes in use once probing has settled.
     func descriptors(fromBlock first: Int64) -> Set<Int32> { Set(reads.withLock { $0.filter { $0.index >= first }.map(\.descriptor) }) }
+    /// Blocks read from the source, counted once per read that covered them.
     var readCount: Int { reads.withLock { $0.count } }
 }
 

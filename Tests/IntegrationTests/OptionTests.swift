@@ -145,6 +145,36 @@ struct OptionTests {
 
     // MARK: Prefetch options
 
+    /// --block-size: the unit of caching and of source reads. One 4 KiB read loads one block:
+    /// 256 KiB with --block-size 256K (1 MiB with the default).
+    @Test("--block-size is the unit of source reads")
+    func blockSize() throws {
+        let tree = try MountedTree("head -c 5000000 /dev/urandom > f.bin",
+                                   extra: ["--block-size", "256K", "--prefetch-depth", "0", "--read-ahead", "128K"])
+        defer { tree.stop() }
+        let reader = try HeldReader(tree.mount.mountpoint, files: ["f.bin"])
+        defer { reader.close() }
+        #expect(try tree.mount.stats()[.bytesFromSource] == 256 << 10)
+    }
+
+    /// --prefetch-depth: a sequential reader gets that many blocks queued ahead of it, at most a
+    /// quarter of the capacity's blocks; 0 turns prefetching off. The queue is filled inside the
+    /// read request, so once the reader's first read has returned the count is final.
+    @Test("--prefetch-depth sets the window, at most a quarter of the capacity; 0 turns prefetching off",
+          arguments: [("5", "256M", 5), ("16", "16M", 4), ("0", "256M", 0)])
+    func prefetchDepth(depth: String, capacity: String, queued: Int) throws {
+        let tree = try MountedTree("truncate -s 40M f.bin", capacity: capacity, extra: ["--prefetch-depth", depth, "--read-ahead", "128K"])
+        defer { tree.stop() }
+        let reader = try HeldReader(tree.mount.mountpoint, files: ["f.bin"])
+        defer { reader.close() }
+        #expect(try tree.mount.stats()[.prefetchQueuedBlocks] == UInt64(queued))
+        if queued == 0 {
+            try shell("cat f.bin > /dev/null", in: tree.mount.mountpoint)
+            let stats = try tree.mount.stats()
+            #expect(stats[.prefetchQueuedBlocks] == 0 && stats[.prefetchedBlocks] == 0, "a whole sequential read prefetched nothing")
+        }
+    }
+
     /// --prefetch-threads: at most that many prefetch reads reach the source at once. Four readers
     /// each read the first block of their own file and keep it open, so 4 × 16 blocks are
     /// prefetched from a source whose every read waits 40 ms: one prefetch thread needs at least
@@ -369,23 +399,33 @@ struct OptionTests {
 }
 
 /// A Python process that opens files under a mount, reads 4 KiB at the start of each (so each is
-/// a sequential reader with a prefetch window), and keeps them open until `close()`.
+/// a sequential reader with a prefetch window), and keeps them open until `close()`. `init`
+/// returns once every first read has returned.
 final class HeldReader {
     private let process = Process()
     private let input = Pipe()
+    private let output = Pipe()
 
-    init(_ directory: String, files: [String]) throws {
+    init(_ directory: String, files: [String], timeout: Double = 30) throws {
         let script = """
             import os, sys
             fds = [os.open(os.path.join(sys.argv[1], name), os.O_RDONLY) for name in sys.argv[2:]]
             for fd in fds: assert len(os.pread(fd, 4096, 0)) == 4096
+            print('read', flush=True)
             sys.stdin.readline()
             """
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = ["-c", script, directory] + files
         process.standardInput = input
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = output
         try process.run()
+        // The readiness marker, waited for with a deadline (poll), never a blocking read that could hang.
+        var marker = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&marker, 1, Int32(timeout * 1000)) == 1,
+              String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).hasPrefix("read") else {
+            close()
+            throw TestFailure("the reader of \(files) did not finish its first reads within \(timeout) s")
+        }
     }
 
     /// Lets the files go (closing the pipe ends the script); kills it if it does not end within 10 s.

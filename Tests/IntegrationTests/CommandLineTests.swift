@@ -74,19 +74,26 @@ struct CommandLineTests {
         #expect(!isMounted(mountpoint))
     }
 
+    /// Guards that each way of ending the daemon ends the process itself, not only the mount:
+    /// `stop()` would SIGTERM a daemon that lingered (and get exit 0 from it), so the test
+    /// waits for the process to exit by itself before asking for its status.
     @Test("SIGTERM and SIGINT unmount cleanly and exit 0; umount ends the daemon too")
     func signalsAndUmount() throws {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("src")
         for signal in [SIGTERM, SIGINT] {
             let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt-\(signal)"))
+            defer { mount.stop() }
             kill(mount.pid, signal)
-            #expect(eventually(within: 5) { !isMounted(mount.mountpoint) })
+            #expect(eventually(within: 10) { !isMounted(mount.mountpoint) })
+            #expect(eventually(within: 10) { !mount.isRunning }, "the daemon did not exit after signal \(signal)")
             #expect(mount.stop() == 0)
         }
         let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt-umount"))
+        defer { mount.stop() }
         try shell("umount \(mount.mountpoint)")
-        #expect(eventually(within: 5) { kill(mount.pid, 0) != 0 || !isMounted(mount.mountpoint) })
+        #expect(eventually(within: 10) { !isMounted(mount.mountpoint) })
+        #expect(eventually(within: 10) { !mount.isRunning }, "the daemon outlived a umount from outside")
         #expect(mount.stop() == 0)
     }
 

@@ -168,6 +168,9 @@ final class CachefsMount {
 
     var pid: Int32 { process.processIdentifier }
 
+    /// Whether the daemon process is still alive (not yet exited by itself or stopped).
+    var isRunning: Bool { process.isRunning }
+
     /// - Parameter launcher: a command that runs cachefs (e.g. `prlimit --nofile=256:256`), exec'ing it in place.
     init(source: String, mountpoint: String, capacity: String = "256M", extra: [String] = [],
          environment: [String: String] = [:], launcher: [String] = []) throws {

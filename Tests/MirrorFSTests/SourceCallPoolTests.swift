@@ -41,23 +41,44 @@ import Testing
 
     @Test("With every thread stuck, new calls time out, and calls given up on are never started")
     func exhaustedPool() throws {
-        let pool = SourceCallPool(timeout: .milliseconds(200), maximumThreads: 2)
+        let pool = SourceCallPool(timeout: .seconds(1), maximumThreads: 2) // long enough for the fence below to be picked up
         let release = DispatchSemaphore(value: 0)
         let lateStarts = Atomic<Int>(0)
+        let stuck = Atomic<Int>(0)
         let callers = (0..<2).map { _ in
-            Thread { _ = try? pool.run { () throws(Errno) -> Int in release.wait(); return 0 } }
+            Thread { _ = try? pool.run { () throws(Errno) -> Int in stuck.add(1, ordering: .relaxed); release.wait(); return 0 } }
         }
         callers.forEach { $0.start() }
-        usleep(100_000)
+        #expect(eventually { stuck.load(ordering: .relaxed) == 2 }, "both threads hold a stuck call")
         #expect(throws: Errno.timedOut) {
             try pool.run { () throws(Errno) -> Int in lateStarts.add(1, ordering: .relaxed); return 0 }
         }
         #expect(pool.threadCount == 2)
         release.signal()
         release.signal()
-        usleep(300_000)
+        // A fence: two calls that only finish once both run at the same time. The queue is FIFO,
+        // so both threads have taken the abandoned call (and skipped it, or run it to the end)
+        // before they can run these.
+        let together = Atomic<Int>(0)
+        let fences = (0..<2).map { _ in
+            Thread {
+                _ = try? pool.run { () throws(Errno) -> Bool in
+                    together.add(1, ordering: .relaxed)
+                    return eventually { together.load(ordering: .relaxed) == 2 }
+                }
+            }
+        }
+        fences.forEach { $0.start() }
+        #expect(eventually { together.load(ordering: .relaxed) == 2 }, "both threads came free")
         #expect(lateStarts.load(ordering: .relaxed) == 0, "an abandoned call ran after its caller left")
         #expect(try pool.run { () throws(Errno) in 3 } == 3, "the pool serves again once the source answers")
+    }
+
+    /// Polls `condition` for up to 5 s.
+    private func eventually(_ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(5)
+        while !condition() && Date() < deadline { usleep(2_000) }
+        return condition()
     }
 
     @Test("Opening a file whose open never completes (a FIFO without a writer) is EIO after the timeout")

@@ -291,35 +291,51 @@ func fetch(_ client: PeerClient, _ id: PeerBlockID, from peer: PeerAddress) -> (
         #expect(waited < .seconds(2), "waited \(waited) for a silent peer with a 300 ms timeout")
     }
 
+    /// Guards the backoff: the dead peer is made to rank first for the block (the block's path is
+    /// chosen for it, since the live peer's port is the kernel's pick), so every fetch would ask it
+    /// first; it is asked once, then skipped while in backoff. Without `recordFailure` it is asked 3 times.
     @Test func fetchTriesPeersInRankOrderAndBacksOffFailingOnes() async throws {
         let block = try makeBlock(content)
-        let wanted = id
-        try await withPeerServer(lookup: { $0 == wanted ? block : nil }) { good in
-            // A dead peer (nothing listens) and a live one; whichever ranks first, the block arrives.
-            let dead = PeerAddress(host: "127.0.0.1", port: 1)
+        let base = id
+        try await withPeerServer(lookup: { requested in
+            requested.modifiedNanoseconds == base.modifiedNanoseconds && requested.fileSize == base.fileSize ? block : nil
+        }) { good in
+            let dead = PeerAddress(host: "127.0.0.1", port: 1) // nothing listens: connections are refused
+            func blockID(_ number: Int) -> PeerBlockID {
+                var id = base
+                id.path = Array("dir/file-\(number)".utf8)
+                return id
+            }
+            let deadFirst = try #require((0..<1000).lazy.map(blockID).first { Rendezvous.rank([dead, good], for: $0)[0] == dead })
+            let goodFirst = try #require((0..<1000).lazy.map(blockID).first { Rendezvous.rank([dead, good], for: $0)[0] == good })
             let discovery = PeerDiscovery(seeds: [HostPort(host: "x", port: 1)], logger: Logger(label: "test"), isSelf: { _ in false },
                                           resolve: { _ in [dead, good] })
             discovery.refresh()
             #expect(discovery.peers == [dead, good].sorted())
             let client = client(discovery: discovery)
             defer { client.shutdown() }
-            for _ in 0..<3 {
-                var bytes = [UInt8](repeating: 0, count: content.count)
-                #expect(bytes.withUnsafeMutableBytes { client.fetch(wanted, into: $0) } == content.count)
-                #expect(bytes == content)
-            }
-            let failures = client.counters.failures.load(ordering: .relaxed)
-            #expect(failures <= 1, "a dead peer is tried once, then skipped while in backoff")
-            if Rendezvous.rank([dead, good], for: wanted)[0] == dead {
-                #expect(failures == 1)
-                #expect(!client.health.isAvailable(dead))
-            }
-            // A block nobody has falls back to the source.
-            var missing = wanted
-            missing.index = 0
-            missing.modifiedNanoseconds = 1
+            // The live peer ranks first: the dead one is never asked.
             var bytes = [UInt8](repeating: 0, count: content.count)
-            #expect(bytes.withUnsafeMutableBytes { client.fetch(missing, into: $0) } == nil)
+            #expect(bytes.withUnsafeMutableBytes { client.fetch(goodFirst, into: $0) } == content.count)
+            #expect(bytes == content)
+            #expect(client.counters.failures.load(ordering: .relaxed) == 0)
+            #expect(client.health.isAvailable(dead))
+            // The dead peer ranks first: asked once, it fails, the live one answers; then it is skipped.
+            for attempt in 0..<3 {
+                var bytes = [UInt8](repeating: 0, count: content.count)
+                #expect(bytes.withUnsafeMutableBytes { client.fetch(deadFirst, into: $0) } == content.count)
+                #expect(bytes == content)
+                #expect(client.counters.failures.load(ordering: .relaxed) == 1, "after fetch \(attempt + 1)")
+                #expect(!client.health.isAvailable(dead), "the dead peer is in backoff")
+            }
+            #expect(client.health.skippedCount == 1)
+            #expect(client.counters.blocks.load(ordering: .relaxed) == 4)
+            #expect(client.counters.requests.load(ordering: .relaxed) == 5, "one request to the dead peer, four to the live one")
+            // A block nobody has falls back to the source.
+            var missing = deadFirst
+            missing.modifiedNanoseconds = 1
+            var none = [UInt8](repeating: 0, count: content.count)
+            #expect(none.withUnsafeMutableBytes { client.fetch(missing, into: $0) } == nil)
             #expect(client.counters.fallbacks.load(ordering: .relaxed) == 1)
         }
     }

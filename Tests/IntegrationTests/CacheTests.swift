@@ -5,7 +5,9 @@ import Testing
 struct CacheTests {
     @Test("A file read twice is served from daemon memory the second time")
     func secondReadHitsMemory() throws {
-        let tree = try MountedTree("head -c 20000000 /dev/urandom > model.safetensors")
+        // Passthrough off: a wholly cached file would otherwise be read by the kernel without the daemon
+        // (PassthroughTests covers that path); this test is about the daemon's own memory hits.
+        let tree = try MountedTree("head -c 20000000 /dev/urandom > model.safetensors", extra: ["--passthrough", "off"])
         defer { tree.stop() }
         let (source, mount) = (tree.source, tree.mount)
         let file = mount.mountpoint + "/model.safetensors"

@@ -20,7 +20,8 @@ struct MetricsTests {
         let source = try scratch.make("src")
         try shell("head -c 6000000 /dev/urandom > model.bin", in: source)
         let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "64M",
-                                     extra: ["--metrics", "127.0.0.1:0"])
+                                     // Passthrough off: the warm read must reach the daemon to move its tier histogram.
+                                     extra: ["--metrics", "127.0.0.1:0", "--passthrough", "off"])
         defer { mount.stop() }
         let address = try #require(try mount.stats().metricsAddress)
         func scrape() throws -> [String: Double] {

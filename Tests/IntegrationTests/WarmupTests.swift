@@ -45,8 +45,9 @@ struct WarmupTests {
         }
         let afterReread = try mount.stats()
         #expect(afterReread[.bytesFromSource] == afterPressure[.bytesFromSource], "a pinned file was read from the source again")
-        #expect(afterReread[.hits] > afterPressure[.hits])
-        #expect(afterReread[.memoryReadBytes] >= 24_000_000, "\(afterReread[.memoryReadBytes]) bytes were read from memory")
+        // Pinned files are wholly in memory, so the kernel reads them from there itself (passthrough).
+        #expect(afterReread[.passthroughOpens] == afterPressure[.passthroughOpens] + 2, "a pinned file was not opened from memory")
+        #expect(afterReread[.readRequests] == afterPressure[.readRequests], "a pinned file was read through the daemon")
 
         // More than the capacity left is refused whole, with one line and a non-zero exit.
         let refused = try cachefs(["warm", mount.mountpoint + "/models/other", "--pin"], mount)

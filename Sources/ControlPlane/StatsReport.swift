@@ -62,6 +62,7 @@ extension Figure {
     public static let sourceErrors = Figure("sourceErrors", .counter, .count, .source, "Block loads that failed, whatever the cause.")
     public static let sourceTimeouts = Figure("sourceTimeouts", .counter, .count, .source, "Source opens and reads given up after --source-timeout (the reader got EIO).")
     public static let sourceReattaches = Figure("sourceReattaches", .counter, .count, .source, "Times the source root was opened again after its mount went away and came back.")
+    public static let sourceUnavailable = Figure("sourceUnavailable", .counter, .count, .source, "Source calls that found its mount gone and could not reopen it (the reader got EIO).")
     public static let knownNodes = Figure("knownNodes", .gauge, .count, .source, "Source files and directories the kernel holds a reference to.")
     public static let sourceHandles = Figure("sourceHandles", .gauge, .count, .source, "Source descriptors kept open for known files.")
     public static let sourceHandleReopens = Figure("sourceHandleReopens", .counter, .count, .source, "Known files found again by name after their descriptor was let go.")
@@ -87,7 +88,7 @@ extension Figure {
         pinnedBytes, pinnedFiles, pinnedCachedBytes,
         readRequests, bytesRead, memoryReads, memoryReadBytes, peerReads, peerReadBytes, sourceReads, sourceReadBytes,
         extendedAttributeRequests, passthroughOpens, passthroughFiles, passthroughBytes,
-        bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, knownNodes, sourceHandles, sourceHandleReopens,
+        bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, sourceUnavailable, knownNodes, sourceHandles, sourceHandleReopens,
         prefetchQueuedBlocks, prefetchedBlocks, prefetchSkippedBlocks,
         peerRequests, blocksFromPeers, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,
         servedBlocks, servedBytes, servedNotResident, servedRefused,

@@ -56,15 +56,15 @@ extension FuseServer {
                 let opened = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
                 let fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(opened.file).toOpaque()))
                 let replied: Int32
+                if opened.versionChanged, let session = fs.liveSession {
+                    // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
+                    fuse_lowlevel_notify_inval_inode(session, node, -1, 0)
+                }
                 switch opened {
-                case .passthrough(_, let backingID):
+                case .passthrough(_, let backingID, _):
                     // The kernel reads the file's memory itself from now on; keep_cache is not allowed with it.
                     replied = cachefs_reply_open_passthrough(req, fh, backingID)
-                case .daemonServed(_, let keepCache, let versionChanged):
-                    if versionChanged, let session = fs.liveSession {
-                        // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
-                        fuse_lowlevel_notify_inval_inode(session, node, -1, 0)
-                    }
+                case .daemonServed(_, let keepCache, _):
                     cachefs_file_info_set_keep_cache(info, keepCache ? 1 : 0)
                     cachefs_file_info_set_noflush(info)
                     cachefs_file_info_set_handle(info, fh)

@@ -126,6 +126,8 @@ public final class FusePassthrough: BackingFileRegistry {
         let id = cachefs_backing_open(sessionFD.load(ordering: .acquiring), descriptor)
         guard id >= 0 else {
             let error = Errno(rawValue: errno)
+            // Short of memory or descriptors: this open goes through the daemon, later ones may try again.
+            if [.noMemory, .tooManyOpenFiles, .tooManyOpenFilesInSystem].contains(error) { throw error }
             setUnavailable(error == .notPermitted
                 ? "the kernel refused a backing file (EPERM): passthrough needs CAP_SYS_ADMIN in the initial user namespace"
                 : "the kernel refused a backing file: \(error)")

@@ -18,12 +18,13 @@ public enum OpenedFile: Sendable {
     /// The daemon answers each read. `keepKernelCache`: the version is the one opened last time, so the
     /// kernel's page cache of it is right; `versionChanged`: it is not, and the kernel's attributes are stale too.
     case daemonServed(OpenFile, keepKernelCache: Bool, versionChanged: Bool)
-    /// The kernel reads the version's memory file itself, registered as `backingID`.
-    case passthrough(OpenFile, backingID: Int32)
+    /// The kernel reads the version's memory file itself, registered as `backingID`;
+    /// `versionChanged` as above (the page cache is not used, but the attributes may be stale).
+    case passthrough(OpenFile, backingID: Int32, versionChanged: Bool)
 
     public var file: OpenFile {
         switch self {
-        case .daemonServed(let file, _, _), .passthrough(let file, _): file
+        case .daemonServed(let file, _, _), .passthrough(let file, _, _): file
         }
     }
 
@@ -32,7 +33,9 @@ public enum OpenedFile: Sendable {
     }
 
     public var versionChanged: Bool {
-        if case .daemonServed(_, _, let changed) = self { changed } else { false }
+        switch self {
+        case .daemonServed(_, _, let changed), .passthrough(_, _, let changed): changed
+        }
     }
 }
 
@@ -67,6 +70,7 @@ extension MirrorFilesystem {
         return try node.opens.withLock { (opens: inout NodeOpens) throws(Errno) -> OpenedFile in
             let previous = opens.lastVersion
             opens.lastVersion = version
+            let versionChanged = previous != nil && previous != version
             if var passthrough = opens.passthrough {
                 guard passthrough.hold.version == version else {
                     node.supersede()
@@ -75,21 +79,22 @@ extension MirrorFilesystem {
                 passthrough.opens += 1
                 opens.passthrough = passthrough
                 counters.passthroughOpens.add(1, ordering: .relaxed)
-                return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: passthrough.backingID)
+                return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: passthrough.backingID, versionChanged: false)
             }
             if opens.daemonServed == 0, let backing = backingFiles, backing.isAvailable, let hold = cache.hold(version) {
                 do throws(Errno) {
                     let id = try backing.register(hold.descriptor)
                     opens.passthrough = NodeOpens.Passthrough(hold: hold, backingID: id, opens: 1)
                     counters.passthroughOpens.add(1, ordering: .relaxed)
-                    return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: id)
+                    return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: id,
+                                        versionChanged: versionChanged)
                 } catch {
                     cache.release(hold) // refused: this open and later ones are daemon-served
                 }
             }
             opens.daemonServed += 1
             let file = OpenFile(node: node, source: source, prefetch: prefetchStream(for: source), mode: .daemonServed)
-            return .daemonServed(file, keepKernelCache: previous == version, versionChanged: previous != nil && previous != version)
+            return .daemonServed(file, keepKernelCache: previous == version, versionChanged: versionChanged)
         }
     }
 

@@ -23,9 +23,10 @@ import Synchronization
 ///
 /// Built on SwiftNIO's HTTP/1.1 server pipeline, with one handler that answers on
 /// the connection's event loop: a block whose file version was checked within the
-/// last second (`quickLookup`) is copied into the response there, without a hop to
-/// another thread; only a lookup that must stat the source (`lookup`) runs on NIO's
-/// blocking thread pool. Serving a block is a copy and a send (Docs/PEERS.md).
+/// last second (`quickLookup`) is answered there, without a hop to another thread;
+/// only a lookup that must stat the source (`lookup`) runs on NIO's blocking thread
+/// pool. A block is sent with sendfile(2) from its version's memory file, or copied
+/// when it lives in anonymous memory (files under one block; Docs/PEERS.md).
 public enum PeerServer {
     public static let checksumHeaderName = "X-Cachefs-CRC32C"
     public static let instanceHeaderName = "X-Cachefs-Instance"

@@ -53,7 +53,7 @@ final class DaemonControl: ControlHandler {
             (.readRequests, statistics.readRequests), (.bytesRead, statistics.bytesRead),
             (.bytesFromSource, statistics.bytesFromSource), (.bytesFromPeers, statistics.bytesFromPeers),
             (.sourceErrors, statistics.sourceErrors), (.sourceTimeouts, statistics.sourceTimeouts),
-            (.sourceReattaches, statistics.sourceReattaches), (.knownNodes, UInt64(statistics.knownNodes)),
+            (.sourceReattaches, statistics.sourceReattaches), (.sourceUnavailable, statistics.sourceUnavailable), (.knownNodes, UInt64(statistics.knownNodes)),
             (.sourceHandles, UInt64(statistics.sourceHandles)), (.sourceHandleReopens, statistics.sourceHandleReopens),
             (.prefetchQueuedBlocks, statistics.prefetch?.queuedBlocks ?? 0), (.prefetchedBlocks, statistics.prefetch?.loadedBlocks ?? 0),
             (.prefetchSkippedBlocks, statistics.prefetch?.cancelledBlocks ?? 0),

@@ -191,7 +191,8 @@ final class CachefsMount {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()
         let deadline = Date().addingTimeInterval(30)
-        while !(isMounted(mountpoint) && FileManager.default.fileExists(atPath: controlSocket)) {
+        // "ready" is logged once the mount answers and passthrough and the read-ahead window are settled.
+        while !(isMounted(mountpoint) && FileManager.default.fileExists(atPath: controlSocket) && log.contains("[cachefs] ready")) {
             guard process.isRunning, Date() < deadline else {
                 stop()
                 throw TestFailure("cachefs did not come up at \(mountpoint): \(log)")

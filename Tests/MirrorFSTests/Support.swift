@@ -21,7 +21,8 @@ final class SourceFixture {
     /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
     init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
          sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil,
-         prefetcher: Prefetcher? = nil, blockReader: any SourceBlockReader = DescriptorBlockReader()) throws {
+         prefetcher: Prefetcher? = nil, blockReader: any SourceBlockReader = DescriptorBlockReader(),
+         backingFiles: (any BackingFileRegistry)? = nil) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         owner = other
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -33,7 +34,7 @@ final class SourceFixture {
             prefetcher: prefetcher,
             sourceHandleLimit: sourceHandleLimit,
             sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, remote: remote,
-            blockReader: blockReader, logger: logger
+            blockReader: blockReader, backingFiles: backingFiles, logger: logger
         )
     }
 

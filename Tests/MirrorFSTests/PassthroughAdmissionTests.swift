@@ -1,0 +1,117 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCache
+import MirrorFS
+import Synchronization
+import SystemPackage
+import Testing
+
+/// The kernel's side of passthrough, recorded: which memory files were registered and released.
+final class RecordingBackingFiles: BackingFileRegistry {
+    private let state = Mutex<(next: Int32, live: Set<Int32>, registered: Int)>((1, [], 0))
+    var isAvailable: Bool { true }
+    func register(_ descriptor: Int32) throws(Errno) -> Int32 {
+        guard fcntl(descriptor, F_GETFD) >= 0 else { throw .badFileDescriptor }
+        return state.withLock { state in
+            defer { state.next += 1 }
+            state.live.insert(state.next)
+            state.registered += 1
+            return state.next
+        }
+    }
+    func unregister(_ id: Int32) { _ = state.withLock { $0.live.remove(id) } }
+    var live: Set<Int32> { state.withLock { $0.live } }
+    var registered: Int { state.withLock { $0.registered } }
+}
+
+/// Which opens MirrorFS hands to the kernel (FUSE passthrough) and which it serves itself,
+/// without mounting anything: the rules of ../shared/PASSTHROUGH.md as seen from the cache.
+@Suite("Mirror: passthrough opens")
+struct PassthroughAdmissionTests {
+    private let blockSize = 64 << 10
+
+    private func backingID(_ opened: OpenedFile) -> Int32? {
+        if case .passthrough(_, let id, _) = opened { id } else { nil }
+    }
+
+    @Test("A cold open is daemon-served; once the version is wholly cached, opens share one backing file, held until the last release")
+    func residentVersionsArePassedThrough() throws {
+        let backing = RecordingBackingFiles()
+        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
+        let bytes = randomBytes(4 * blockSize, seed: 40)
+        try fixture.write("model", bytes)
+        let node = try fixture.lookup("model")
+
+        let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        #expect(backingID(cold) == nil, "nothing was cached yet")
+        #expect(try fixture.read(cold.file, at: 0, count: bytes.count) == bytes)
+        // A daemon-served open is still there: the node must not mix the two kinds.
+        let whileServed = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        #expect(backingID(whileServed) == nil, "a passthrough open beside a daemon-served one")
+        fixture.filesystem.release(cold.file)
+        fixture.filesystem.release(whileServed.file)
+
+        let first = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        let second = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        let id = try #require(backingID(first), "a wholly cached version was not passed through")
+        #expect(backingID(second) == id, "one backing file per node")
+        #expect(backing.registered == 1)
+        #expect(fixture.filesystem.cache.statistics.heldFiles == 1)
+        fixture.filesystem.release(first.file)
+        #expect(backing.live == [id], "released while an open still reads it")
+        fixture.filesystem.release(second.file)
+        #expect(backing.live.isEmpty)
+        #expect(fixture.filesystem.cache.statistics.heldFiles == 0, "the hold outlived the last release")
+        #expect(fixture.filesystem.statistics.passthroughOpens == 2)
+    }
+
+    @Test("A source rewrite while passthrough readers are open: a new open is refused with ESTALE and the node superseded; the old readers keep their memory file")
+    func rewriteUnderPassthroughIsStale() throws {
+        let backing = RecordingBackingFiles()
+        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
+        try fixture.write("model", randomBytes(2 * blockSize, seed: 41))
+        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
+        let node = try fixture.lookup("model")
+        let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        _ = try fixture.read(cold.file, at: 0, count: 2 * blockSize)
+        fixture.filesystem.release(cold.file)
+        let reader = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        let id = try #require(backingID(reader))
+
+        try fixture.overwrite("model", with: randomBytes(2 * blockSize, seed: 42))
+        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_100, tv_nsec: 0))
+        #expect(throws: Errno.staleNFSFileHandle) { _ = try fixture.filesystem.open(node: node, flags: O_RDONLY) }
+        #expect(backing.live == [id], "the old reader's memory file was taken away")
+        // The kernel looks the name up again and gets a new node for the new version.
+        let renewed = try fixture.lookup("model")
+        #expect(renewed != node)
+        fixture.filesystem.release(reader.file)
+        #expect(backing.live.isEmpty)
+    }
+
+    @Test("A passthrough open of a version other than the one opened last says so, so the kernel's attributes are dropped")
+    func passthroughOfANewVersionReportsTheChange() throws {
+        let backing = RecordingBackingFiles()
+        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
+        try fixture.write("model", randomBytes(2 * blockSize, seed: 43))
+        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
+        let node = try fixture.lookup("model")
+        let old = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        #expect(backingID(old) == nil)
+        fixture.filesystem.release(old.file)
+
+        // The new version is larger and is warmed (cachefs warm) before anyone opens it.
+        try fixture.write("model", randomBytes(3 * blockSize, seed: 44))
+        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_100, tv_nsec: 0))
+        _ = try fixture.filesystem.warm(relativePath: "model", offset: 0, length: Int64(3 * blockSize))
+        let renewed = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        #expect(backingID(renewed) != nil, "the warmed version was not passed through")
+        #expect(renewed.versionChanged, "the kernel would keep the old size")
+        #expect(renewed.file.version.size == Int64(3 * blockSize))
+        fixture.filesystem.release(renewed.file)
+        let again = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        #expect(backingID(again) != nil && !again.versionChanged)
+        fixture.filesystem.release(again.file)
+    }
+}

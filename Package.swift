@@ -124,16 +124,18 @@ let package = Package(
             name: "cachefs-testsource",
             dependencies: ["CFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", .product(name: "SystemPackage", package: "swift-system")]),
+        // What the test targets share: a seeded random generator.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(
             name: "MirrorFSTests",
-            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "CLinux", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "CLinux", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "PeerTransportTests",
             dependencies: [
-                "PeerTransport", "BlockCache", "CRC32C", "HTTPServing",
+                "PeerTransport", "BlockCache", "CRC32C", "HTTPServing", "TestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -143,7 +145,7 @@ let package = Package(
         .testTarget(
             name: "CommandLineTests",
             dependencies: [
-                "cachefs",
+                "cachefs", "TestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]

@@ -4,6 +4,7 @@ import Foundation
 import Synchronization
 import SystemPackage
 import Testing
+import TestSupport
 
 // MARK: Helpers
 
@@ -78,18 +79,6 @@ private func waitUntil(_ condition: () -> Bool) -> Bool {
         usleep(1_000)
     }
     return true
-}
-
-/// A small deterministic generator, so that a failing run can be repeated.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 private struct CustomLoadError: Error, Equatable {}
@@ -183,7 +172,7 @@ struct RecencyTests {
         let failures = Atomic<Int>(0)
         let callsPerThread = 400
         let done = onThreads(8) { thread in
-            var random = SplitMix64(state: UInt64(thread + 1))
+            var random = SplitMix64(seed: UInt64(thread + 1))
             for _ in 0..<callsPerThread {
                 let index = Int.random(in: 0..<48, using: &random)
                 let length = index % 6 == 0 ? 2000 : 4096

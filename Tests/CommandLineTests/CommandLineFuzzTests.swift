@@ -3,6 +3,7 @@ import Foundation
 import PropertyBased
 import Synchronization
 import Testing
+import TestSupport
 @testable import cachefs
 
 /// Fuzzing of everything the command line parses: any input is either accepted
@@ -66,7 +67,7 @@ import Testing
     @Test func randomMountCommandsParseWithTheirValues() async {
         let parsed = Mutex(0)
         await propertyCheck(count: 300, input: Gen.uint64(in: 0...UInt64.max)) { seed in
-            var random = SplitMix(seed: seed)
+            var random = SplitMix64(seed: seed)
             let command = MountCase.random(&random)
             let translated = MountHelperArguments.translate(command.arguments)
             do {
@@ -125,19 +126,6 @@ import Testing
     }
 }
 
-/// SplitMix64: a small seeded generator, so a failing case is reproduced by its seed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// A random mount command line, whether every value in it is inside its range, and how
 /// to recognise each value in the parsed command.
 struct MountCase {
@@ -153,7 +141,7 @@ struct MountCase {
     }
 
     /// An integer option: at a bound a third of the time, just outside 5% of the time.
-    private static func integer(_ range: ClosedRange<Int>, _ random: inout SplitMix, _ field: @escaping (MountCommand) -> Int) -> Value {
+    private static func integer(_ range: ClosedRange<Int>, _ random: inout SplitMix64, _ field: @escaping (MountCommand) -> Int) -> Value {
         let roll = Double.random(in: 0..<1, using: &random)
         let number: Int
         if roll < 0.05 {
@@ -167,7 +155,7 @@ struct MountCase {
     }
 
     /// Seconds: whole or with decimals, at a bound a third of the time; out of range or not a number 5% of the time.
-    private static func seconds(upTo limit: Double?, _ random: inout SplitMix, _ field: @escaping (MountCommand) -> Double) -> Value {
+    private static func seconds(upTo limit: Double?, _ random: inout SplitMix64, _ field: @escaping (MountCommand) -> Double) -> Value {
         let roll = Double.random(in: 0..<1, using: &random)
         if roll < 0.05 {
             let text = ["-1", "-0.5", "nan", "inf", "soon"].randomElement(using: &random)! // beyond the limit below
@@ -183,7 +171,7 @@ struct MountCase {
     }
 
     /// A size in one of its spellings (bytes, K, M, G, KiB, lower case).
-    private static func size(_ bytes: Int, _ random: inout SplitMix) -> String {
+    private static func size(_ bytes: Int, _ random: inout SplitMix64) -> String {
         var spellings = ["\(bytes)"]
         for (shift, units) in [(10, ["K", "KiB", "k"]), (20, ["M", "MiB", "m"]), (30, ["G", "GiB", "g"])] where bytes % (1 << shift) == 0 {
             spellings += units.map { "\(bytes >> shift)\($0)" }
@@ -191,7 +179,7 @@ struct MountCase {
         return spellings.randomElement(using: &random)!
     }
 
-    static func random(_ random: inout SplitMix) -> MountCase {
+    static func random(_ random: inout SplitMix64) -> MountCase {
         var options: [(name: String, value: Value?)] = []
         func maybe(_ chance: Double = 0.6) -> Bool { Double.random(in: 0..<1, using: &random) < chance }
 

@@ -97,6 +97,9 @@ struct OptionTests {
             var attributes = stat()
             return stat(path, &attributes) == 0 ? Int64(attributes.st_size) : -1
         }
+        // Held open, so that another test's drop_caches cannot evict the inode and its cached attributes.
+        let holder = open(path, O_RDONLY)
+        defer { if holder >= 0 { close(holder) } }
         let cached = Date()
         #expect(size() == 10)
         try shell("printf 0123456789 >> f", in: tree.source)

@@ -8,6 +8,7 @@ import MirrorFS
 import Synchronization
 import SystemPackage
 import Testing
+import TestSupport
 
 @Suite("Mirror: lookups and nodes")
 struct LookupTests {
@@ -132,7 +133,7 @@ struct ReadTests {
             #expect(try fixture.read(file, at: Int64(offset), count: count) == expectedRead(content, at: offset, count: count),
                     "offset \(offset) count \(count)")
         }
-        var random = SplitMix64(state: 99)
+        var random = SplitMix64(seed: 99)
         var mismatches: [(Int, Int)] = []
         for _ in 0..<200 {
             let offset = Int.random(in: 0...content.count + 100, using: &random)
@@ -215,7 +216,7 @@ struct ReadTests {
             done.enter()
             Thread {
                 defer { done.leave() }
-                var random = SplitMix64(state: UInt64(thread) + 100)
+                var random = SplitMix64(seed: UInt64(thread) + 100)
                 for _ in 0..<60 {
                     let offset = Int.random(in: 0..<content.count, using: &random)
                     let count = Int.random(in: 1...150_000, using: &random)

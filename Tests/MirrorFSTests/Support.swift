@@ -10,6 +10,7 @@ import Prefetch
 import SourceTree
 import SystemPackage
 import Testing
+import TestSupport
 
 /// The mirror without FUSE: a temporary source tree, read through MirrorFilesystem directly.
 final class SourceFixture {
@@ -100,7 +101,7 @@ final class SourceFixture {
 
 /// Deterministic pseudo-random bytes, so that a failing run can be repeated.
 func randomBytes(_ count: Int, seed: UInt64 = 1) -> [UInt8] {
-    var generator = SplitMix64(state: seed)
+    var generator = SplitMix64(seed: seed)
     var bytes = [UInt8](repeating: 0, count: count)
     bytes.withUnsafeMutableBytes { buffer in
         var offset = 0
@@ -112,17 +113,6 @@ func randomBytes(_ count: Int, seed: UInt64 = 1) -> [UInt8] {
         }
     }
     return bytes
-}
-
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// `bytes[offset ..< offset + count]`, clipped to the array like a read clips to the end of file.

@@ -1,18 +1,11 @@
 import CRC32C
 import Testing
+import TestSupport
 import HTTPServing
 @testable import PeerTransport
 
 @Suite struct BlockIDTests {
     /// A deterministic generator, so a failure can be reproduced.
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            return Rendezvous.mix(state)
-        }
-    }
-
     @Test func roundTripOfOddNames() throws {
         let names: [[UInt8]] = [
             Array("models/llama 3/model-00001-of-00004.safetensors".utf8),
@@ -30,7 +23,7 @@ import HTTPServing
     }
 
     @Test func roundTripOfRandomBytes() throws {
-        var random = SplitMix(state: 42)
+        var random = SplitMix64(seed: 42)
         for _ in 0..<500 {
             let length = Int.random(in: 1...200, using: &random)
             var name = (0..<length).map { _ in UInt8.random(in: 1...255, using: &random) }
@@ -113,7 +106,7 @@ import HTTPServing
         #expect(CRC32CChecksum(hex: whole.hex) == whole)
         // The interleaved hardware path (three lanes of 4 KiB, joined by shifting) equals the
         // byte-at-a-time table, for lengths around the lane boundaries and misaligned starts.
-        var generator = SplitMix(state: 42)
+        var generator = SplitMix64(seed: 42)
         let random = (0..<(3 * 4096 * 3 + 64)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         random.withUnsafeBytes { bytes in
             for start in [0, 1, 5, 8] {

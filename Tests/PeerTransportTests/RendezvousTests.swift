@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import TestSupport
 import HTTPServing
 @testable import PeerTransport
 
@@ -12,7 +13,7 @@ import HTTPServing
 
     @Test func rankingIsDeterministicAndIndependentOfListOrder() {
         var shuffled = peers
-        var generator = BlockIDTests.SplitMix(state: 7)
+        var generator = SplitMix64(seed: 7)
         for index in Int64(0)..<200 {
             shuffled.shuffle(using: &generator)
             let ranked = Rendezvous.rank(peers, for: block(index))

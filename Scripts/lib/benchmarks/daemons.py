@@ -46,8 +46,10 @@ class Daemons:
     def cachefs(self, source, path, *options, capacity="3G", preexec_fn=None):
         command = [self.cachefs_bin, source, path, "--foreground", "--capacity", capacity, *options]
         mount = self._start("cachefs", path, command, preexec_fn)
-        # The control socket answers a moment after the mount does.
-        system.wait_until(lambda: self._stats_or_none(mount) is not None, f"cachefs stats at {path}")
+        # The control socket answers a moment after the mount does, and the daemon is ready (passthrough probed,
+        # the read-ahead window raised: a file opened before that keeps FUSE's 128 KiB window) once stats show it.
+        system.wait_until(lambda: (self._stats_or_none(mount) or {}).get("readAhead") is not None,
+                          f"cachefs ready at {path}")
         return mount
 
     def testsource(self, root, path, *options):

@@ -112,8 +112,7 @@ final class BlockLoader: Sendable {
             return try cache.loadRun(of: file.version, from: first, count: count) { start, memory, owners in
                 var fromPeers = 0
                 for owner in owners {
-                    guard let count = loadFromRemote(start + Int64(fromPeers), of: file, into: owner.memory) else { break }
-                    _ = count
+                    guard loadFromRemote(start + Int64(fromPeers), of: file, into: owner.memory) != nil else { break }
                     fromPeers += 1
                 }
                 guard fromPeers < owners.count else { return (memory.count, .peer) }

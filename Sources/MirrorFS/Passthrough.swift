@@ -71,6 +71,11 @@ extension MirrorFilesystem {
             let previous = opens.lastVersion
             opens.lastVersion = version
             let versionChanged = previous != nil && previous != version
+            func passthroughOpen(backingID: Int32, versionChanged: Bool) -> OpenedFile {
+                counters.passthroughOpens.add(1, ordering: .relaxed)
+                let file = OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough)
+                return .passthrough(file, backingID: backingID, versionChanged: versionChanged)
+            }
             if var passthrough = opens.passthrough {
                 guard passthrough.hold.version == version else {
                     node.supersede()
@@ -78,18 +83,15 @@ extension MirrorFilesystem {
                 }
                 passthrough.opens += 1
                 opens.passthrough = passthrough
-                counters.passthroughOpens.add(1, ordering: .relaxed)
-                return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: passthrough.backingID, versionChanged: false)
+                return passthroughOpen(backingID: passthrough.backingID, versionChanged: false) // the version it holds
             }
             if opens.daemonServed == 0, let backing = backingFiles, backing.isAvailable, let hold = cache.hold(version) {
                 do throws(Errno) {
                     let id = try backing.register(hold.descriptor)
                     opens.passthrough = NodeOpens.Passthrough(hold: hold, backingID: id, opens: 1)
-                    counters.passthroughOpens.add(1, ordering: .relaxed)
-                    return .passthrough(OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough), backingID: id,
-                                        versionChanged: versionChanged)
+                    return passthroughOpen(backingID: id, versionChanged: versionChanged)
                 } catch {
-                    cache.release(hold) // refused: this open and later ones are daemon-served
+                    cache.release(hold) // refused: this open is daemon-served (later ones too, if the refusal turned passthrough off)
                 }
             }
             opens.daemonServed += 1

@@ -338,19 +338,9 @@ struct OptionTests {
     /// at most the block timeout (then it is in backoff); every byte comes from the source.
     @Test("A silent peer behind a running daemon: reads succeed, each within 1.5 s plus the source's time")
     func silentPeerFallsBack() throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // Connections complete in the backlog; nothing is ever read or answered.
+        let (listener, port) = try loopbackSocket(listening: true, backlog: 128)
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(listener, $0, length) == 0 && listen(listener, 128) == 0 && getsockname(listener, $0, &length) == 0
-            }
-        }
-        try #require(listening)
-        let port = Int(UInt16(bigEndian: address.sin_port)) // connections complete in the backlog; nothing is ever read or answered
         let tree = try MountedTree("head -c 8388608 /dev/urandom > model.bin", extra: ["--peers", "127.0.0.1:\(port)"])
         defer { tree.stop() }
         // Reads the file in 1 MiB reads, printing the slowest read's seconds and the file's hash.

@@ -5,8 +5,8 @@ import Testing
 import Glibc
 #endif
 
-/// A TCP socket bound to a port the kernel picks on loopback, listening if asked; the caller closes it.
-func loopbackSocket(listening: Bool) throws -> (descriptor: Int32, port: Int) {
+/// A TCP socket bound to a port the kernel picks on loopback, listening with `backlog` if asked; the caller closes it.
+func loopbackSocket(listening: Bool, backlog: Int32 = 1) throws -> (descriptor: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -14,7 +14,7 @@ func loopbackSocket(listening: Bool) throws -> (descriptor: Int32, port: Int) {
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let ok = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && (!listening || listen(fd, 1) == 0) && getsockname(fd, $0, &length) == 0
+            bind(fd, $0, length) == 0 && (!listening || listen(fd, backlog) == 0) && getsockname(fd, $0, &length) == 0
         }
     }
     guard ok else {

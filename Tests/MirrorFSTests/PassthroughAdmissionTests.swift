@@ -31,6 +31,15 @@ final class RecordingBackingFiles: BackingFileRegistry {
 struct PassthroughAdmissionTests {
     private let blockSize = 64 << 10
 
+    /// A mirror with a recording kernel side, over a source holding "model": two blocks, mtime 1,000,000.
+    private func twoBlockModel(seed: UInt64) throws -> (SourceFixture, RecordingBackingFiles, node: UInt64) {
+        let backing = RecordingBackingFiles()
+        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
+        try fixture.write("model", randomBytes(2 * blockSize, seed: seed))
+        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
+        return (fixture, backing, try fixture.lookup("model"))
+    }
+
     private func backingID(_ opened: OpenedFile) -> Int32? {
         if case .passthrough(_, let id, _) = opened { id } else { nil }
     }
@@ -68,11 +77,7 @@ struct PassthroughAdmissionTests {
 
     @Test("A source rewrite while passthrough readers are open: a new open is refused with ESTALE and the node superseded; the old readers keep their memory file")
     func rewriteUnderPassthroughIsStale() throws {
-        let backing = RecordingBackingFiles()
-        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
-        try fixture.write("model", randomBytes(2 * blockSize, seed: 41))
-        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
-        let node = try fixture.lookup("model")
+        let (fixture, backing, node) = try twoBlockModel(seed: 41)
         let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         _ = try fixture.read(cold.file, at: 0, count: 2 * blockSize)
         fixture.filesystem.release(cold.file)
@@ -92,11 +97,7 @@ struct PassthroughAdmissionTests {
 
     @Test("A passthrough open of a version other than the one opened last says so, so the kernel's attributes are dropped")
     func passthroughOfANewVersionReportsTheChange() throws {
-        let backing = RecordingBackingFiles()
-        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
-        try fixture.write("model", randomBytes(2 * blockSize, seed: 43))
-        try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
-        let node = try fixture.lookup("model")
+        let (fixture, _, node) = try twoBlockModel(seed: 43)
         let old = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(backingID(old) == nil)
         fixture.filesystem.release(old.file)

@@ -66,7 +66,7 @@ public struct HTTPListener: Service {
         let listener: any Channel
         switch target {
         case .tcp(let address):
-            listener = try await bootstrap.childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            listener = try await bootstrap.childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .bind(host: address.host, port: address.port).get()
         case .unixSocket(let path):
             listener = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()

@@ -37,7 +37,7 @@ final class PeerConnectionPool: Sendable {
         let receiveBufferSize = receiveBufferSize
         let channel = try ClientBootstrap(group: group)
             .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             // One read per wake-up, so a connection keeps at most one receive buffer.
             .channelOption(.maxMessagesPerRead, value: 1)
             .channelOption(

@@ -44,7 +44,9 @@ final class PeerCluster {
     /// - Parameters:
     ///   - tokens: per instance, the shared secret it is given (nil: none).
     ///   - sourceArguments: when given, the instances read `data` through cachefs-testsource with these options.
-    init(_ script: String, tokens: [String?] = [nil, nil, nil], extra: [[String]] = [[], [], []], sourceArguments: [String]? = nil) throws {
+    ///   - launcher: a command that runs each instance (see `CachefsMount`).
+    init(_ script: String, tokens: [String?] = [nil, nil, nil], extra: [[String]] = [[], [], []], sourceArguments: [String]? = nil,
+         launcher: [String] = []) throws {
         scratch = try ScratchDirectory("cachefs-peers")
         data = try scratch.make("data")
         try shell(script, in: data)
@@ -65,7 +67,8 @@ final class PeerCluster {
                     try token.write(toFile: file, atomically: true, encoding: .utf8)
                     arguments += ["--peer-token-file", file]
                 }
-                mounts.append(try CachefsMount(source: source, mountpoint: try scratch.make("mnt\(index)"), extra: arguments))
+                mounts.append(try CachefsMount(source: source, mountpoint: try scratch.make("mnt\(index)"), extra: arguments,
+                                               launcher: launcher))
             }
         } catch {
             stop()
@@ -106,6 +109,24 @@ final class PeerCluster {
 
 @Suite("Peers share cached blocks", .serialized)
 struct PeerTests {
+    /// A container's root has no CAP_NET_ADMIN. The TCP sockets once asked for SO_DEBUG (TCP_NODELAY's
+    /// number under the wrong level), which only that capability may set: every accepted peer or
+    /// metrics connection was closed at once, and every peer connect failed.
+    @Test("Without CAP_NET_ADMIN (root in a container), peers connect and serve, and /metrics answers")
+    func peersAndMetricsWithoutNetAdmin() throws {
+        let cluster = try PeerCluster("head -c 8000000 /dev/urandom > model.bin", extra: [["--metrics", "127.0.0.1:0"], [], []],
+                                      launcher: ["/usr/bin/setpriv", "--bounding-set", "-net_admin"])
+        defer { cluster.stop() }
+        let expected = try cluster.sha256(cluster.data + "/model.bin")
+        #expect(try cluster.sha256(cluster.a.mountpoint + "/model.bin") == expected)
+        #expect(try cluster.sha256(cluster.b.mountpoint + "/model.bin") == expected)
+        let b = try cluster.b.stats()
+        #expect(b[.bytesFromPeers] == 8_000_000 && b[.peerFailures] == 0, "B: \(b[.bytesFromPeers]) bytes from peers, \(b[.peerFailures]) failures")
+        let address = try #require(try cluster.a.stats().metricsAddress)
+        let metrics = try run("/usr/bin/curl", ["-sf", "http://\(address)/metrics"], timeout: 30)
+        #expect(metrics.status == 0 && metrics.output.contains("cachefs_bytes_from_source_total"), "curl: \(metrics.status)")
+    }
+
     @Test("A pinned file is served to peers like any other: B takes under 5% of it from the source")
     func pinnedFileIsServedToPeers() throws {
         let cluster = try PeerCluster("head -c 48000000 /dev/urandom > pinned.bin")

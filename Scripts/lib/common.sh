@@ -1,8 +1,12 @@
 # Shared by the scripts: dependencies, toolchain, and cleanup of test mounts.
 
-# Installs the Debian packages cachefs needs to build, mount and test, if any is missing.
+# What building and mounting cachefs needs: libfuse3's headers and pkg-config entry, and fusermount3.
+CACHEFS_BUILD_PACKAGES=(fuse3 libfuse3-dev pkg-config)
+
+# Installs the Debian packages cachefs needs to build and mount (CACHEFS_BUILD_PACKAGES), with the
+# scripts' own tools and any named here, if any is missing.
 ensure_packages() {
-    local packages=(fuse3 libfuse3-dev pkg-config attr python3 "$@")
+    local packages=("${CACHEFS_BUILD_PACKAGES[@]}" attr python3 "$@")
     if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
         echo "==> installing ${packages[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -11,15 +15,31 @@ ensure_packages() {
     fi
 }
 
+# Debian's own python3 refuses pip installs (PEP 668, "externally managed"); the scripts then use a
+# virtual environment here, on PATH for everything they start (the tests call `python3` by name).
+CACHEFS_PYTHON_ENV=/var/cache/cachefs/python
+
+# Installs PyPI packages for python3 on PATH, into CACHEFS_PYTHON_ENV where the system's refuses them.
+pip_install() {
+    if ! python3 -m pip --version >/dev/null 2>&1 ||
+        python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        ensure_packages python3-venv
+        [ -x "$CACHEFS_PYTHON_ENV/bin/python3" ] || python3 -m venv --system-site-packages "$CACHEFS_PYTHON_ENV"
+        export PATH=$CACHEFS_PYTHON_ENV/bin:$PATH
+    fi
+    python3 -m pip install -q "$@" 2>&1 | grep -v "WARNING: Running pip as" || true
+}
+
 # Installs Python modules from PyPI for the tests, if any is missing. Each argument is a
 # module name, or MODULE=REQUIREMENT where pip knows it otherwise (moto.server='moto[server]').
 ensure_python_modules() {
     local argument missing=()
+    if [ -x "$CACHEFS_PYTHON_ENV/bin/python3" ]; then export PATH=$CACHEFS_PYTHON_ENV/bin:$PATH; fi
     for argument in "$@"; do
         python3 -c "import ${argument%%=*}" 2>/dev/null || missing+=("${argument#*=}")
     done
     if [ ${#missing[@]} -gt 0 ]; then
-        python3 -m pip install -q "${missing[@]}" 2>&1 | grep -v "WARNING: Running pip as" || true
+        pip_install "${missing[@]}"
     fi
     for argument in "$@"; do
         python3 -c "import ${argument%%=*}" || { echo "$(basename "$0"): cannot import ${argument%%=*}" >&2; exit 1; }
@@ -33,11 +53,17 @@ ensure_root() {
     fi
 }
 
+# What the Swift toolchain itself needs on Debian 12 (swift.org's list, less what only the REPL and
+# docs use): git to fetch packages, the C and C++ headers and linker, and the runtime's libraries.
+SWIFT_TOOLCHAIN_PACKAGES=(binutils git libc6-dev libcurl4 libedit2 libgcc-12-dev libpython3-dev
+    libsqlite3-0 libstdc++-12-dev libxml2-dev libncurses-dev libz3-dev tzdata unzip zlib1g-dev)
+
 ensure_swift() {
     if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
         export PATH=/opt/swift/usr/bin:$PATH
     fi
     command -v swift >/dev/null 2>&1 || { echo "$(basename "$0"): no Swift toolchain (expected at /opt/swift)" >&2; exit 1; }
+    ensure_packages "${SWIFT_TOOLCHAIN_PACKAGES[@]}"
 }
 
 # Unmounts cachefs mounts under the given prefix and stops their daemons.

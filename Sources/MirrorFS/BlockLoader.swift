@@ -90,14 +90,8 @@ final class BlockLoader: Sendable {
                 counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
                 return (count, .source)
             }
-        } catch let error as Errno {
-            counters.errors.add(1, ordering: .relaxed)
-            logger.warning("source read failed", metadata: ["block": "\(key)", "cause": "\(Self.cause(of: error))"])
-            throw error.meansSourceGone ? .ioError : error
         } catch {
-            counters.errors.add(1, ordering: .relaxed)
-            logger.error("source read failed", metadata: ["block": "\(key)", "error": "\(error)"])
-            throw Errno.ioError
+            throw loadFailure(error, of: "\(key)")
         }
     }
 
@@ -126,18 +120,22 @@ final class BlockLoader: Sendable {
                 counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
                 return (fromPeers * blockSize + count, .source)
             }
-        } catch let error as Errno {
-            counters.errors.add(1, ordering: .relaxed)
-            logger.warning("source read failed", metadata: ["blocks": "\(first)... of \(file.version)", "cause": "\(Self.cause(of: error))"])
-            throw error.meansSourceGone ? .ioError : error
         } catch {
-            counters.errors.add(1, ordering: .relaxed)
-            throw Errno.ioError
+            throw loadFailure(error, of: "\(first)... of \(file.version)")
         }
     }
 
-    private static func cause(of error: Errno) -> String {
-        error == .staleNFSFileHandle ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
+    /// Counts and logs a failed load, and returns what its reader gets: the source's errno, or
+    /// EIO when the source's mount is gone or the failure is not an errno.
+    private func loadFailure(_ error: any Error, of blocks: String) -> Errno {
+        counters.errors.add(1, ordering: .relaxed)
+        guard let error = error as? Errno else {
+            logger.error("source read failed", metadata: ["block": "\(blocks)", "error": "\(error)"])
+            return .ioError
+        }
+        let cause = error == .staleNFSFileHandle ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
+        logger.warning("source read failed", metadata: ["block": "\(blocks)", "cause": "\(cause)"])
+        return error.meansSourceGone ? .ioError : error
     }
 
     /// Asks the peers for a block of a file opened with a known path; nil to read the source.

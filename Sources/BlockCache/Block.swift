@@ -40,6 +40,32 @@ public final class BlockBuffer: @unchecked Sendable {
         return BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: base, count: capacity), backing: .anonymous)
     }
 
+    /// Whether the memory is a range of a version's memory file (see `StagingBuffers`).
+    var isInMemoryFile: Bool {
+        if case .file = backing { return true }
+        return false
+    }
+
+    /// Writes `bytes` at the start of the buffer: with pwrite(2) into the memory file, which
+    /// allocates the range's pages without faulting them into the mapping, or with a copy.
+    func store(_ bytes: UnsafeRawBufferPointer) throws(Errno) {
+        precondition(bytes.count <= memory.count)
+        guard case .file(let version, _) = backing else {
+            memory.copyMemory(from: bytes)
+            return
+        }
+        var written = 0
+        while written < bytes.count {
+            let offset = off_t(memory.baseAddress! - version.base + written)
+            let count = pwrite(version.descriptor, bytes.baseAddress! + written, bytes.count - written, offset)
+            if count < 0 {
+                guard errno == EINTR else { throw Errno(rawValue: errno) }
+                continue
+            }
+            written += count
+        }
+    }
+
     /// Publishes the first `length` bytes as a read-only block, which owns the memory from now on.
     func seal(length: Int) -> Block {
         precondition(length >= 0 && length <= memory.count)

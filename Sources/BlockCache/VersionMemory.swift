@@ -66,8 +66,8 @@ public final class VersionMemory: @unchecked Sendable {
     }
 
     /// The range of block `index` (`length` bytes) for the caller's load, or the block still
-    /// alive in it. A fresh range's pages are allocated at once (MADV_POPULATE_WRITE), as
-    /// MAP_POPULATE does for an anonymous block.
+    /// alive in it. A fresh range has no pages yet: a load writes them with pwrite(2) (see
+    /// `StagingBuffers`); writing through the mapping would fault them in one by one.
     func claim(_ index: Int64, length: Int) -> Claim {
         let generation: UInt64? = slots.withLock { slots in
             if let alive = slots.byIndex[index]?.block, alive.count == length { return nil }
@@ -82,7 +82,6 @@ public final class VersionMemory: @unchecked Sendable {
             return slots.withLock { $0.byIndex[index]?.block }.map(Claim.live) ?? claim(index, length: length)
         }
         let start = base + Int(index) * blockSize
-        _ = madvise(start, (length + 4095) & ~4095, CACHEFS_MADV_POPULATE_WRITE)
         return .fresh(BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: start, count: length), backing: .file(self, generation: generation)))
     }
 

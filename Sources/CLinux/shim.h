@@ -50,9 +50,6 @@ static inline int cachefs_punch_hole(int fd, off_t offset, off_t length) {
     return (int)syscall(SYS_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
 
-/// madvise(MADV_POPULATE_WRITE) (Linux 5.14): fault a range in writable at once.
-static const int CACHEFS_MADV_POPULATE_WRITE = 23;
-
 static const uint64_t CACHEFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const uint64_t CACHEFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
 static const uint64_t CACHEFS_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;

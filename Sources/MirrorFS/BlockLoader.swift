@@ -50,6 +50,7 @@ final class BlockLoader: Sendable {
     /// Other instances' caches, asked on a miss before the source (see PeerSupport.swift).
     let remote: (any RemoteBlockSource)?
     let counters = Counters()
+    private let staging = StagingBuffers()
     private let logger: Logger
 
     final class Counters: Sendable {
@@ -82,10 +83,12 @@ final class BlockLoader: Sendable {
         let through = readerFile ?? file
         do {
             return try cache.fetch(for: key, length: span.length) { buffer in
-                if let count = loadFromRemote(span.index, of: file, into: buffer.memory) { return (count, .peer) }
+                if let count = loadFromRemote(span.index, of: file, into: buffer) { return (count, .peer) }
                 // The closure owns the buffer and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
-                let count = try session.call(.read) { [reader] () throws(Errno) in
-                    try reader.read(file, through: through, into: buffer.memory, at: span.start)
+                let count = try session.call(.read) { [reader, staging] () throws(Errno) in
+                    try staging.fill(CollectionOfOne(buffer)) { (memory) throws(Errno) in
+                        try reader.read(file, through: through, into: memory, at: span.start)
+                    }
                 }
                 counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
                 return (count, .source)
@@ -106,16 +109,16 @@ final class BlockLoader: Sendable {
             return try cache.loadRun(of: file.version, from: first, count: count) { start, memory, owners in
                 var fromPeers = 0
                 for owner in owners {
-                    guard loadFromRemote(start + Int64(fromPeers), of: file, into: owner.memory) != nil else { break }
+                    guard loadFromRemote(start + Int64(fromPeers), of: file, into: owner) != nil else { break }
                     fromPeers += 1
                 }
                 guard fromPeers < owners.count else { return (memory.count, .peer) }
                 let offset = (start + Int64(fromPeers)) * Int64(blockSize)
                 // The closure owns the buffers and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
-                let count = try session.call(.read) { [reader, owners, fromPeers] () throws(Errno) in
-                    let rest = UnsafeMutableRawBufferPointer(start: owners[fromPeers].memory.baseAddress,
-                                                             count: owners[fromPeers...].reduce(0) { $0 + $1.memory.count })
-                    return try reader.read(file, through: readerFile, into: rest, at: offset)
+                let count = try session.call(.read) { [reader, staging, owners, fromPeers] () throws(Errno) in
+                    try staging.fill(owners[fromPeers...]) { (rest) throws(Errno) in
+                        try reader.read(file, through: readerFile, into: rest, at: offset)
+                    }
                 }
                 counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
                 return (fromPeers * blockSize + count, .source)
@@ -139,13 +142,17 @@ final class BlockLoader: Sendable {
     }
 
     /// Asks the peers for a block of a file opened with a known path; nil to read the source.
-    private func loadFromRemote(_ index: Int64, of file: SourceFile, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+    private func loadFromRemote(_ index: Int64, of file: SourceFile, into buffer: BlockBuffer) -> Int? {
         guard let remote, !file.relativePath.isEmpty else { return nil }
         let request = RemoteBlockRequest(
             relativePath: file.relativePath, fileSize: file.version.size, modified: file.version.modified,
             blockSize: cache.blockSize, index: index
         )
-        guard let count = remote.readBlock(request, into: buffer), count == buffer.count else { return nil }
+        let length = buffer.memory.count
+        // A peer's short answer (0: none) leaves the block to the source, which writes it again in full.
+        guard let count = try? staging.fill(CollectionOfOne(buffer), read: { memory in remote.readBlock(request, into: memory) ?? 0 }),
+              count == length
+        else { return nil }
         counters.bytesFromPeers.add(UInt64(count), ordering: .relaxed)
         return count
     }

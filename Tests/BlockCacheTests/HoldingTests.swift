@@ -187,4 +187,44 @@ struct RunTests {
         #expect(cache.statistics.residentBlocks == 0 && cache.statistics.reservedBytes == 0 && cache.statistics.loadErrors == 4)
         #expect(try load(cache, file) == 4)
     }
+
+    @Test("A run filled through staging buffers lands at the blocks' offsets of the memory file; a short read fills only its bytes")
+    func stagedRun() throws {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let staging = StagingBuffers()
+        let file = version(22, blocks: 4)
+        let expected = (0..<4).flatMap { bytes(file, Int64($0), count: blockSize) }
+        let loaded = try cache.loadRun(of: file, from: 0, count: 4) { _, _, owners in
+            let count = try staging.fill(owners) { (memory) throws(Errno) in
+                expected.withUnsafeBytes { memory.copyMemory(from: $0) }
+                return expected.count
+            }
+            return (count, .source)
+        }
+        #expect(loaded == 4)
+        let hold = try #require(cache.hold(file))
+        let memoryFileMatches = contents(of: hold.descriptor, size: Int(file.size)) == expected // a Bool: a failure prints no bytes
+        #expect(memoryFileMatches)
+        cache.release(hold)
+        for index in 0..<4 {
+            let block = try #require(cache.residentBlock(for: BlockKey(file: file, index: Int64(index))))
+            withExtendedLifetime(block) { #expect(Array(block.bytes) == bytes(file, Int64(index), count: blockSize)) }
+        }
+
+        // A short read: the first block whole, the second half, the third nothing.
+        let short = version(23, blocks: 3)
+        let half = bytes(short, 0, count: blockSize + blockSize / 2)
+        _ = try cache.loadRun(of: short, from: 0, count: 3) { _, _, owners in
+            let count = try staging.fill(owners) { (memory) throws(Errno) in
+                half.withUnsafeBytes { memory.copyMemory(from: $0) }
+                return half.count
+            }
+            return (count, .source)
+        }
+        let first = try #require(cache.residentBlock(for: BlockKey(file: short, index: 0)))
+        let second = try #require(cache.residentBlock(for: BlockKey(file: short, index: 1)))
+        withExtendedLifetime((first, second)) {
+            #expect(Array(first.bytes) + Array(second.bytes) == half)
+        }
+    }
 }

@@ -21,8 +21,8 @@ DESCRIPTION = """
 cold read of the capped source through cachefs), then again after dropping caches (its memory hit, 12b's baseline);
 B, fresh, with A as its peer, reads it after dropping caches. Reads are `cat`; CPU is all cores' busy time during
 the read (from `/proc/stat`), so on an idle machine it is the whole cost, daemons and reader. The floor (12c) adds
-the memory hit's CPU, populating fresh block memory (`Scripts/lib/floor/populate.c`: `mmap(MAP_POPULATE)` in 1 MiB
-pieces) and the bytes over loopback TCP (`loopback.c`), medians of 3 each; on this many cores that work takes at
+the memory hit's CPU, filling fresh block memory as the daemon does (`Scripts/lib/floor/populate.c`: `pwrite` of 1 MiB
+pieces into a memfd) and the bytes over loopback TCP (`loopback.c`), medians of 3 each; on this many cores that work takes at
 least CPU-s / cores seconds, which bounds the peer read's rate.
 """
 FLOOR_RUNS = 3

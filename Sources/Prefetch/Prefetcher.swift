@@ -46,23 +46,10 @@ public final class Prefetcher: Sendable {
     /// A prefetch stream for one open file of `blockCount` blocks.
     /// - Parameters:
     ///   - isResident: whether a block is already cached or loading (then it is skipped).
-    ///   - load: loads one block into the cache through `lane` (whose `context` the
-    ///     loader may use to keep a source handle); returns false to end the chunk.
-    ///     Runs on a prefetch thread; a lane's blocks are loaded one at a time, in order.
-    public func stream(
-        blockSize: Int,
-        blockCount: Int64,
-        isResident: @escaping @Sendable (Int64) -> Bool,
-        load: @escaping @Sendable (Int64, PrefetchLane) -> Bool
-    ) -> PrefetchStream {
-        stream(blockSize: blockSize, blockCount: blockCount, isResident: isResident, loadRun: { blocks, lane in
-            load(blocks.lowerBound, lane) ? 1 : 0
-        })
-    }
-
-    /// The same with a loader that takes several adjacent blocks at once (one source read for them all).
-    /// - Parameter loadRun: loads blocks from the start of the range (as many as it can take in one go,
-    ///   at least the first) and returns how many it loaded; 0 ends the chunk.
+    ///   - loadRun: loads blocks from the start of the range into the cache through the lane (whose
+    ///     `context` the loader may use to keep a source handle), as many as it can take in one go
+    ///     (one source read for them all), at least the first; returns how many it loaded, 0 to end
+    ///     the chunk. Runs on a prefetch thread; a lane's runs are loaded one at a time, in order.
     public func stream(
         blockSize: Int,
         blockCount: Int64,

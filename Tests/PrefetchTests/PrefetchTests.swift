@@ -4,6 +4,16 @@ import Foundation
 import Synchronization
 import Testing
 
+extension Prefetcher {
+    /// A stream whose loader takes one block at a time: what most of these tests script.
+    func stream(blockSize: Int, blockCount: Int64, isResident: @escaping @Sendable (Int64) -> Bool,
+                load: @escaping @Sendable (Int64, PrefetchLane) -> Bool) -> PrefetchStream {
+        stream(blockSize: blockSize, blockCount: blockCount, isResident: isResident, loadRun: { blocks, lane in
+            load(blocks.lowerBound, lane) ? 1 : 0
+        })
+    }
+}
+
 @Suite("Sequential detection")
 struct SequentialDetectorTests {
     @Test("Reads from the start, and runs of adjacent reads, are sequential")

@@ -98,14 +98,13 @@ public final class BlockCache: Sendable {
     /// For a reader that wants them in order (a prefetch lane). Blocks of other callers' runs, and
     /// evicted blocks a reader still holds (taken back), end a run early.
     ///
-    /// - Parameter fill: fills `memory`, the blocks from `start` side by side, and returns the bytes
-    ///   written and where they came from; `owners` are the blocks' buffers, to hand to work that may
-    ///   outlive the call (see `fetch`). Concurrent lookups of these blocks wait for it.
+    /// - Parameter fill: fills `buffers`, the blocks from `start` (side by side in memory), and returns
+    ///   the bytes written and where they came from. Concurrent lookups of these blocks wait for it.
     /// - Returns: how many blocks from `first` are now loaded (0 if `first` was in memory or loading).
     /// - Throws: the first error of `fill`; the blocks it was filling fail with it (failures are not cached).
     public func loadRun(
         of file: FileVersion, from first: Int64, count: Int,
-        fill: (_ start: Int64, _ memory: UnsafeMutableRawBufferPointer, _ owners: [BlockBuffer]) throws -> (count: Int, tier: ReadTier)
+        fill: (_ start: Int64, _ buffers: [BlockBuffer]) throws -> (count: Int, tier: ReadTier)
     ) throws -> Int {
         guard file.size >= Int64(blockSize) else { return 0 } // anonymous memory: one block at a time
         var evicted: [Block] = []
@@ -144,10 +143,7 @@ public final class BlockCache: Sendable {
                     if taken != nil { break }
                 }
                 if !claimed.isEmpty {
-                    let start = run[position].index
-                    let base = claimed[0].memory.baseAddress!
-                    let whole = UnsafeMutableRawBufferPointer(start: base, count: claimed.reduce(0) { $0 + $1.memory.count })
-                    let (filled, tier) = try fill(start, whole, claimed)
+                    let (filled, tier) = try fill(run[position].index, claimed)
                     for (offset, buffer) in claimed.enumerated() {
                         let within = filled - offset * blockSize
                         complete(run[position + offset], file: file, .success((buffer.seal(length: min(max(within, 0), buffer.memory.count)), tier)))

@@ -13,7 +13,7 @@ import SystemPackage
 /// 2-core machine filling 1 GiB took 1.1 CPU-s the first way and 0.5-0.6 the second.
 ///
 /// Idle buffers are kept up to `idleLimit` bytes in all (one run of a few lanes), so the pool
-/// adds at most that to the daemon's memory. Threads: any; a buffer is one caller's at a time.
+/// adds at most that to the daemon's memory. Threads: any; a buffer is one load's at a time.
 public final class StagingBuffers: Sendable {
     public static let idleLimit = 16 << 20
     /// Addresses and sizes of idle buffers (raw pointers are not Sendable).
@@ -22,53 +22,86 @@ public final class StagingBuffers: Sendable {
     public init() {}
 
     /// Fills `buffers` (a run of adjacent blocks, in order) with the bytes `read` writes into the
-    /// memory it is given and returns the count of: through a staging buffer when a buffer lives
-    /// in a memory file, else straight into the buffer's own (already populated) memory.
-    /// A short read fills the buffers' first bytes only.
-    public func fill(_ buffers: some Collection<BlockBuffer>, read: (UnsafeMutableRawBufferPointer) throws(Errno) -> Int) throws(Errno) -> Int {
-        let total = buffers.reduce(0) { $0 + $1.memory.count }
+    /// target it is given and returns the count of. A short read fills the buffers' first bytes only.
+    ///
+    /// `read` may hand the target to work that outlives it (a source read that times out): the
+    /// target keeps its memory until that work lets go of it, and the bytes reach the blocks only
+    /// here, after `read` has returned. So a late read never writes into a block's range, which a
+    /// new load may have claimed and filled meanwhile.
+    public func fill(_ buffers: some Collection<BlockBuffer>, read: (StagingTarget) throws(Errno) -> Int) throws(Errno) -> Int {
         if buffers.count == 1, let only = buffers.first, !only.isInMemoryFile {
-            return try read(only.memory)
+            // A block in anonymous memory of its own: nobody else can claim it, and it is already populated.
+            return try read(StagingTarget(block: only))
         }
-        return try withBuffer(capacity: total) { (staging) throws(Errno) in
-            let count = try read(UnsafeMutableRawBufferPointer(rebasing: staging[..<total]))
-            var offset = 0
-            for buffer in buffers where offset < count {
-                let length = min(buffer.memory.count, count - offset)
-                try buffer.store(UnsafeRawBufferPointer(rebasing: staging[offset..<(offset + length)]))
-                offset += length
-            }
-            return count
+        let total = buffers.reduce(0) { $0 + $1.memory.count }
+        let target = try StagingTarget(capacity: total, from: self)
+        let count = try read(target)
+        precondition(count <= total)
+        var offset = 0
+        for buffer in buffers where offset < count {
+            let length = min(buffer.memory.count, count - offset)
+            try buffer.store(UnsafeRawBufferPointer(rebasing: target.memory[offset..<(offset + length)]))
+            offset += length
         }
+        return count
     }
 
-    private func withBuffer<R>(capacity: Int, _ body: (UnsafeMutableRawBufferPointer) throws(Errno) -> R) throws(Errno) -> R {
+    /// An idle buffer of at least `capacity` bytes, or a new one.
+    fileprivate func take(capacity: Int) throws(Errno) -> UnsafeMutableRawBufferPointer {
         let reused: (address: UInt, capacity: Int)? = idle.withLock { idle in
             guard let position = idle.firstIndex(where: { $0.capacity >= capacity }) else { return nil }
             return idle.remove(at: position)
         }
-        let buffer: UnsafeMutableRawBufferPointer
         if let reused, let base = UnsafeMutableRawPointer(bitPattern: reused.address) {
-            buffer = UnsafeMutableRawBufferPointer(start: base, count: reused.capacity)
-        } else {
-            // MAP_POPULATE: one call allocates every page, far cheaper than a fault per page.
-            guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
-                  base != MAP_FAILED
-            else { throw Errno(rawValue: errno) }
-            buffer = UnsafeMutableRawBufferPointer(start: base, count: capacity)
+            return UnsafeMutableRawBufferPointer(start: base, count: reused.capacity)
         }
-        defer {
-            let kept = idle.withLock { idle in
-                guard idle.reduce(0, { $0 + $1.capacity }) + buffer.count <= Self.idleLimit else { return false }
-                idle.append((UInt(bitPattern: buffer.baseAddress), buffer.count))
-                return true
-            }
-            if !kept { munmap(buffer.baseAddress, buffer.count) }
+        // MAP_POPULATE: one call allocates every page, far cheaper than a fault per page.
+        guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
+              base != MAP_FAILED
+        else { throw Errno(rawValue: errno) }
+        return UnsafeMutableRawBufferPointer(start: base, count: capacity)
+    }
+
+    /// Keeps `buffer` for the next load, or unmaps it when the idle ones already fill `idleLimit`.
+    fileprivate func giveBack(_ buffer: UnsafeMutableRawBufferPointer) {
+        let kept = idle.withLock { idle in
+            guard idle.reduce(0, { $0 + $1.capacity }) + buffer.count <= Self.idleLimit else { return false }
+            idle.append((UInt(bitPattern: buffer.baseAddress), buffer.count))
+            return true
         }
-        return try body(buffer)
+        if !kept { munmap(buffer.baseAddress, buffer.count) }
     }
 
     deinit {
         for buffer in idle.withLock({ $0 }) { munmap(UnsafeMutableRawPointer(bitPattern: buffer.address), buffer.capacity) }
+    }
+}
+
+/// The memory one load reads into: a staging buffer, given back to its pool when the last
+/// holder lets go (the load, or a read still running after its load gave up on it), or a
+/// block's own anonymous memory, kept alive as long.
+public final class StagingTarget: @unchecked Sendable {
+    // @unchecked: one read writes the memory, and it is read only after that read has returned.
+    public let memory: UnsafeMutableRawBufferPointer
+    private let owner: Owner
+
+    private enum Owner {
+        case pool(StagingBuffers, whole: UnsafeMutableRawBufferPointer)
+        case block(BlockBuffer)
+    }
+
+    fileprivate init(capacity: Int, from pool: StagingBuffers) throws(Errno) {
+        let whole = try pool.take(capacity: capacity)
+        memory = UnsafeMutableRawBufferPointer(rebasing: whole[..<capacity])
+        owner = .pool(pool, whole: whole)
+    }
+
+    fileprivate init(block: BlockBuffer) {
+        memory = block.memory
+        owner = .block(block)
+    }
+
+    deinit {
+        if case .pool(let pool, let whole) = owner { pool.giveBack(whole) }
     }
 }

@@ -84,11 +84,8 @@ final class BlockLoader: Sendable {
         do {
             return try cache.fetch(for: key, length: span.length) { buffer in
                 if let count = loadFromRemote(span.index, of: file, into: buffer) { return (count, .peer) }
-                // The closure owns the buffer and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
-                let count = try session.call(.read) { [reader, staging] () throws(Errno) in
-                    try staging.fill(CollectionOfOne(buffer)) { (memory) throws(Errno) in
-                        try reader.read(file, through: through, into: memory, at: span.start)
-                    }
+                let count = try staging.fill(CollectionOfOne(buffer)) { (target) throws(Errno) in
+                    try readSource(file, through: through, into: target, at: span.start)
                 }
                 counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
                 return (count, .source)
@@ -106,25 +103,30 @@ final class BlockLoader: Sendable {
     func blockRun(from first: Int64, count: Int, of file: SourceFile, reader readerFile: SourceFile) throws(Errno) -> Int {
         let blockSize = cache.blockSize
         do {
-            return try cache.loadRun(of: file.version, from: first, count: count) { start, memory, owners in
+            return try cache.loadRun(of: file.version, from: first, count: count) { start, buffers in
                 var fromPeers = 0
-                for owner in owners {
-                    guard loadFromRemote(start + Int64(fromPeers), of: file, into: owner) != nil else { break }
+                for buffer in buffers {
+                    guard loadFromRemote(start + Int64(fromPeers), of: file, into: buffer) != nil else { break }
                     fromPeers += 1
                 }
-                guard fromPeers < owners.count else { return (memory.count, .peer) }
+                guard fromPeers < buffers.count else { return (buffers.reduce(0) { $0 + $1.memory.count }, .peer) }
                 let offset = (start + Int64(fromPeers)) * Int64(blockSize)
-                // The closure owns the buffers and the reader, so a read that outlives a timeout writes only to memory nobody else sees.
-                let count = try session.call(.read) { [reader, staging, owners, fromPeers] () throws(Errno) in
-                    try staging.fill(owners[fromPeers...]) { (rest) throws(Errno) in
-                        try reader.read(file, through: readerFile, into: rest, at: offset)
-                    }
+                let count = try staging.fill(buffers[fromPeers...]) { (target) throws(Errno) in
+                    try readSource(file, through: readerFile, into: target, at: offset)
                 }
                 counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
                 return (fromPeers * blockSize + count, .source)
             }
         } catch {
             throw loadFailure(error, of: "\(first)... of \(file.version)")
+        }
+    }
+
+    /// Reads the source into `target` under the source timeout. The call owns the target and the
+    /// reader, so a read that outlives the timeout writes only to memory nobody else sees.
+    private func readSource(_ file: SourceFile, through readerFile: SourceFile, into target: StagingTarget, at offset: Int64) throws(Errno) -> Int {
+        try session.call(.read) { [reader] () throws(Errno) in
+            try reader.read(file, through: readerFile, into: target.memory, at: offset)
         }
     }
 
@@ -150,7 +152,7 @@ final class BlockLoader: Sendable {
         )
         let length = buffer.memory.count
         // A peer's short answer (0: none) leaves the block to the source, which writes it again in full.
-        guard let count = try? staging.fill(CollectionOfOne(buffer), read: { memory in remote.readBlock(request, into: memory) ?? 0 }),
+        guard let count = try? staging.fill(CollectionOfOne(buffer), read: { target in remote.readBlock(request, into: target.memory) ?? 0 }),
               count == length
         else { return nil }
         counters.bytesFromPeers.add(UInt64(count), ordering: .relaxed)

@@ -150,29 +150,25 @@ struct RunTests {
         let file = version(20, blocks: 8, extra: 300)
         try load(cache, file, 5..<6) // resident in the middle: the run from 2 must stop before it
         var fills: [(start: Int64, bytes: Int)] = []
-        let loaded = try cache.loadRun(of: file, from: 2, count: 6) { start, memory, owners in
-            fills.append((start, memory.count))
-            #expect(owners.count == memory.count / blockSize)
-            var offset = 0
-            for index in start..<(start + Int64(owners.count)) {
-                bytes(file, index, count: blockSize).withUnsafeBytes {
-                    UnsafeMutableRawBufferPointer(rebasing: memory[offset..<(offset + blockSize)]).copyMemory(from: $0)
-                }
-                offset += blockSize
+        let loaded = try cache.loadRun(of: file, from: 2, count: 6) { start, buffers in
+            fills.append((start, buffers.count * blockSize))
+            for (offset, buffer) in buffers.enumerated() {
+                #expect(buffer.memory.baseAddress == buffers[0].memory.baseAddress! + offset * blockSize, "side by side")
+                bytes(file, start + Int64(offset), count: blockSize).withUnsafeBytes { buffer.memory.copyMemory(from: $0) }
             }
-            return (memory.count, .source)
+            return (buffers.count * blockSize, .source)
         }
         #expect(loaded == 3 && fills.count == 1 && fills[0].start == 2 && fills[0].bytes == 3 * blockSize)
         for index: Int64 in 2...4 {
             let block = try #require(cache.residentBlock(for: BlockKey(file: file, index: index)))
             #expect(withExtendedLifetime(block) { Array(block.bytes) } == bytes(file, index, count: blockSize))
         }
-        #expect(try cache.loadRun(of: file, from: 5, count: 3) { _, memory, _ in (memory.count, .source) } == 0, "a resident first block makes no run")
+        #expect(try cache.loadRun(of: file, from: 5, count: 3) { _, buffers in (buffers.count * blockSize, .source) } == 0, "a resident first block makes no run")
         // The last, shorter block ends the file: the run is cut to the bytes the file has.
-        let last = try cache.loadRun(of: file, from: 6, count: 10) { start, memory, _ in
-            #expect(start == 6 && memory.count == 2 * blockSize + 300)
-            memory.initializeMemory(as: UInt8.self, repeating: 7)
-            return (memory.count, .source)
+        let last = try cache.loadRun(of: file, from: 6, count: 10) { start, buffers in
+            #expect(start == 6 && buffers.map(\.memory.count) == [blockSize, blockSize, 300])
+            for buffer in buffers { buffer.memory.initializeMemory(as: UInt8.self, repeating: 7) }
+            return (2 * blockSize + 300, .source)
         }
         #expect(last == 3 && cache.residentBlock(for: BlockKey(file: file, index: 8))?.count == 300)
     }
@@ -182,7 +178,7 @@ struct RunTests {
         let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
         let file = version(21, blocks: 4)
         #expect(throws: Errno.ioError) {
-            _ = try cache.loadRun(of: file, from: 0, count: 4) { _, _, _ in throw Errno.ioError }
+            _ = try cache.loadRun(of: file, from: 0, count: 4) { _, _ in throw Errno.ioError }
         }
         #expect(cache.statistics.residentBlocks == 0 && cache.statistics.reservedBytes == 0 && cache.statistics.loadErrors == 4)
         #expect(try load(cache, file) == 4)
@@ -194,9 +190,9 @@ struct RunTests {
         let staging = StagingBuffers()
         let file = version(22, blocks: 4)
         let expected = (0..<4).flatMap { bytes(file, Int64($0), count: blockSize) }
-        let loaded = try cache.loadRun(of: file, from: 0, count: 4) { _, _, owners in
-            let count = try staging.fill(owners) { (memory) throws(Errno) in
-                expected.withUnsafeBytes { memory.copyMemory(from: $0) }
+        let loaded = try cache.loadRun(of: file, from: 0, count: 4) { _, buffers in
+            let count = try staging.fill(buffers) { (target) throws(Errno) in
+                expected.withUnsafeBytes { target.memory.copyMemory(from: $0) }
                 return expected.count
             }
             return (count, .source)
@@ -214,9 +210,9 @@ struct RunTests {
         // A short read: the first block whole, the second half, the third nothing.
         let short = version(23, blocks: 3)
         let half = bytes(short, 0, count: blockSize + blockSize / 2)
-        _ = try cache.loadRun(of: short, from: 0, count: 3) { _, _, owners in
-            let count = try staging.fill(owners) { (memory) throws(Errno) in
-                half.withUnsafeBytes { memory.copyMemory(from: $0) }
+        _ = try cache.loadRun(of: short, from: 0, count: 3) { _, buffers in
+            let count = try staging.fill(buffers) { (target) throws(Errno) in
+                half.withUnsafeBytes { target.memory.copyMemory(from: $0) }
                 return half.count
             }
             return (count, .source)

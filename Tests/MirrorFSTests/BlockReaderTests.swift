@@ -24,6 +24,10 @@ final class ScriptedReader: SourceBlockReader {
     let failing = Mutex<Set<Int64>>([])
     let stalling = Mutex<Set<Int64>>([])
     private let released = DispatchSemaphore(value: 0)
+    /// When set, a stalled read answers with this byte throughout once released (a late answer
+    /// that differs from what a newer read found), and signals `lateAnswered`.
+    let lateAnswer = Mutex<UInt8?>(nil)
+    let lateAnswered = DispatchSemaphore(value: 0)
     private let blockSize: Int64
     /// (block index, descriptor read through) for every read, in order.
     let reads = Mutex<[(index: Int64, descriptor: Int32)]>([])
@@ -39,7 +43,14 @@ final class ScriptedReader: SourceBlockReader {
 
     func read(_ file: SourceFile, through reader: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
         let index = offset / blockSize
-        if stalling.withLock({ $0.contains(index) }) { released.wait() }
+        if stalling.withLock({ $0.contains(index) }) {
+            released.wait()
+            if let byte = lateAnswer.withLock({ $0 }) {
+                buffer.initializeMemory(as: UInt8.self, repeating: byte)
+                defer { lateAnswered.signal() }
+                return buffer.count
+            }
+        }
         guard !failing.withLock({ $0.contains(index) }) else { throw .ioError }
         let body = { () throws(Errno) -> Int in
             // A bandwidth-bound (serial) source takes its time per block read; a latency-bound one per request.
@@ -143,6 +154,26 @@ struct BlockReaderTests {
         reader.stalling.withLock { $0 = [] }
         reader.release() // the abandoned read finishes into memory nobody sees
         #expect(try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == Array(bytes[Self.blockSize..<(2 * Self.blockSize)]))
+    }
+
+    @Test("A read that answers after its timeout writes nothing into the cache, not even into the range a newer load of its block filled")
+    func lateAnswerAfterTimeoutIsDropped() throws {
+        let reader = ScriptedReader(blockSize: Self.blockSize)
+        let (fixture, bytes) = try fixture(blocks: 4, reader: reader, timeout: .milliseconds(200))
+        defer { reader.release() }
+        reader.stalling.withLock { $0 = [1] }
+        reader.lateAnswer.withLock { $0 = 0xEE }
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let second = Array(bytes[Self.blockSize..<(2 * Self.blockSize)])
+        #expect(throws: Errno.ioError) { try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) }
+        // The block loads again, into the same range of the version's memory file, while the first read still hangs.
+        reader.stalling.withLock { $0 = [] }
+        #expect(try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == second)
+        reader.release()
+        #expect(reader.lateAnswered.wait(timeout: .now() + 5) == .success)
+        Thread.sleep(forTimeInterval: 0.2) // what the abandoned call does after its read returns
+        let unchanged = try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == second // a Bool: a failure prints no bytes
+        #expect(unchanged, "the late answer reached the cached block")
     }
 
     @Test("A reader waits for the prefetch lane that claimed its block instead of reading it through its own descriptor")

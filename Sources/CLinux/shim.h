@@ -10,6 +10,7 @@
 #include <linux/openat2.h>
 #include <linux/falloc.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 
 /// openat2(2), which glibc 2.36 does not wrap: opens `path` below `dirfd` under `resolve` rules.
 /// Returns the descriptor, or -1 with errno set.
@@ -49,6 +50,9 @@ static const unsigned int CACHEFS_MFD_CLOEXEC = 0x0001U;
 static inline int cachefs_punch_hole(int fd, off_t offset, off_t length) {
     return (int)syscall(SYS_fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
+
+/// O_DIRECT, which glibc defines only under _GNU_SOURCE (its value differs by architecture).
+static const int CACHEFS_O_DIRECT = __O_DIRECT;
 
 static const uint64_t CACHEFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const uint64_t CACHEFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCache
+import SourceTree
 
 /// How a source's files are told apart: decided once per source, at mount, from the
 /// type of file system the source directory is on.
@@ -20,11 +21,8 @@ import BlockCache
 public enum IdentityRule: String, Sendable {
     case inode, path
 
-    /// statfs f_type of every FUSE file system.
-    static let fuseMagic = 0x6573_5546
-
     public init(fileSystemType: Int) {
-        self = fileSystemType == Self.fuseMagic ? .path : .inode
+        self = fileSystemType == PathHandle.fuseFileSystemType ? .path : .inode
     }
 
     /// The identity of the file with these attributes at `path` (beneath the source root).

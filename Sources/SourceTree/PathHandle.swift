@@ -76,9 +76,17 @@ public final class PathHandle: Sendable {
         return attributes
     }
 
-    /// Opens the file itself for reading (a new open file description each time).
-    public func openForReading() throws(Errno) -> FileDescriptor {
-        FileDescriptor(rawValue: try syscall { open(procPath, O_RDONLY | O_CLOEXEC) })
+    /// Opens the file itself for reading (a new open file description each time); with
+    /// `bypassingPageCache`, O_DIRECT where the file system takes it (else a plain open).
+    public func openForReading(bypassingPageCache: Bool = false) throws(Errno) -> FileDescriptor {
+        if bypassingPageCache {
+            do throws(Errno) {
+                return FileDescriptor(rawValue: try syscall { open(procPath, O_RDONLY | O_CLOEXEC | CACHEFS_O_DIRECT) })
+            } catch where error == .invalidArgument {
+                // A file system without direct I/O refuses the flag at open.
+            }
+        }
+        return FileDescriptor(rawValue: try syscall { open(procPath, O_RDONLY | O_CLOEXEC) })
     }
 
     public func openDirectory() throws(Errno) -> DirectoryStream {
@@ -103,6 +111,9 @@ public final class PathHandle: Sendable {
             capacity *= 2
         }
     }
+
+    /// statfs f_type of every FUSE file system.
+    public static let fuseFileSystemType = 0x6573_5546
 
     /// The file system's magic number (statfs f_type): tells a FUSE mount from the directory beneath it.
     public func fileSystemType() throws(Errno) -> Int {

@@ -8,12 +8,45 @@ import Glibc
 /// The local object store and its s3fs mount (moto_server + s3fs), run by Scripts/lib/s3source.py.
 let s3sourceScript = packageRoot.appendingPathComponent("Scripts/lib/s3source.py").path
 
-/// A source mount whose files the test can replace, as an object store's uploader or a NAS writer would.
-protocol ReplaceableSourceMount: AnyObject {
+/// A source file system mounted for a test, stopped (and unmounted) by `stop`.
+protocol SourceMount: AnyObject {
     var mountpoint: String { get }
+    func stop()
+}
+
+/// A source mount whose files the test can replace, as an object store's uploader or a NAS writer would.
+protocol ReplaceableSourceMount: SourceMount {
     /// Replaces the file at `relativePath` beneath the mountpoint with the bytes of `file`, under a later mtime.
     func replace(_ relativePath: String, with file: String) throws
-    func stop()
+}
+
+/// `rclone mount` of the local directory `data`, read-only and without rclone's file cache: the
+/// object-store client most users stack cachefs on (rclone serves a bucket the same way).
+final class RcloneSourceMount: SourceMount {
+    let mountpoint: String
+    private let process = Process()
+    private let stopped = Atomic<Bool>(false)
+
+    init(data: String, mountpoint: String) throws {
+        self.mountpoint = mountpoint
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/rclone")
+        process.arguments = ["mount", data, mountpoint, "--read-only", "--vfs-cache-mode", "off"]
+        process.standardInput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while !isMounted(mountpoint) {
+            guard process.isRunning, Date() < deadline else { stop(); throw TestFailure("rclone did not mount \(mountpoint)") }
+            usleep(20_000)
+        }
+    }
+
+    func stop() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        stopDaemon(process, mountpoint: mountpoint)
+    }
+
+    deinit { stop() }
 }
 
 /// s3fs mounting a moto_server bucket that holds the files of `data`: a real object-store
@@ -96,6 +129,40 @@ enum ObjectStoreKind: String, CaseIterable, CustomTestStringConvertible, Sendabl
         }
     }
 }
+
+/// Object-store FUSE clients that read through the kernel's page cache.
+enum PageCachedClient: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case rclone, s3fs
+
+    var testDescription: String { rawValue }
+
+    func mount(data: String, at mountpoint: String) throws -> SourceMount {
+        switch self {
+        case .rclone: try RcloneSourceMount(data: data, mountpoint: mountpoint)
+        case .s3fs: try S3SourceMount(data: data, mountpoint: mountpoint)
+        }
+    }
+}
+
+/// Prints the bytes of SOURCE in the page cache (cachestat(2) on a descriptor opened before
+/// anything else, since a FUSE open may drop the file's cached pages), after `cmp EXPECTED MIRROR`
+/// and then after reading SOURCE itself: "mirror-read BYTES" and "source-read BYTES".
+let sourcePageCacheProbe = #"""
+import ctypes, os, subprocess, sys
+source, expected, mirror = sys.argv[1:4]
+libc = ctypes.CDLL(None, use_errno=True)
+def cached(fd):
+    span, stat = (ctypes.c_uint64 * 2)(0, 0), (ctypes.c_uint64 * 5)()
+    if libc.syscall(451, fd, span, stat, 0) != 0:  # cachestat(2)
+        raise OSError(ctypes.get_errno(), "cachestat")
+    return stat[0] * os.sysconf("SC_PAGE_SIZE")
+fd = os.open(source, os.O_RDONLY)
+subprocess.run(["cmp", expected, mirror], check=True)
+print("mirror-read", cached(fd))
+while os.read(fd, 1 << 20):
+    pass
+print("source-read", cached(fd))
+"""#
 
 /// Drops the kernel's caches so that both FUSE layers forget their files: the first drop
 /// makes the kernel forget cachefs's nodes, upon which cachefs closes its descriptors on the

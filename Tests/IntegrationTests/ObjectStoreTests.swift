@@ -38,6 +38,32 @@ struct ObjectStoreTests {
                 "\(fromSource) bytes read from the source for a \(size)-byte file read 3 times (\(String(format: "%.2f", Double(fromSource) / Double(size)))x); source inodes \(sourceInodes)")
     }
 
+    /// Every byte cachefs caches would otherwise sit in memory once more, in the source mount's
+    /// page cache, and reading through it cost rclone three times the CPU (see SourceSession).
+    @Test("Over an object-store client's mount, a file reads exactly and leaves none of its bytes in the source's page cache (O_DIRECT)",
+          arguments: PageCachedClient.allCases)
+    func sourcePageCacheStaysEmpty(client: PageCachedClient) throws {
+        let size = 32 << 20
+        let scratch = try ScratchDirectory()
+        let data = try scratch.make("data")
+        try shell("head -c \(size) /dev/urandom > model.bin", in: data)
+        let source = try client.mount(data: data, at: try scratch.make("source"))
+        defer { source.stop() }
+        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"))
+        defer { mount.stop() }
+        try dropKernelCaches()
+        let probe = try run("python3", ["-c", sourcePageCacheProbe, source.mountpoint + "/model.bin", data + "/model.bin", mount.mountpoint + "/model.bin"])
+        #expect(probe.status == 0, "the mirror's bytes differ, or the probe failed: \(probe.output)\(probe.error)")
+        let cached = Dictionary(probe.output.split(separator: "\n").compactMap { line -> (String, Int)? in
+            let words = line.split(separator: " ")
+            return words.count == 2 ? (String(words[0]), Int(words[1]) ?? -1) : nil
+        }) { $1 }
+        #expect(try mount.stats()[.bytesFromSource] >= UInt64(size), "the bytes did not come from the source")
+        #expect(cached["mirror-read"] == 0, "bytes of the source's page cache after reading the mirror")
+        // Otherwise this test would not test anything: a plain read of the source does fill its page cache.
+        #expect((cached["source-read"] ?? 0) > size / 2, "bytes of the source's page cache after reading it")
+    }
+
     /// Guards the identity change against staleness: with the inode out of the identity, a
     /// replaced object must still be told by its new mtime (size unchanged), promptly, and each
     /// version must still be read from the source only once.

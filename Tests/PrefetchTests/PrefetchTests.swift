@@ -255,7 +255,7 @@ struct ThroughputProbeTests {
         return rate
     }
 
-    @Test("Lanes double while each doubling raises the rate by 10% or more, and go back when one does not")
+    @Test("Lanes double while each doubling raises the rate by 10% or more, and go back when one falls short in two steps running")
     func growsThenReverts() throws {
         var probe = ThroughputProbe()
         var now = ContinuousClock.now
@@ -264,9 +264,13 @@ struct ThroughputProbeTests {
         #expect(probe.decide(rate: warmUp, lanes: 1) == .keep)
         let one = try #require(step(&probe, blocks: 8, seconds: 0.8, from: &now))
         #expect(probe.decide(rate: one, lanes: 1) == .grow)
+        // The second lane starting: no faster yet, which is measured again rather than undone.
+        let starting = try #require(step(&probe, blocks: 8, seconds: 0.8, from: &now))
+        #expect(probe.decide(rate: starting, lanes: 2) == .keep)
         let two = try #require(step(&probe, blocks: 8, seconds: 0.4, from: &now)) // twice as fast
         #expect(probe.decide(rate: two, lanes: 2) == .grow)
-        let four = try #require(step(&probe, blocks: 8, seconds: 0.38, from: &now)) // barely faster
+        #expect(probe.decide(rate: try #require(step(&probe, blocks: 8, seconds: 0.39, from: &now)), lanes: 4) == .keep)
+        let four = try #require(step(&probe, blocks: 8, seconds: 0.38, from: &now)) // barely faster, again
         #expect(probe.decide(rate: four, lanes: 4) == .revert(2))
         #expect(!probe.probing)
         #expect(probe.blockLoaded(stepLength: 8, now: now) == nil)
@@ -294,7 +298,10 @@ struct ThroughputProbeTests {
         #expect(probe.decide(rate: one, lanes: 1) == .grow)
         let two = try #require(step(blocksPerSecond: 100 * gain))
         #expect(abs(two / one - gain) < 0.001, "measured gain \(two / one)")
-        #expect(probe.decide(rate: two, lanes: 2) == (grows ? .grow : .revert(1)), "a gain of \(gain)")
+        #expect(probe.decide(rate: two, lanes: 2) == (grows ? .grow : .keep), "a gain of \(gain)")
+        if !grows { // falling short is measured once more before the lanes go back
+            #expect(probe.decide(rate: try #require(step(blocksPerSecond: 100 * gain)), lanes: 2) == .revert(1))
+        }
         #expect(probe.probing == grows)
     }
 
@@ -307,6 +314,7 @@ struct ThroughputProbeTests {
         #expect(probe.decide(rate: warmUp, lanes: 1) == .keep)
         let one = try #require(step(&probe, blocks: 8, seconds: 0.1, from: &now))
         #expect(probe.decide(rate: one, lanes: 1) == .grow)
+        #expect(probe.decide(rate: try #require(step(&probe, blocks: 8, seconds: 0.12, from: &now)), lanes: 2) == .keep) // once more
         let two = try #require(step(&probe, blocks: 8, seconds: 0.12, from: &now)) // slower: the source was the limit
         #expect(probe.decide(rate: two, lanes: 2) == .revert(1))
     }

@@ -19,13 +19,18 @@ ensure_packages() {
 # virtual environment here, on PATH for everything they start (the tests call `python3` by name).
 CACHEFS_PYTHON_ENV=/var/cache/cachefs/python
 
+# Puts that environment first on PATH, once it exists.
+use_python_env() {
+    if [ -x "$CACHEFS_PYTHON_ENV/bin/python3" ]; then export PATH=$CACHEFS_PYTHON_ENV/bin:$PATH; fi
+}
+
 # Installs PyPI packages for python3 on PATH, into CACHEFS_PYTHON_ENV where the system's refuses them.
 pip_install() {
     if ! python3 -m pip --version >/dev/null 2>&1 ||
         python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
         ensure_packages python3-venv
         [ -x "$CACHEFS_PYTHON_ENV/bin/python3" ] || python3 -m venv --system-site-packages "$CACHEFS_PYTHON_ENV"
-        export PATH=$CACHEFS_PYTHON_ENV/bin:$PATH
+        use_python_env
     fi
     python3 -m pip install -q "$@" 2>&1 | grep -v "WARNING: Running pip as" || true
 }
@@ -34,7 +39,7 @@ pip_install() {
 # module name, or MODULE=REQUIREMENT where pip knows it otherwise (moto.server='moto[server]').
 ensure_python_modules() {
     local argument missing=()
-    if [ -x "$CACHEFS_PYTHON_ENV/bin/python3" ]; then export PATH=$CACHEFS_PYTHON_ENV/bin:$PATH; fi
+    use_python_env
     for argument in "$@"; do
         python3 -c "import ${argument%%=*}" 2>/dev/null || missing+=("${argument#*=}")
     done

@@ -23,8 +23,8 @@ final class SourceSession: Sendable {
     let extendedAttributesSupported: Bool
     /// Whether files are opened with O_DIRECT: on a FUSE source (an object-store client), whose
     /// page cache would otherwise keep one more copy of every byte cachefs caches. Reading rclone
-    /// through its page cache also cost three times the CPU: 2 GiB over `rclone --bwlimit 300M`
-    /// came at 169-179 MiB/s for 6.8-7.4 CPU-s that way, at 277-285 MiB/s for 2.5-2.7 with O_DIRECT.
+    /// through its page cache also cost about twice the CPU and a fifth of the rate (scenario 3 in
+    /// Docs/BENCHMARKS.md's limits page has the figures).
     let readsBypassPageCache: Bool
     /// Where source opens and reads run when they have a deadline; nil runs them on the caller's thread.
     let sourceCalls: SourceCallPool?

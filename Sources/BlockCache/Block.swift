@@ -54,15 +54,10 @@ public final class BlockBuffer: @unchecked Sendable {
             memory.copyMemory(from: bytes)
             return
         }
-        var written = 0
-        while written < bytes.count {
-            let offset = off_t(memory.baseAddress! - version.base + written)
-            let count = pwrite(version.descriptor, bytes.baseAddress! + written, bytes.count - written, offset)
-            if count < 0 {
-                guard errno == EINTR else { throw Errno(rawValue: errno) }
-                continue
-            }
-            written += count
+        do {
+            try FileDescriptor(rawValue: version.descriptor).writeAll(toAbsoluteOffset: Int64(memory.baseAddress! - version.base), bytes)
+        } catch {
+            throw error as? Errno ?? .ioError // swift-system throws only Errno, untyped
         }
     }
 

@@ -20,33 +20,12 @@ protocol ReplaceableSourceMount: SourceMount {
     func replace(_ relativePath: String, with file: String) throws
 }
 
-/// `rclone mount` of the local directory `data`, read-only and without rclone's file cache: the
-/// object-store client most users stack cachefs on (rclone serves a bucket the same way).
-final class RcloneSourceMount: SourceMount {
-    let mountpoint: String
-    private let process = Process()
-    private let stopped = Atomic<Bool>(false)
-
-    init(data: String, mountpoint: String) throws {
-        self.mountpoint = mountpoint
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/rclone")
-        process.arguments = ["mount", data, mountpoint, "--read-only", "--vfs-cache-mode", "off"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(20)
-        while !isMounted(mountpoint) {
-            guard process.isRunning, Date() < deadline else { stop(); throw TestFailure("rclone did not mount \(mountpoint)") }
-            usleep(20_000)
-        }
+extension ForegroundMount: SourceMount {
+    /// `rclone mount` of the local directory `data`, read-only and without rclone's file cache: the
+    /// object-store client most users stack cachefs on (rclone serves a bucket the same way).
+    static func rclone(data: String, mountpoint: String) throws -> ForegroundMount {
+        try ForegroundMount("/usr/bin/rclone", ["mount", data, mountpoint, "--read-only", "--vfs-cache-mode", "off"], mountpoint: mountpoint)
     }
-
-    func stop() {
-        guard !stopped.exchange(true, ordering: .relaxed) else { return }
-        stopDaemon(process, mountpoint: mountpoint)
-    }
-
-    deinit { stop() }
 }
 
 /// s3fs mounting a moto_server bucket that holds the files of `data`: a real object-store
@@ -138,7 +117,7 @@ enum PageCachedClient: String, CaseIterable, CustomTestStringConvertible, Sendab
 
     func mount(data: String, at mountpoint: String) throws -> SourceMount {
         switch self {
-        case .rclone: try RcloneSourceMount(data: data, mountpoint: mountpoint)
+        case .rclone: try ForegroundMount.rclone(data: data, mountpoint: mountpoint)
         case .s3fs: try S3SourceMount(data: data, mountpoint: mountpoint)
         }
     }

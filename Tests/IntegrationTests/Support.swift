@@ -18,27 +18,30 @@ let cachefsBinary: String = {
 /// The slow, fault-injecting source built beside cachefs.
 let testSourceBinary: String = (cachefsBinary as NSString).deletingLastPathComponent + "/cachefs-testsource"
 
-/// A cachefs-testsource mount: ROOT served slowly, with faults on demand.
-final class TestSourceMount {
+/// A FUSE daemon the test runs in the foreground: started, waited for until its mountpoint is
+/// mounted, and stopped (its mount removed) once, by `stop` or at deinit.
+final class ForegroundMount {
     let mountpoint: String
-    private let process: Process
+    private let process = Process()
+    private let stopped = Atomic<Bool>(false)
 
-    init(root: String, mountpoint: String, arguments: [String]) throws {
+    init(_ executable: String, _ arguments: [String], mountpoint: String) throws {
         self.mountpoint = mountpoint
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: testSourceBinary)
-        process.arguments = [root, mountpoint] + arguments
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
         let deadline = Date().addingTimeInterval(20)
         while !isMounted(mountpoint) {
-            guard process.isRunning, Date() < deadline else { stop(); throw TestFailure("cachefs-testsource did not mount") }
+            guard process.isRunning, Date() < deadline else {
+                stop()
+                throw TestFailure("\((executable as NSString).lastPathComponent) did not mount \(mountpoint)")
+            }
             usleep(20_000)
         }
     }
 
-    /// SIGUSR1: every read fails with EIO (a NAS gone away); SIGHUP: every read hangs; SIGUSR2: service is back.
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
     /// Stops the daemon once; later calls do nothing, so they cannot unmount a successor at the same mountpoint.
@@ -47,9 +50,17 @@ final class TestSourceMount {
         stopDaemon(process, mountpoint: mountpoint)
     }
 
-    private let stopped = Atomic<Bool>(false)
-
     deinit { stop() }
+}
+
+/// A cachefs-testsource mount: ROOT served slowly, with faults on demand. `signal`: SIGUSR1 makes
+/// every read fail with EIO (a NAS gone away), SIGHUP every read hang, SIGUSR2 brings service back.
+typealias TestSourceMount = ForegroundMount
+
+extension ForegroundMount {
+    convenience init(root: String, mountpoint: String, arguments: [String]) throws {
+        try self.init(testSourceBinary, [root, mountpoint] + arguments, mountpoint: mountpoint)
+    }
 }
 
 /// SIGTERM, then SIGKILL and a lazy unmount if a FUSE daemon does not leave by itself.

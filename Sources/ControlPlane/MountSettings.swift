@@ -21,7 +21,7 @@ public struct MountSettings: Codable, Sendable, Equatable {
     public var threads = 16
     /// Blocks kept loading ahead of a sequential reader, at most a quarter of the capacity
     /// so that prefetching cannot evict what is being read.
-    public var prefetchDepth = 16
+    public var prefetchDepth = 32
     public var prefetchThreads = 8
     public var prefetchChunk = 4
     /// The kernel read-ahead window asked for on the mount, in bytes.

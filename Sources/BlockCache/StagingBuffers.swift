@@ -12,10 +12,13 @@ import SystemPackage
 /// clearing them, and a buffer kept from one load to the next is already faulted in. On a
 /// 2-core machine filling 1 GiB took 1.1 CPU-s the first way and 0.5-0.6 the second.
 ///
-/// Idle buffers are kept up to `idleLimit` bytes in all (one run of a few lanes), so the pool
-/// adds at most that to the daemon's memory. Threads: any; a buffer is one load's at a time.
+/// Idle buffers are kept up to `idleLimit` bytes in all, so the pool adds at most that to the
+/// daemon's memory: a 4-block chunk for each of the 8 lanes the defaults allow, so that a cold
+/// read's lanes reuse their buffers (at 16 MiB, one chunk in thirteen of a cold read over the
+/// latency-bound testsource mapped and populated a new one). Threads: any; a buffer is one load's
+/// at a time.
 public final class StagingBuffers: Sendable {
-    public static let idleLimit = 16 << 20
+    public static let idleLimit = 32 << 20
     /// Addresses and sizes of idle buffers (raw pointers are not Sendable).
     private let idle = Mutex<[(address: UInt, capacity: Int)]>([])
 

@@ -13,16 +13,18 @@ import SystemPackage
 /// 2-core machine filling 1 GiB took 1.1 CPU-s the first way and 0.5-0.6 the second.
 ///
 /// Idle buffers are kept up to `idleLimit` bytes in all, so the pool adds at most that to the
-/// daemon's memory: a 4-block chunk for each of the 8 lanes the defaults allow, so that a cold
-/// read's lanes reuse their buffers (at 16 MiB, one chunk in thirteen of a cold read over the
-/// latency-bound testsource mapped and populated a new one). Threads: any; a buffer is one load's
-/// at a time.
+/// daemon's memory. It should hold what the prefetch lanes stage at once, so that a cold read's
+/// lanes reuse their buffers: with 8 lanes of 4-block chunks and a 16 MiB limit, one chunk in
+/// thirteen of a cold read over the latency-bound testsource mapped and populated a new one.
+/// Threads: any; a buffer is one load's at a time.
 public final class StagingBuffers: Sendable {
-    public static let idleLimit = 32 << 20
+    /// The limit when no prefetcher sets a larger one: the default lanes' chunks (8 of 4 MiB).
+    public static let defaultIdleLimit = 32 << 20
+    public let idleLimit: Int
     /// Addresses and sizes of idle buffers (raw pointers are not Sendable).
     private let idle = Mutex<[(address: UInt, capacity: Int)]>([])
 
-    public init() {}
+    public init(idleLimit: Int = StagingBuffers.defaultIdleLimit) { self.idleLimit = idleLimit }
 
     /// Fills `buffers` (a run of adjacent blocks, in order) with the bytes `read` writes into the
     /// target it is given and returns the count of. A short read fills the buffers' first bytes only.
@@ -68,7 +70,7 @@ public final class StagingBuffers: Sendable {
     /// Keeps `buffer` for the next load, or unmaps it when the idle ones already fill `idleLimit`.
     fileprivate func giveBack(_ buffer: UnsafeMutableRawBufferPointer) {
         let kept = idle.withLock { idle in
-            guard idle.reduce(0, { $0 + $1.capacity }) + buffer.count <= Self.idleLimit else { return false }
+            guard idle.reduce(0, { $0 + $1.capacity }) + buffer.count <= idleLimit else { return false }
             idle.append((UInt(bitPattern: buffer.baseAddress), buffer.count))
             return true
         }

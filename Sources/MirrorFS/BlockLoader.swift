@@ -50,7 +50,7 @@ final class BlockLoader: Sendable {
     /// Other instances' caches, asked on a miss before the source (see PeerSupport.swift).
     let remote: (any RemoteBlockSource)?
     let counters = Counters()
-    private let staging = StagingBuffers()
+    private let staging: StagingBuffers
     private let logger: Logger
 
     final class Counters: Sendable {
@@ -59,7 +59,11 @@ final class BlockLoader: Sendable {
         let errors = Atomic<UInt64>(0)
     }
 
-    init(cache: BlockCache, session: SourceSession, reader: any SourceBlockReader, remote: (any RemoteBlockSource)?, logger: Logger) {
+    /// - Parameter stagedAtOnce: the bytes loads may stage at once (the prefetch lanes' chunks); the
+    ///   staging pool keeps that many idle, at least its default.
+    init(cache: BlockCache, session: SourceSession, reader: any SourceBlockReader, remote: (any RemoteBlockSource)?,
+         stagedAtOnce: Int, logger: Logger) {
+        staging = StagingBuffers(idleLimit: max(StagingBuffers.defaultIdleLimit, stagedAtOnce))
         self.cache = cache
         self.session = session
         self.reader = reader

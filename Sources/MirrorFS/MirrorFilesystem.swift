@@ -49,7 +49,8 @@ public final class MirrorFilesystem: Sendable {
         self.backingFiles = backingFiles
         session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
                                     sourceCalls: sourceCalls, logger: logger)
-        loader = BlockLoader(cache: cache, session: session, reader: blockReader, remote: remote, logger: logger)
+        loader = BlockLoader(cache: cache, session: session, reader: blockReader, remote: remote,
+                             stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher
     }
 

@@ -24,6 +24,8 @@ public final class Prefetcher: Sendable {
     public let chunkBlocks: Int
     /// Lanes one stream may use at once.
     public let maximumLanes: Int
+    /// The most blocks the prefetch threads load at once: a chunk each.
+    public var blocksLoadingAtMost: Int { workers * chunkBlocks }
     private let queue = Mutex<Deque<LaneJob>>([])
     private let queued = DispatchSemaphore(value: 0)
     private let workers: Int

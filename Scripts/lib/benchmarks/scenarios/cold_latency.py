@@ -7,7 +7,7 @@ import subprocess
 from .. import system
 from ..context import ONE, log
 from ..report import Row, Samples, fmt_rate, ratio, throughput
-from .peer_floor import compile_floor
+from .peer_floor import compile_floor, floor_bound
 
 NUMBERS = ("4",)
 TITLE = "cold, latency-bound source (testsource --latency-ms 3), with the floor of the cold read"
@@ -72,10 +72,7 @@ def measure_floor(bench, source, mib):
 
 def floor_rate(s, plan):
     """The fastest a cold read can be here: the floor's CPU spread over all cores."""
-    parts = [s.median(f"s4.floor.{part}.cpu") for part in ("source", "populate", "served")]
-    if None in parts or sum(parts) == 0:
-        return None, None
-    return plan.latency_mib / (sum(parts) / system.CORES), sum(parts)
+    return floor_bound(s, plan.latency_mib, [f"s4.floor.{part}.cpu" for part in ("source", "populate", "served")])
 
 
 def label(plan):

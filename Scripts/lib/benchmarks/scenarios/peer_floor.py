@@ -87,12 +87,18 @@ def run(bench):
         f"{loopback:.2f} CPU-s, the memory-hit read itself {busy:.2f} CPU-s")
 
 
-def floor_rate(s, plan):
-    """The fastest a peer read can be here: the floor's CPU spread over all cores."""
-    parts = [s.median(k) for k in ("s12.memory.busy", "s12.floor.populate.cpu", "s12.floor.loopback.cpu")]
+def floor_bound(s, mib, keys):
+    """The fastest MIB MiB can be read here if reading costs the CPU-s the samples KEYS hold (medians,
+    summed) spread over all cores; with that sum, or (None, None) when a part is missing."""
+    parts = [s.median(key) for key in keys]
     if None in parts or sum(parts) == 0:
         return None, None
-    return plan.peer_mib / (sum(parts) / system.CORES), sum(parts)
+    return mib / (sum(parts) / system.CORES), sum(parts)
+
+
+def floor_rate(s, plan):
+    """The fastest a peer read can be here: the floor's CPU spread over all cores."""
+    return floor_bound(s, plan.peer_mib, ("s12.memory.busy", "s12.floor.populate.cpu", "s12.floor.loopback.cpu"))
 
 
 def rows(s, plan):

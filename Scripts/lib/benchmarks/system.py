@@ -1,6 +1,5 @@
 """Measuring on this machine: the kernel's caches, mounts, timed reads and CPU time."""
 
-import json
 import os
 import statistics
 import subprocess
@@ -123,10 +122,16 @@ def output(command):
         return ""
 
 
-def hyperfine(command, runs, out, warmup=0):
-    """Run times of a shell COMMAND under hyperfine, caches dropped before each run (JSON kept in OUT)."""
-    subprocess.run(["hyperfine", "--style", "none", "--runs", str(runs), "--warmup", str(warmup),
-                    "--prepare", "sync; echo 3 > /proc/sys/vm/drop_caches", "--export-json", out, command],
-                   check=True, stdout=subprocess.DEVNULL)
-    with open(out) as f:
-        return json.load(f)["results"][0]["times"]
+def alternating(commands, runs, warmup=0):
+    """Wall seconds of each shell command in COMMANDS (name -> command), RUNS of each, kernel caches dropped
+    before every run. The commands take turns, run by run, so that the machine's drift over the minutes the runs
+    take (a fifth or more on these VMs) falls on all of them alike instead of on whichever ran last. WARMUP
+    unmeasured turns go first. Returns name -> list of seconds."""
+    times = {name: [] for name in commands}
+    for turn in range(warmup + runs):
+        for name, command in commands.items():
+            drop_caches()
+            wall = seconds(command, shell=True, stdout=subprocess.DEVNULL)
+            if turn >= warmup:
+                times[name].append(wall)
+    return times

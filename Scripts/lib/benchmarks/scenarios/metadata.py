@@ -11,7 +11,7 @@ NUMBERS = ("7",)
 TITLE = "metadata (the small-file tree, cachefs vs source directory)"
 DESCRIPTION = """
 **7. Metadata.** `find . -type f -print0 | xargs -0 stat` and `ls -lR` over the tree through the main cachefs mount
-against the data directory itself, caches dropped before each run (hyperfine `--prepare`).
+against the data directory itself, the two taking turns run by run, kernel caches dropped before each run.
 """
 
 WALKS = {"find": "cd {dir} && find . -type f -print0 | xargs -0 stat >/dev/null",
@@ -21,12 +21,13 @@ WALKS = {"find": "cd {dir} && find . -type f -print0 | xargs -0 stat >/dev/null"
 def run(bench):
     mount = warm_main_mount(bench)
     for what, command in WALKS.items():
-        for name, root in (("source", bench.data), ("cachefs", mount.path)):
-            out = os.path.join(bench.results, f"hyperfine-{what}-{name}.json")
-            times = system.hyperfine(command.format(dir=os.path.join(root, bench.tree_walk)), bench.plan.runs, out)
-            for t in times:
+        roots = {"source": bench.data, "cachefs": mount.path}
+        times = system.alternating({name: command.format(dir=os.path.join(root, bench.tree_walk))
+                                    for name, root in roots.items()}, bench.plan.runs)
+        for name, runs in times.items():
+            for t in runs:
                 bench.record(f"s7.{what}.{name}.sec", t)
-            log(f"{what} {name}: {' '.join(f'{t:.3f}' for t in times)} s")
+            log(f"{what} {name}: {' '.join(f'{t:.3f}' for t in runs)} s")
     bench.keep_stats(mount, "main")
 
 

@@ -15,7 +15,7 @@ DESCRIPTION = """
 production ossfs/s3fs mount is set up (no local data cache). Per run: the file read from the s3fs mount directly
 (16a's baseline), then through a fresh cachefs over it, cold (16a); then, with the kernel's caches dropped again, read
 through the same cachefs (16b), which must come from cachefs memory: 16c is the bytes cachefs read from the source
-during that read / file size. 16d: `ls -lR` of the 1,000 files through cachefs against the s3fs mount, caches
+during that read / file size. 16d: `ls -lR` of the 1,000 files through cachefs against the s3fs mount, taking turns, caches
 dropped before each run, after one unmeasured warm-up run of each. s3fs gives a file a new inode number each time
 the kernel forgets it, which is what 16b and 16c are about.
 """
@@ -67,13 +67,13 @@ def run(bench):
             log(f"run {i}: s3fs {rate:.0f} MiB/s, cachefs cold {cold:.0f} MiB/s, warm {warm:.0f} MiB/s "
                 f"({from_source / size:.2f}x the file from the source)")
         mount = bench.daemons.cachefs(source.mountpoint, bench.mountpoint("cachefs-s3fs"))
-        for key, directory in (("source", source.mountpoint), ("cachefs", mount.path)):
-            out = os.path.join(bench.results, f"hyperfine-ls-s3fs-{key}.json")
-            times = system.hyperfine(f"ls -lR {os.path.join(directory, TREE)} >/dev/null", bench.plan.runs, out,
-                                     warmup=1)
-            for t in times:
+        roots = {"source": source.mountpoint, "cachefs": mount.path}
+        times = system.alternating({key: f"ls -lR {os.path.join(directory, TREE)} >/dev/null"
+                                    for key, directory in roots.items()}, bench.plan.runs, warmup=1)
+        for key, runs in times.items():
+            for t in runs:
                 bench.record(f"s16.ls.{key}.sec", t)
-            log(f"ls -lR {key}: {' '.join(f'{t:.3f}' for t in times)} s")
+            log(f"ls -lR {key}: {' '.join(f'{t:.3f}' for t in runs)} s")
         bench.daemons.stop(mount)
 
 

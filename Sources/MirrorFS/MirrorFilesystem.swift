@@ -59,17 +59,30 @@ public final class MirrorFilesystem: Sendable {
     // MARK: Names
 
     /// Resolves `name` in a directory and counts one lookup of the resulting node,
-    /// which the kernel later returns through `forget`.
+    /// which the kernel later returns through `forget`. The source entry is opened, and its
+    /// descriptor kept for the node: a looked-up file is usually opened or read next.
     public func lookup(parent: UInt64, name: UnsafePointer<CChar>) throws(Errno) -> (node: UInt64, attributes: stat) {
         let parent = try session.node(parent)
         let (handle, attributes) = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).child(named: name) }
+        return (remember(name, in: parent, parentPath: nil, attributes: attributes, handle: handle).id, attributes)
+    }
+
+    /// A listed entry's lookup (readdirplus): its attributes only, with no descriptor opened.
+    /// `ls -l` of a large tree lists thousands of files it never opens, each of which would
+    /// cost an open and a close at the source (on rclone, a tenth of the walk).
+    private func lookupListed(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?) throws(Errno) -> (node: UInt64, attributes: stat) {
+        let attributes = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).childAttributes(named: name) }
+        return (remember(name, in: parent, parentPath: parentPath, attributes: attributes, handle: nil).id, attributes)
+    }
+
+    private func remember(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?, attributes: stat, handle: PathHandle?) -> Node {
         let name = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
-        let identity = session.identityRule.identity(of: attributes, path: Node.path(of: parent, appending: name))
+        let identity = session.identityRule.identity(
+            of: attributes, path: parentPath.map { Node.path(from: $0, appending: name) } ?? Node.path(of: parent, appending: name))
         var released: [PathHandle] = []  // closed when this scope ends, outside the lock
-        let node = session.nodes.withLock {
+        return session.nodes.withLock {
             $0.remember(identity, type: attributes.st_mode & S_IFMT, in: parent, name: name, handle: handle, released: &released)
         }
-        return (node.id, attributes)
     }
 
     public func forget(node id: UInt64, lookups: UInt64) {
@@ -214,15 +227,18 @@ public final class MirrorFilesystem: Sendable {
         parent: UInt64,
         emit: (DirectoryEntry) -> Bool
     ) throws(Errno) {
+        let parentNode = withAttributes ? try session.node(parent) : nil
+        // Under the path rule every entry's identity starts with the directory's path: worked out once here.
+        let parentPath = parentNode.flatMap { session.identityRule == .path ? $0.relativePath : nil }
         try directory.stream.withLock { (stream: inout DirectoryStream) throws(Errno) in
             stream.seek(to: offset)
             while let entry = try stream.next() {
                 var item = DirectoryEntry(name: entry.name, node: 0, attributes: stat(), nextOffset: entry.nextOffset)
                 item.attributes.st_ino = ino_t(entry.inode)
                 item.attributes.st_mode = mode_t(entry.type) << 12
-                if withAttributes && !entry.isDotOrDotDot {
+                if let parentNode, !entry.isDotOrDotDot {
                     do throws(Errno) {
-                        (item.node, item.attributes) = try lookup(parent: parent, name: entry.name)
+                        (item.node, item.attributes) = try lookupListed(entry.name, in: parentNode, parentPath: parentPath)
                     } catch {
                         if error == .noSuchFileOrDirectory { continue } // removed since the directory was read
                         throw error

@@ -66,7 +66,12 @@ final class Node: Sendable {
 
     /// The path of `name` (NUL-terminated) in the directory `parent`.
     static func path(of parent: Node, appending name: [CChar]) -> [UInt8] {
-        var path = parent.relativePath
+        path(from: parent.relativePath, appending: name)
+    }
+
+    /// The same, given the parent's path (a listing works it out once for all its entries).
+    static func path(from parentPath: [UInt8], appending name: [CChar]) -> [UInt8] {
+        var path = parentPath
         if !path.isEmpty { path.append(UInt8(ascii: "/")) }
         path.append(contentsOf: name.dropLast().map { UInt8(bitPattern: $0) })
         return path
@@ -110,10 +115,11 @@ struct NodeTable: ~Copyable {
     subscript(id: UInt64) -> Node? { entries[id]?.node }
 
     /// Returns the node for `identity` found as `name` in `parent`, counting one
-    /// more lookup; `handle`, just opened for it, joins the descriptor cache.
+    /// more lookup; `handle`, just opened for it, joins the descriptor cache (nil: the node
+    /// keeps the descriptor it has, or is opened by name when one is needed).
     /// - Parameter released: descriptors pushed out of the cache, to close outside the lock.
     mutating func remember(
-        _ identity: FileIdentity, type: mode_t, in parent: Node, name: [CChar], handle: PathHandle, released: inout [PathHandle]
+        _ identity: FileIdentity, type: mode_t, in parent: Node, name: [CChar], handle: PathHandle?, released: inout [PathHandle]
     ) -> Node {
         let node: Node
         if let id = ids[identity], var entry = entries[id], !entry.node.superseded {
@@ -127,7 +133,7 @@ struct NodeTable: ~Copyable {
             entries[node.id] = Entry(node: node, lookups: 1)
             ids[identity] = node.id
         }
-        if node.id != Self.rootID { cache(handle, for: node.id, released: &released) }
+        if let handle, node.id != Self.rootID { cache(handle, for: node.id, released: &released) }
         return node
     }
 

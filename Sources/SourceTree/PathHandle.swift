@@ -42,6 +42,14 @@ public final class PathHandle: Sendable {
         return (PathHandle(descriptor: FileDescriptor(rawValue: fd), isSymbolicLink: isSymbolicLink), attributes)
     }
 
+    /// The attributes of the entry `name` in this directory, without opening it: one source
+    /// call where `child(named:)` makes three (open, stat, and later close).
+    public func childAttributes(named name: UnsafePointer<CChar>) throws(Errno) -> stat {
+        var attributes = stat()
+        guard fstatat(descriptor.rawValue, name, &attributes, AT_SYMLINK_NOFOLLOW) == 0 else { throw Errno(rawValue: errno) }
+        return attributes
+    }
+
     /// Resolves a path relative to this directory that must stay beneath it:
     /// no `..` above it, no absolute path, no symlink on the way (`ELOOP`, `EXDEV`).
     ///

@@ -169,6 +169,23 @@ struct DirectoryListingTests {
         #expect(throws: Errno.staleNFSFileHandle) { _ = try fixture.filesystem.attributes(of: refusedNode) }
     }
 
+    @Test("A listing with attributes opens no source descriptors, and its files still answer stat, open and read")
+    func listingOpensNothing() throws {
+        let (fixture, _) = try makeTree()
+        let descriptors = fixture.filesystem.cachedHandleCount
+        let listed = try listAll(fixture, withAttributes: true)
+        #expect(fixture.filesystem.cachedHandleCount == descriptors)
+        let reopens = fixture.filesystem.statistics.sourceHandleReopens
+        for entry in listed where entry.name.hasPrefix("file-") {
+            let expected = try fixture.status(entry.name)
+            let attributes = try fixture.filesystem.attributes(of: entry.node)
+            #expect(attributes.st_ino == expected.st_ino && attributes.st_size == expected.st_size)
+            let file = try fixture.filesystem.open(node: entry.node, flags: O_RDONLY).file
+            #expect(try fixture.read(file, at: 0, count: 64) == Array(repeating: 1, count: Int(expected.st_size)))
+        }
+        #expect(fixture.filesystem.statistics.sourceHandleReopens >= reopens + 40, "each file was opened by name when first used")
+    }
+
     @Test("Listing a subdirectory looks its entries up in that directory")
     func subdirectory() throws {
         let (fixture, _) = try makeTree()

@@ -123,6 +123,11 @@ def markdown_path(results, only):
     return os.path.join(results if only else os.path.join(REPO, "Docs"), "BENCHMARKS.md")
 
 
+def readme_path(only):
+    """Only a full run's figures reach the README."""
+    return None if only else os.path.join(REPO, "README.md")
+
+
 def report_only(work):
     results = os.path.join(work, "results")
     raw = {}
@@ -138,7 +143,7 @@ def report_only(work):
     selected = [m for m in scenarios.select(s.text("meta.only"))
                 if any(s.has(f"s{n}.") or n in failed for n in m.NUMBERS)]
     markdown = markdown_path(results, s.text("meta.only"))
-    report.write(results, raw, plan, selected, markdown)
+    report.write(results, raw, plan, selected, markdown, readme_path(s.text("meta.only")))
     say(f"wrote {markdown} from {results}/results.tsv")
     return 0
 
@@ -195,7 +200,7 @@ def main(argv):
         bench.record("meta.load_end", system.loadavg())
         bench.record("meta.load_warning", load_warning(bench))
         markdown = markdown_path(bench.results, args.only)
-        report.write(bench.results, bench.samples, plan, selected, markdown)
+        report.write(bench.results, bench.samples, plan, selected, markdown, readme_path(args.only))
         print()
         say(f"wrote {markdown}; raw numbers, stats and logs in {bench.results}")
     finally:

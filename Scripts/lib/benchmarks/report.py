@@ -160,9 +160,9 @@ def stats_summary(results_dir, name):
 HEADER = ["#", "scenario", "measured", "baseline", "ratio", "target", "met"]
 
 
-def write(results_dir, raw, plan, scenarios, markdown_path):
+def write(results_dir, raw, plan, scenarios, markdown_path, readme_path=None):
     """SCENARIOS are the modules this run ran. Prints the tables; writes them, the limits text and the raw samples
-    to MARKDOWN_PATH."""
+    to MARKDOWN_PATH, and the sections of scenarios marked IN_README into README_PATH (a full run's)."""
     s = Samples(raw)
     ran = sorted(scenarios, key=lambda m: int(m.NUMBERS[0]))
     rows = sorted((r for m in ran for r in m.rows(s, plan)),
@@ -196,6 +196,25 @@ def write(results_dir, raw, plan, scenarios, markdown_path):
     if markdown_path:
         with open(markdown_path, "w") as f:
             f.write(markdown(s, table, sections, ran, notes, failures, stats_lines))
+    if readme_path:
+        for m in ran:
+            if getattr(m, "IN_README", False) and (section := m.section(s, plan)):
+                update_readme(readme_path, m.NUMBERS[0], s, section)
+
+
+def update_readme(path, number, s, section):
+    """Replaces the README's copy of scenario NUMBER's section, between its two markers, with this run's: the
+    README shows the table the benchmark wrote, never a hand copy of it."""
+    begin, end = f"<!-- scenario {number}: written by Scripts/bench -->", f"<!-- end of scenario {number} -->"
+    with open(path) as f:
+        text = f.read()
+    if begin not in text or end not in text:
+        return
+    title, intro, header, rows = section
+    block = "\n".join([begin, f"{intro} Latest full run: {s.text('meta.date')}, commit {s.text('meta.commit')}, "
+                              f"{s.text('meta.nproc')} cores.", "", markdown_table(header, rows), "", end])
+    with open(path, "w") as f:
+        f.write(text[:text.index(begin)] + block + text[text.index(end) + len(end):])
 
 
 def markdown(s, table, sections, ran, notes, failures, stats_lines):

@@ -115,8 +115,9 @@ struct NodeTable: ~Copyable {
     subscript(id: UInt64) -> Node? { entries[id]?.node }
 
     /// Returns the node for `identity` found as `name` in `parent`, counting one
-    /// more lookup; `handle`, just opened for it, joins the descriptor cache (nil: the node
-    /// keeps the descriptor it has, or is opened by name when one is needed).
+    /// more lookup; `handle`, just opened for it, joins the descriptor cache. Without one (a
+    /// listing's lookup), the node lets go of any descriptor it has and is opened by name when
+    /// next needed, so that it never keeps a descriptor older than its latest lookup.
     /// - Parameter released: descriptors pushed out of the cache, to close outside the lock.
     mutating func remember(
         _ identity: FileIdentity, type: mode_t, in parent: Node, name: [CChar], handle: PathHandle?, released: inout [PathHandle]
@@ -133,7 +134,13 @@ struct NodeTable: ~Copyable {
             entries[node.id] = Entry(node: node, lookups: 1)
             ids[identity] = node.id
         }
-        if let handle, node.id != Self.rootID { cache(handle, for: node.id, released: &released) }
+        if node.id != Self.rootID {
+            if let handle {
+                cache(handle, for: node.id, released: &released)
+            } else if let older = handles.remove(node.id) {
+                released.append(older) // from an earlier lookup: the name may lead to another file now
+            }
+        }
         return node
     }
 

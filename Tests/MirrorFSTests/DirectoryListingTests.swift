@@ -173,8 +173,10 @@ struct DirectoryListingTests {
     func listingOpensNothing() throws {
         let (fixture, _) = try makeTree()
         let descriptors = fixture.filesystem.cachedHandleCount
+        _ = try fixture.lookup("file-1") // a kernel lookup keeps the file's descriptor
+        #expect(fixture.filesystem.cachedHandleCount == descriptors + 1)
         let listed = try listAll(fixture, withAttributes: true)
-        #expect(fixture.filesystem.cachedHandleCount == descriptors)
+        #expect(fixture.filesystem.cachedHandleCount == descriptors, "nothing opened, and file-1's older descriptor let go")
         let reopens = fixture.filesystem.statistics.sourceHandleReopens
         for entry in listed where entry.name.hasPrefix("file-") {
             let expected = try fixture.status(entry.name)

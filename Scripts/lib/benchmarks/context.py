@@ -71,6 +71,14 @@ class Bench:
         """The tree scenarios 7 and 14 walk: the whole tree, or a subset of hard links (see data.py)."""
         return TREE if self.plan.tree_dirs == 50 else f"tree-{self.plan.tree_dirs}"
 
+    def record_turns(self, times, key, label):
+        """Records and logs the seconds `system.alternating` returned: each command's under KEY with its name
+        filled in ("s14.{name}.sec"), logged as "LABEL name: ..."."""
+        for name, runs in times.items():
+            for t in runs:
+                self.record(key.format(name=name), t)
+            log(f"{label} {name}: {' '.join(f'{t:.3f}' for t in runs)} s")
+
     def record(self, key, value):
         """One raw sample: the same key repeated is one sample per run, and the figure is their median."""
         if isinstance(value, float):   # five significant digits, never in exponent form

@@ -3,7 +3,6 @@
 import os
 
 from .. import system
-from ..context import log
 from ..report import duration
 from .memory import warm_main_mount
 
@@ -24,10 +23,7 @@ def run(bench):
         roots = {"source": bench.data, "cachefs": mount.path}
         times = system.alternating({name: command.format(dir=os.path.join(root, bench.tree_walk))
                                     for name, root in roots.items()}, bench.plan.runs)
-        for name, runs in times.items():
-            for t in runs:
-                bench.record(f"s7.{what}.{name}.sec", t)
-            log(f"{what} {name}: {' '.join(f'{t:.3f}' for t in runs)} s")
+        bench.record_turns(times, f"s7.{what}.{{name}}.sec", what)
     bench.keep_stats(mount, "main")
 
 

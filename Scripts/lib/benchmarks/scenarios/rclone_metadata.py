@@ -3,7 +3,6 @@
 import os
 
 from .. import system
-from ..context import log
 from ..report import duration
 from .metadata import WALKS, tree_label
 
@@ -25,10 +24,7 @@ def run(bench):
     roots = {"rclone": source.path, "cachefs": mount.path}
     times = system.alternating({name: WALKS["ls"].format(dir=os.path.join(root, bench.tree_walk))
                                 for name, root in roots.items()}, bench.plan.runs, warmup=1)
-    for name, runs in times.items():
-        for t in runs:
-            bench.record(f"s14.{name}.sec", t)
-        log(f"ls -lR {name}: {' '.join(f'{t:.3f}' for t in runs)} s")
+    bench.record_turns(times, "s14.{name}.sec", "ls -lR")
     bench.keep_stats(mount, "s14")
 
 

@@ -70,10 +70,7 @@ def run(bench):
         roots = {"source": source.mountpoint, "cachefs": mount.path}
         times = system.alternating({key: f"ls -lR {os.path.join(directory, TREE)} >/dev/null"
                                     for key, directory in roots.items()}, bench.plan.runs, warmup=1)
-        for key, runs in times.items():
-            for t in runs:
-                bench.record(f"s16.ls.{key}.sec", t)
-            log(f"ls -lR {key}: {' '.join(f'{t:.3f}' for t in runs)} s")
+        bench.record_turns(times, "s16.ls.{name}.sec", "ls -lR")
         bench.daemons.stop(mount)
 
 

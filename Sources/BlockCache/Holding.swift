@@ -19,6 +19,13 @@ public final class VersionHold: Sendable {
 // that is wholly resident in its memory file; its bytes, already counted, stay counted
 // (as held bytes, or as pinned if it is pinned too) until the last hold is released.
 extension BlockCache {
+    /// Whether every block of `version` is in memory now (a moment later one may be evicted).
+    public func isWhollyResident(_ version: FileVersion) -> Bool {
+        state.withLock { state in
+            (0..<blockCount(version, blockSize: blockSize)).allSatisfy { state.lookup(BlockKey(file: version, index: $0), touching: false) != nil }
+        }
+    }
+
     /// Holds `version` if every one of its blocks is in memory, in its memory file; nil otherwise.
     public func hold(_ version: FileVersion) -> VersionHold? {
         state.withLock { state -> VersionHold? in

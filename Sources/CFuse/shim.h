@@ -43,7 +43,7 @@ static inline void cachefs_file_info_set_handle(struct fuse_file_info *fi, uint6
     fi->fh = handle;
 }
 
-// FUSE passthrough (kernel protocol 7.40), which libfuse 3.14 and its headers predate.
+// FUSE passthrough (kernel protocol 7.40) and mmap of direct-I/O opens (7.39), which libfuse 3.14 and its headers predate.
 // The daemon negotiates it itself through fuse_session_custom_io: it reads the kernel's
 // INIT request and amends libfuse's INIT reply. Layouts from the kernel's uapi/linux/fuse.h.
 
@@ -52,6 +52,8 @@ static const uint32_t CACHEFS_FUSE_INIT = 26;
 static const uint32_t CACHEFS_FUSE_INIT_EXT = 1U << 30;
 /// FUSE_PASSTHROUGH (1 << 37) as a bit of flags2.
 static const uint32_t CACHEFS_FUSE_PASSTHROUGH_FLAGS2 = 1U << 5;
+/// FUSE_DIRECT_IO_ALLOW_MMAP (1 << 36) as a bit of flags2: a direct-I/O open may be mapped (protocol 7.39).
+static const uint32_t CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1U << 4;
 static const uint32_t CACHEFS_FOPEN_NOFLUSH = 1U << 5;
 static const uint32_t CACHEFS_FOPEN_PASSTHROUGH = 1U << 7;
 

@@ -53,6 +53,7 @@ extension Figure {
     public static let sourceReadBytes = Figure("sourceReadBytes", .counter, .bytes, .reads, "Bytes of those reads.")
 
     public static let extendedAttributeRequests = Figure("extendedAttributeRequests", .counter, .count, .reads, "getxattr and listxattr requests from the kernel (one at most when the source has no extended attributes).")
+    public static let directIOOpens = Figure("directIOOpens", .counter, .count, .reads, "Opens of files with blocks still to load, read with direct I/O: each reply goes straight into the reader's buffer, not through the mount's page cache.")
     public static let passthroughOpens = Figure("passthroughOpens", .counter, .count, .passthrough, "Opens handed to the kernel, which reads the file from memory itself (no read request reaches the daemon).")
     public static let passthroughFiles = Figure("passthroughFiles", .gauge, .count, .passthrough, "Files held in memory for passthrough opens.")
     public static let passthroughBytes = Figure("passthroughBytes", .gauge, .bytes, .passthrough, "Bytes of those files.")
@@ -87,7 +88,7 @@ extension Figure {
         cachedBytes, cachedBlocks, reservedBytes, hits, misses, coalescedMisses, evictions, evictedBytes,
         pinnedBytes, pinnedFiles, pinnedCachedBytes,
         readRequests, bytesRead, memoryReads, memoryReadBytes, peerReads, peerReadBytes, sourceReads, sourceReadBytes,
-        extendedAttributeRequests, passthroughOpens, passthroughFiles, passthroughBytes,
+        extendedAttributeRequests, directIOOpens, passthroughOpens, passthroughFiles, passthroughBytes,
         bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, sourceUnavailable, knownNodes, sourceHandles, sourceHandleReopens,
         prefetchQueuedBlocks, prefetchedBlocks, prefetchSkippedBlocks,
         peerRequests, blocksFromPeers, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,

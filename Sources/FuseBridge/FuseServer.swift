@@ -57,18 +57,18 @@ public final class FuseServer: @unchecked Sendable {
     let readsLogged = Atomic<Int>(0)
     /// Told about every successful read, with its tier and how long it took.
     let readObserver: (any ReadObserver)?
-    /// Negotiates FUSE passthrough and registers backing files; nil never offers it.
-    let passthrough: FusePassthrough?
+    /// Negotiates passthrough and direct-I/O mapping, and registers backing files; nil uses neither.
+    let kernelFeatures: KernelFeatures?
     /// Reads being served right now, so that a shutdown can let them finish.
     let readsInFlight = Atomic<Int>(0)
 
-    /// - Parameter passthrough: the same object the filesystem registers backing files with.
+    /// - Parameter kernelFeatures: the same object the filesystem registers backing files with.
     public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil,
-                passthrough: FusePassthrough? = nil, logger: Logger) {
+                kernelFeatures: KernelFeatures? = nil, logger: Logger) {
         self.filesystem = filesystem
         self.configuration = configuration
         self.readObserver = readObserver
-        self.passthrough = passthrough
+        self.kernelFeatures = kernelFeatures
         self.logger = logger
     }
 
@@ -91,7 +91,7 @@ public final class FuseServer: @unchecked Sendable {
             throw MountError(description: "cannot mount at \(path) (see the message above; is the fuse3 package installed?)")
         }
         self.session = session
-        passthrough?.install(on: session)
+        kernelFeatures?.install(on: session)
         mountpoint.withLock { $0 = path }
         logger.info("mounted", metadata: ["mountpoint": "\(path)", "options": "\(configuration.mountOptions)"])
     }

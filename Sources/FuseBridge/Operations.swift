@@ -64,9 +64,10 @@ extension FuseServer {
                 case .passthrough(_, let backingID, _):
                     // The kernel reads the file's memory itself from now on; keep_cache is not allowed with it.
                     replied = cachefs_reply_open_passthrough(req, fh, backingID)
-                case .daemonServed(_, let keepCache, _):
+                case .daemonServed(_, let keepCache, _, let directIO):
                     cachefs_file_info_set_keep_cache(info, keepCache ? 1 : 0)
                     cachefs_file_info_set_noflush(info)
+                    if directIO { cachefs_file_info_set_direct_io(info) }
                     cachefs_file_info_set_handle(info, fh)
                     replied = fuse_reply_open(req, info)
                 }

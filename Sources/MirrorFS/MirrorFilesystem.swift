@@ -24,7 +24,7 @@ public final class MirrorFilesystem: Sendable {
     let loader: BlockLoader
     private let prefetcher: Prefetcher?
     /// Where wholly cached files are handed to the kernel (FUSE passthrough); nil serves every read.
-    let backingFiles: (any BackingFileRegistry)?
+    let kernelModes: (any KernelOpenModes)?
     let counters = Counters()
     let checkedVersions = RecentlyCheckedVersions()
 
@@ -38,15 +38,15 @@ public final class MirrorFilesystem: Sendable {
     ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
     ///   - remote: where a missing block is looked for before the source (peers); nil reads only the source.
     ///   - blockReader: how block bytes are read from the source (tests put slow or failing sources here).
-    ///   - backingFiles: hands wholly cached files to the kernel to read directly; nil serves every read here.
+    ///   - kernelModes: hands wholly cached files to the kernel to read directly; nil serves every read here.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
         sourceRootPath: String? = nil, remote: (any RemoteBlockSource)? = nil,
-        blockReader: any SourceBlockReader = DescriptorBlockReader(), backingFiles: (any BackingFileRegistry)? = nil,
+        blockReader: any SourceBlockReader = DescriptorBlockReader(), kernelModes: (any KernelOpenModes)? = nil,
         logger: Logger
     ) throws(Errno) {
-        self.backingFiles = backingFiles
+        self.kernelModes = kernelModes
         session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
                                     sourceCalls: sourceCalls, logger: logger)
         loader = BlockLoader(cache: cache, session: session, reader: blockReader, remote: remote,
@@ -270,6 +270,7 @@ public final class MirrorFilesystem: Sendable {
             sourceReattaches: session.counters.reattaches.load(ordering: .relaxed),
             sourceUnavailable: session.counters.unavailable.load(ordering: .relaxed),
             passthroughOpens: counters.passthroughOpens.load(ordering: .relaxed),
+            directIOOpens: counters.directIOOpens.load(ordering: .relaxed),
             extendedAttributeRequests: counters.extendedAttributeRequests.load(ordering: .relaxed),
             prefetch: prefetcher?.statistics
         )
@@ -280,6 +281,8 @@ public final class MirrorFilesystem: Sendable {
         let bytesRead = Atomic<UInt64>(0)
         /// Opens answered with FOPEN_PASSTHROUGH (the kernel reads the file itself).
         let passthroughOpens = Atomic<UInt64>(0)
+        /// Daemon-served opens answered with FOPEN_DIRECT_IO (blocks still to load).
+        let directIOOpens = Atomic<UInt64>(0)
         let extendedAttributeRequests = Atomic<UInt64>(0)
     }
 }
@@ -305,6 +308,8 @@ public struct MirrorStatistics: Sendable {
     public var sourceUnavailable: UInt64
     /// Opens handed to the kernel to serve from memory (FUSE passthrough).
     public var passthroughOpens: UInt64
+    /// Daemon-served opens read with direct I/O, bypassing the kernel's page cache.
+    public var directIOOpens: UInt64
     /// getxattr and listxattr requests from the kernel.
     public var extendedAttributeRequests: UInt64
     public var prefetch: PrefetchStatistics?

@@ -2,11 +2,15 @@ import BlockCache
 import Synchronization
 import SystemPackage
 
-/// Hands memory files to the kernel, which then serves opens from them directly (FUSE
-/// passthrough). Implemented by the FUSE layer; MirrorFS decides which opens use it.
-public protocol BackingFileRegistry: Sendable {
+/// The ways the kernel can serve an open besides reading through its page cache: from a memory
+/// file itself (FUSE passthrough), or with direct I/O. Implemented by the FUSE layer; MirrorFS
+/// decides which opens use them.
+public protocol KernelOpenModes: Sendable {
     /// Whether the kernel takes backing files at all (negotiated, permitted, not turned off).
-    var isAvailable: Bool { get }
+    var passthroughAvailable: Bool { get }
+    /// Whether a direct-I/O open can still be mapped (else the kernel refuses mmap with ENODEV,
+    /// which would break readers such as safetensors).
+    var directIOMayBeMapped: Bool { get }
     /// Registers `descriptor` as a backing file; returns the kernel's backing id.
     func register(_ descriptor: Int32) throws(Errno) -> Int32
     /// Releases a backing id; files already open keep reading it.
@@ -16,25 +20,30 @@ public protocol BackingFileRegistry: Sendable {
 /// How an open is served.
 public enum OpenedFile: Sendable {
     /// The daemon answers each read. `keepKernelCache`: the version is the one opened last time, so the
-    /// kernel's page cache of it is right; `versionChanged`: it is not, and the kernel's attributes are stale too.
-    case daemonServed(OpenFile, keepKernelCache: Bool, versionChanged: Bool)
+    /// kernel's page cache of it is right; `versionChanged`: it is not, and the kernel's attributes are stale too;
+    /// `directIO`: some of its blocks are still to be loaded, so reads bypass the page cache (see `admit`).
+    case daemonServed(OpenFile, keepKernelCache: Bool, versionChanged: Bool, directIO: Bool)
     /// The kernel reads the version's memory file itself, registered as `backingID`;
     /// `versionChanged` as above (the page cache is not used, but the attributes may be stale).
     case passthrough(OpenFile, backingID: Int32, versionChanged: Bool)
 
     public var file: OpenFile {
         switch self {
-        case .daemonServed(let file, _, _), .passthrough(let file, _, _): file
+        case .daemonServed(let file, _, _, _), .passthrough(let file, _, _): file
         }
     }
 
     public var keepKernelCache: Bool {
-        if case .daemonServed(_, let keep, _) = self { keep } else { false }
+        if case .daemonServed(_, let keep, _, _) = self { keep } else { false }
+    }
+
+    public var directIO: Bool {
+        if case .daemonServed(_, _, _, let direct) = self { direct } else { false }
     }
 
     public var versionChanged: Bool {
         switch self {
-        case .daemonServed(_, _, let changed), .passthrough(_, _, let changed): changed
+        case .daemonServed(_, _, let changed, _), .passthrough(_, _, let changed): changed
         }
     }
 }
@@ -85,7 +94,7 @@ extension MirrorFilesystem {
                 opens.passthrough = passthrough
                 return passthroughOpen(backingID: passthrough.backingID, versionChanged: false) // the version it holds
             }
-            if opens.daemonServed == 0, let backing = backingFiles, backing.isAvailable, let hold = cache.hold(version) {
+            if opens.daemonServed == 0, let backing = kernelModes, backing.passthroughAvailable, let hold = cache.hold(version) {
                 do throws(Errno) {
                     let id = try backing.register(hold.descriptor)
                     opens.passthrough = NodeOpens.Passthrough(hold: hold, backingID: id, opens: 1)
@@ -96,7 +105,12 @@ extension MirrorFilesystem {
             }
             opens.daemonServed += 1
             let file = OpenFile(node: node, source: source, prefetch: prefetchStream(for: source), mode: .daemonServed)
-            return .daemonServed(file, keepKernelCache: previous == version, versionChanged: versionChanged)
+            // While blocks are still to be loaded, each reply goes straight into the reader's buffer:
+            // through the page cache it would be copied twice, which on a cold read costs more CPU than
+            // the source does. A wholly cached version keeps the page cache, so re-reads stay in the kernel.
+            let directIO = kernelModes?.directIOMayBeMapped == true && !cache.isWhollyResident(version)
+            if directIO { counters.directIOOpens.add(1, ordering: .relaxed) }
+            return .daemonServed(file, keepKernelCache: previous == version, versionChanged: versionChanged, directIO: directIO)
         }
     }
 
@@ -114,7 +128,7 @@ extension MirrorFilesystem {
                     return
                 }
                 opens.passthrough = nil
-                backingFiles?.unregister(passthrough.backingID)
+                kernelModes?.unregister(passthrough.backingID)
                 cache.release(passthrough.hold)
             }
         }

@@ -53,14 +53,14 @@ struct Daemon {
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
         let peers = try PeerNetwork(settings: settings, logger: logger)
-        let passthrough = FusePassthrough(enabled: settings.passthrough, logger: logger)
+        let kernelFeatures = KernelFeatures(passthrough: settings.passthrough, logger: logger)
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
             sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
             sourceRootPath: settings.source,
             remote: peers?.remoteSource,
-            backingFiles: passthrough,
+            kernelModes: kernelFeatures,
             logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
@@ -70,12 +70,12 @@ struct Daemon {
         let exporter = settings.metrics.map { _ in PrometheusExporter() } // bootstraps swift-metrics before any metric exists
         let telemetry = ReadTelemetry(recordLatency: exporter != nil)
         let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry,
-                                passthrough: passthrough, logger: logger)
+                                kernelFeatures: kernelFeatures, logger: logger)
         try server.mount(at: settings.mountpoint)
 
         let started = ContinuousClock.now
         let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, peers: peers,
-                                    passthrough: passthrough, started: started)
+                                    kernelFeatures: kernelFeatures, started: started)
         let controlRunning = DispatchSemaphore(value: 0)
         let control: any Service
         do {
@@ -127,7 +127,7 @@ struct Daemon {
         }
         if isReady { isReady = mountAnswers() }
         if isReady {
-            passthrough.probe()
+            kernelFeatures.probe()
             let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead).map { String(cString: strerror($0)) }
             let state = ReadAheadState(windowBytes: ReadAheadWindow.current(mountpoint: settings.mountpoint), error: failure)
             handler.readAhead.withLock { $0 = state }

@@ -18,7 +18,7 @@ final class DaemonControl: ControlHandler {
     let settings: MountSettings
     let telemetry: ReadTelemetry
     let peers: PeerNetwork?
-    let passthrough: FusePassthrough
+    let kernelFeatures: KernelFeatures
     let started: ContinuousClock.Instant
     /// Set once the metrics server has bound its port.
     let metricsAddress = Mutex<String?>(nil)
@@ -26,12 +26,12 @@ final class DaemonControl: ControlHandler {
     let readAhead = Mutex<ReadAheadState?>(nil)
 
     init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?,
-         passthrough: FusePassthrough, started: ContinuousClock.Instant) {
+         kernelFeatures: KernelFeatures, started: ContinuousClock.Instant) {
         self.filesystem = filesystem
         self.settings = settings
         self.telemetry = telemetry
         self.peers = peers
-        self.passthrough = passthrough
+        self.kernelFeatures = kernelFeatures
         self.started = started
     }
 
@@ -41,7 +41,7 @@ final class DaemonControl: ControlHandler {
         let cache = statistics.cache
         var report = StatsReport(settings: settings, pid: getpid(), uptimeSeconds: (ContinuousClock.now - started) / .seconds(1))
         report.readAhead = readAhead.withLock { $0 }
-        let status = passthrough.status
+        let status = kernelFeatures.status
         report.passthrough = PassthroughState(available: status.available, reason: status.reason)
         report.metricsAddress = metricsAddress.withLock { $0 }
         let values: [(Figure, UInt64)] = [
@@ -57,7 +57,7 @@ final class DaemonControl: ControlHandler {
             (.sourceHandles, UInt64(statistics.sourceHandles)), (.sourceHandleReopens, statistics.sourceHandleReopens),
             (.prefetchQueuedBlocks, statistics.prefetch?.queuedBlocks ?? 0), (.prefetchedBlocks, statistics.prefetch?.loadedBlocks ?? 0),
             (.prefetchSkippedBlocks, statistics.prefetch?.cancelledBlocks ?? 0),
-            (.passthroughOpens, statistics.passthroughOpens), (.extendedAttributeRequests, statistics.extendedAttributeRequests), (.passthroughFiles, UInt64(cache.heldFiles)),
+            (.passthroughOpens, statistics.passthroughOpens), (.directIOOpens, statistics.directIOOpens), (.extendedAttributeRequests, statistics.extendedAttributeRequests), (.passthroughFiles, UInt64(cache.heldFiles)),
             (.passthroughBytes, UInt64(cache.heldTotalBytes)),
         ]
         for (figure, value) in values { report[figure] = value }

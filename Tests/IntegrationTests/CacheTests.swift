@@ -37,6 +37,35 @@ struct CacheTests {
         #expect(afterSecond[.readRequests] == afterFirst[.readRequests], "the second open re-read through the daemon")
     }
 
+    /// Reads MIRROR whole through one descriptor, checks it against SOURCE, and prints the bytes of
+    /// MIRROR in the mount's page cache (cachestat(2)) while that descriptor is still open.
+    static let pageCacheAfterRead = #"""
+        import ctypes, os, sys
+        mirror, source = sys.argv[1:3]
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(mirror, os.O_RDONLY)
+        data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+        assert data == open(source, "rb").read(), "bytes differ"
+        span, stat = (ctypes.c_uint64 * 2)(0, 0), (ctypes.c_uint64 * 5)()
+        if libc.syscall(451, fd, span, stat, 0) != 0:  # cachestat(2)
+            raise OSError(ctypes.get_errno(), "cachestat")
+        print(stat[0] * os.sysconf("SC_PAGE_SIZE"))
+        """#
+
+    @Test("A cold read bypasses the mount's page cache (direct I/O, one copy per reply); once the file is wholly cached, reads fill the page cache again")
+    func coldReadsBypassPageCache() throws {
+        // Passthrough off, so that the warm open is daemon-served too and its use of the page cache shows.
+        let tree = try MountedTree("head -c 12000000 /dev/urandom > model.bin", extra: ["--passthrough", "off"])
+        defer { tree.stop() }
+        let arguments = ["-c", Self.pageCacheAfterRead, tree.mount.mountpoint + "/model.bin", tree.source + "/model.bin"]
+        let cold = try run("python3", arguments)
+        #expect(cold.status == 0 && cold.output == "0\n", "cold: \(cold.output)\(cold.error)")
+        #expect(try tree.mount.stats()[.directIOOpens] == 1)
+        let warm = try run("python3", arguments)
+        #expect(warm.status == 0 && (Int(warm.output.dropLast()) ?? 0) >= 12_000_000, "warm: \(warm.output)\(warm.error)")
+        #expect(try tree.mount.stats()[.directIOOpens] == 1, "a wholly cached file was opened with direct I/O")
+    }
+
     @Test("Reading four times the capacity keeps peak RSS under capacity + 64 MiB")
     func memoryStaysBounded() throws {
         let tree = try MountedTree("for i in 1 2 3 4; do head -c 67108864 /dev/urandom > part$i; done", capacity: "64M")

@@ -8,9 +8,14 @@ import SystemPackage
 import Testing
 
 /// The kernel's side of passthrough, recorded: which memory files were registered and released.
-final class RecordingBackingFiles: BackingFileRegistry {
+final class RecordingBackingFiles: KernelOpenModes {
     private let state = Mutex<(next: Int32, live: Set<Int32>, registered: Int)>((1, [], 0))
-    var isAvailable: Bool { true }
+    let passthroughAvailable: Bool
+    let directIOMayBeMapped: Bool
+    init(passthrough: Bool = true, directIOMayBeMapped: Bool = false) {
+        passthroughAvailable = passthrough
+        self.directIOMayBeMapped = directIOMayBeMapped
+    }
     func register(_ descriptor: Int32) throws(Errno) -> Int32 {
         guard fcntl(descriptor, F_GETFD) >= 0 else { throw .badFileDescriptor }
         return state.withLock { state in
@@ -34,7 +39,7 @@ struct PassthroughAdmissionTests {
     /// A mirror with a recording kernel side, over a source holding "model": two blocks, mtime 1,000,000.
     private func twoBlockModel(seed: UInt64) throws -> (SourceFixture, RecordingBackingFiles, node: UInt64) {
         let backing = RecordingBackingFiles()
-        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
+        let fixture = try SourceFixture(blockSize: blockSize, kernelModes: backing)
         try fixture.write("model", randomBytes(2 * blockSize, seed: seed))
         try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
         return (fixture, backing, try fixture.lookup("model"))
@@ -47,7 +52,7 @@ struct PassthroughAdmissionTests {
     @Test("A cold open is daemon-served; once the version is wholly cached, opens share one backing file, held until the last release")
     func residentVersionsArePassedThrough() throws {
         let backing = RecordingBackingFiles()
-        let fixture = try SourceFixture(blockSize: blockSize, backingFiles: backing)
+        let fixture = try SourceFixture(blockSize: blockSize, kernelModes: backing)
         let bytes = randomBytes(4 * blockSize, seed: 40)
         try fixture.write("model", bytes)
         let node = try fixture.lookup("model")
@@ -73,6 +78,34 @@ struct PassthroughAdmissionTests {
         #expect(backing.live.isEmpty)
         #expect(fixture.filesystem.cache.statistics.heldFiles == 0, "the hold outlived the last release")
         #expect(fixture.filesystem.statistics.passthroughOpens == 2)
+    }
+
+    @Test("Opens read with direct I/O while blocks are still to load, if the kernel can map such opens; a wholly cached file keeps the page cache")
+    func directIOWhileLoading() throws {
+        let kernel = RecordingBackingFiles(passthrough: false, directIOMayBeMapped: true)
+        let fixture = try SourceFixture(blockSize: blockSize, kernelModes: kernel)
+        let bytes = randomBytes(3 * blockSize + 100, seed: 41)
+        try fixture.write("model", bytes)
+        let node = try fixture.lookup("model")
+        func openReadRelease(_ count: Int) throws -> OpenedFile {
+            let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+            #expect(try fixture.read(opened.file, at: 0, count: count) == Array(bytes.prefix(count)))
+            fixture.filesystem.release(opened.file)
+            return opened
+        }
+        let cold = try openReadRelease(blockSize)
+        #expect(cold.directIO, "a cold open")
+        let partial = try openReadRelease(bytes.count)
+        #expect(partial.directIO, "three of four blocks were still to load")
+        let warm = try openReadRelease(bytes.count)
+        #expect(!warm.directIO && warm.keepKernelCache, "a wholly cached file without passthrough reads through the page cache")
+        #expect(fixture.filesystem.statistics.directIOOpens == 2)
+
+        let unmappable = try SourceFixture(blockSize: blockSize, kernelModes: RecordingBackingFiles(passthrough: false))
+        try unmappable.write("model", bytes)
+        let opened = try unmappable.filesystem.open(node: try unmappable.lookup("model"), flags: O_RDONLY)
+        #expect(!opened.directIO, "direct I/O where the kernel would refuse to map the file")
+        unmappable.filesystem.release(opened.file)
     }
 
     @Test("A source rewrite while passthrough readers are open: a new open is refused with ESTALE and the node superseded; the old readers keep their memory file")

@@ -23,7 +23,7 @@ final class SourceFixture {
     init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
          sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil,
          prefetcher: Prefetcher? = nil, blockReader: any SourceBlockReader = DescriptorBlockReader(),
-         backingFiles: (any BackingFileRegistry)? = nil) throws {
+         kernelModes: (any KernelOpenModes)? = nil) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         owner = other
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -35,7 +35,7 @@ final class SourceFixture {
             prefetcher: prefetcher,
             sourceHandleLimit: sourceHandleLimit,
             sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, remote: remote,
-            blockReader: blockReader, backingFiles: backingFiles, logger: logger
+            blockReader: blockReader, kernelModes: kernelModes, logger: logger
         )
     }
 

@@ -17,8 +17,9 @@ sleeps 3 ms); a fresh cachefs over it per run. Baseline: `dd bs=1M` of the tests
 least CPU a cold read through a daemon that keeps the bytes in memory costs here, each part measured alone as all
 cores' busy time (medians of 3): the source delivering the bytes to 8 `O_DIRECT` readers taking 4 MiB chunks in
 turn, the prefetch lanes' pattern (`Scripts/lib/floor/lanes.c`); filling fresh block memory (`populate.c`); and
-serving the bytes from memory through the daemon (a memory hit with `--passthrough off`, the way a cold read's bytes
-reach the reader). On this many cores that work takes at least CPU-s / cores seconds. It is an optimistic bound:
+serving the bytes from memory through the daemon the way a cold read's bytes reach the reader (a memory hit with
+`--passthrough off`, read with `dd iflag=direct`: a file with blocks still to load is opened with direct I/O, so each
+reply is copied straight into the reader's buffer). On this many cores that work takes at least CPU-s / cores seconds. It is an optimistic bound:
 the parts run alone, so they do not share the cores' caches and memory bandwidth as a cold read's do.
 """
 LATENCY_MS = "3"
@@ -62,7 +63,7 @@ def measure_floor(bench, source, mib):
         bench.record("s4.floor.source.cpu", busy)
         bench.record("s4.floor.populate.cpu", float(system.output([populate, str(mib)])))
         system.drop_caches()
-        _, busy = system.timed_busy(system.dd(os.path.join(served.path, ONE), mib))
+        _, busy = system.timed_busy(system.dd(os.path.join(served.path, ONE), mib) + ["iflag=direct"])
         bench.record("s4.floor.served.cpu", busy)
     bench.daemons.stop(served)
     s = Samples(bench.samples)

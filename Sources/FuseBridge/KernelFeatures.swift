@@ -8,24 +8,32 @@ import MirrorFS
 import Synchronization
 import SystemPackage
 
-/// FUSE passthrough with libfuse 3.14, which has no API for it: the kernel reads a
-/// wholly cached file straight from its memory file, without a request to the daemon.
+/// The kernel features cachefs uses that libfuse 3.14 predates, negotiated by the daemon itself:
+/// - FUSE passthrough: the kernel reads a wholly cached file straight from its memory file,
+///   without a request to the daemon;
+/// - mmap of direct-I/O opens (FUSE_DIRECT_IO_ALLOW_MMAP): a file whose blocks are still being
+///   loaded can be opened with direct I/O, so that each reply is copied straight into the
+///   reader's buffer instead of into the mount's page cache and out again, and a reader that
+///   maps the file (safetensors) still can.
 ///
-/// The daemon negotiates it itself: libfuse reads and writes /dev/fuse through the
-/// custom io installed here (`fuse_session_custom_io`), which notes whether the kernel's
-/// INIT request offers passthrough and, if so, adds FUSE_PASSTHROUGH and a stack depth of
-/// 1 to libfuse's INIT reply. Backing files are then registered with ioctls on the session's
-/// descriptor (`register`), which needs CAP_SYS_ADMIN in the initial user namespace.
+/// libfuse reads and writes /dev/fuse through the custom io installed here
+/// (`fuse_session_custom_io`), which notes which of the two the kernel's INIT request offers
+/// and adds them to libfuse's INIT reply (passthrough with a stack depth of 1, unless turned
+/// off). Backing files are then registered with ioctls on the session's descriptor
+/// (`register`), which needs CAP_SYS_ADMIN in the initial user namespace.
 ///
 /// Threads: the io hooks run on libfuse's worker threads; `register` and `unregister` on
 /// whichever thread opens or releases a file; `probe` once, after the mount answers.
-public final class FusePassthrough: BackingFileRegistry {
-    private let enabled: Bool
+public final class KernelFeatures: KernelOpenModes {
+    private let passthroughEnabled: Bool
     private let logger: Logger
     private let sessionFD = Atomic<Int32>(-1)
     /// The INIT request's `unique` while its reply is due (0: none).
     private let initUnique = Atomic<UInt64>(0)
+    /// The flags2 bits the INIT reply is to add (those of ours the kernel offered).
+    private let offeredFlags2 = Atomic<UInt32>(0)
     private let state = Mutex<Status>(Status(available: false, reason: "the kernel has not been asked yet"))
+    private let directIOMayMap = Atomic<Bool>(false)
 
     /// Whether the kernel serves passthrough opens, and if not, why.
     public struct Status: Sendable, Equatable {
@@ -33,16 +41,20 @@ public final class FusePassthrough: BackingFileRegistry {
         public var reason: String?
     }
 
-    /// - Parameter enabled: `--passthrough on`; off, the kernel is never offered it.
-    public init(enabled: Bool, logger: Logger) {
-        self.enabled = enabled
+    /// - Parameter passthrough: `--passthrough on`; off, the kernel is never offered it.
+    public init(passthrough: Bool, logger: Logger) {
+        self.passthroughEnabled = passthrough
         self.logger = logger
-        if !enabled { state.withLock { $0 = Status(available: false, reason: "--passthrough off") } }
+        if !passthrough { state.withLock { $0 = Status(available: false, reason: "--passthrough off") } }
     }
 
     public var status: Status { state.withLock { $0 } }
 
-    public var isAvailable: Bool { state.withLock { $0.available } }
+    public var passthroughAvailable: Bool { state.withLock { $0.available } }
+
+    /// Whether an open with direct I/O may still be mapped (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+);
+    /// without it the kernel refuses to map such a file with ENODEV.
+    public var directIOMayBeMapped: Bool { directIOMayMap.load(ordering: .acquiring) }
 
     // MARK: Negotiation (libfuse's io)
 
@@ -50,27 +62,27 @@ public final class FusePassthrough: BackingFileRegistry {
     func install(on session: OpaquePointer) {
         let fd = fuse_session_fd(session)
         sessionFD.store(fd, ordering: .releasing)
-        guard enabled else { return }
         var io = fuse_custom_io()
         io.read = { fd, buffer, length, userData in
             let count = read(fd, buffer, length)
             if count >= MemoryLayout<cachefs_fuse_in_header>.size, let buffer, let userData {
-                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().passthrough?.noteRequest(UnsafeRawPointer(buffer), count: count)
+                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().kernelFeatures?.noteRequest(UnsafeRawPointer(buffer), count: count)
             }
             return count
         }
         io.writev = { fd, vectors, count, userData in
             if let vectors, count >= 2, let userData {
-                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().passthrough?.amendReply(vectors, count: Int(count))
+                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().kernelFeatures?.amendReply(vectors, count: Int(count))
             }
             return writev(fd, vectors, count)
         }
         if fuse_session_custom_io(session, &io, fd) != 0 {
             setUnavailable("libfuse refused the custom io that negotiates passthrough")
+            logger.warning("libfuse refused the custom io; no kernel features beyond libfuse 3.14 are used")
         }
     }
 
-    /// Notes an INIT request that offers passthrough.
+    /// Notes which of our features an INIT request offers.
     private func noteRequest(_ request: UnsafeRawPointer, count: Int) {
         let header = request.loadUnaligned(as: cachefs_fuse_in_header.self)
         guard header.opcode == CACHEFS_FUSE_INIT else { return }
@@ -78,13 +90,21 @@ public final class FusePassthrough: BackingFileRegistry {
             return setUnavailable("the kernel's FUSE protocol is too old for passthrough")
         }
         let arguments = request.loadUnaligned(fromByteOffset: MemoryLayout<cachefs_fuse_in_header>.size, as: cachefs_fuse_init_in.self)
-        guard arguments.flags & CACHEFS_FUSE_INIT_EXT != 0, arguments.flags2 & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 else {
-            return setUnavailable("the kernel does not offer FUSE passthrough (protocol \(arguments.major).\(arguments.minor); Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)")
+        let offered = arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 ? arguments.flags2 : 0
+        var wanted = offered & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2
+        if passthroughEnabled {
+            if offered & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 {
+                wanted |= CACHEFS_FUSE_PASSTHROUGH_FLAGS2
+            } else {
+                setUnavailable("the kernel does not offer FUSE passthrough (protocol \(arguments.major).\(arguments.minor); Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)")
+            }
         }
+        guard wanted != 0 else { return }
+        offeredFlags2.store(wanted, ordering: .relaxed)
         initUnique.store(header.unique, ordering: .releasing)
     }
 
-    /// Adds FUSE_PASSTHROUGH and a stack depth of 1 to libfuse's reply to that INIT.
+    /// Adds what `noteRequest` found (and, for passthrough, a stack depth of 1) to libfuse's reply to that INIT.
     private func amendReply(_ vectors: UnsafeMutablePointer<iovec>, count: Int) {
         let expected = initUnique.load(ordering: .acquiring)
         guard expected != 0, vectors[0].iov_len >= MemoryLayout<cachefs_fuse_out_header>.size,
@@ -96,10 +116,12 @@ public final class FusePassthrough: BackingFileRegistry {
         }
         var arguments = reply.loadUnaligned(as: cachefs_fuse_init_out.self)
         guard arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 else { return setUnavailable("libfuse did not answer with FUSE_INIT_EXT") }
-        arguments.flags2 |= CACHEFS_FUSE_PASSTHROUGH_FLAGS2
-        arguments.max_stack_depth = 1
+        let wanted = offeredFlags2.load(ordering: .relaxed)
+        arguments.flags2 |= wanted
+        if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { arguments.max_stack_depth = 1 }
         reply.storeBytes(of: arguments, as: cachefs_fuse_init_out.self)
-        state.withLock { $0 = Status(available: true, reason: nil) }
+        directIOMayMap.store(wanted & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 != 0, ordering: .releasing)
+        if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { state.withLock { $0 = Status(available: true, reason: nil) } }
     }
 
     // MARK: Backing files
@@ -107,7 +129,10 @@ public final class FusePassthrough: BackingFileRegistry {
     /// Checks once, with a small memory file, that the kernel accepts backing files here,
     /// and logs why not. Call after the mount answers (the INIT reply has been processed).
     public func probe() {
-        guard isAvailable else {
+        if !directIOMayBeMapped {
+            logger.notice("the kernel cannot map direct-I/O opens (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+); cold reads go through its page cache")
+        }
+        guard passthroughAvailable else {
             logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(status.reason ?? "-")"])
             return
         }
@@ -122,7 +147,7 @@ public final class FusePassthrough: BackingFileRegistry {
     }
 
     public func register(_ descriptor: Int32) throws(Errno) -> Int32 {
-        guard isAvailable else { throw .notSupported }
+        guard passthroughAvailable else { throw .notSupported }
         let id = cachefs_backing_open(sessionFD.load(ordering: .acquiring), descriptor)
         guard id >= 0 else {
             let error = Errno(rawValue: errno)
@@ -141,6 +166,7 @@ public final class FusePassthrough: BackingFileRegistry {
     }
 
     private func setUnavailable(_ reason: String) {
+        guard passthroughEnabled else { return } // the status keeps saying why: turned off
         state.withLock { $0 = Status(available: false, reason: reason) }
     }
 }

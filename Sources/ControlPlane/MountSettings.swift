@@ -28,6 +28,9 @@ public struct MountSettings: Codable, Sendable, Equatable {
     public var readAhead = 1 << 20
     /// Hand wholly cached files to the kernel to read from memory directly (FUSE passthrough), where it can.
     public var passthrough = true
+    /// Read files with blocks still to load with direct I/O (each reply straight into the reader's
+    /// buffer, not through the page cache), where the kernel can still map such opens.
+    public var directIO = true
     public var allowOther = false
     public var controlSocket = ""
     public var logLevel = Logger.Level.info

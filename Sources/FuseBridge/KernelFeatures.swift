@@ -26,6 +26,7 @@ import SystemPackage
 /// whichever thread opens or releases a file; `probe` once, after the mount answers.
 public final class KernelFeatures: KernelOpenModes {
     private let passthroughEnabled: Bool
+    private let directIOEnabled: Bool
     private let logger: Logger
     private let sessionFD = Atomic<Int32>(-1)
     /// The INIT request's `unique` while its reply is due (0: none).
@@ -41,9 +42,12 @@ public final class KernelFeatures: KernelOpenModes {
         public var reason: String?
     }
 
-    /// - Parameter passthrough: `--passthrough on`; off, the kernel is never offered it.
-    public init(passthrough: Bool, logger: Logger) {
+    /// - Parameters:
+    ///   - passthrough: `--passthrough on`; off, the kernel is never asked for it.
+    ///   - directIO: `--direct-io on`; off, direct-I/O mapping is not asked for, and so no open uses direct I/O.
+    public init(passthrough: Bool, directIO: Bool, logger: Logger) {
         self.passthroughEnabled = passthrough
+        self.directIOEnabled = directIO
         self.logger = logger
         if !passthrough { state.withLock { $0 = Status(available: false, reason: "--passthrough off") } }
     }
@@ -91,7 +95,7 @@ public final class KernelFeatures: KernelOpenModes {
         }
         let arguments = request.loadUnaligned(fromByteOffset: MemoryLayout<cachefs_fuse_in_header>.size, as: cachefs_fuse_init_in.self)
         let offered = arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 ? arguments.flags2 : 0
-        var wanted = offered & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2
+        var wanted = directIOEnabled ? offered & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0
         if passthroughEnabled {
             if offered & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 {
                 wanted |= CACHEFS_FUSE_PASSTHROUGH_FLAGS2
@@ -129,7 +133,7 @@ public final class KernelFeatures: KernelOpenModes {
     /// Checks once, with a small memory file, that the kernel accepts backing files here,
     /// and logs why not. Call after the mount answers (the INIT reply has been processed).
     public func probe() {
-        if !directIOMayBeMapped {
+        if directIOEnabled && !directIOMayBeMapped {
             logger.notice("the kernel cannot map direct-I/O opens (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+); cold reads go through its page cache")
         }
         guard passthroughAvailable else {

@@ -53,7 +53,7 @@ struct Daemon {
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
         let peers = try PeerNetwork(settings: settings, logger: logger)
-        let kernelFeatures = KernelFeatures(passthrough: settings.passthrough, logger: logger)
+        let kernelFeatures = KernelFeatures(passthrough: settings.passthrough, directIO: settings.directIO, logger: logger)
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),

@@ -56,6 +56,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Let the kernel read wholly cached files from memory itself (FUSE passthrough): on or off.", valueName: "on|off"))
     var passthrough = Switch(MountSettings.defaults.passthrough)
 
+    @Option(help: ArgumentHelp("Read files not yet wholly cached with direct I/O, each reply straight into the reader's buffer: on or off (off: through the page cache, faster for readers of cold files in small pieces such as 4 KiB).", valueName: "on|off"))
+    var directIO = Switch(MountSettings.defaults.directIO)
+
     @Flag(help: "Accept a capacity larger than this machine's (or container's) memory.")
     var force = false
 

@@ -39,6 +39,7 @@ extension MountSettings {
         prefetchChunk = command.prefetchChunk
         readAhead = command.readAhead.bytes
         passthrough = command.passthrough.isOn
+        directIO = command.directIO.isOn
         allowOther = command.allowOther
         controlSocket = command.controlSocket.map(Self.absolute) ?? ControlSocket.defaultPath(forMountpoint: mountpoint)
         logLevel = command.logLevel

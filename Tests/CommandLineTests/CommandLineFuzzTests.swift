@@ -223,6 +223,10 @@ struct MountCase {
             options.append(("passthrough", Value(text: text, valid: isOn != nil, check: { $0.passthrough.isOn == isOn })))
         }
         if maybe() {
+            let (text, isOn): (String, Bool?) = [("on", true), ("off", false), ("no", false), ("1", true), ("nope", nil)].randomElement(using: &random)!
+            options.append(("direct-io", Value(text: text, valid: isOn != nil, check: { $0.directIO.isOn == isOn })))
+        }
+        if maybe() {
             let level = ["trace", "debug", "info", "notice", "warning", "error", "critical", "verbose"].randomElement(using: &random)!
             options.append(("log-level", Value(text: level, valid: level != "verbose", check: { $0.logLevel.rawValue == level })))
         }

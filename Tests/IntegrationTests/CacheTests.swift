@@ -52,7 +52,7 @@ struct CacheTests {
         print(stat[0] * os.sysconf("SC_PAGE_SIZE"))
         """#
 
-    @Test("A cold read bypasses the mount's page cache (direct I/O, one copy per reply); once the file is wholly cached, reads fill the page cache again")
+    @Test("A cold read bypasses the mount's page cache (direct I/O, one copy per reply); once the file is wholly cached, reads fill the page cache again; --direct-io off reads through it from the start")
     func coldReadsBypassPageCache() throws {
         // Passthrough off, so that the warm open is daemon-served too and its use of the page cache shows.
         let tree = try MountedTree("head -c 12000000 /dev/urandom > model.bin", extra: ["--passthrough", "off"])
@@ -64,6 +64,12 @@ struct CacheTests {
         let warm = try run("python3", arguments)
         #expect(warm.status == 0 && (Int(warm.output.dropLast()) ?? 0) >= 12_000_000, "warm: \(warm.output)\(warm.error)")
         #expect(try tree.mount.stats()[.directIOOpens] == 1, "a wholly cached file was opened with direct I/O")
+
+        let cached = try MountedTree("head -c 12000000 /dev/urandom > model.bin", extra: ["--direct-io", "off"])
+        defer { cached.stop() }
+        let read = try run("python3", ["-c", Self.pageCacheAfterRead, cached.mount.mountpoint + "/model.bin", cached.source + "/model.bin"])
+        #expect(read.status == 0 && (Int(read.output.dropLast()) ?? 0) >= 12_000_000, "--direct-io off, cold: \(read.output)\(read.error)")
+        #expect(try cached.mount.stats()[.directIOOpens] == 0)
     }
 
     @Test("Reading four times the capacity keeps peak RSS under capacity + 64 MiB")

@@ -38,7 +38,7 @@ struct SettingsTests {
             "--prefetch-chunk", "2", "--read-ahead", "2M", "--allow-other", "--log-level", "debug", "--log-file", log,
             "--metrics", "127.0.0.1:0", "--preload", "*.bin", "--preload-pin", "--shutdown-grace", "2",
             "--listen", "127.0.0.1:0", "--peers", "127.0.0.1:9", "--peer-token-file", scratch.path + "/token",
-            "--passthrough", "off",
+            "--passthrough", "off", "--direct-io", "off",
         ], controlSocket: socket)
         defer { unmount(mountpoint, pid: pid) }
         let stats = try run(cachefsBinary, ["stats", mountpoint, "--json", "--control-socket", socket])
@@ -64,6 +64,7 @@ struct SettingsTests {
         expected.peers = [.init(host: "127.0.0.1", port: 9)]
         expected.peerTokenFile = scratch.path + "/token"
         expected.passthrough = false
+        expected.directIO = false
         #expect(settings == expected)
         // Every setting differs from its default here, so none can have been dropped on the way.
         for (name, value) in zip(Mirror(reflecting: expected).children, Mirror(reflecting: MountSettings.defaults).children)

@@ -103,12 +103,14 @@ extension MirrorFilesystem {
                     cache.release(hold) // refused: this open is daemon-served (later ones too, if the refusal turned passthrough off)
                 }
             }
+            // A lone reader of a version with blocks still to load gets each reply straight into its buffer:
+            // through the page cache every byte would be copied twice, which on a cold read costs more CPU
+            // than the source does. Bytes read more than once are cheaper through the page cache, which
+            // holds them once for all: so a wholly cached version keeps it (re-reads stay in the kernel),
+            // and so do opens beside another daemon-served one (a herd of readers shares one copy).
+            let directIO = opens.daemonServed == 0 && kernelModes?.directIOMayBeMapped == true && !cache.isWhollyResident(version)
             opens.daemonServed += 1
             let file = OpenFile(node: node, source: source, prefetch: prefetchStream(for: source), mode: .daemonServed)
-            // While blocks are still to be loaded, each reply goes straight into the reader's buffer:
-            // through the page cache it would be copied twice, which on a cold read costs more CPU than
-            // the source does. A wholly cached version keeps the page cache, so re-reads stay in the kernel.
-            let directIO = kernelModes?.directIOMayBeMapped == true && !cache.isWhollyResident(version)
             if directIO { counters.directIOOpens.add(1, ordering: .relaxed) }
             return .daemonServed(file, keepKernelCache: previous == version, versionChanged: versionChanged, directIO: directIO)
         }

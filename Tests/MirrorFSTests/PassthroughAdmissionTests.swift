@@ -80,7 +80,7 @@ struct PassthroughAdmissionTests {
         #expect(fixture.filesystem.statistics.passthroughOpens == 2)
     }
 
-    @Test("Opens read with direct I/O while blocks are still to load, if the kernel can map such opens; a wholly cached file keeps the page cache")
+    @Test("A lone open reads with direct I/O while blocks are still to load, if the kernel can map such opens; a second open beside it and a wholly cached file keep the page cache")
     func directIOWhileLoading() throws {
         let kernel = RecordingBackingFiles(passthrough: false, directIOMayBeMapped: true)
         let fixture = try SourceFixture(blockSize: blockSize, kernelModes: kernel)
@@ -93,8 +93,13 @@ struct PassthroughAdmissionTests {
             fixture.filesystem.release(opened.file)
             return opened
         }
-        let cold = try openReadRelease(blockSize)
+        let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(cold.directIO, "a cold open")
+        let beside = try fixture.filesystem.open(node: node, flags: O_RDONLY)
+        #expect(!beside.directIO, "a second reader of the same file shares the page cache")
+        #expect(try fixture.read(cold.file, at: 0, count: blockSize) == Array(bytes.prefix(blockSize)))
+        fixture.filesystem.release(beside.file)
+        fixture.filesystem.release(cold.file)
         let partial = try openReadRelease(bytes.count)
         #expect(partial.directIO, "three of four blocks were still to load")
         let warm = try openReadRelease(bytes.count)

@@ -48,7 +48,7 @@ let package = Package(
         .target(
             name: "MirrorFS",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree",
+                "BlockCache", "Prefetch", "SourceTree", "PeerTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -76,12 +76,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Block sharing between cachefs instances over HTTP: block IDs, server, client, rendezvous, discovery.
+        // Block sharing between cachefs instances over HTTP: names, holders and owners (the fleet), the blocking
+        // client that receives blocks straight into their memory, the server, rendezvous, discovery.
         // Knows nothing of FUSE or MirrorFS; only BlockCache's `Block`, the bytes it serves.
         .target(
             name: "PeerTransport",
             dependencies: [
-                "BlockCache", "CRC32C", "HTTPServing",
+                "BlockCache", "CRC32C", "CLinux", "HTTPServing",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -130,7 +131,7 @@ let package = Package(
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(
             name: "MirrorFSTests",
-            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "CLinux", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "PeerTransportTests",

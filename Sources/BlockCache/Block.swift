@@ -24,6 +24,8 @@ public final class BlockBuffer: @unchecked Sendable {
     public let memory: UnsafeMutableRawBufferPointer
     let backing: BlockMemory
     private let sealed = Atomic<Bool>(false)
+    /// A digest of the bytes the load already has (see `noteDigest`), in `Block.memoizedDigest`'s form.
+    private let knownDigest = Atomic<UInt64>(0)
 
     init(memory: UnsafeMutableRawBufferPointer, backing: BlockMemory) {
         self.memory = memory
@@ -46,6 +48,19 @@ public final class BlockBuffer: @unchecked Sendable {
         return false
     }
 
+    /// The memory file and offset of the buffer's range, for a load that writes it without the
+    /// mapping (a peer's answer spliced from the socket); nil for anonymous memory.
+    public var fileRange: (descriptor: Int32, offset: Int64)? {
+        guard case .file(let version, _) = backing else { return nil }
+        return (version.descriptor, Int64(memory.baseAddress! - version.base))
+    }
+
+    /// Records the digest of the bytes the load wrote (a peer's CRC-32C, checked on arrival), which
+    /// the block then answers `digest(_:)` with instead of computing it again.
+    public func noteDigest(_ value: UInt32) {
+        knownDigest.store(1 << 32 | UInt64(value), ordering: .relaxed)
+    }
+
     /// Writes `bytes` at the start of the buffer: with pwrite(2) into the memory file, which
     /// allocates the range's pages without faulting them into the mapping, or with a copy.
     func store(_ bytes: UnsafeRawBufferPointer) throws(Errno) {
@@ -66,7 +81,7 @@ public final class BlockBuffer: @unchecked Sendable {
         precondition(length >= 0 && length <= memory.count)
         let wasSealed = sealed.exchange(true, ordering: .acquiringAndReleasing)
         precondition(!wasSealed, "block buffer sealed twice")
-        let block = Block(memory: memory, length: length, backing: backing)
+        let block = Block(memory: memory, length: length, backing: backing, digest: knownDigest.load(ordering: .relaxed))
         if case .file(let version, let generation) = backing { version.adopt(block, generation: generation, at: memory.baseAddress!) }
         return block
     }
@@ -89,12 +104,13 @@ public final class Block: @unchecked Sendable {
     /// Number of valid bytes; shorter than the block size only for a file's last block.
     public let count: Int
     /// A 32-bit digest of the bytes once computed (bit 32 set), else 0; see `digest(_:)`.
-    private let memoizedDigest = Atomic<UInt64>(0)
+    private let memoizedDigest: Atomic<UInt64>
 
-    fileprivate init(memory: UnsafeMutableRawBufferPointer, length: Int, backing: BlockMemory) {
+    fileprivate init(memory: UnsafeMutableRawBufferPointer, length: Int, backing: BlockMemory, digest: UInt64) {
         self.memory = memory
         self.backing = backing
         count = length
+        memoizedDigest = Atomic(digest)
     }
 
     /// The valid bytes. Valid only while `self` is alive: use inside `withExtendedLifetime`.

@@ -222,6 +222,30 @@ public final class BlockCache: Sendable {
         state.withLock { $0.lookup(key, touching: true) }
     }
 
+    /// The blocks of `file` in memory from `first` on, as many as lie in a row (at most `count`),
+    /// marked most recently used; never loads. For serving a peer a run of blocks.
+    public func residentRun(of file: FileVersion, from first: Int64, count: Int) -> [Block] {
+        state.withLock { state in
+            var run: [Block] = []
+            var index = first
+            while run.count < count, let block = state.lookup(BlockKey(file: file, index: index), touching: true) {
+                run.append(block)
+                index += 1
+            }
+            return run
+        }
+    }
+
+    /// Which of the version's blocks are in memory, as the indexes `body` is called with; never
+    /// loads or touches recency. For telling peers what this instance holds.
+    public func forEachResidentBlock(of file: FileVersion, _ body: (Int64) -> Void) {
+        let count = blockCount(file, blockSize: blockSize)
+        let resident: [Int64] = state.withLock { state in
+            (0..<count).filter { state.lookup(BlockKey(file: file, index: $0), touching: false) != nil }
+        }
+        resident.forEach(body)
+    }
+
     /// Whether the block is in memory or being loaded: asking for it would not start a source read.
     public func isResidentOrLoading(_ key: BlockKey) -> Bool {
         state.withLock { $0.lookup(key, touching: false) != nil || $0.pending[key] != nil }

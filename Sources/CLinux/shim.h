@@ -54,6 +54,24 @@ static inline int cachefs_punch_hole(int fd, off_t offset, off_t length) {
 /// O_DIRECT, which glibc defines only under _GNU_SOURCE (its value differs by architecture).
 static const int CACHEFS_O_DIRECT = __O_DIRECT;
 
+/// splice(2), which glibc declares only under _GNU_SOURCE: moves bytes between a pipe and a
+/// socket or file without passing them through user memory. Returns the bytes moved, or -1 with errno.
+static inline ssize_t cachefs_splice(int in, int64_t *in_offset, int out, int64_t *out_offset, size_t length, unsigned int flags) {
+    return syscall(SYS_splice, in, in_offset, out, out_offset, length, flags);
+}
+
+static const unsigned int CACHEFS_SPLICE_F_MOVE = 1;
+static const unsigned int CACHEFS_SPLICE_F_MORE = 4;
+
+/// fcntl(F_SETPIPE_SZ) and fcntl(F_GETPIPE_SZ) (_GNU_SOURCE): a pipe's capacity in bytes, or -1 with errno.
+static inline int cachefs_set_pipe_size(int fd, int size) { return fcntl(fd, 1031, size); }
+static inline int cachefs_pipe_size(int fd) { return fcntl(fd, 1032); }
+
+/// madvise's page-table population (Linux 5.14): maps every page of a range in one call, where
+/// touching them would fault once per page. EINVAL on older kernels.
+static const int CACHEFS_MADV_POPULATE_READ = 22;
+static const int CACHEFS_MADV_POPULATE_WRITE = 23;
+
 static const uint64_t CACHEFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const uint64_t CACHEFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
 static const uint64_t CACHEFS_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;

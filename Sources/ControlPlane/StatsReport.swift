@@ -72,16 +72,25 @@ extension Figure {
     public static let prefetchedBlocks = Figure("prefetchedBlocks", .counter, .count, .prefetch, "Blocks loaded ahead of sequential readers.")
     public static let prefetchSkippedBlocks = Figure("prefetchSkippedBlocks", .counter, .count, .prefetch, "Queued blocks skipped: already cached, or their reader went away.")
 
-    public static let peerRequests = Figure("peerRequests", .counter, .count, .peers, "Block requests this instance sent to peers.")
-    public static let blocksFromPeers = Figure("blocksFromPeers", .counter, .count, .peers, "Of those, blocks a peer sent.")
-    public static let peerNotFound = Figure("peerNotFound", .counter, .count, .peers, "Of those, requests the peer could not answer from memory.")
-    public static let peerFailures = Figure("peerFailures", .counter, .count, .peers, "Of those, requests that failed (timeout, refused, bad length or checksum).")
-    public static let peerFallbacks = Figure("peerFallbacks", .counter, .count, .peers, "Blocks no peer provided, read from the source instead.")
+    public static let peerRequests = Figure("peerRequests", .counter, .count, .peers, "Block requests this instance sent to peers (holders and owners).")
+    public static let blocksFromPeers = Figure("blocksFromPeers", .counter, .count, .peers, "Blocks peers sent, verified.")
+    public static let blocksFromHolders = Figure("blocksFromHolders", .counter, .count, .peers, "Of those, blocks from a peer that listed them in its holdings.")
+    public static let blocksFromOwners = Figure("blocksFromOwners", .counter, .count, .peers, "Of those, blocks from their owner (loaded there for this instance, or already in its memory).")
+    public static let holdingsQueries = Figure("holdingsQueries", .counter, .count, .peers, "Holdings queries sent: which blocks of a file a peer holds.")
+    public static let holdersFound = Figure("holdersFound", .counter, .count, .peers, "Holdings answers that listed at least one block.")
+    public static let ownerRequests = Figure("ownerRequests", .counter, .count, .peers, "Requests asking a block's owner to load it, each a wait on the owner's load.")
+    public static let ownerDeadlinesMissed = Figure("ownerDeadlinesMissed", .counter, .count, .peers, "Owner requests not answered within the owner timeout.")
+    public static let peerNotFound = Figure("peerNotFound", .counter, .count, .peers, "Requests a holder could not answer from memory.")
+    public static let peerFailures = Figure("peerFailures", .counter, .count, .peers, "Exchanges that failed (timeout, refused, bad length or checksum, wrong token).")
+    public static let peerFallbacks = Figure("peerFallbacks", .counter, .count, .peers, "Blocks read from this instance's source because their owner failed, declined or was too slow.")
     public static let peersInBackoff = Figure("peersInBackoff", .gauge, .count, .peers, "Peers skipped for now after failures.")
     public static let servedBlocks = Figure("servedBlocks", .counter, .count, .peers, "Blocks this instance sent to peers.")
     public static let servedBytes = Figure("servedBytes", .counter, .bytes, .peers, "Bytes of those blocks.")
-    public static let servedNotResident = Figure("servedNotResident", .counter, .count, .peers, "Peer requests for blocks not in memory here.")
+    public static let servedNotResident = Figure("servedNotResident", .counter, .count, .peers, "Peer requests for blocks not in memory here (not asked as owner), or of another version.")
     public static let servedRefused = Figure("servedRefused", .counter, .count, .peers, "Peer requests refused: malformed, unsafe path, wrong token, not GET.")
+    public static let holdingsServed = Figure("holdingsServed", .counter, .count, .peers, "Holdings queries this instance answered.")
+    public static let blocksLoadedForPeers = Figure("blocksLoadedForPeers", .counter, .count, .peers, "Blocks this instance loaded from its source as their owner, for peers (asked, or ahead of them).")
+    public static let bytesLoadedForPeers = Figure("bytesLoadedForPeers", .counter, .bytes, .peers, "Bytes of those blocks.")
 
     /// Every figure, in the order the table shows them.
     public static let all: [Figure] = [
@@ -91,8 +100,9 @@ extension Figure {
         extendedAttributeRequests, directIOOpens, passthroughOpens, passthroughFiles, passthroughBytes,
         bytesFromSource, bytesFromPeers, sourceErrors, sourceTimeouts, sourceReattaches, sourceUnavailable, knownNodes, sourceHandles, sourceHandleReopens,
         prefetchQueuedBlocks, prefetchedBlocks, prefetchSkippedBlocks,
-        peerRequests, blocksFromPeers, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,
-        servedBlocks, servedBytes, servedNotResident, servedRefused,
+        peerRequests, blocksFromPeers, blocksFromHolders, blocksFromOwners, holdingsQueries, holdersFound, ownerRequests,
+        ownerDeadlinesMissed, peerNotFound, peerFailures, peerFallbacks, peersInBackoff,
+        servedBlocks, servedBytes, servedNotResident, servedRefused, holdingsServed, blocksLoadedForPeers, bytesLoadedForPeers,
     ]
 
     static let byName = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

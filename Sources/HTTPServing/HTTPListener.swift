@@ -123,11 +123,17 @@ extension ChannelHandlerContext {
     /// response has been written or has failed, when the body's memory may be let go.
     public func sendResponse(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: IOData?, keepAlive: Bool,
                              written: (@Sendable () -> Void)? = nil) {
+        sendResponse(status, headers: headers, bodyParts: body.map { [$0] } ?? [], keepAlive: keepAlive, written: written)
+    }
+
+    /// The same with a body in parts, sent one after another (buffers and file regions alike).
+    public func sendResponse(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], bodyParts: [IOData], keepAlive: Bool,
+                             written: (@Sendable () -> Void)? = nil) {
         var headers = headers
-        headers.replaceOrAdd(name: "Content-Length", value: String(body?.readableBytes ?? 0))
+        headers.replaceOrAdd(name: "Content-Length", value: String(bodyParts.reduce(0) { $0 + $1.readableBytes }))
         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
         write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        if let body { write(NIOAny(HTTPServerResponsePart.body(body)), promise: nil) }
+        for part in bodyParts { write(NIOAny(HTTPServerResponsePart.body(part)), promise: nil) }
         let promise = eventLoop.makePromise(of: Void.self)
         writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: promise)
         let channel = channel

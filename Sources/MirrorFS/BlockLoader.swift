@@ -1,5 +1,6 @@
 import BlockCache
 import Logging
+import PeerTransport
 import SourceTree
 import Synchronization
 import SystemPackage
@@ -38,17 +39,18 @@ struct BlockSpan {
     var length: Int
 }
 
-/// Loads blocks into the cache: from memory if resident, else from a peer, else from
-/// the source (under the source timeout). Counts where the loaded bytes came from.
+/// Loads blocks into the cache: from memory if resident, else from the fleet (a peer holding the
+/// block, or its owner), else from the source (under the source timeout). Counts where the loaded
+/// bytes came from.
 ///
-/// Threads: any thread but an event loop (FUSE workers, prefetch lanes, warm-up work);
-/// a load blocks its caller.
+/// Threads: any thread but an event loop (FUSE workers, prefetch lanes, warm-up work, loads for
+/// peers); a load blocks its caller.
 final class BlockLoader: Sendable {
     let cache: BlockCache
     private let session: SourceSession
     private let reader: any SourceBlockReader
-    /// Other instances' caches, asked on a miss before the source (see PeerSupport.swift).
-    let remote: (any RemoteBlockSource)?
+    /// The other instances, asked on a miss before the source (see PeerTransport's `PeerFleet`).
+    let fleet: (any BlockFleet)?
     let counters = Counters()
     private let staging: StagingBuffers
     private let logger: Logger
@@ -61,13 +63,13 @@ final class BlockLoader: Sendable {
 
     /// - Parameter stagedAtOnce: the bytes loads may stage at once (the prefetch lanes' chunks); the
     ///   staging pool keeps that many idle, at least its default.
-    init(cache: BlockCache, session: SourceSession, reader: any SourceBlockReader, remote: (any RemoteBlockSource)?,
+    init(cache: BlockCache, session: SourceSession, reader: any SourceBlockReader, fleet: (any BlockFleet)?,
          stagedAtOnce: Int, logger: Logger) {
         staging = StagingBuffers(idleLimit: max(StagingBuffers.defaultIdleLimit, stagedAtOnce))
         self.cache = cache
         self.session = session
         self.reader = reader
-        self.remote = remote
+        self.fleet = fleet
         self.logger = logger
     }
 
@@ -82,48 +84,74 @@ final class BlockLoader: Sendable {
     }
 
     /// The block of `file` at `span`, loaded through `reader` (the file itself by default) on a miss.
-    func block(_ span: BlockSpan, of file: SourceFile, reader readerFile: SourceFile? = nil) throws(Errno) -> (block: Block, tier: ReadTier) {
+    /// - Parameter askingFleet: false for a load on behalf of a peer, which reads only this instance's source.
+    func block(_ span: BlockSpan, of file: SourceFile, reader readerFile: SourceFile? = nil, askingFleet: Bool = true) throws(Errno) -> (block: Block, tier: ReadTier) {
         let key = BlockKey(file: file.version, index: span.index)
-        let through = readerFile ?? file
+        let name = askingFleet ? fleetName(of: file) : nil
         do {
             return try cache.fetch(for: key, length: span.length) { buffer in
-                if let count = loadFromRemote(span.index, of: file, into: buffer) { return (count, .peer) }
-                let count = try staging.fill(CollectionOfOne(buffer)) { (target) throws(Errno) in
-                    try readSource(file, through: through, into: target, at: span.start)
-                }
-                counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
-                return (count, .source)
+                try load([buffer], from: span.index, of: file, reader: readerFile ?? file, name: name)
             }
         } catch {
             throw loadFailure(error, of: "\(key)")
         }
     }
 
-    /// Loads the missing blocks of `file` from `first` (at most `count`) through `reader`, with one
-    /// source read for the whole run where the cache can give it side by side in memory: what a
-    /// prefetch lane asks, so that a source reading ahead per handle (rclone, s3fs) sees long reads.
-    /// Peers are asked block by block first; from the first block they lack, the source reads the rest.
+    /// Loads the missing blocks of `file` from `first` (at most `count`) through `reader`, where the
+    /// cache can lay them side by side in memory: what a prefetch lane asks, so that the fleet gets one
+    /// request for a run and a source reading ahead per handle (rclone, s3fs) sees long reads.
     /// - Returns: how many blocks from `first` are now loaded (0: none could be run; load `first` alone).
-    func blockRun(from first: Int64, count: Int, of file: SourceFile, reader readerFile: SourceFile) throws(Errno) -> Int {
-        let blockSize = cache.blockSize
+    func blockRun(from first: Int64, count: Int, of file: SourceFile, reader readerFile: SourceFile, askingFleet: Bool = true) throws(Errno) -> Int {
+        let name = askingFleet ? fleetName(of: file) : nil
         do {
             return try cache.loadRun(of: file.version, from: first, count: count) { start, buffers in
-                var fromPeers = 0
-                for buffer in buffers {
-                    guard loadFromRemote(start + Int64(fromPeers), of: file, into: buffer) != nil else { break }
-                    fromPeers += 1
-                }
-                guard fromPeers < buffers.count else { return (buffers.reduce(0) { $0 + $1.memory.count }, .peer) }
-                let offset = (start + Int64(fromPeers)) * Int64(blockSize)
-                let count = try staging.fill(buffers[fromPeers...]) { (target) throws(Errno) in
-                    try readSource(file, through: readerFile, into: target, at: offset)
-                }
-                counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
-                return (fromPeers * blockSize + count, .source)
+                try load(buffers, from: start, of: file, reader: readerFile, name: name)
             }
         } catch {
             throw loadFailure(error, of: "\(first)... of \(file.version)")
         }
+    }
+
+    /// Fills adjacent blocks from `start`: what the fleet sends, the rest from the source. Returns the
+    /// bytes filled from the first block on (fewer only where the source ended early), and the slowest tier.
+    private func load(_ buffers: [BlockBuffer], from start: Int64, of file: SourceFile, reader: SourceFile,
+                      name: PeerFile?) throws(Errno) -> (count: Int, tier: ReadTier) {
+        var position = 0, filled = 0, tier = ReadTier.peer
+        while position < buffers.count {
+            let index = start + Int64(position)
+            var fromSource = buffers.count - position
+            if let fleet, let name {
+                let rest = buffers[position...]
+                switch fleet.load(name.blocks(index, count: rest.count), into: rest.map(\.receiveTarget)[...]) {
+                case .received(let blocks, let checksums):
+                    for (buffer, checksum) in zip(rest, checksums) { buffer.noteDigest(checksum) }
+                    let bytes = rest.prefix(blocks).reduce(0) { $0 + $1.memory.count }
+                    counters.bytesFromPeers.add(UInt64(bytes), ordering: .relaxed)
+                    filled += bytes
+                    position += blocks
+                    continue
+                case .readSource(let blocks):
+                    fromSource = blocks
+                }
+            }
+            let run = buffers[position..<(position + fromSource)]
+            let count = try staging.fill(run) { (target) throws(Errno) in
+                try readSource(file, through: reader, into: target, at: index * Int64(cache.blockSize))
+            }
+            counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
+            filled += count
+            tier = .source
+            guard count == run.reduce(0, { $0 + $1.memory.count }) else { break } // the source ended early
+            position += fromSource
+        }
+        return (filled, tier)
+    }
+
+    /// How the fleet names a file: its path below the source root and its version (none without a path).
+    private func fleetName(of file: SourceFile) -> PeerFile? {
+        guard fleet != nil, !file.relativePath.isEmpty else { return nil }
+        return PeerFile(path: file.relativePath, size: file.version.size, modifiedNanoseconds: file.version.modified.nanosecondsSinceEpoch,
+                        blockSize: cache.blockSize)
     }
 
     /// Reads the source into `target` under the source timeout. The call owns the target and the
@@ -146,20 +174,18 @@ final class BlockLoader: Sendable {
         logger.warning("source read failed", metadata: ["block": "\(blocks)", "cause": "\(cause)"])
         return error.meansSourceGone ? .ioError : error
     }
+}
 
-    /// Asks the peers for a block of a file opened with a known path; nil to read the source.
-    private func loadFromRemote(_ index: Int64, of file: SourceFile, into buffer: BlockBuffer) -> Int? {
-        guard let remote, !file.relativePath.isEmpty else { return nil }
-        let request = RemoteBlockRequest(
-            relativePath: file.relativePath, fileSize: file.version.size, modified: file.version.modified,
-            blockSize: cache.blockSize, index: index
-        )
-        let length = buffer.memory.count
-        // A peer's short answer (0: none) leaves the block to the source, which writes it again in full.
-        guard let count = try? staging.fill(CollectionOfOne(buffer), read: { target in remote.readBlock(request, into: target.memory) ?? 0 }),
-              count == length
-        else { return nil }
-        counters.bytesFromPeers.add(UInt64(count), ordering: .relaxed)
-        return count
+extension BlockBuffer {
+    /// Where a peer's answer for this block goes: spliced into its range of the memory file, if it has one.
+    var receiveTarget: ReceiveTarget { ReceiveTarget(memory: memory, file: fileRange) }
+}
+
+extension Timestamp {
+    init(nanosecondsSinceEpoch value: Int64) {
+        let (seconds, nanoseconds) = value.quotientAndRemainder(dividingBy: 1_000_000_000)
+        self.init(seconds: nanoseconds < 0 ? seconds - 1 : seconds, nanoseconds: nanoseconds < 0 ? nanoseconds + 1_000_000_000 : nanoseconds)
     }
+
+    var nanosecondsSinceEpoch: Int64 { seconds &* 1_000_000_000 &+ nanoseconds }
 }

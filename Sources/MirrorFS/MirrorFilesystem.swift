@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCache
 import Logging
+import PeerTransport
 import Prefetch
 import SourceTree
 import Synchronization
@@ -27,6 +28,7 @@ public final class MirrorFilesystem: Sendable {
     let kernelModes: (any KernelOpenModes)?
     let counters = Counters()
     let checkedVersions = RecentlyCheckedVersions()
+    let peerLoadSources = PeerLoadSources()
 
     /// - Parameters:
     ///   - prefetcher: loads blocks ahead of sequential readers; nil reads only on demand.
@@ -36,20 +38,20 @@ public final class MirrorFilesystem: Sendable {
     ///     which they fail with EIO; nil waits for the source however long it takes.
     ///   - sourceRootPath: where the source root was opened; given, a source whose mount
     ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
-    ///   - remote: where a missing block is looked for before the source (peers); nil reads only the source.
+    ///   - fleet: the other instances, asked for a missing block before the source; nil reads only the source.
     ///   - blockReader: how block bytes are read from the source (tests put slow or failing sources here).
     ///   - kernelModes: hands wholly cached files to the kernel to read directly; nil serves every read here.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
-        sourceRootPath: String? = nil, remote: (any RemoteBlockSource)? = nil,
+        sourceRootPath: String? = nil, fleet: (any BlockFleet)? = nil,
         blockReader: any SourceBlockReader = DescriptorBlockReader(), kernelModes: (any KernelOpenModes)? = nil,
         logger: Logger
     ) throws(Errno) {
         self.kernelModes = kernelModes
         session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
                                     sourceCalls: sourceCalls, logger: logger)
-        loader = BlockLoader(cache: cache, session: session, reader: blockReader, remote: remote,
+        loader = BlockLoader(cache: cache, session: session, reader: blockReader, fleet: fleet,
                              stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher
     }

@@ -22,6 +22,9 @@ public final class PeerDiscovery: Sendable {
 
     private struct State {
         var bySeed: [HostPort: [PeerAddress]] = [:]
+        /// Resolved addresses that are this instance (dropped from `bySeed`), by seed.
+        var selfBySeed: [HostPort: [PeerAddress]] = [:]
+        /// Addresses that answered as this instance (508).
         var knownSelf: Set<PeerAddress> = []
         var stopped = false
     }
@@ -48,6 +51,14 @@ public final class PeerDiscovery: Sendable {
         }
     }
 
+    /// The address the other instances know this one by, if the peer list names it (as a DNS name
+    /// listing every instance does): its place among them when they rank instances for a stripe.
+    public var ownAddress: PeerAddress? {
+        state.withLock { state in
+            state.selfBySeed.values.joined().min() ?? state.knownSelf.min()
+        }
+    }
+
     /// Resolves every seed now, on the caller's thread.
     public func refresh() {
         for seed in seeds {
@@ -57,6 +68,7 @@ public final class PeerDiscovery: Sendable {
             }
             let others = found.filter { !isSelf($0) }
             let changed = state.withLock { state in
+                state.selfBySeed[seed] = found.filter(isSelf)
                 defer { state.bySeed[seed] = others }
                 return state.bySeed[seed].map(Set.init) != Set(others)
             }

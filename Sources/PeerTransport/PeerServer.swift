@@ -10,53 +10,91 @@ import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
-/// Serves this instance's resident blocks to peers over HTTP/1.1:
+/// What the peer server needs from the mirror: blocks in memory, which ones, and loads for peers.
+/// Only `loadForPeer` reads the source's data; nothing here ever asks another peer.
+public protocol PeerBlockProvider: Sendable {
+    /// The blocks of `range` in memory, from its first on, as many as lie in a row. Without
+    /// `checkingSource`, answers only what it can tell without I/O (called on an event loop).
+    func residentBlocks(_ range: PeerBlockRange, checkingSource: Bool) -> PeerResidency<[Block]>
+    /// Which blocks of `file` are in memory. Without `checkingSource`, as above.
+    func holdings(of file: PeerFile, checkingSource: Bool) -> PeerResidency<BlockBitmap>
+    /// Loads the blocks of `range` not in memory from this instance's source, as their owner, for a
+    /// peer (under the cache's miss coalescing, counted against the capacity like any load), and
+    /// returns those of them from the first on that are loaded. Blocks a call on another thread.
+    func loadForPeer(_ range: PeerBlockRange) -> PeerLoadAnswer
+}
+
+public enum PeerResidency<Value: Sendable>: Sendable {
+    /// The file is this version here; `Value` is what is in memory of it (possibly nothing).
+    case current(Value)
+    /// The path is not a regular file of this version here.
+    case otherVersion
+    /// Telling needs I/O (checking the file's version at the source).
+    case undetermined
+}
+
+public enum PeerLoadAnswer: Sendable {
+    /// The blocks from the range's first on, and how many of their bytes this call loaded from the source.
+    case blocks([Block], bytesFromSource: Int)
+    case otherVersion
+    /// The source failed (its errno, for the log).
+    case failed(String)
+}
+
+/// Serves this instance's blocks to peers over HTTP/1.1 (Docs/PEERS.md):
 ///
-///     GET /v1/block/<block size>/<index>/<file size>/<mtime ns>/<percent-encoded path>
+///     GET /v1/block/<block size>/<first>/<file size>/<mtime ns>/<path>[?count=N][&load=owner]
+///     GET /v1/holdings/<block size>/<file size>/<mtime ns>/<path>
 ///     Authorization: Bearer <token>          (when a token is configured)
 ///
-///     200  the block's bytes; Content-Length and X-Cachefs-CRC32C (8 hex digits)
-///     404  not resident here (never read from the source on a peer's behalf), or another version
+///     200  blocks: the blocks in a row from the first, X-Cachefs-Blocks and X-Cachefs-CRC32C (one each);
+///          holdings: a bitmap of the blocks in memory
+///     404  not in memory here (and not asked as owner), or another version
+///     409  asked as owner for a block this instance itself waits for from its owner
+///     502  asked as owner, and this instance's source failed
 ///     400  malformed, or a path that is absolute, has `..`, `.` or empty components
-///     401  no token; 403 wrong token; 405 not GET; 414 request path too long
+///     401  no token; 403 wrong token; 405 not GET; 414 request target too long
 ///     508  the request came from this very instance (X-Cachefs-Instance is ours)
 ///
-/// Built on SwiftNIO's HTTP/1.1 server pipeline, with one handler that answers on
-/// the connection's event loop: a block whose file version was checked within the
-/// last second (`quickLookup`) is answered there, without a hop to another thread;
-/// only a lookup that must stat the source (`lookup`) runs on NIO's blocking thread
-/// pool. A block is sent with sendfile(2) from its version's memory file, or copied
-/// when it lives in anonymous memory (files under one block; Docs/PEERS.md).
-public enum PeerServer {
-    public static let checksumHeaderName = "X-Cachefs-CRC32C"
-    public static let instanceHeaderName = "X-Cachefs-Instance"
+/// Built on SwiftNIO's HTTP/1.1 server pipeline. An answer that needs no I/O (the file's version was
+/// checked within the last second) is given on the connection's event loop; one that must stat the
+/// source, or load blocks as their owner, runs on the server's own thread pool (`workThreads`), which
+/// the service starts and joins. Blocks are sent with sendfile(2) from their version's memory file.
+public struct PeerServer: Service {
+    public static let defaultWorkThreads = 32
+
+    private let listener: HTTPListener
+    private let work: NIOThreadPool
 
     /// - Parameters:
-    ///   - lookup: the resident block for an ID, or nil; must not read the source's data. Called on a pool thread.
-    ///   - quickLookup: answers without any I/O where it can (called on an event loop); nil sends every request to `lookup`.
-    ///   - idleTimeout: a connection that neither sends nor receives anything for this long is closed
-    ///     (clients reconnect; their pools forget connections the server closes).
+    ///   - fleet: this instance's view of the fleet, if it asks peers too: to decline owner requests for
+    ///     blocks it awaits itself, and to load ahead the stripes it owns.
+    ///   - workThreads: threads for lookups that stat the source and for loads as owner; an owner
+    ///     serving many askers at once holds one per request for the length of its source read.
+    ///   - idleTimeout: a connection that neither sends nor receives anything for this long is closed.
     ///   - onRunning: called with the bound port once the server listens (port 0 picks a free one).
-    public static func make(
-        address: HostPort,
-        token: String?,
-        instanceID: String,
-        counters: PeerServerCounters,
-        lookup: @escaping @Sendable (PeerBlockID) -> Block?,
-        quickLookup: (@Sendable (PeerBlockID) -> ResidencyAnswer)? = nil,
-        idleTimeout: Duration = .seconds(60),
-        onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
-        logger: Logger
-    ) -> HTTPListener {
+    public init(
+        address: HostPort, token: String?, instanceID: String, counters: PeerServerCounters,
+        provider: any PeerBlockProvider, fleet: PeerFleet? = nil, workThreads: Int = PeerServer.defaultWorkThreads,
+        idleTimeout: Duration = .seconds(60), onRunning: @escaping @Sendable (Int) async -> Void = { _ in }, logger: Logger
+    ) {
+        let work = NIOThreadPool(numberOfThreads: workThreads)
         let responder = PeerResponder(
             token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters,
-            lookup: lookup, quickLookup: quickLookup, logger: logger
+            provider: provider, fleet: fleet, work: work, logger: logger
         )
-        return HTTPListener(
+        self.work = work
+        listener = HTTPListener(
             target: .tcp(address), idleTimeout: idleTimeout,
             makeHandler: { PeerRequestHandler(responder: responder) },
             onRunning: { port in await onRunning(port ?? address.port) }
         )
+    }
+
+    public func run() async throws {
+        work.start()
+        defer { work.shutdownGracefully { _ in } }
+        try await listener.run()
     }
 }
 
@@ -65,9 +103,14 @@ public final class PeerServerCounters: Sendable {
     public let requests = Atomic<UInt64>(0)
     public let servedBlocks = Atomic<UInt64>(0)
     public let servedBytes = Atomic<UInt64>(0)
+    /// Block requests for blocks not in memory here (not asked as owner), or of another version.
     public let notResident = Atomic<UInt64>(0)
     /// Malformed, unsafe, unauthorized or non-GET requests.
     public let refused = Atomic<UInt64>(0)
+    public let holdingsServed = Atomic<UInt64>(0)
+    /// Blocks loaded from this instance's source as their owner for peers (asked, or loaded ahead), and their bytes.
+    public let blocksLoadedForPeers = Atomic<UInt64>(0)
+    public let bytesLoadedForPeers = Atomic<UInt64>(0)
 
     public init() {}
 }
@@ -75,16 +118,17 @@ public final class PeerServerCounters: Sendable {
 /// What to answer a request, decided from its head alone.
 enum PeerRequestDecision {
     case refuse(HTTPResponseStatus, HTTPHeaders)
-    case lookUp(PeerBlockID)
+    case serve(PeerRequest)
 }
 
-/// Validates requests and finds their blocks; shared by every connection's handler.
+/// Validates requests and finds what they ask for; shared by every connection's handler.
 struct PeerResponder: Sendable {
     let token: [UInt8]?
     let instanceID: String
     let counters: PeerServerCounters
-    let lookup: @Sendable (PeerBlockID) -> Block?
-    let quickLookup: (@Sendable (PeerBlockID) -> ResidencyAnswer)?
+    let provider: any PeerBlockProvider
+    let fleet: PeerFleet?
+    let work: NIOThreadPool
     let logger: Logger
 
     func decide(_ head: HTTPRequestHead) -> PeerRequestDecision {
@@ -96,12 +140,11 @@ struct PeerResponder: Sendable {
             }
             guard Self.bearerMatches(authorization, token: token) else { return refuse(.forbidden) }
         }
-        if head.headers.first(name: PeerServer.instanceHeaderName) == instanceID {
+        if head.headers.first(name: PeerResponseHeaders.instance) == instanceID {
             return refuse(.custom(code: 508, reasonPhrase: "Loop Detected"))
         }
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         do {
-            return .lookUp(try PeerBlockID(requestPath: path))
+            return .serve(try PeerRequest(target: head.uri))
         } catch {
             logger.debug("refused peer request", metadata: ["error": "\(error)"])
             return refuse(error == .tooLong ? .uriTooLong : .badRequest)
@@ -111,17 +154,6 @@ struct PeerResponder: Sendable {
     private func refuse(_ status: HTTPResponseStatus, _ headers: HTTPHeaders = [:]) -> PeerRequestDecision {
         counters.refused.add(1, ordering: .relaxed)
         return .refuse(status, headers)
-    }
-
-    /// The block to send, if resident in full at the requested length.
-    func servable(_ block: Block?, for id: PeerBlockID) -> Block? {
-        guard let block, block.count == id.expectedLength else {
-            counters.notResident.add(1, ordering: .relaxed)
-            return nil
-        }
-        counters.servedBlocks.add(1, ordering: .relaxed)
-        counters.servedBytes.add(UInt64(block.count), ordering: .relaxed)
-        return block
     }
 
     /// Compares in time independent of where the tokens differ, so timing does not reveal a prefix.
@@ -135,6 +167,26 @@ struct PeerResponder: Sendable {
             difference |= byte ^ expected
         }
         return difference == 0
+    }
+
+    /// Loads the stripes this instance owns just ahead of `range` for the askers streaming the file,
+    /// in the background on the work pool (nobody waits for them).
+    func loadAhead(of range: PeerBlockRange) {
+        guard let fleet else { return }
+        for stripe in fleet.ownedStripesAhead(of: range) {
+            work.submit { [provider, counters] state in
+                guard case .active = state, case .blocks(_, let loaded) = provider.loadForPeer(stripe) else { return }
+                counters.countLoaded(bytes: loaded, blockSize: stripe.file.blockSize)
+            }
+        }
+    }
+}
+
+extension PeerServerCounters {
+    func countLoaded(bytes: Int, blockSize: Int) {
+        guard bytes > 0 else { return }
+        blocksLoadedForPeers.add(UInt64((bytes + blockSize - 1) / blockSize), ordering: .relaxed)
+        bytesLoadedForPeers.add(UInt64(bytes), ordering: .relaxed)
     }
 }
 
@@ -161,54 +213,145 @@ final class PeerRequestHandler: ChannelInboundHandler {
     }
 
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let id: PeerBlockID
         switch responder.decide(head) {
         case .refuse(let status, let headers):
-            return send(status, headers: headers, body: nil, keepAlive: head.isKeepAlive, context: context)
-        case .lookUp(let wanted): id = wanted
+            send(status, headers: headers, keepAlive: head.isKeepAlive, context: context)
+        case .serve(.blocks(let range, let ownerLoad)):
+            serveBlocks(range, ownerLoad: ownerLoad, head: head, context: context)
+        case .serve(.holdings(let file)):
+            serveHoldings(file, head: head, context: context)
         }
-        switch responder.quickLookup?(id) ?? .undetermined {
-        case .resident(let block): return sendBlock(responder.servable(block, for: id), head: head, context: context)
-        case .absent: return sendBlock(responder.servable(nil, for: id), head: head, context: context)
-        case .undetermined: break
+    }
+
+    private func serveBlocks(_ range: PeerBlockRange, ownerLoad: Bool, head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let (provider, responder) = (responder.provider, responder)
+        let answer: @Sendable (PeerResidency<[Block]>, PeerRequestHandler, ChannelHandlerContext) -> Void = { found, handler, context in
+            switch found {
+            case .current(let blocks) where !blocks.isEmpty:
+                if ownerLoad { responder.loadAhead(of: range) }
+                handler.sendBlocks(blocks, head: head, context: context)
+            case .current where ownerLoad:
+                handler.loadAsOwner(range, head: head, context: context)
+            case .current, .otherVersion, .undetermined:
+                responder.counters.notResident.add(1, ordering: .relaxed)
+                handler.send(.notFound, keepAlive: head.isKeepAlive, context: context)
+            }
         }
-        let lookup = responder.lookup
+        let quick = provider.residentBlocks(range, checkingSource: false)
+        guard case .undetermined = quick else { return answer(quick, self, context) }
+        onWorkPool(context: context, head: head) { provider.residentBlocks(range, checkingSource: true) } then: { answer($0, $1, $2) }
+    }
+
+    /// Loads the blocks from this instance's source for the asker, which named this instance their owner.
+    private func loadAsOwner(_ range: PeerBlockRange, head: HTTPRequestHead, context: ChannelHandlerContext) {
+        if responder.fleet?.isAwaitingOwner(range) == true {
+            // This instance waits for these blocks from another owner: views of the fleet differ. The
+            // asker reads its own source rather than wait on a wait.
+            return send(.conflict, keepAlive: head.isKeepAlive, context: context)
+        }
+        let responder = responder
+        onWorkPool(context: context, head: head) { responder.provider.loadForPeer(range) } then: { loaded, handler, context in
+            switch loaded {
+            case .blocks(let blocks, let bytesFromSource) where !blocks.isEmpty:
+                responder.counters.countLoaded(bytes: bytesFromSource, blockSize: range.file.blockSize)
+                responder.loadAhead(of: range)
+                handler.sendBlocks(blocks, head: head, context: context)
+            case .blocks, .otherVersion:
+                responder.counters.notResident.add(1, ordering: .relaxed)
+                handler.send(.notFound, keepAlive: head.isKeepAlive, context: context)
+            case .failed(let reason):
+                responder.logger.notice("loading blocks for a peer failed", metadata: ["blocks": "\(range)", "error": "\(reason)"])
+                handler.send(.badGateway, keepAlive: head.isKeepAlive, context: context)
+            }
+        }
+    }
+
+    private func serveHoldings(_ file: PeerFile, head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let (provider, counters) = (responder.provider, responder.counters)
+        let answer: @Sendable (PeerResidency<BlockBitmap>, PeerRequestHandler, ChannelHandlerContext) -> Void = { found, handler, context in
+            guard case .current(let bitmap) = found else { return handler.send(.notFound, keepAlive: head.isKeepAlive, context: context) }
+            counters.holdingsServed.add(1, ordering: .relaxed)
+            let body = context.channel.allocator.buffer(bytes: bitmap.bytes)
+            context.sendResponse(.ok, headers: ["Content-Type": "application/octet-stream"], body: body, keepAlive: head.isKeepAlive)
+        }
+        let quick = provider.holdings(of: file, checkingSource: false)
+        guard case .undetermined = quick else { return answer(quick, self, context) }
+        onWorkPool(context: context, head: head) { provider.holdings(of: file, checkingSource: true) } then: { answer($0, $1, $2) }
+    }
+
+    /// Runs `work` on the server's pool and `then` back on this connection's event loop.
+    private func onWorkPool<Result: Sendable>(
+        context: ChannelHandlerContext, head: HTTPRequestHead, _ work: @escaping @Sendable () -> Result,
+        then: @escaping @Sendable (Result, PeerRequestHandler, ChannelHandlerContext) -> Void
+    ) {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { lookup(id) }.whenComplete { result in
+        responder.work.runIfActive(eventLoop: context.eventLoop, work).whenComplete { result in
             let (handler, context) = loopBound.value
             switch result {
-            case .success(let block):
-                handler.sendBlock(handler.responder.servable(block, for: id), head: head, context: context)
-            case .failure:
-                handler.send(.serviceUnavailable, headers: [:], body: nil, keepAlive: false, context: context)
+            case .success(let value): then(value, handler, context)
+            case .failure: handler.send(.serviceUnavailable, keepAlive: false, context: context) // shutting down
             }
         }
     }
 
-    /// Sends a block: from its version's memory file with sendfile(2) where it has one (no copy
-    /// in this process), else from its memory. The block is held until the write is done, so its
-    /// range cannot be given back (punched) while the kernel still sends from it.
-    private func sendBlock(_ block: Block?, head: HTTPRequestHead, context: ChannelHandlerContext) {
-        guard let block else { return send(.notFound, headers: [:], body: nil, keepAlive: head.isKeepAlive, context: context) }
-        let checksum = withExtendedLifetime(block) { CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }) }
-        let headers: HTTPHeaders = ["Content-Type": "application/octet-stream", PeerServer.checksumHeaderName: checksum.hex]
-        if let (descriptor, offset) = block.fileRange, case let copy = dup(descriptor), copy >= 0 {
+    /// Sends blocks in a row: from their version's memory file with sendfile(2) where they lie side by
+    /// side in one (no copy in this process), else part by part. The blocks are held until the write is
+    /// done, so their ranges cannot be given back (punched) while the kernel still sends from them.
+    private func sendBlocks(_ blocks: [Block], head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let checksums = blocks.map { block in CRC32CChecksum(value: block.digest { CRC32CChecksum(of: $0).value }) }
+        let headers: HTTPHeaders = [
+            "Content-Type": "application/octet-stream",
+            PeerResponseHeaders.blockCount: String(blocks.count),
+            PeerResponseHeaders.checksums: PeerResponseHeaders.checksumList(checksums),
+        ]
+        var parts: [IOData] = []
+        var opened: [NIOFileHandle] = []
+        var index = 0
+        while index < blocks.count {
+            // The longest stretch from here whose blocks follow each other in one memory file.
+            guard let (descriptor, offset) = blocks[index].fileRange, case let copy = dup(descriptor), copy >= 0 else {
+                var body = context.channel.allocator.buffer(capacity: blocks[index].count)
+                withExtendedLifetime(blocks[index]) { body.writeBytes(blocks[index].bytes) }
+                parts.append(.byteBuffer(body))
+                index += 1
+                continue
+            }
+            var end = offset + Int64(blocks[index].count)
+            var next = index + 1
+            while next < blocks.count, let (following, start) = blocks[next].fileRange, following == descriptor, start == end {
+                end += Int64(blocks[next].count)
+                next += 1
+            }
             let file = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: copy)
-            let region = FileRegion(fileHandle: file, readerIndex: Int(offset), endIndex: Int(offset) + block.count)
-            context.sendResponse(.ok, headers: headers, body: .fileRegion(region), keepAlive: head.isKeepAlive) {
-                withExtendedLifetime(block) { try? file.close() }
-            }
-            return
+            opened.append(file)
+            parts.append(.fileRegion(FileRegion(fileHandle: file, readerIndex: Int(offset), endIndex: Int(end))))
+            index = next
         }
-        let body = withExtendedLifetime(block) {
-            var body = context.channel.allocator.buffer(capacity: block.count)
-            body.writeBytes(block.bytes)
-            return body
-        }
-        send(.ok, headers: headers, body: body, keepAlive: head.isKeepAlive, context: context)
+        responder.counters.servedBlocks.add(UInt64(blocks.count), ordering: .relaxed)
+        responder.counters.servedBytes.add(UInt64(blocks.reduce(0) { $0 + $1.count }), ordering: .relaxed)
+        let held = HeldBlocks(blocks: blocks, files: opened)
+        context.sendResponse(.ok, headers: headers, bodyParts: parts, keepAlive: head.isKeepAlive) { held.release() }
     }
 
-    private func send(_ status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?, keepAlive: Bool, context: ChannelHandlerContext) {
-        context.sendResponse(status, headers: headers, body: body, keepAlive: keepAlive)
+    private func send(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], keepAlive: Bool, context: ChannelHandlerContext) {
+        context.sendResponse(status, headers: headers, body: nil as ByteBuffer?, keepAlive: keepAlive)
+    }
+}
+
+/// Blocks and the descriptors a response sends them from, kept until the response is written.
+private final class HeldBlocks: @unchecked Sendable {
+    // @unchecked: released once, on the event loop, after the write completed.
+    private var blocks: [Block]
+    private var files: [NIOFileHandle]
+
+    init(blocks: [Block], files: [NIOFileHandle]) {
+        self.blocks = blocks
+        self.files = files
+    }
+
+    func release() {
+        for file in files { try? file.close() }
+        files = []
+        blocks = []
     }
 }

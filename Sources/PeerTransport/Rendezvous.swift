@@ -1,28 +1,36 @@
 import HTTPServing
 
-/// Rendezvous (highest-random-weight) hashing: every instance ranks the live
-/// peers for a block the same way, so the readers of a block ask the same peer
-/// first, and a peer joining or leaving moves only the blocks it ranks first.
+/// Rendezvous (highest-random-weight) hashing: every instance ranks the instances for a stripe
+/// of a file the same way, so the instance ranked first, the stripe's **owner**, is the same
+/// for every asker; one joining or leaving moves only the stripes it ranks first.
 ///
-/// The hash is FNV-1a with a SplitMix64 finalizer: deterministic across
-/// processes and machines, unlike `Hasher`, which is seeded per process.
+/// The hash is FNV-1a with a SplitMix64 finalizer: deterministic across processes and
+/// machines, unlike `Hasher`, which is seeded per process.
 public enum Rendezvous {
-    /// Peers from most to least likely to hold `block`.
-    public static func rank(_ peers: [PeerAddress], for block: PeerBlockID) -> [PeerAddress] {
-        let blockHash = hash(of: block)
-        return peers
-            .map { (peer: $0, score: mix(hash(of: $0) ^ blockHash)) }
-            .sorted { $0.score != $1.score ? $0.score > $1.score : $0.peer < $1.peer }
-            .map(\.peer)
+    /// Blocks per stripe: a stripe of about 4 MiB has one owner, so that an owner reads its
+    /// share of a file in runs (object-store clients stream long reads best) and an asker's
+    /// prefetch chunk (4 blocks by default) goes to one owner in one request.
+    public static func stripeBlocks(blockSize: Int) -> Int64 { Int64(max(1, (4 << 20) / max(1, blockSize))) }
+
+    /// The stripe block `index` of a file with `blockSize` blocks lies in.
+    public static func stripe(of index: Int64, blockSize: Int) -> Int64 { index / stripeBlocks(blockSize: blockSize) }
+
+    /// Instances from first (the owner) to last for a stripe of `file`.
+    public static func rank(_ instances: [PeerAddress], file: PeerFile, stripe: Int64) -> [PeerAddress] {
+        let key = hash(of: file, stripe: stripe)
+        return instances
+            .map { (instance: $0, score: mix(hash(of: $0) ^ key)) }
+            .sorted { $0.score != $1.score ? $0.score > $1.score : $0.instance < $1.instance }
+            .map(\.instance)
     }
 
-    static func hash(of block: PeerBlockID) -> UInt64 {
+    static func hash(of file: PeerFile, stripe: Int64) -> UInt64 {
         var hash = FNV1a()
-        hash.add(block.path)
-        hash.add(block.fileSize)
-        hash.add(block.modifiedNanoseconds)
-        hash.add(Int64(block.blockSize))
-        hash.add(block.index)
+        hash.add(file.path)
+        hash.add(file.size)
+        hash.add(file.modifiedNanoseconds)
+        hash.add(Int64(file.blockSize))
+        hash.add(stripe)
         return hash.value
     }
 

@@ -59,7 +59,7 @@ struct Daemon {
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
             sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
             sourceRootPath: settings.source,
-            remote: peers?.remoteSource,
+            fleet: peers?.fleet,
             kernelModes: kernelFeatures,
             logger: logger
         )

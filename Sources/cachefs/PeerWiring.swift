@@ -1,22 +1,22 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCache
 import ControlPlane
 import HTTPServing
 import Logging
 import MirrorFS
 import PeerTransport
 import ServiceLifecycle
+import Synchronization
 
-/// This daemon's part in the peer network: the client that asks peers for
-/// missing blocks, and the server that answers theirs from resident blocks.
+/// This daemon's part in the fleet: the client side that finds holders and owners for its
+/// missing blocks, and the server that answers other instances from memory or as owner.
 final class PeerNetwork: Sendable {
     let settings: MountSettings
     /// Random per process: a server refuses requests carrying its own ID, so an instance never asks itself.
     let instanceID: String
-    let discovery: PeerDiscovery?
-    let client: PeerClient?
+    /// The peers asked on a miss; nil with --listen only.
+    let fleet: PeerFleet?
     /// The shared secret from --peer-token-file, presented to peers and required of them.
     private let token: String?
     let serverCounters = PeerServerCounters()
@@ -30,12 +30,11 @@ final class PeerNetwork: Sendable {
         token = try settings.peerTokenFile.map(PeerOptions.readToken)
         instanceID = String(UInt64.random(in: .min ... .max), radix: 16) + String(UInt64.random(in: .min ... .max), radix: 16)
         if settings.peers.isEmpty {
-            discovery = nil
-            client = nil
+            fleet = nil
         } else {
             let discovery = PeerDiscovery(seeds: settings.peers, logger: logger, isSelf: Self.selfTest(listen: settings.listen))
-            self.discovery = discovery
-            client = PeerClient(configuration: .init(token: token, instanceID: instanceID), discovery: discovery, logger: logger)
+            let client = PeerClient(configuration: .init(token: token, instanceID: instanceID))
+            fleet = PeerFleet(client: client, discovery: discovery, ownAddress: Self.listenAddress(settings.listen), logger: logger)
         }
     }
 
@@ -43,82 +42,66 @@ final class PeerNetwork: Sendable {
     /// the listening address, or on any local address when listening on all of them.
     static func selfTest(listen: HostPort?) -> @Sendable (PeerAddress) -> Bool {
         guard let listen else { return { _ in false } }
-        let wildcard = ["0.0.0.0", "::", "*"].contains(listen.host)
-        let own: Set<String> = wildcard
+        let own: Set<String> = isWildcard(listen)
             ? PeerDiscovery.localAddresses()
             : Set(PeerDiscovery.addresses(of: listen)?.map(\.host) ?? [listen.host])
         return { peer in peer.port == listen.port && own.contains(peer.host) }
     }
 
-    var remoteSource: (any RemoteBlockSource)? { client.map(PeerRemoteSource.init) }
+    /// The --listen address as the other instances would name it, when it is a single numeric address.
+    static func listenAddress(_ listen: HostPort?) -> PeerAddress? {
+        guard let listen, !isWildcard(listen), let address = PeerDiscovery.addresses(of: listen)?.first else { return nil }
+        return address
+    }
 
-    func start() { discovery?.start() }
+    private static func isWildcard(_ listen: HostPort) -> Bool { ["0.0.0.0", "::", "*"].contains(listen.host) }
+
+    func start() { fleet?.discovery.start() }
 
     /// The HTTP server for peers, or nil without --listen.
     func server(for filesystem: MirrorFilesystem, onRunning: @escaping @Sendable (Int) async -> Void) -> (any Service)? {
         guard let listen = settings.listen else { return nil }
-        return PeerServer.make(
+        return PeerServer(
             address: listen, token: token, instanceID: instanceID, counters: serverCounters,
-            lookup: { id in filesystem.residentBlock(for: RemoteBlockRequest(id)) },
-            quickLookup: { id in filesystem.residentBlockWithoutCheckingSource(for: RemoteBlockRequest(id)) },
-            onRunning: onRunning,
-            logger: logger
+            provider: filesystem, fleet: fleet, onRunning: onRunning, logger: logger
         )
     }
 
     func shutdown() {
-        discovery?.stop()
-        client?.shutdown()
+        fleet?.discovery.stop()
+        fleet?.client.shutdown()
     }
 
     /// Adds the peer figures and the live peers to a stats report.
     func report(into report: inout StatsReport) {
-        if let client {
-            let counters = client.counters
-            report[.peerRequests] = counters.requests.load(ordering: .relaxed)
-            report[.blocksFromPeers] = counters.blocks.load(ordering: .relaxed)
-            report[.peerNotFound] = counters.notFound.load(ordering: .relaxed)
-            report[.peerFailures] = counters.failures.load(ordering: .relaxed)
-            report[.peerFallbacks] = counters.fallbacks.load(ordering: .relaxed)
-            report[.peersInBackoff] = UInt64(client.health.skippedCount)
-            report.livePeers = discovery?.peers.map(\.description) ?? []
+        if let fleet {
+            let (client, counters) = (fleet.client.counters, fleet.counters)
+            for (figure, value) in [
+                (Figure.peerRequests, client.requests.relaxedValue), (.blocksFromPeers, client.blocks.relaxedValue), (.holdingsQueries, client.holdingsQueries.relaxedValue),
+                (.blocksFromHolders, counters.blocksFromHolders.relaxedValue), (.blocksFromOwners, counters.blocksFromOwners.relaxedValue),
+                (.holdersFound, counters.holdersFound.relaxedValue), (.ownerRequests, counters.ownerRequests.relaxedValue),
+                (.ownerDeadlinesMissed, counters.ownerDeadlinesMissed.relaxedValue), (.peerNotFound, counters.notFound.relaxedValue),
+                (.peerFailures, counters.failures.relaxedValue), (.peerFallbacks, counters.fallbacks.relaxedValue),
+            ] {
+                report[figure] = value
+            }
+            report[.peersInBackoff] = UInt64(fleet.client.health.skippedCount)
+            report.livePeers = fleet.discovery.peers.map(\.description)
         }
         if settings.listen != nil {
-            report[.servedBlocks] = serverCounters.servedBlocks.load(ordering: .relaxed)
-            report[.servedBytes] = serverCounters.servedBytes.load(ordering: .relaxed)
-            report[.servedNotResident] = serverCounters.notResident.load(ordering: .relaxed)
-            report[.servedRefused] = serverCounters.refused.load(ordering: .relaxed)
+            for (figure, value) in [
+                (Figure.servedBlocks, serverCounters.servedBlocks.relaxedValue), (.servedBytes, serverCounters.servedBytes.relaxedValue),
+                (.servedNotResident, serverCounters.notResident.relaxedValue), (.servedRefused, serverCounters.refused.relaxedValue),
+                (.holdingsServed, serverCounters.holdingsServed.relaxedValue), (.blocksLoadedForPeers, serverCounters.blocksLoadedForPeers.relaxedValue),
+                (.bytesLoadedForPeers, serverCounters.bytesLoadedForPeers.relaxedValue),
+            ] {
+                report[figure] = value
+            }
         }
     }
 }
 
-/// MirrorFS's view of the peer client: blocks named by path and version.
-struct PeerRemoteSource: RemoteBlockSource {
-    let client: PeerClient
-
-    func readBlock(_ request: RemoteBlockRequest, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
-        client.fetch(PeerBlockID(
-            path: request.relativePath, fileSize: request.fileSize,
-            modifiedNanoseconds: request.modified.nanosecondsSinceEpoch,
-            blockSize: request.blockSize, index: request.index
-        ), into: buffer)
-    }
-}
-
-extension Timestamp {
-    init(nanosecondsSinceEpoch value: Int64) {
-        let (seconds, nanoseconds) = value.quotientAndRemainder(dividingBy: 1_000_000_000)
-        self.init(seconds: nanoseconds < 0 ? seconds - 1 : seconds, nanoseconds: nanoseconds < 0 ? nanoseconds + 1_000_000_000 : nanoseconds)
-    }
-
-    var nanosecondsSinceEpoch: Int64 { seconds &* 1_000_000_000 &+ nanoseconds }
-}
-
-extension RemoteBlockRequest {
-    init(_ id: PeerBlockID) {
-        self.init(
-            relativePath: id.path, fileSize: id.fileSize, modified: Timestamp(nanosecondsSinceEpoch: id.modifiedNanoseconds),
-            blockSize: id.blockSize, index: id.index
-        )
-    }
+extension Atomic where Value == UInt64 {
+    /// The counter's value, for a report (counters are only ever added to with relaxed ordering).
+    fileprivate var relaxedValue: UInt64 { load(ordering: .relaxed) }
 }

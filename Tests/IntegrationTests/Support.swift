@@ -214,7 +214,10 @@ final class CachefsMount {
 
     var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
 
-    func stats() throws -> StatsReport {
+    func stats() throws -> StatsReport { try Self.stats(mountpoint: mountpoint, controlSocket: controlSocket) }
+
+    /// The stats of the instance at `mountpoint`, asked on its control socket (usable from any thread).
+    static func stats(mountpoint: String, controlSocket: String) throws -> StatsReport {
         let result = try run(cachefsBinary, ["stats", mountpoint, "--json", "--control-socket", controlSocket], timeout: 30)
         guard result.status == 0 else { throw TestFailure("cachefs stats failed: \(result.error)") }
         return try JSONDecoder().decode(StatsReport.self, from: Data(result.output.utf8))

@@ -2,42 +2,57 @@
 import Glibc
 #endif
 import BlockCache
+import CRC32C
 @testable import MirrorFS
+import PeerTransport
 import Synchronization
 import Testing
 
 /// Two mirrors of one source, the second asking the first before its source, as peers do (without HTTP).
 @Suite struct PeerSupportTests {
-    /// Serves another mirror's resident blocks; counts what it was asked.
-    final class InProcessPeer: RemoteBlockSource {
+    /// A fleet of one other mirror in this process: its blocks in memory first (a holder), then, if
+    /// `asOwner`, blocks it loads from its own source for the asker (an owner).
+    final class InProcessFleet: BlockFleet {
         let peer = Mutex<MirrorFilesystem?>(nil)
         let asked = Atomic<Int>(0)
+        let asOwner: Bool
 
-        func readBlock(_ request: RemoteBlockRequest, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        init(asOwner: Bool = false) { self.asOwner = asOwner }
+
+        func load(_ range: PeerBlockRange, into targets: ArraySlice<ReceiveTarget>) -> FleetAnswer {
             asked.add(1, ordering: .relaxed)
-            guard let block = peer.withLock({ $0 })?.residentBlock(for: request) else { return nil }
-            return withExtendedLifetime(block) {
-                guard block.count == buffer.count else { return nil }
-                buffer.copyMemory(from: block.bytes)
-                return block.count
+            guard let peer = peer.withLock({ $0 }) else { return .readSource(blocks: range.count) }
+            var blocks: [Block] = []
+            if case .current(let resident) = peer.residentBlocks(range, checkingSource: true) { blocks = resident }
+            if blocks.isEmpty, asOwner, case .blocks(let loaded, _) = peer.loadForPeer(range) { blocks = loaded }
+            guard !blocks.isEmpty else { return .readSource(blocks: range.count) }
+            let checksums = zip(blocks, targets).map { block, target in
+                withExtendedLifetime(block) {
+                    target.memory.copyMemory(from: block.bytes)
+                    return cachefs_crc32c(0, block.bytes.baseAddress, block.count)
+                }
             }
+            return .received(blocks: blocks.count, checksums: checksums)
         }
     }
 
-    func request(_ fixture: SourceFixture, _ name: String, index: Int64, blockSize: Int = 64 << 10) throws -> RemoteBlockRequest {
-        let attributes = try fixture.status(name)
-        return RemoteBlockRequest(
-            relativePath: Array(name.utf8), fileSize: Int64(attributes.st_size),
-            modified: Timestamp(seconds: Int64(attributes.st_mtim.tv_sec), nanoseconds: Int64(attributes.st_mtim.tv_nsec)),
-            blockSize: blockSize, index: index
-        )
+    func name(_ fixture: SourceFixture, _ path: String, blockSize: Int = 64 << 10) throws -> PeerFile {
+        let attributes = try fixture.status(path)
+        return PeerFile(path: Array(path.utf8), size: Int64(attributes.st_size),
+                        modifiedNanoseconds: Int64(attributes.st_mtim.tv_sec) * 1_000_000_000 + Int64(attributes.st_mtim.tv_nsec),
+                        blockSize: blockSize)
+    }
+
+    func resident(_ fixture: SourceFixture, _ range: PeerBlockRange) -> [Block]? {
+        guard case .current(let blocks) = fixture.filesystem.residentBlocks(range, checkingSource: true) else { return nil }
+        return blocks
     }
 
     @Test func secondMirrorReadsFromTheFirstInsteadOfTheSource() throws {
         let a = try SourceFixture()
-        let peer = InProcessPeer()
-        let b = try SourceFixture(sharing: a, remote: peer)
-        peer.peer.withLock { $0 = a.filesystem }
+        let fleet = InProcessFleet()
+        let b = try SourceFixture(sharing: a, fleet: fleet)
+        fleet.peer.withLock { $0 = a.filesystem }
         let content = randomBytes(5 * (64 << 10) + 1000, seed: 3)
         try a.makeDirectory("models")
         try a.write("models/weights.bin", content)
@@ -60,9 +75,9 @@ import Testing
     /// Pinned blocks live apart from the LRU list; the peer lookup must find them too.
     @Test func pinnedBlocksAreServedToPeers() throws {
         let a = try SourceFixture()
-        let peer = InProcessPeer()
-        let b = try SourceFixture(sharing: a, remote: peer)
-        peer.peer.withLock { $0 = a.filesystem }
+        let fleet = InProcessFleet()
+        let b = try SourceFixture(sharing: a, fleet: fleet)
+        fleet.peer.withLock { $0 = a.filesystem }
         let content = randomBytes(6 * (64 << 10), seed: 4)
         try a.write("pinned.bin", content)
         let files = try a.filesystem.warmCandidates(atRelativePath: "pinned.bin")
@@ -78,9 +93,9 @@ import Testing
 
     @Test func aChangedFileIsNotTakenFromAPeer() throws {
         let a = try SourceFixture()
-        let peer = InProcessPeer()
-        let b = try SourceFixture(sharing: a, remote: peer)
-        peer.peer.withLock { $0 = a.filesystem }
+        let fleet = InProcessFleet()
+        let b = try SourceFixture(sharing: a, fleet: fleet)
+        fleet.peer.withLock { $0 = a.filesystem }
         try a.write("f", randomBytes(100_000, seed: 1))
         let fileA = try a.filesystem.open(node: try a.lookup("f"), flags: O_RDONLY).file
         _ = try a.read(fileA, at: 0, count: 100_000)
@@ -91,34 +106,60 @@ import Testing
         let fileB = try b.filesystem.open(node: try b.lookup("f"), flags: O_RDONLY).file
         #expect(try b.read(fileB, at: 0, count: 100_000) == newer)
         #expect(b.filesystem.statistics.bytesFromPeers == 0)
-        #expect(peer.asked.load(ordering: .relaxed) > 0, "the peer was asked, and had only the old version")
+        #expect(fleet.asked.load(ordering: .relaxed) > 0, "the peer was asked, and had only the old version")
     }
 
-    @Test func residentBlockNeverLoadsAndRefusesEscapes() throws {
+    /// An owner loads what it lacks from its own source for the asker, once: a second asker of the same
+    /// blocks gets them from the owner's memory.
+    @Test func anOwnerLoadsForItsAskersOnce() throws {
+        let owner = try SourceFixture()
+        let content = randomBytes(4 * (64 << 10) + 500, seed: 9)
+        try owner.write("model.bin", content)
+        var askers: [SourceFixture] = []
+        for _ in 0..<2 {
+            let fleet = InProcessFleet(asOwner: true)
+            fleet.peer.withLock { $0 = owner.filesystem }
+            askers.append(try SourceFixture(sharing: owner, fleet: fleet))
+        }
+        for asker in askers {
+            let file = try asker.filesystem.open(node: try asker.lookup("model.bin"), flags: O_RDONLY).file
+            #expect(try asker.read(file, at: 0, count: content.count) == content)
+            #expect(asker.filesystem.statistics.bytesFromSource == 0 && asker.filesystem.statistics.bytesFromPeers == UInt64(content.count))
+        }
+        #expect(owner.filesystem.statistics.bytesFromSource == UInt64(content.count), "the owner read each block from its source once")
+        #expect(owner.filesystem.cache.statistics.residentBytes == content.count, "and keeps them, counted against its capacity")
+    }
+
+    @Test func residentBlocksNeverLoadAndRefuseEscapes() throws {
         let fixture = try SourceFixture()
         try fixture.makeDirectory("d")
         try fixture.write("d/f", randomBytes(200_000))
         try fixture.symlink("link", to: "d/f")
-        let wanted = try request(fixture, "d/f", index: 1)
-        #expect(fixture.filesystem.residentBlock(for: wanted) == nil, "not resident yet")
+        let file = try name(fixture, "d/f")
+        #expect(resident(fixture, file.blocks(1, count: 2))?.isEmpty == true, "not resident yet")
         #expect(fixture.filesystem.cache.statistics.misses == 0 && fixture.filesystem.cache.statistics.residentBlocks == 0, "and not loaded for the peer")
+        guard case .current(let none) = fixture.filesystem.holdings(of: file, checkingSource: true) else { Issue.record("no holdings"); return }
+        #expect(none.isEmpty)
 
-        let file = try fixture.filesystem.open(node: try fixture.lookup("f", in: try fixture.lookup("d")), flags: O_RDONLY).file
-        _ = try fixture.read(file, at: 0, count: 200_000)
-        let block = try #require(fixture.filesystem.residentBlock(for: wanted))
-        #expect(block.count == 64 << 10)
+        let opened = try fixture.filesystem.open(node: try fixture.lookup("f", in: try fixture.lookup("d")), flags: O_RDONLY).file
+        _ = try fixture.read(opened, at: 0, count: 150_000) // blocks 0, 1 and 2
+        let run = try #require(resident(fixture, file.blocks(1, count: 3)))
+        #expect(run.map(\.count) == [64 << 10, 64 << 10], "blocks 1 and 2 in a row; block 3 is not resident")
+        guard case .current(let held) = fixture.filesystem.holdings(of: file, checkingSource: true) else { Issue.record("no holdings"); return }
+        #expect((0..<4).map { held[$0] } == [true, true, true, false])
 
-        var otherVersion = wanted
-        otherVersion.fileSize += 1
-        #expect(fixture.filesystem.residentBlock(for: otherVersion) == nil)
-        var otherBlockSize = wanted
+        var otherVersion = file
+        otherVersion.size += 1
+        #expect(resident(fixture, otherVersion.blocks(1, count: 1)) == nil)
+        var otherBlockSize = file
         otherBlockSize.blockSize = 128 << 10
-        #expect(fixture.filesystem.residentBlock(for: otherBlockSize) == nil)
+        #expect(resident(fixture, otherBlockSize.blocks(0, count: 1)) == nil)
         // Out of the root through "..", absolute, through a symlink, not a regular file.
         for path in ["../\(fixture.root.split(separator: "/").last!)/d/f", fixture.root + "/d/f", "link", "d"] {
-            var escape = wanted
-            escape.relativePath = Array(path.utf8)
-            #expect(fixture.filesystem.residentBlock(for: escape) == nil, "\(path)")
+            var escape = file
+            escape.path = Array(path.utf8)
+            #expect(resident(fixture, escape.blocks(0, count: 1)) == nil, "\(path)")
+            if case .blocks = fixture.filesystem.loadForPeer(escape.blocks(0, count: 1)) { Issue.record("loaded \(path) for a peer") }
         }
     }
 
@@ -129,35 +170,33 @@ import Testing
         try fixture.write("f", randomBytes(200_000))
         let file = try fixture.filesystem.open(node: try fixture.lookup("f"), flags: O_RDONLY).file
         _ = try fixture.read(file, at: 0, count: 200_000)
-        let old = try request(fixture, "f", index: 0)
-        guard case .undetermined = fixture.filesystem.residentBlockWithoutCheckingSource(for: old) else {
+        let old = try name(fixture, "f")
+        guard case .undetermined = fixture.filesystem.residentBlocks(old.blocks(0, count: 1), checkingSource: false) else {
             Issue.record("answered without any check of the source")
             return
         }
-        #expect(fixture.filesystem.residentBlock(for: old) != nil)
+        #expect(resident(fixture, old.blocks(0, count: 1))?.count == 1)
         // Now checked: the event loop's lookup answers without I/O, for that version only.
-        guard case .resident = fixture.filesystem.residentBlockWithoutCheckingSource(for: old) else {
+        guard case .current(let found) = fixture.filesystem.residentBlocks(old.blocks(0, count: 1), checkingSource: false), found.count == 1 else {
             Issue.record("a just-checked version was not answered from memory")
             return
         }
-        var notLoaded = old
-        notLoaded.index = 10 // past the end: never resident
-        guard case .absent = fixture.filesystem.residentBlockWithoutCheckingSource(for: notLoaded) else {
-            Issue.record("a block not resident was not answered as absent")
+        guard case .current = fixture.filesystem.holdings(of: old, checkingSource: false) else {
+            Issue.record("holdings of a just-checked version needed the source")
             return
         }
         var otherMtime = old
-        otherMtime.modified.nanoseconds += 1
-        guard case .undetermined = fixture.filesystem.residentBlockWithoutCheckingSource(for: otherMtime) else {
+        otherMtime.modifiedNanoseconds += 1
+        guard case .undetermined = fixture.filesystem.residentBlocks(otherMtime.blocks(0, count: 1), checkingSource: false) else {
             Issue.record("a version other than the checked one was answered without checking")
             return
         }
 
         try fixture.write("f", randomBytes(300_000))
-        let new = try request(fixture, "f", index: 0)
-        #expect(new.fileSize == 300_000)
-        #expect(fixture.filesystem.residentBlock(for: new) == nil, "the new version is checked at the source and is not resident")
-        #expect(fixture.filesystem.residentBlock(for: old) == nil, "the source now says the old version is gone")
+        let new = try name(fixture, "f")
+        #expect(new.size == 300_000)
+        #expect(resident(fixture, new.blocks(0, count: 1))?.isEmpty == true, "the new version is checked at the source and is not resident")
+        #expect(resident(fixture, old.blocks(0, count: 1)) == nil, "the source now says the old version is gone")
 
         let versions = RecentlyCheckedVersions(freshness: .milliseconds(100), capacity: 2)
         let version = FileVersion(identity: .inode(device: 1, inode: 2), size: 3, modified: .init(seconds: 4, nanoseconds: 5), changed: .init(seconds: 6, nanoseconds: 7))

@@ -6,6 +6,7 @@ import CLinux
 import Foundation
 import Logging
 import MirrorFS
+import PeerTransport
 import Prefetch
 import SourceTree
 import SystemPackage
@@ -21,7 +22,7 @@ final class SourceFixture {
 
     /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
     init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
-         sharing other: SourceFixture? = nil, remote: (any RemoteBlockSource)? = nil,
+         sharing other: SourceFixture? = nil, fleet: (any BlockFleet)? = nil,
          prefetcher: Prefetcher? = nil, blockReader: any SourceBlockReader = DescriptorBlockReader(),
          kernelModes: (any KernelOpenModes)? = nil) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
@@ -34,7 +35,7 @@ final class SourceFixture {
             cache: BlockCache(capacity: cacheBlocks * blockSize, blockSize: blockSize),
             prefetcher: prefetcher,
             sourceHandleLimit: sourceHandleLimit,
-            sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, remote: remote,
+            sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, fleet: fleet,
             blockReader: blockReader, kernelModes: kernelModes, logger: logger
         )
     }

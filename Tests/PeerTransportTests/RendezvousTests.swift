@@ -7,22 +7,26 @@ import HTTPServing
 @Suite struct RendezvousTests {
     let peers = (1...5).map { PeerAddress(host: "10.0.0.\($0)", port: 7070) }
 
-    func block(_ index: Int64, file: String = "models/m.safetensors") -> PeerBlockID {
-        PeerBlockID(path: Array(file.utf8), fileSize: 1 << 40, modifiedNanoseconds: 1_700_000_000_000_000_000, blockSize: 1 << 20, index: index)
-    }
+    let file = PeerFile(path: Array("models/m.safetensors".utf8), size: 1 << 40, modifiedNanoseconds: 1_700_000_000_000_000_000, blockSize: 1 << 20)
+
+    func rank(_ instances: [PeerAddress], _ stripe: Int64) -> [PeerAddress] { Rendezvous.rank(instances, file: file, stripe: stripe) }
 
     @Test func rankingIsDeterministicAndIndependentOfListOrder() {
         var shuffled = peers
         var generator = SplitMix64(seed: 7)
         for index in Int64(0)..<200 {
             shuffled.shuffle(using: &generator)
-            let ranked = Rendezvous.rank(peers, for: block(index))
-            #expect(Rendezvous.rank(shuffled, for: block(index)) == ranked)
+            let ranked = rank(peers, index)
+            #expect(rank(shuffled, index) == ranked)
             #expect(Set(ranked) == Set(peers))
         }
-        // Another version of the file is another block, ranked on its own.
-        let other = PeerBlockID(path: block(0).path, fileSize: 1 << 40, modifiedNanoseconds: 1, blockSize: 1 << 20, index: 0)
-        #expect(Rendezvous.hash(of: other) != Rendezvous.hash(of: block(0)))
+        // Another version of the file is another file, ranked on its own.
+        var other = file
+        other.modifiedNanoseconds = 1
+        #expect(Rendezvous.hash(of: other, stripe: 0) != Rendezvous.hash(of: file, stripe: 0))
+        // A stripe is 4 MiB of blocks: one owner for a prefetch chunk.
+        #expect(Rendezvous.stripeBlocks(blockSize: 1 << 20) == 4 && Rendezvous.stripeBlocks(blockSize: 8 << 20) == 1)
+        #expect(Rendezvous.stripe(of: 7, blockSize: 1 << 20) == 1)
     }
 
     @Test func hashDoesNotDependOnTheProcess() {
@@ -38,11 +42,11 @@ import HTTPServing
     @Test func blocksSpreadEvenly() {
         var firsts: [PeerAddress: Int] = [:]
         let blocks = 20_000
-        for index in 0..<blocks { firsts[Rendezvous.rank(peers, for: block(Int64(index)))[0], default: 0] += 1 }
+        for index in 0..<blocks { firsts[rank(peers, Int64(index))[0], default: 0] += 1 }
         let fair = blocks / peers.count
         for peer in peers {
             let share = firsts[peer, default: 0]
-            #expect(abs(share - fair) < fair / 10, "\(peer) ranks first for \(share) of \(blocks) blocks")
+            #expect(abs(share - fair) < fair / 10, "\(peer) ranks first for \(share) of \(blocks) stripes")
         }
     }
 
@@ -51,8 +55,8 @@ import HTTPServing
         let remaining = peers.filter { $0 != gone }
         var moved = 0
         for index in Int64(0)..<5_000 {
-            let before = Rendezvous.rank(peers, for: block(index))
-            let after = Rendezvous.rank(remaining, for: block(index))
+            let before = rank(peers, index)
+            let after = rank(remaining, index)
             if before[0] == gone {
                 moved += 1
                 #expect(after[0] == before[1], "its blocks go to their second choice")

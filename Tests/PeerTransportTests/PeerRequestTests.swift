@@ -4,7 +4,7 @@ import TestSupport
 import HTTPServing
 @testable import PeerTransport
 
-@Suite struct BlockIDTests {
+@Suite struct PeerRequestTests {
     /// A deterministic generator, so a failure can be reproduced.
     @Test func roundTripOfOddNames() throws {
         let names: [[UInt8]] = [
@@ -15,10 +15,13 @@ import HTTPServing
             Array("...hidden/..x/x../.../~tilde".utf8),
         ]
         for name in names {
-            let id = PeerBlockID(path: name, fileSize: 5 << 30, modifiedNanoseconds: 1_763_900_000_123_456_789, blockSize: 1 << 20, index: 17)
-            let path = id.requestPath
-            #expect(path.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }, "only printable ASCII on the wire")
-            #expect(try PeerBlockID(requestPath: path) == id)
+            let file = PeerFile(path: name, size: 5 << 30, modifiedNanoseconds: 1_763_900_000_123_456_789, blockSize: 1 << 20)
+            for request in [PeerRequest.blocks(file.blocks(17, count: 1), ownerLoad: false), .blocks(file.blocks(17, count: 4), ownerLoad: true),
+                            .holdings(file)] {
+                let target = request.target
+                #expect(target.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }, "only printable ASCII on the wire")
+                #expect(try PeerRequest(target: target) == request)
+            }
         }
     }
 
@@ -34,11 +37,12 @@ import HTTPServing
             guard !name.isEmpty else { continue }
             let size = Int64.random(in: 1...(1 << 40), using: &random)
             let blockSize = 1 << Int.random(in: 16...26, using: &random)
-            let id = PeerBlockID(
-                path: name, fileSize: size, modifiedNanoseconds: Int64.random(in: -1_000_000_000_000...Int64(1) << 62, using: &random),
-                blockSize: blockSize, index: Int64.random(in: 0...(size - 1) / Int64(blockSize), using: &random)
-            )
-            #expect(try PeerBlockID(requestPath: id.requestPath) == id)
+            let file = PeerFile(path: name, size: size, modifiedNanoseconds: Int64.random(in: -1_000_000_000_000...Int64(1) << 62, using: &random),
+                                blockSize: blockSize)
+            let first = Int64.random(in: 0...(size - 1) / Int64(blockSize), using: &random)
+            let request = PeerRequest.blocks(file.blocks(first, count: Int.random(in: 1...64, using: &random)), ownerLoad: Bool.random(using: &random))
+            #expect(try PeerRequest(target: request.target) == request)
+            #expect(try PeerRequest(target: PeerRequest.holdings(file).target) == .holdings(file))
         }
     }
 
@@ -66,24 +70,62 @@ import HTTPServing
         ("/v1/block/1048576/1/100/5/a", "index past the end"),
         ("/v1/block/99999999999999999999/0/100/5/a", "overflowing number"),
         ("/v1/blocks/1048576/0/100/5/a", "wrong prefix"),
+        ("/v1/block/1048576/0/100/5/a?count=0", "no blocks"),
+        ("/v1/block/1048576/0/100/5/a?count=65", "too many blocks"),
+        ("/v1/block/1048576/0/100/5/a?load=everything", "unknown load"),
+        ("/v1/block/1048576/0/100/5/a?color=blue", "unknown parameter"),
+        ("/v1/holdings/1048576/100/5/..", "holdings outside the root"),
+        ("/v1/holdings/1048576/100/5/a?count=2", "holdings with parameters"),
+        ("/v1/holdings/1048576/100/a", "holdings missing a field"),
         ("/etc/passwd", "not a block request"),
         ("", "empty"),
     ])
     func rejectsMalformedAndUnsafeRequests(path: String, why: String) {
-        #expect(throws: PeerRequestError.self, "\(why)") { try PeerBlockID(requestPath: path) }
+        #expect(throws: PeerRequestError.self, "\(why)") { try PeerRequest(target: path) }
     }
 
     @Test func rejectsOversizedRequests() {
         let longName = String(repeating: "a", count: 4097)
-        #expect(throws: PeerRequestError.tooLong) { try PeerBlockID(requestPath: "/v1/block/1048576/0/100/5/" + longName) }
+        #expect(throws: PeerRequestError.tooLong) { try PeerRequest(target: "/v1/block/1048576/0/100/5/" + longName) }
         let huge = "/v1/block/1048576/0/100/5/" + String(repeating: "%41", count: 6000)
-        #expect(throws: PeerRequestError.tooLong) { try PeerBlockID(requestPath: huge) }
+        #expect(throws: PeerRequestError.tooLong) { try PeerRequest(target: huge) }
     }
 
-    @Test func expectedLengthOfLastBlock() {
-        let id = PeerBlockID(path: Array("f".utf8), fileSize: 2_500_000, modifiedNanoseconds: 0, blockSize: 1 << 20, index: 2)
-        #expect(id.expectedLength == 2_500_000 - 2 * (1 << 20))
-        #expect(PeerBlockID(path: id.path, fileSize: 2_500_000, modifiedNanoseconds: 0, blockSize: 1 << 20, index: 0).expectedLength == 1 << 20)
+    @Test func lengthsOfBlocksAndRuns() throws {
+        let file = PeerFile(path: Array("f".utf8), size: 2_500_000, modifiedNanoseconds: 0, blockSize: 1 << 20)
+        #expect(file.blockCount == 3)
+        #expect(file.length(ofBlock: 2) == 2_500_000 - 2 * (1 << 20))
+        #expect(file.length(ofBlock: 0) == 1 << 20 && file.length(ofBlock: 3) == 0)
+        #expect(file.blocks(1, count: 10) == PeerBlockRange(file: file, first: 1, count: 2), "a run is clipped to the file")
+        #expect(file.blocks(1, count: 10).byteCount == 2_500_000 - (1 << 20))
+        #expect(file.blocks(0, count: 3).dropFirst(2) == file.blocks(2, count: 1))
+        #expect(try PeerRequest(target: "/v1/block/1048576/2/2500000/0/f?count=9") == .blocks(file.blocks(2, count: 1), ownerLoad: false),
+                "a request past the end asks for the blocks there are")
+    }
+
+    @Test func checksumListsAndBitmaps() {
+        let checksums = [CRC32CChecksum(value: 0x1), CRC32CChecksum(value: 0xDEAD_BEEF)]
+        #expect(PeerResponseHeaders.checksumList(checksums) == "00000001,deadbeef")
+        #expect(PeerResponseHeaders.parseChecksumList("00000001,deadbeef") == checksums)
+        #expect(PeerResponseHeaders.parseChecksumList("00000001,") == nil && PeerResponseHeaders.parseChecksumList("1,2") == nil)
+        var bitmap = BlockBitmap(blockCount: 11)
+        #expect(bitmap.bytes.count == 2 && bitmap.isEmpty)
+        for index: Int64 in [0, 1, 2, 5, 10] { bitmap[index] = true }
+        #expect(bitmap.bytes == [0b0010_0111, 0b0000_0100])
+        #expect(bitmap.run(from: 0, limit: 8) == 3 && bitmap.run(from: 1, limit: 1) == 1 && bitmap.run(from: 3, limit: 8) == 0)
+        #expect(bitmap.run(from: 10, limit: 8) == 1, "a run ends at the file's end")
+        #expect(bitmap.setCount == 5 && !bitmap[11] && !bitmap[-1])
+        #expect(BlockBitmap(bytes: bitmap.bytes, blockCount: 11) == bitmap)
+        #expect(BlockBitmap(bytes: [0], blockCount: 11) == nil, "a holdings answer of the wrong length is refused")
+    }
+
+    @Test func responseHeads() {
+        let head = ResponseHead(Array("HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-Cachefs-Blocks:  2 \r\nConnection: close".utf8))
+        #expect(head?.status == 200 && head?.contentLength == 12 && head?["x-cachefs-blocks"] == "2" && head?.keepsConnection == false)
+        #expect(ResponseHead(Array("HTTP/1.1 404 Not Found".utf8))?.keepsConnection == true)
+        for bad in ["", "HTTP/1.1", "HTTP/1.1 2000 OK", "SPDY 200 OK", "HTTP/1.1 200 OK\r\nno colon"] {
+            #expect(ResponseHead(Array(bad.utf8)) == nil, "\(bad)")
+        }
     }
 
     @Test func crc32cKnownAnswers() {

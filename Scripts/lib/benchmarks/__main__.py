@@ -26,7 +26,7 @@ USAGE = """\
     Scripts/bench --only 3,11  # just these scenarios; the report goes to the results directory,
                                # not to Docs/BENCHMARKS.md
 
-Needs root (FUSE mounts, drop_caches, apt-get), about 12 GiB of free memory for the full seed table (4 GiB with
+Needs root (FUSE mounts, drop_caches, apt-get), about 18 GiB of free memory for the full seed table (5 GiB with
 --quick) and 12 GiB of disk. Test data is kept under $CACHEFS_BENCH_DIR (/var/tmp/cachefs-bench) and reused;
 nothing stays mounted afterwards."""
 

@@ -172,8 +172,7 @@ def rows(s, plan):
                 f"17{next(letters)}", f"Fleet {label} (N={n}, {size_text(mib)}, {who}): slowest of {readers} readers "
                 "vs one cold instance alone", slowest, alone, fmt_seconds,
                 f"<= {1 / speedup:g}x ({speedup:g}x faster)" if speedup else "report",
-                (lambda m, b, r, x=1 / speedup: r <= x) if speedup else None, "one alone", ratio(slowest, alone),
-                stats=f"stats-{key}.{mode}.json"))
+                (lambda m, b, r, x=1 / speedup: r <= x) if speedup else None, "one alone", ratio(slowest, alone)))
             source, peers = s.median(f"{key}.{mode}.source"), s.median(f"{key}.{mode}.peers")
             out.append(Row(
                 f"17{next(letters)}", f"Fleet {label} (N={n}, {size_text(mib)}): bytes from the source "

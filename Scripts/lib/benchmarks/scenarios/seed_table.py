@@ -84,9 +84,16 @@ def load_seconds(*paths):
     return max(json.loads(out)["seconds"] for out in outputs)
 
 
-def fleet_load(bench, source, warm, name, capacity):
-    """FLEET_NEW fresh instances load NAME at once, each a peer of WARM and of each other; the slowest load's
-    seconds, and the bytes the new instances took from the source and from peers."""
+def fleet_load(bench, source, warm, name, size, capacity):
+    """FLEET_NEW fresh instances load NAME at once, each a peer of WARM and of each other: the slowest load's seconds
+    (None when memory is short) and what the new instances took from the source and from peers."""
+    # They hold the checkpoint FLEET_NEW more times in memory that cannot be reclaimed (the caches' memory files),
+    # beside the page cache of the loaders' mappings: never a push to the OOM killer on a shared machine.
+    needed, available = FLEET_NEW * (size + 512 * system.MiB), system.available_memory()
+    if available < needed:
+        bench.note(f"scenario 15: a run's fleet load skipped, {available / 2**30:.1f} GiB of memory available and its "
+                   f"{FLEET_NEW} instances need about {needed / 2**30:.1f}")
+        return None, "the fleet skipped"
     ports = [int(listen_address(warm).rsplit(":", 1)[1])] + free_ports(FLEET_NEW)
     fleet = [bench.daemons.fleet_member(source.path, bench.mountpoint(f"seed-fleet-{i}"), ports, i, capacity=capacity)
              for i in range(1, FLEET_NEW + 1)]
@@ -94,7 +101,10 @@ def fleet_load(bench, source, warm, name, capacity):
     counters = bench.daemons.counters(fleet, ("bytesFromSource", "bytesFromPeers"))
     for mount in reversed(fleet):
         bench.daemons.stop(mount)
-    return seconds, sum(c["bytesFromSource"] for c in counters), sum(c["bytesFromPeers"] for c in counters)
+    from_source, from_peers = (sum(c[key] for c in counters) / size for key in ("bytesFromSource", "bytesFromPeers"))
+    bench.record("s15.fleet_source_fraction", from_source)
+    return seconds, (f"the fleet's new instances took {from_source:.2f} of the file from the source, "
+                     f"{from_peers:.2f} from peers")
 
 
 def run(bench):
@@ -114,14 +124,14 @@ def run(bench):
         stats = bench.keep_stats(b, "s15")
         bench.record("s15.peer_source_fraction", stats["bytesFromSource"] / size)
         bench.daemons.stop(b)
-        times["fleet"], from_source, from_peers = fleet_load(bench, source, a, name, f"{mib + 256}M")
-        bench.record("s15.fleet_source_fraction", from_source / size)
+        seconds, fleet = fleet_load(bench, source, a, name, size, f"{mib + 256}M")
+        if seconds is not None:
+            times["fleet"] = seconds
         bench.daemons.stop(a)
         for key, seconds in times.items():
             bench.record(f"s15.{key}.sec", seconds)
         log(f"run {i}: " + ", ".join(f"{key} {seconds:.2f} s" for key, seconds in times.items())
-            + f" (B read {stats['bytesFromSource']} bytes from the source; the fleet's new instances "
-            f"{from_source / size:.2f} of the file from the source, {from_peers / size:.2f} from peers)")
+            + f" (B read {stats['bytesFromSource']} bytes from the source; {fleet})")
 
 
 def label(s):

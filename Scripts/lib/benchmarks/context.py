@@ -25,7 +25,7 @@ class Plan:
     seed_runs: int
     s3_mib: int               # scenario 16's file, read through s3fs from moto_server (about 65 MiB/s)
     herd_readers: int = 16
-    fleet_sizes: tuple = ((4, 1024), (8, 512))   # scenario 17's fleets: (instances, file MiB) (Scripts/bench-fleet --sizes)
+    fleet_sizes: tuple = ((4, 1024), (8, 512))   # scenario 17's (instances, file MiB) (Scripts/bench-fleet --sizes)
     fleet_runs: int = 3
     memory_bound_capacity_mib: int = 512   # scenario 9 reads 4x this: the 2 GiB file
     sweep_depths: tuple = (4, 16, 32)

@@ -4,6 +4,7 @@ alone)."""
 
 import json
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -42,7 +43,8 @@ one's first read is the baseline, not counted), divided by the file size; "peers
 slowest at least {SCALE_OUT_SPEEDUP}x faster than one alone (time ratio <= {1 / SCALE_OUT_SPEEDUP:g}x); cold burst,
 source / file <= {BURST_SOURCE} and the slowest at least {BURST_SPEEDUP[4]}x faster for N=4, {BURST_SPEEDUP[8]}x for
 N=8 (other N: reported only). Every daemon and reader shares this machine's cores, so with N=8 sixteen daemons and
-eight readers share two cores; the section below gives the cores' busy share during each phase.
+eight readers share two cores; the section below gives the share of the cores' time that was busy during each
+phase, whoever used it, and the share the fleet's own processes took (from `/proc/PID/stat` and the readers' rusage).
 """
 
 
@@ -69,17 +71,17 @@ def run_fleet(bench, n, mib):
                                               capacity=f"{mib + 256}M")
 
         warm = start(0)
-        alone = read_at_once(bench, [warm], [warm], name)
+        alone = read_at_once(bench, [warm], [warm], name, sources[:1])
         bench.record(f"{key}.alone.sec", alone.slowest)
         log(f"N={n}, {mib} MiB, run {run_number}: one alone {alone.slowest:.2f} s")
         fleet = [warm] + [start(i) for i in range(1, n)]
-        scale_out = read_at_once(bench, fleet, fleet[1:], name)
+        scale_out = read_at_once(bench, fleet, fleet[1:], name, sources)
         # Counters are taken from the phase's start, so the warm one's first read is left out; by the issue's rule
         # only the new instances' source bytes count (the warm one's, which should be none, are in the log).
         scale_out.record(bench, f"{key}.scaleout", size, source_from=fleet[1:])
         stop(bench, fleet)
         fleet = [start(i) for i in range(n)]
-        burst = read_at_once(bench, fleet, fleet, name)
+        burst = read_at_once(bench, fleet, fleet, name, sources)
         burst.record(bench, f"{key}.burst", size, source_from=fleet)
         stop(bench, fleet)
         for label, phase in (("scale-out", scale_out), ("cold burst", burst)):
@@ -93,11 +95,16 @@ def stop(bench, mounts):
 
 
 class Phase:
-    """One concurrent read: each reader's seconds, each member's counters' growth, the cores' busy CPU-s."""
+    """One concurrent read: each reader's seconds, each member's counters' growth, the CPU-s all cores were busy
+    and the CPU-s the fleet's own processes (members, sources, readers) took."""
 
-    def __init__(self, members, readers, seconds, growth, busy, wall):
+    def __init__(self, members, readers, seconds, growth, busy, own, wall):
         self.members, self.readers, self.seconds, self.growth = members, readers, seconds, growth
-        self.busy, self.wall = busy, wall
+        self.busy, self.own, self.wall = busy, own, wall
+
+    def share(self, cpu):
+        """CPU-s as a share of all cores over the phase."""
+        return cpu / (system.CORES * self.wall)
 
     @property
     def slowest(self):
@@ -111,7 +118,7 @@ class Phase:
         self.peer_fraction = self.total("bytesFromPeers") / size
         for name, value in (("sec", self.slowest), ("fastest.sec", min(self.seconds)),
                             ("source", self.source_fraction), ("peers", self.peer_fraction),
-                            ("busy", self.busy / (system.CORES * self.wall))):
+                            ("busy", self.share(self.busy)), ("own", self.share(self.own))):
             bench.record(f"{key}.{name}", float(value))
         summed = {counter: self.total(counter) for counter in COUNTERS}
         with open(os.path.join(bench.results, f"stats-{key}.json"), "w") as f:
@@ -122,15 +129,18 @@ class Phase:
                                for g in self.growth)
         return (f"slowest {self.slowest:.2f} s, readers {' '.join(f'{t:.2f}' for t in self.seconds)} s; source "
                 f"{self.source_fraction:.2f} and peers {self.peer_fraction:.2f} of the file (each member's "
-                f"source/peers: {per_member}); cores {100 * self.busy / (system.CORES * self.wall):.0f}% busy")
+                f"source/peers: {per_member}); cores {100 * self.share(self.busy):.0f}% busy, "
+                f"{100 * self.share(self.own):.0f}% by the fleet's own processes")
 
 
-def read_at_once(bench, members, readers, name):
+def read_at_once(bench, members, readers, name, sources):
     """Drops the page cache, then reads NAME with `cat` through every one of READERS at once; the counters of
-    every one of MEMBERS are taken before and after."""
+    every one of MEMBERS are taken before and after, the CPU time of the members and SOURCES too."""
     before = bench.daemons.counters(members, COUNTERS)
     system.drop_caches()
     seconds = [0.0] * len(readers)
+    daemons = [m.pid for m in members + sources]
+    ticks, readers_cpu = [system.cpu_ticks(pid) for pid in daemons], children_cpu()
     idle = system.idle_ticks()
     start = time.monotonic()
     processes = [subprocess.Popen(["cat", os.path.join(r.path, name)], stdout=subprocess.DEVNULL)
@@ -147,12 +157,19 @@ def read_at_once(bench, members, readers, name):
         waiter.join()
     wall = time.monotonic() - start
     busy = system.CORES * wall - (system.idle_ticks() - idle) / system.HZ
+    own = (sum(map(system.cpu_ticks, daemons)) - sum(ticks)) / system.HZ + children_cpu() - readers_cpu
     failed = [r.path for r, p in zip(readers, processes) if p.returncode != 0]
     if failed:
         raise RuntimeError(f"cat failed through {', '.join(failed)}")
     after = bench.daemons.counters(members, COUNTERS)
     growth = [{k: a[k] - b[k] for k in COUNTERS} for a, b in zip(after, before)]
-    return Phase(members, readers, seconds, growth, busy, wall)
+    return Phase(members, readers, seconds, growth, busy, own, wall)
+
+
+def children_cpu():
+    """User + system seconds of this process's children that have ended (the readers, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def size_text(mib):
@@ -185,19 +202,22 @@ def rows(s, plan):
 
 
 def section(s, plan):
-    header = ["fleet", "one alone", "slowest", "fastest", "speed-up", "source / file", "peers / file", "cores busy"]
+    header = ["fleet", "one alone", "slowest", "fastest", "speed-up", "source / file", "peers / file", "cores busy",
+              "by the fleet"]
     table = []
     for n, mib in plan.fleet_sizes:
         key = fleet_key(n, mib)
         alone = s.median(f"{key}.alone.sec")
         for mode, label, _ in MODES:
-            slowest, busy = s.median(f"{key}.{mode}.sec"), s.median(f"{key}.{mode}.busy")
+            slowest = s.median(f"{key}.{mode}.sec")
+            busy, own = (s.median(f"{key}.{mode}.{cpu}") for cpu in ("busy", "own"))
             table.append([f"{label}, N={n}, {size_text(mib)}", fmt_seconds(alone), fmt_seconds(slowest),
                           fmt_seconds(s.median(f"{key}.{mode}.fastest.sec")), fmt_ratio(ratio(alone, slowest)),
                           fmt_plain(s.median(f"{key}.{mode}.source")), fmt_plain(s.median(f"{key}.{mode}.peers")),
-                          "—" if busy is None else f"{100 * busy:.0f}%"])
+                          "—" if busy is None else f"{100 * busy:.0f}%", "—" if own is None else f"{100 * own:.0f}%"])
     runs = len(s.floats(f"{fleet_key(*plan.fleet_sizes[0])}.alone.sec"))
     intro = (f"Scenario 17, medians of {runs_text(runs)}: each instance over its own testsource capped at "
              f"{BANDWIDTH / system.MiB:.0f} MiB/s with {LATENCY_MS} ms a request; speed-up is one alone / slowest; "
-             "cores busy is the share of all cores' time not idle during the phase (daemons, sources and readers).")
+             "cores busy is the share of all cores' time not idle during the phase, whoever used it; by the fleet is "
+             "the share its own instances, testsources and readers took.")
     return "Fleet: many instances reading one file at once", intro, header, table

@@ -26,7 +26,7 @@ USAGE = """\
     Scripts/bench --only 3,11  # just these scenarios; the report goes to the results directory,
                                # not to Docs/BENCHMARKS.md
 
-Needs root (FUSE mounts, drop_caches, apt-get), about 12 GiB of free memory for the full seed table (4 GiB with
+Needs root (FUSE mounts, drop_caches, apt-get), about 18 GiB of free memory for the full seed table (5 GiB with
 --quick) and 12 GiB of disk. Test data is kept under $CACHEFS_BENCH_DIR (/var/tmp/cachefs-bench) and reused;
 nothing stays mounted afterwards."""
 
@@ -42,15 +42,30 @@ def arguments(argv):
     parser.add_argument("--peer-size-mib", type=int, help="scenario 12's file (default 2048, or 1024 with --quick)")
     parser.add_argument("--peer-bandwidth", help="scenario 12's source cap, e.g. 300M (the default)")
     parser.add_argument("--seed-mib", type=int, help="scenario 15's checkpoint (default 4096, or 1024 with --quick)")
+    parser.add_argument("--fleet-sizes", type=fleet_sizes, metavar="NxMIB,NxMIB",
+                        help="scenario 17's fleets: instances x file MiB (default 4x1024,8x512, or 4x512,8x256 with "
+                             "--quick)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the last run's raw samples (after editing bench-limits.md)")
     return parser.parse_args(argv)
 
 
+def fleet_sizes(text):
+    """"4x1024,8x512" -> ((4, 1024), (8, 512))."""
+    try:
+        sizes = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(len(size) != 2 or size[0] < 2 or size[1] < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NxMIB,... with N >= 2 instances, e.g. 4x1024,8x512")
+    return sizes
+
+
 def make_plan(args):
     plan = Plan.make(args.quick)
     if args.runs:
-        plan.runs = plan.seed_runs = args.runs
+        plan.runs = plan.seed_runs = plan.fleet_runs = args.runs
+    plan.fleet_sizes = args.fleet_sizes or plan.fleet_sizes
     plan.peer_mib = args.peer_size_mib or plan.peer_mib
     plan.peer_bandwidth = args.peer_bandwidth or plan.peer_bandwidth
     plan.seed_mib = args.seed_mib or plan.seed_mib
@@ -102,7 +117,8 @@ def record_meta(bench, args, argv, selected):
                    f"first {plan.latency_mib} MiB of the 1 GiB file, fio runs {plan.fio_seconds} s (not 10 s), 7 and "
                    f"14 walk {plan.tree_dirs * 1000:,} files (not 50,000), the sweep reads {plan.sweep_mib} MiB once "
                    f"per setting, 12 reads {plan.peer_mib} MiB, 15 loads a {plan.seed_mib} MiB checkpoint, 16 reads "
-                   f"{plan.s3_mib} MiB")
+                   f"{plan.s3_mib} MiB, 17's fleets are "
+                   f"{', '.join(f'{n} x {mib} MiB' for n, mib in plan.fleet_sizes)}")
     if scenarios.seed_table in selected and plan.seed_runs != plan.runs:
         minutes = 2 * plan.seed_mib * system.MiB / scenarios.seed_table.SOURCE_BANDWIDTH / 60
         bench.note(f"scenario 15 (seed table) is the median of {report.runs_text(plan.seed_runs)}: its two "

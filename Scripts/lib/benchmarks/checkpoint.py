@@ -1,6 +1,9 @@
 """A safetensors checkpoint for the seed table: written once, loaded by the real `safetensors` library.
 
-    python3 -m benchmarks.checkpoint load PATH    # prints {"seconds", "bytes", "tensors"} as JSON
+    python3 -m benchmarks.checkpoint load PATH [START]   # prints {"seconds", "bytes", "tensors"} as JSON
+
+START, a time.monotonic() value (one clock for every process here), makes several loaders begin together: each
+waits for it after its imports, and its seconds count from it.
 """
 
 import json
@@ -48,12 +51,14 @@ def is_valid(path):
         return False
 
 
-def load(path):
+def load(path, start=None):
     """Loads every tensor of PATH the way a model server does (safe_open maps the file; get_tensor copies each
     tensor out of the mapping into a numpy array, so every byte is read); tensors are dropped once loaded, so the
-    process holds one at a time."""
+    process holds one at a time. Timed from START if given (waiting for it first), else from now."""
     from safetensors import safe_open
-    start = time.monotonic()
+    if start is None:
+        start = time.monotonic()
+    time.sleep(max(0.0, start - time.monotonic()))
     count = total = 0
     with safe_open(path, framework="numpy") as f:
         for name in f.keys():
@@ -63,6 +68,6 @@ def load(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "load":
+    if len(sys.argv) not in (3, 4) or sys.argv[1] != "load":
         sys.exit(__doc__)
-    print(json.dumps(load(sys.argv[2])))
+    print(json.dumps(load(sys.argv[2], float(sys.argv[3]) if len(sys.argv) == 4 else None)))

@@ -25,6 +25,8 @@ class Plan:
     seed_runs: int
     s3_mib: int               # scenario 16's file, read through s3fs from moto_server (about 65 MiB/s)
     herd_readers: int = 16
+    fleet_sizes: tuple = ((4, 1024), (8, 512))   # scenario 17's (instances, file MiB) (Scripts/bench-fleet --sizes)
+    fleet_runs: int = 3
     memory_bound_capacity_mib: int = 512   # scenario 9 reads 4x this: the 2 GiB file
     sweep_depths: tuple = (4, 16, 32)
     sweep_block_sizes: tuple = ("1M", "4M")
@@ -34,7 +36,7 @@ class Plan:
         if quick:
             return cls(quick=True, runs=3, fio_seconds=5, cold_file=ONE, latency_mib=256, tree_dirs=10,
                        sweep_mib=128, sweep_runs=1, peer_mib=1024, peer_bandwidth="300M", seed_mib=1024, seed_runs=1,
-                       s3_mib=256)
+                       s3_mib=256, fleet_sizes=((4, 512), (8, 256)))
         return cls(quick=False, runs=5, fio_seconds=10, cold_file=BIG, latency_mib=1024, tree_dirs=50,
                    sweep_mib=512, sweep_runs=3, peer_mib=2048, peer_bandwidth="300M", seed_mib=4096, seed_runs=3,
                    s3_mib=512)

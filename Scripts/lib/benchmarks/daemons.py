@@ -5,7 +5,9 @@ reaches the bench, which stops them in order), so each is stopped by its own PID
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 
 from . import system
@@ -52,6 +54,12 @@ class Daemons:
                           f"cachefs ready at {path}")
         return mount
 
+    def fleet_member(self, source, path, ports, index, *options, capacity="3G"):
+        """Member INDEX of a fleet on loopback: a cachefs serving peers on PORTS[INDEX] and given every member's
+        address as its peers, its own included, the way a DNS name listing the fleet would give them."""
+        return self.cachefs(source, path, "--listen", f"127.0.0.1:{ports[index]}",
+                            "--peers", ",".join(f"127.0.0.1:{port}" for port in ports), *options, capacity=capacity)
+
     def testsource(self, root, path, *options):
         return self._start("testsource", path, [self.testsource_bin, root, path, *options])
 
@@ -67,6 +75,10 @@ class Daemons:
         out = subprocess.run([self.cachefs_bin, "stats", mount.path, "--json"], check=True, capture_output=True,
                              text=True).stdout
         return json.loads(out)
+
+    def counters(self, mounts, keys):
+        """Each mount's counters named KEYS (0 where the daemon does not report one), from `cachefs stats`."""
+        return [{key: stats.get(key, 0) for key in keys} for stats in map(self.stats, mounts)]
 
     def _stats_or_none(self, mount):
         try:
@@ -95,3 +107,28 @@ class Daemons:
         """Stops every daemon still running, the most recent (those mounted over the others) first."""
         for mount in reversed(list(self.running)):
             self.stop(mount)
+
+
+def listen_address(mount):
+    """The HOST:PORT a cachefs instance serves peers on (its --listen), or None."""
+    args = list(mount.process.args)
+    return args[args.index("--listen") + 1] if "--listen" in args else None
+
+
+def free_ports(count):
+    """COUNT consecutive loopback ports that nothing listens on now, below the kernel's ephemeral range (where the
+    peers' own outgoing connections take theirs)."""
+    for _ in range(100):
+        base = random.randrange(20000, 30000 - count)
+        if all(_bindable(port) for port in range(base, base + count)):
+            return list(range(base, base + count))
+    raise RuntimeError(f"no {count} free consecutive ports on 127.0.0.1")
+
+
+def _bindable(port):
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False

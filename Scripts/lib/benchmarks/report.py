@@ -84,7 +84,7 @@ class Row:
         self.ident, self.label, self.measured, self.baseline, self.fmt = ident, label, measured, baseline, fmt
         self.target_text, self.check, self.baseline_label, self.ratio = target_text, check, baseline_label, ratio
         self.measured_text, self.baseline_text, self.stats = measured_text, baseline_text, stats
-        self.scenario = ident.rstrip("abcdefgh")
+        self.scenario = ident.rstrip("abcdefghijklmnopqrstuvwxyz")
 
     def cells(self, status):
         measured = self.measured_text or self.fmt(self.measured)

@@ -109,6 +109,12 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def available_memory():
+    """Bytes the kernel could hand out now without swapping (MemAvailable)."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])

@@ -103,6 +103,8 @@ final class BlockLoader: Sendable {
     /// - Returns: how many blocks from `first` are now loaded (0: none could be run; load `first` alone).
     func blockRun(from first: Int64, count: Int, of file: SourceFile, reader readerFile: SourceFile, askingFleet: Bool = true) throws(Errno) -> Int {
         let name = askingFleet ? fleetName(of: file) : nil
+        // Claims only what one exchange with the fleet serves (see `BlockFleet.segment`); the lane asks again for the rest.
+        let count = name.flatMap { name in fleet?.segment(of: name.blocks(first, count: count)) } ?? count
         do {
             return try cache.loadRun(of: file.version, from: first, count: count) { start, buffers in
                 try load(buffers, from: start, of: file, reader: readerFile, name: name)

@@ -49,6 +49,7 @@ extension MirrorFilesystem: PeerBlockProvider {
             return .failed("\(error)")
         }
         guard source.version == version else { return .otherVersion } // changed between the stat and the open
+        // What this call read from the source: the run it loaded. Blocks it then waits for were loaded by others.
         var bytesFromSource = 0
         if let loaded = try? loader.blockRun(from: range.first, count: range.count, of: source, reader: source, askingFleet: false) {
             bytesFromSource = range.prefix(loaded).byteCount
@@ -56,9 +57,8 @@ extension MirrorFilesystem: PeerBlockProvider {
         var blocks: [Block] = []
         for span in loader.spans(from: range.first * Int64(cache.blockSize), to: range.indices.upperBound * Int64(cache.blockSize), size: version.size) {
             do {
-                let (block, tier) = try loader.block(span, of: source, askingFleet: false)
+                let (block, _) = try loader.block(span, of: source, askingFleet: false)
                 guard block.count == span.length else { break } // the source ended early
-                if tier == .source { bytesFromSource += block.count }
                 blocks.append(block)
             } catch {
                 if blocks.isEmpty { return .failed("\(error)") }

@@ -8,6 +8,12 @@ import Synchronization
 /// Called on the loading thread (a FUSE worker, a prefetch lane, a warm-up), which blocks
 /// until it returns; an implementation bounds that wait.
 public protocol BlockFleet: Sendable {
+    /// How many blocks from the first of `range` one exchange would serve (one holder's run, or one
+    /// owner's stripes), at least 1. A caller claims only these before `load`, so that no block it has
+    /// claimed waits on a peer that waits on the caller: an owner asked for blocks this instance has
+    /// claimed for a run that is waiting on another owner could otherwise wait on that wait.
+    func segment(of range: PeerBlockRange) -> Int
+
     /// Fills the first blocks of `range` (`targets[i]` is block `range.first + i`) from a peer,
     /// or tells the caller to read them from its own source.
     func load(_ range: PeerBlockRange, into targets: ArraySlice<ReceiveTarget>) -> FleetAnswer
@@ -80,6 +86,15 @@ public final class PeerFleet: BlockFleet {
     /// The name other instances rank this one by, if known.
     public var ownAddress: PeerAddress? { discovery.ownAddress ?? fallbackOwnAddress }
 
+    public func segment(of range: PeerBlockRange) -> Int {
+        let peers = discovery.peers
+        guard !peers.isEmpty, range.count > 1 else { return range.count }
+        let held = currentHoldings(of: range.file, peers: peers)
+        let runs = held.filter { client.health.isAvailable($0.key) }.map { $0.value.run(from: range.first, limit: range.count) }
+        if let longest = runs.max(), longest > 0 { return longest }
+        return ownerSegment(of: range, ring: ring(peers)).range.count
+    }
+
     public func load(_ range: PeerBlockRange, into targets: ArraySlice<ReceiveTarget>) -> FleetAnswer {
         precondition(range.count > 0 && targets.count >= range.count)
         let peers = discovery.peers
@@ -143,7 +158,10 @@ public final class PeerFleet: BlockFleet {
         case .use(let known):
             return known
         case .wait(let running):
-            _ = running.wait(timeout: .now() + client.configuration.blockTimeout / .seconds(1))
+            // Until the first answers are in: a peer that does not answer must be in backoff before
+            // anyone asks it to load blocks as their owner. The query is bounded by its exchanges' deadlines.
+            let bound = (client.configuration.connectTimeout + client.configuration.blockTimeout) * peers.count + .seconds(1)
+            _ = running.wait(timeout: .now() + bound / .seconds(1))
             return holdings.withLock { $0[file]?.byPeer ?? [:] }
         case .query(let group):
             var found: [PeerAddress: BlockBitmap] = [:]
@@ -192,19 +210,23 @@ public final class PeerFleet: BlockFleet {
         return nil
     }
 
-    private func loadFromOwner(_ range: PeerBlockRange, peers: [PeerAddress], into targets: ArraySlice<ReceiveTarget>) -> FleetAnswer {
-        let ring = ring(peers)
+    /// The blocks from the first of `range` that one owner serves (they end where a stripe with
+    /// another owner starts), and that owner; nil for this instance.
+    private func ownerSegment(of range: PeerBlockRange, ring: (instances: [PeerAddress], own: PeerAddress?)) -> (range: PeerBlockRange, owner: PeerAddress?) {
         let stripeBlocks = Rendezvous.stripeBlocks(blockSize: range.file.blockSize)
         var stripe = range.first / stripeBlocks
         let owner = owner(of: range.file, stripe: stripe, ring: ring)
-        // The run goes to one owner: it ends where a stripe with another owner starts.
         var end = min(range.indices.upperBound, (stripe + 1) * stripeBlocks)
         while end < range.indices.upperBound {
             stripe += 1
             guard self.owner(of: range.file, stripe: stripe, ring: ring) == owner else { break }
             end = min(range.indices.upperBound, (stripe + 1) * stripeBlocks)
         }
-        let segment = range.prefix(Int(end - range.first))
+        return (range.prefix(Int(end - range.first)), owner)
+    }
+
+    private func loadFromOwner(_ range: PeerBlockRange, peers: [PeerAddress], into targets: ArraySlice<ReceiveTarget>) -> FleetAnswer {
+        let (segment, owner) = ownerSegment(of: range, ring: ring(peers))
         guard let owner else { return .readSource(blocks: segment.count) }
 
         markAwaited(segment, +1)
@@ -239,20 +261,27 @@ public final class PeerFleet: BlockFleet {
         }
     }
 
-    /// Whether this instance waits for the first block of `range` from its owner (see `awaited`).
+    /// Whether this instance waits for any block of `range` from its owner (see `awaited`).
     public func isAwaitingOwner(_ range: PeerBlockRange) -> Bool {
-        awaited.withLock { $0[range.file]?[range.first] != nil }
+        awaited.withLock { awaited in
+            guard let indexes = awaited[range.file] else { return false }
+            return range.indices.contains { indexes[$0] != nil }
+        }
     }
 
-    /// After serving `range` as its owner: the stripes this instance owns within `ownerReadAhead`
-    /// stripes past it that it has not loaded ahead yet, for it to load before its askers reach them.
-    public func ownedStripesAhead(of range: PeerBlockRange) -> [PeerBlockRange] {
+    /// After serving `range` to a peer: the stripes this instance owns within `ownerReadAhead` stripes
+    /// past it that it has not loaded ahead yet, for it to load from its source before its askers reach
+    /// them. Only a file this instance has been asked for as owner (`asOwner`, now or before) is read
+    /// ahead: askers find blocks loaded ahead in its holdings and come back as to a holder, while blocks
+    /// some other peer already holds (a scale-out) never lead to an owner request at all.
+    public func ownedStripesAhead(of range: PeerBlockRange, asOwner: Bool) -> [PeerBlockRange] {
         let ring = ring(discovery.peers)
         guard ring.own != nil, ownerReadAhead > 0 else { return [] }
         let stripeBlocks = Rendezvous.stripeBlocks(blockSize: range.file.blockSize)
         let lastStripe = (range.indices.upperBound - 1) / stripeBlocks
         let horizon = min(lastStripe + Int64(ownerReadAhead), (range.file.blockCount - 1) / stripeBlocks)
-        let from: Int64 = readAheadMarks.withLock { marks in
+        let from: Int64? = readAheadMarks.withLock { marks in
+            guard asOwner || marks[range.file] != nil else { return nil }
             let from = max(lastStripe + 1, (marks[range.file] ?? -1) + 1)
             if horizon >= from {
                 if marks.count >= Self.holdingsKeptFiles, marks[range.file] == nil { marks.removeAll() }
@@ -260,7 +289,7 @@ public final class PeerFleet: BlockFleet {
             }
             return from
         }
-        guard horizon >= from else { return [] }
+        guard let from, horizon >= from else { return [] }
         return (from...horizon).compactMap { stripe in
             owner(of: range.file, stripe: stripe, ring: ring) == nil
                 ? range.file.blocks(stripe * stripeBlocks, count: Int(stripeBlocks)) : nil

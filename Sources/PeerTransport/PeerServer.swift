@@ -58,32 +58,38 @@ public enum PeerLoadAnswer: Sendable {
 ///
 /// Built on SwiftNIO's HTTP/1.1 server pipeline. An answer that needs no I/O (the file's version was
 /// checked within the last second) is given on the connection's event loop; one that must stat the
-/// source, or load blocks as their owner, runs on the server's own thread pool (`workThreads`), which
-/// the service starts and joins. Blocks are sent with sendfile(2) from their version's memory file.
+/// source runs on a small pool of its own (`lookupThreads`), and a load as owner on another
+/// (`loadThreads`), so that a version check never queues behind loads, which can wait for the source
+/// and for this instance's own loads in flight. The service starts both pools and joins them. Blocks
+/// are sent with sendfile(2) from their version's memory file.
 public struct PeerServer: Service {
-    public static let defaultWorkThreads = 32
+    public static let defaultLoadThreads = 32
+    public static let defaultLookupThreads = 4
 
     private let listener: HTTPListener
-    private let work: NIOThreadPool
+    private let pools: PeerServerPools
 
     /// - Parameters:
     ///   - fleet: this instance's view of the fleet, if it asks peers too: to decline owner requests for
     ///     blocks it awaits itself, and to load ahead the stripes it owns.
-    ///   - workThreads: threads for lookups that stat the source and for loads as owner; an owner
-    ///     serving many askers at once holds one per request for the length of its source read.
+    ///   - loadThreads: threads for loads as owner; an owner serving many askers at once holds one per
+    ///     request for the length of its source read (or of the load in flight it waits for).
+    ///   - lookupThreads: threads for the version checks (a stat of the source) of requests the event loop
+    ///     cannot answer.
     ///   - idleTimeout: a connection that neither sends nor receives anything for this long is closed.
     ///   - onRunning: called with the bound port once the server listens (port 0 picks a free one).
     public init(
         address: HostPort, token: String?, instanceID: String, counters: PeerServerCounters,
-        provider: any PeerBlockProvider, fleet: PeerFleet? = nil, workThreads: Int = PeerServer.defaultWorkThreads,
+        provider: any PeerBlockProvider, fleet: PeerFleet? = nil, loadThreads: Int = PeerServer.defaultLoadThreads,
+        lookupThreads: Int = PeerServer.defaultLookupThreads,
         idleTimeout: Duration = .seconds(60), onRunning: @escaping @Sendable (Int) async -> Void = { _ in }, logger: Logger
     ) {
-        let work = NIOThreadPool(numberOfThreads: workThreads)
+        let pools = PeerServerPools(lookups: NIOThreadPool(numberOfThreads: lookupThreads), loads: NIOThreadPool(numberOfThreads: loadThreads))
         let responder = PeerResponder(
             token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters,
-            provider: provider, fleet: fleet, work: work, logger: logger
+            provider: provider, fleet: fleet, pools: pools, logger: logger
         )
-        self.work = work
+        self.pools = pools
         listener = HTTPListener(
             target: .tcp(address), idleTimeout: idleTimeout,
             makeHandler: { PeerRequestHandler(responder: responder) },
@@ -92,10 +98,20 @@ public struct PeerServer: Service {
     }
 
     public func run() async throws {
-        work.start()
-        defer { work.shutdownGracefully { _ in } }
+        pools.lookups.start()
+        pools.loads.start()
+        defer {
+            pools.lookups.shutdownGracefully { _ in }
+            pools.loads.shutdownGracefully { _ in }
+        }
         try await listener.run()
     }
+}
+
+/// The server's threads for work that blocks; see `PeerServer`.
+struct PeerServerPools: Sendable {
+    let lookups: NIOThreadPool
+    let loads: NIOThreadPool
 }
 
 /// Counters of what this instance served to peers; read by `cachefs stats`.
@@ -128,7 +144,7 @@ struct PeerResponder: Sendable {
     let counters: PeerServerCounters
     let provider: any PeerBlockProvider
     let fleet: PeerFleet?
-    let work: NIOThreadPool
+    let pools: PeerServerPools
     let logger: Logger
 
     func decide(_ head: HTTPRequestHead) -> PeerRequestDecision {
@@ -170,11 +186,11 @@ struct PeerResponder: Sendable {
     }
 
     /// Loads the stripes this instance owns just ahead of `range` for the askers streaming the file,
-    /// in the background on the work pool (nobody waits for them).
-    func loadAhead(of range: PeerBlockRange) {
+    /// in the background on the work pool (nobody waits for them); see `PeerFleet.ownedStripesAhead`.
+    func loadAhead(of range: PeerBlockRange, asOwner: Bool) {
         guard let fleet else { return }
-        for stripe in fleet.ownedStripesAhead(of: range) {
-            work.submit { [provider, counters] state in
+        for stripe in fleet.ownedStripesAhead(of: range, asOwner: asOwner) {
+            pools.loads.submit { [provider, counters] state in
                 guard case .active = state, case .blocks(_, let loaded) = provider.loadForPeer(stripe) else { return }
                 counters.countLoaded(bytes: loaded, blockSize: stripe.file.blockSize)
             }
@@ -228,7 +244,7 @@ final class PeerRequestHandler: ChannelInboundHandler {
         let answer: @Sendable (PeerResidency<[Block]>, PeerRequestHandler, ChannelHandlerContext) -> Void = { found, handler, context in
             switch found {
             case .current(let blocks) where !blocks.isEmpty:
-                if ownerLoad { responder.loadAhead(of: range) }
+                responder.loadAhead(of: range, asOwner: ownerLoad)
                 handler.sendBlocks(blocks, head: head, context: context)
             case .current where ownerLoad:
                 handler.loadAsOwner(range, head: head, context: context)
@@ -239,7 +255,7 @@ final class PeerRequestHandler: ChannelInboundHandler {
         }
         let quick = provider.residentBlocks(range, checkingSource: false)
         guard case .undetermined = quick else { return answer(quick, self, context) }
-        onWorkPool(context: context, head: head) { provider.residentBlocks(range, checkingSource: true) } then: { answer($0, $1, $2) }
+        on(responder.pools.lookups, context: context) { provider.residentBlocks(range, checkingSource: true) } then: { answer($0, $1, $2) }
     }
 
     /// Loads the blocks from this instance's source for the asker, which named this instance their owner.
@@ -250,11 +266,11 @@ final class PeerRequestHandler: ChannelInboundHandler {
             return send(.conflict, keepAlive: head.isKeepAlive, context: context)
         }
         let responder = responder
-        onWorkPool(context: context, head: head) { responder.provider.loadForPeer(range) } then: { loaded, handler, context in
+        on(responder.pools.loads, context: context) { responder.provider.loadForPeer(range) } then: { loaded, handler, context in
             switch loaded {
             case .blocks(let blocks, let bytesFromSource) where !blocks.isEmpty:
                 responder.counters.countLoaded(bytes: bytesFromSource, blockSize: range.file.blockSize)
-                responder.loadAhead(of: range)
+                responder.loadAhead(of: range, asOwner: true)
                 handler.sendBlocks(blocks, head: head, context: context)
             case .blocks, .otherVersion:
                 responder.counters.notResident.add(1, ordering: .relaxed)
@@ -276,16 +292,16 @@ final class PeerRequestHandler: ChannelInboundHandler {
         }
         let quick = provider.holdings(of: file, checkingSource: false)
         guard case .undetermined = quick else { return answer(quick, self, context) }
-        onWorkPool(context: context, head: head) { provider.holdings(of: file, checkingSource: true) } then: { answer($0, $1, $2) }
+        on(responder.pools.lookups, context: context) { provider.holdings(of: file, checkingSource: true) } then: { answer($0, $1, $2) }
     }
 
-    /// Runs `work` on the server's pool and `then` back on this connection's event loop.
-    private func onWorkPool<Result: Sendable>(
-        context: ChannelHandlerContext, head: HTTPRequestHead, _ work: @escaping @Sendable () -> Result,
+    /// Runs `work` on one of the server's pools and `then` back on this connection's event loop.
+    private func on<Result: Sendable>(
+        _ pool: NIOThreadPool, context: ChannelHandlerContext, _ work: @escaping @Sendable () -> Result,
         then: @escaping @Sendable (Result, PeerRequestHandler, ChannelHandlerContext) -> Void
     ) {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        responder.work.runIfActive(eventLoop: context.eventLoop, work).whenComplete { result in
+        pool.runIfActive(eventLoop: context.eventLoop, work).whenComplete { result in
             let (handler, context) = loopBound.value
             switch result {
             case .success(let value): then(value, handler, context)

@@ -19,6 +19,8 @@ import Testing
 
         init(asOwner: Bool = false) { self.asOwner = asOwner }
 
+        func segment(of range: PeerBlockRange) -> Int { range.count }
+
         func load(_ range: PeerBlockRange, into targets: ArraySlice<ReceiveTarget>) -> FleetAnswer {
             asked.add(1, ordering: .relaxed)
             guard let peer = peer.withLock({ $0 }) else { return .readSource(blocks: range.count) }

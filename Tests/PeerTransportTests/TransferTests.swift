@@ -74,7 +74,7 @@ func withPeerServer<T>(
     let port = Mutex<Int?>(nil)
     let server = PeerServer(
         address: HostPort(host: "127.0.0.1", port: 0), token: token, instanceID: instanceID, counters: counters,
-        provider: provider, fleet: fleet, workThreads: 4, idleTimeout: idleTimeout,
+        provider: provider, fleet: fleet, loadThreads: 4, lookupThreads: 2, idleTimeout: idleTimeout,
         onRunning: { bound in port.withLock { $0 = bound } }, logger: Logger(label: "test")
     )
     return try await withRunning(server) {

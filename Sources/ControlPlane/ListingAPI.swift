@@ -78,6 +78,15 @@ public struct Listing: Codable, Sendable, Equatable {
         public var heldFiles: Int
         /// The latest `lastRead` of the files beneath it; absent if none has a block in memory.
         public var lastRead: Int64?
+
+        mutating func add(files: Int, size: Int64, cachedBytes: Int64, pinned: Int, held: Int, lastRead: Int64?) {
+            self.files += files
+            self.size += size
+            self.cachedBytes += cachedBytes
+            pinnedFiles += pinned
+            heldFiles += held
+            if let lastRead { self.lastRead = max(self.lastRead ?? lastRead, lastRead) }
+        }
     }
 
     /// Sorted by path.
@@ -88,24 +97,23 @@ public struct Listing: Codable, Sendable, Equatable {
     /// Totals every directory in `directories` (relative paths, "" for the root) from the files beneath it.
     public init(files: [File], directories: [String]) {
         self.files = files.sorted { $0.path < $1.path }
+        // Each file counts toward its own directory first; those sums then go to every listed ancestor.
+        var direct: [Substring: Directory] = [:]
+        for file in self.files {
+            let parent = file.path.lastIndex(of: "/").map { file.path[..<$0] } ?? ""
+            direct[parent, default: Directory(path: String(parent), files: 0, size: 0, cachedBytes: 0, pinnedFiles: 0, heldFiles: 0, lastRead: nil)]
+                .add(files: 1, size: file.size, cachedBytes: file.cachedBytes, pinned: file.pinned ? 1 : 0, held: file.held ? 1 : 0, lastRead: file.lastRead)
+        }
         var totals = Dictionary(uniqueKeysWithValues: directories.map {
             ($0, Directory(path: $0, files: 0, size: 0, cachedBytes: 0, pinnedFiles: 0, heldFiles: 0, lastRead: nil))
         })
-        for file in self.files {
-            var parent = Substring(file.path)
+        for sum in direct.values {
+            var ancestor = Substring(sum.path)
             while true {
-                parent = parent.lastIndex(of: "/").map { parent[..<$0] } ?? ""
-                if let found = totals[String(parent)] {
-                    var total = found
-                    total.files += 1
-                    total.size += file.size
-                    total.cachedBytes += file.cachedBytes
-                    total.pinnedFiles += file.pinned ? 1 : 0
-                    total.heldFiles += file.held ? 1 : 0
-                    if let read = file.lastRead { total.lastRead = max(total.lastRead ?? read, read) }
-                    totals[String(parent)] = total
-                }
-                if parent.isEmpty { break }
+                totals[String(ancestor)]?.add(files: sum.files, size: sum.size, cachedBytes: sum.cachedBytes, pinned: sum.pinnedFiles,
+                                              held: sum.heldFiles, lastRead: sum.lastRead)
+                guard !ancestor.isEmpty else { break }
+                ancestor = ancestor.lastIndex(of: "/").map { ancestor[..<$0] } ?? ""
             }
         }
         self.directories = totals.values.sorted { $0.path < $1.path }

@@ -71,7 +71,8 @@ struct ListCommand: ParsableCommand {
                                 path: directoryKey(innermost.path) + " (\(innermost.files) file\(innermost.files == 1 ? "" : "s"))"))
             }
         }
-        var directories = listing.directories.sorted { directoryKey($0.path) < directoryKey($1.path) }.makeIterator()
+        var directories = listing.directories.map { (key: directoryKey($0.path), directory: $0) }.sorted { $0.key < $1.key }
+            .map(\.directory).makeIterator()
         var nextDirectory = directories.next()
         for file in listing.files {
             while let directory = nextDirectory, directoryKey(directory.path) <= file.path {

@@ -16,12 +16,14 @@ import Foundation
 /// service manager starts them all again; one unmounted from outside just ends.
 enum SpecMounts {
     static func mount(_ spec: ServiceSpec, options: MountCommand) throws {
-        // Before any thread or child exists: the supervisor takes these signals with sigwait.
+        // Before any thread or child exists: the supervisor takes these signals with sigwait, and it alone
+        // talks to systemd (NOTIFY_SOCKET leaves the environment the daemons inherit).
         if options.foreground { blockSupervisedSignals() }
+        let systemd = options.foreground ? SystemdNotifier.fromEnvironment() : nil
         let settings = try check(spec, options: options)
         for line in spec.skipped { note(line) } // after the checks: a refused spec says one line
         let daemons = try launch(settings, keepingOutput: options.foreground)
-        if options.foreground { try supervise(daemons) }
+        if options.foreground { try supervise(daemons, systemd: systemd) }
     }
 
     /// Each entry's settings, checked as its own command line would be.
@@ -95,8 +97,7 @@ enum SpecMounts {
     }
 
     /// Waits for the daemons to end, passing shutdown signals on; throws if one failed.
-    private static func supervise(_ daemons: [pid_t: String]) throws {
-        let systemd = SystemdNotifier.fromEnvironment() // removed from the environment: the daemons do not notify
+    private static func supervise(_ daemons: [pid_t: String], systemd: SystemdNotifier?) throws {
         systemd?.ready(status: "serving " + daemons.values.sorted().joined(separator: ", "))
         var running = daemons
         var failure: String?

@@ -86,17 +86,22 @@ struct SpecTests {
         }
         unmount([sd, lora])
 
-        // In the foreground (systemd, a container) one process keeps them, and SIGTERM ends them all.
+        // In the foreground (systemd, a container) one process keeps them, tells systemd alone, and SIGTERM ends them all.
+        let notify = try NotifySocket(path: scratch.path + "/notify.sock")
         let supervisor = Process()
         supervisor.executableURL = URL(fileURLWithPath: cachefsBinary)
         supervisor.arguments = ["mount", "--spec", spec, "-f"]
+        supervisor.environment = ProcessInfo.processInfo.environment.merging(["NOTIFY_SOCKET": notify.path]) { $1 }
         supervisor.standardInput = FileHandle.nullDevice
         supervisor.standardError = FileHandle.nullDevice
         try supervisor.run()
         defer { if supervisor.isRunning { kill(supervisor.processIdentifier, SIGKILL) }; unmount([sd, lora]) }
-        #expect(eventually(within: 20) { isMounted(sd) && isMounted(lora) }, "the foreground spec did not mount both")
+        let ready = notify.receive()
+        #expect(ready == "READY=1\nSTATUS=serving \(sd), \(lora)\nMAINPID=\(supervisor.processIdentifier)", "got \(ready ?? "nothing")")
+        #expect(isMounted(sd) && isMounted(lora), "ready before both mounts answered")
         #expect(try serves())
         kill(supervisor.processIdentifier, SIGTERM)
+        #expect(notify.receive() == "STOPPING=1")
         #expect(eventually(within: 15) { !supervisor.isRunning }, "still running 15 s after SIGTERM")
         supervisor.waitUntilExit()
         #expect(supervisor.terminationStatus == 0)

@@ -5,7 +5,8 @@
                                and the facts the two files must agree on with each other and
                                with Scripts/install; prints one line per failed fact, exits 1
     check_deploy.py steps      prints, as JSON, what a container of the image would run: the final
-                               stage's RUN commands, its ENTRYPOINT and the DaemonSet's args
+                               stage's RUN commands, its ENTRYPOINT, the DaemonSet's args, and the
+                               files its ConfigMap volumes put in the container (path -> text)
 """
 import json
 import re
@@ -43,6 +44,36 @@ def resources():
     return by_kind["Service"], by_kind["DaemonSet"]
 
 
+def config_files(daemonset):
+    """The files the cachefs container's ConfigMap volumes hold: path in the container -> text."""
+    config_maps = {d["metadata"]["name"]: d.get("data", {})
+                   for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d["kind"] == "ConfigMap"}
+    volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
+    files = {}
+    for mount in cachefs_container(daemonset).get("volumeMounts", []):
+        config_map = volumes.get(mount["name"], {}).get("configMap")
+        if config_map:
+            for key, text in config_maps.get(config_map["name"], {}).items():
+                files[f"{mount['mountPath'].rstrip('/')}/{key}"] = text
+    return files
+
+
+def cache_mounts(args, files):
+    """(source, mountpoint, capacity in bytes) of each mount the args make: SOURCE MOUNTPOINT --capacity, or
+    each storage entry with a cache object in the --spec file (cachefs mount --spec)."""
+    spec = option(args, "--spec")
+    if spec is None:
+        return [(args[1], args[2], parse_size(option(args, "--capacity")))]
+    document = json.loads(files.get(spec, "null"))
+    storage = document.get("storage", []) if isinstance(document, dict) else document or []
+    return [(entry["cache"]["path"], entry["mount_path"], parse_size(entry["cache"]["capacity"]))
+            for entry in storage if "cache" in entry]
+
+
+def beneath(path, directory):
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def cachefs_container(daemonset):
     containers = daemonset["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == "cachefs")
@@ -73,6 +104,7 @@ def steps():
         "copy": [i["value"] for i in stage if i["instruction"] == "COPY"],
         "entrypoint": entrypoint,
         "args": cachefs_container(daemonset)["args"],
+        "files": config_files(daemonset),
     }
 
 
@@ -93,8 +125,9 @@ def facts():
     peers = re.fullmatch(r"dns:([^:]+):(\d+)", option(args, "--peers") or "")
     peer_port = next(p for p in service["spec"]["ports"] if p["name"] == "peers")
     namespace = service["metadata"].get("namespace", "default")
-    source, mountpoint = args[1], args[2]
-    capacity = parse_size(option(args, "--capacity"))
+    spec = option(args, "--spec")
+    caches = cache_mounts(args, plan["files"])
+    mountpoint = caches[0][1] if caches else None
     limit = parse_size(container["resources"]["limits"]["memory"])
     token_file = option(args, "--peer-token-file") or ""
     token_mount = mounts.get(str(Path(token_file).parent), {})
@@ -106,7 +139,9 @@ def facts():
          copy_source == "/stage" + installed and copy_target == installed and "--from=build" in plan["copy"][0]),
         ("the ENTRYPOINT is the installed binary", plan["entrypoint"] == [installed]),
         ("the image installs fuse3 (fusermount3 for auto_unmount)", any("install" in r and re.search(r"\bfuse3\b", r) for r in plan["run"])),
-        ("the DaemonSet runs `mount SOURCE MOUNTPOINT` in the foreground", args[0] == "mount" and "--foreground" in args),
+        ("the DaemonSet runs `mount` in the foreground", args[0] == "mount" and "--foreground" in args),
+        ("--spec names a file of a ConfigMap the container mounts", spec is None or spec in plan["files"]),
+        ("there is a cache mount (SOURCE MOUNTPOINT, or a cache entry in the spec)", bool(caches)),
         ("the Service is headless", service["spec"].get("clusterIP") == "None"),
         ("the Service selects the DaemonSet's pods",
          all(pod["metadata"]["labels"].get(k) == v for k, v in service["spec"]["selector"].items())),
@@ -121,12 +156,14 @@ def facts():
         ("the peer token file lies in a mounted Secret",
          "secret" in volumes.get(token_mount.get("name"), {}) and token_mount.get("readOnly") is True),
         ("/dev/fuse comes from the node", volumes.get(mounts.get("/dev/fuse", {}).get("name"), {}).get("hostPath", {}).get("path") == "/dev/fuse"),
-        ("the mountpoint propagates to the node (Bidirectional, privileged)",
-         mounts.get(mountpoint, {}).get("mountPropagation") == "Bidirectional"
-         and container["securityContext"].get("privileged") is True
-         and "hostPath" in volumes.get(mounts.get(mountpoint, {}).get("name"), {})),
-        ("the source is mounted from the node", "hostPath" in volumes.get(mounts.get(source, {}).get("name"), {})),
-        ("the memory limit leaves room above --capacity", limit >= capacity + (512 << 20)),
+        ("every mountpoint propagates to the node (Bidirectional, privileged)",
+         all(mounts.get(point, {}).get("mountPropagation") == "Bidirectional"
+             and "hostPath" in volumes.get(mounts.get(point, {}).get("name"), {}) for _, point, _ in caches)
+         and container["securityContext"].get("privileged") is True),
+        ("every source is mounted from the node (at it or above it)",
+         all(any(beneath(source, path) and "hostPath" in volumes.get(m["name"], {}) for path, m in mounts.items())
+             for source, _, _ in caches)),
+        ("the memory limit leaves room above the capacities", limit >= sum(c for _, _, c in caches) + (512 << 20)),
         ("the termination grace outlasts --shutdown-grace",
          pod["spec"].get("terminationGracePeriodSeconds", 30) > float(option(args, "--shutdown-grace") or SHUTDOWN_GRACE_DEFAULT)),
         ("the readiness probe asks the daemon (cachefs stats MOUNTPOINT)", probe == [installed, "stats", mountpoint]),

@@ -105,6 +105,8 @@ public final class Block: @unchecked Sendable {
     public let count: Int
     /// A 32-bit digest of the bytes once computed (bit 32 set), else 0; see `digest(_:)`.
     private let memoizedDigest: Atomic<UInt64>
+    /// When the block was loaded or last looked up by a user of the cache (seconds since the epoch); see Residency.swift.
+    let lastUsed = Atomic<Int64>(Int64(time(nil)))
 
     fileprivate init(memory: UnsafeMutableRawBufferPointer, length: Int, backing: BlockMemory, digest: UInt64) {
         self.memory = memory

@@ -312,9 +312,11 @@ public final class BlockCache: Sendable {
         }
 
         /// The one residency lookup every entry point goes through: fixed blocks, then the LRU list.
+        /// Touching marks the block most recently used, in the LRU list and by its time of use.
         mutating func lookup(_ key: BlockKey, touching: Bool) -> Block? {
-            if !fixed.isEmpty, let block = fixed[key.file]?[key.index] { return block }
-            return touching ? resident.touch(key) : resident.peek(key)
+            let block = (fixed.isEmpty ? nil : fixed[key.file]?[key.index]) ?? (touching ? resident.touch(key) : resident.peek(key))
+            if touching { block?.markUsed() }
+            return block
         }
 
         func fixedBytes(of file: FileVersion) -> Int {

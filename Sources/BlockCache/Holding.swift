@@ -37,6 +37,7 @@ extension BlockCache {
                       case .file(let owner, _) = block.backing, memory == nil || memory === owner
                 else { return nil }
                 memory = owner
+                block.markUsed() // a reader opened it; the kernel's reads from here on are not seen
             }
             guard let memory else { return nil }
             if let holds = state.holds[version] {

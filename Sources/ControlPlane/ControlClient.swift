@@ -33,6 +33,12 @@ public struct ControlClient: Sendable {
         try await post("/unpin", request, timeout: .seconds(300))
     }
 
+    public func list(_ request: ListRequest) async throws -> Listing {
+        let answer: ListAnswer = try await post("/list", request, timeout: .seconds(300))
+        guard let listing = answer.listing else { throw ControlError(description: "the cachefs daemon's listing is malformed") }
+        return listing
+    }
+
     private func post<Body: Encodable, Answer: Decodable>(_ target: String, _ body: Body, timeout: Duration) async throws -> Answer {
         let request = HTTPMessage.request(.POST, target, headers: ["Content-Type": "application/json"],
                                           body: ByteBuffer(bytes: try JSONEncoder().encode(body)))

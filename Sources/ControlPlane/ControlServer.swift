@@ -8,6 +8,7 @@ import NIOHTTP1
 ///
 ///     GET  /stats       the StatsReport, as JSON
 ///     POST /warm/plan, /warm, /unpin   see WarmAPI.swift
+///     POST /list        see ListingAPI.swift
 ///
 /// Requests arrive on SwiftNIO's event loops; work that may block on the
 /// source runs on a dispatch queue of its own, so the loops never wait for I/O.
@@ -39,7 +40,9 @@ public enum ControlServer {
             return await decoding(WarmRangeRequest.self, request) { body throws(ControlRequestError) in try handler.warm(body) }
         case (.POST, "/unpin"):
             return await decoding(UnpinRequest.self, request) { body throws(ControlRequestError) in try handler.unpin(body) }
-        case (_, "/stats"), (_, "/warm/plan"), (_, "/warm"), (_, "/unpin"):
+        case (.POST, "/list"):
+            return await decoding(ListRequest.self, request) { body throws(ControlRequestError) in try handler.list(body) }
+        case (_, "/stats"), (_, "/warm/plan"), (_, "/warm"), (_, "/unpin"), (_, "/list"):
             return .text(.methodNotAllowed, "method not allowed")
         default:
             return .text(.notFound, "no such control request: \(request.target)")

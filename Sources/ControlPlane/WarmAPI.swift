@@ -85,6 +85,8 @@ public protocol ControlHandler: Sendable {
     func planWarm(_ request: WarmPlanRequest) throws(ControlRequestError) -> WarmPlan
     func warm(_ request: WarmRangeRequest) throws(ControlRequestError) -> WarmRangeResult
     func unpin(_ request: UnpinRequest) throws(ControlRequestError) -> UnpinResult
+    /// See ListingAPI.swift.
+    func list(_ request: ListRequest) throws(ControlRequestError) -> ListAnswer
 }
 
 /// A refused control request: an HTTP status and the one-line reason the client prints.

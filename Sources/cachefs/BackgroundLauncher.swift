@@ -14,7 +14,11 @@ enum BackgroundLauncher {
     /// glibc's POSIX_SPAWN_SETSID, hidden from Swift behind _GNU_SOURCE.
     private static let spawnSetSID: Int16 = 0x80
 
-    static func launch(settings: MountSettings) throws {
+    /// - Parameter keepingOutput: the daemon writes to this process's standard output and error (a
+    ///   supervisor's journal, see SpecMounts) instead of /dev/null.
+    /// - Returns: the daemon's process ID, once it is ready.
+    @discardableResult
+    static func launch(settings: MountSettings, keepingOutput: Bool = false) throws -> pid_t {
         let (readEnd, writeEnd) = try makePipe()
         let (settingsReadEnd, settingsWriteEnd) = try makePipe()
         let readyDescriptor: Int32 = 3
@@ -24,14 +28,20 @@ enum BackgroundLauncher {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, settingsReadEnd, STDIN_FILENO)
-        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0)
+        if !keepingOutput {
+            posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0)
+        }
         posix_spawn_file_actions_adddup2(&actions, writeEnd, readyDescriptor)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, spawnSetSID)
+        // No signal blocked: the daemon blocks its own; a supervisor's blocked set is not its business.
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setflags(&attributes, spawnSetSID | Int16(POSIX_SPAWN_SETSIGMASK))
 
         let arguments = ["cachefs", ServeCommand.configuration.commandName!, "--ready-fd", String(readyDescriptor)]
         let argv = arguments.map { strdup($0) } + [nil]
@@ -52,7 +62,7 @@ enum BackgroundLauncher {
         close(settingsWriteEnd)
         let answer = readLine(readEnd).trimmingCharacters(in: .whitespacesAndNewlines)
         close(readEnd)
-        if answer == "ok" { return }
+        if answer == "ok" { return pid }
         var status: Int32 = 0
         waitpid(pid, &status, 0)
         throw UsageError(answer.isEmpty ? "the daemon exited before the mount was ready" : answer)

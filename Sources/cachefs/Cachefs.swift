@@ -9,10 +9,11 @@ struct Cachefs: ParsableCommand {
           cachefs /data-slow /data-fast --capacity 20G
           cachefs /mnt/oss/models /models --capacity 64GiB --allow-other -f
           cachefs stats /data-fast
+          cachefs ls /data-fast/models
           cachefs warm /data-fast/models/base.safetensors --pin
           fusermount3 -u /data-fast
         """,
-        subcommands: [MountCommand.self, StatsCommand.self, WarmCommand.self, UnpinCommand.self, ServeCommand.self],
+        subcommands: [MountCommand.self, StatsCommand.self, ListCommand.self, WarmCommand.self, UnpinCommand.self, ServeCommand.self],
         defaultSubcommand: MountCommand.self
     )
 }

@@ -11,17 +11,23 @@ struct MountCommand: ParsableCommand {
         Without -f the command returns once the mount answers, and the daemon keeps serving in the \
         background. Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`, or send the daemon \
         SIGTERM or SIGINT.
+        With --spec FILE, a PAI-EAS service JSON (or its storage list) names the mounts instead: each \
+        storage entry with a cache object is mounted (cache.path at mount_path, cache.capacity), with the \
+        other options given here; with -f one process runs them all until SIGTERM.
         """
     )
 
     @Argument(help: "The directory to mirror: an object-store FUSE mount, a NAS, or any directory.")
-    var source: String
+    var source: String?
 
     @Argument(help: "An existing directory where the read-only mirror appears.")
-    var mountpoint: String
+    var mountpoint: String?
 
-    @Option(parsing: .unconditional, help: "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024).", transform: ByteCount.init(parsing:))
-    var capacity: ByteCount
+    @Option(parsing: .unconditional, help: "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024). Required, unless --spec gives it.", transform: ByteCount.init(parsing:))
+    var capacity: ByteCount?
+
+    @Option(help: ArgumentHelp("Mount every cache entry of this PAI-EAS service JSON (or its storage list) instead of SOURCE MOUNTPOINT --capacity.", valueName: "file"))
+    var spec: String?
 
     @Flag(name: .shortAndLong, help: "Stay in the foreground (for systemd and containers); logs go to standard error.")
     var foreground = false
@@ -104,12 +110,21 @@ struct MountCommand: ParsableCommand {
         guard block & (block - 1) == 0, (64 << 10)...(64 << 20) ~= block else {
             throw ValidationError("--block-size must be a power of two from 64K to 64M, not \(blockSize)")
         }
+        if spec != nil {
+            guard source == nil, mountpoint == nil, capacity == nil else {
+                throw ValidationError("--spec names each mount's SOURCE, MOUNTPOINT and capacity; give none of them with it")
+            }
+            return
+        }
+        guard source != nil, mountpoint != nil else { throw ValidationError("missing SOURCE and MOUNTPOINT (or --spec FILE)") }
+        guard let capacity else { throw ValidationError("missing --capacity SIZE, the memory for cached file data (e.g. 20G)") }
         guard capacity.bytes >= block else {
             throw ValidationError("--capacity \(capacity) is smaller than one block (\(blockSize))")
         }
     }
 
     func run() throws {
+        if let spec { return try SpecMounts.mount(ServiceSpec(contentsOf: spec), options: self) }
         let settings = try MountSettings(self)
         if foreground {
             try Daemon(settings: settings, readiness: nil).run()

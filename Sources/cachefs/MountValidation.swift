@@ -15,10 +15,13 @@ struct UsageError: Error, CustomStringConvertible {
 /// A mount request checked against this machine: paths resolved and free, sizes parsed, limits met.
 extension MountSettings {
     init(_ command: MountCommand) throws {
-        let source = try Self.existingDirectory(command.source, role: "source")
-        let requested = Self.absolute(command.mountpoint)
+        guard let sourcePath = command.source, let mountpointPath = command.mountpoint, let capacity = command.capacity else {
+            throw UsageError("a mount needs SOURCE, MOUNTPOINT and --capacity") // MountCommand.validate says which
+        }
+        let source = try Self.existingDirectory(sourcePath, role: "source")
+        let requested = Self.absolute(mountpointPath)
         try Self.clearStaleMount(at: requested)
-        let mountpoint = try Self.existingDirectory(command.mountpoint, role: "mountpoint")
+        let mountpoint = try Self.existingDirectory(mountpointPath, role: "mountpoint")
         if mountpoint == source || mountpoint.hasPrefix(source == "/" ? "/" : source + "/") {
             throw UsageError("mountpoint \(mountpoint) is inside the source \(source): the mirror would contain itself")
         }
@@ -26,15 +29,15 @@ extension MountSettings {
             throw UsageError("\(mountpoint) is already a mount point; unmount it first or choose another directory")
         }
         let memory = MemoryLimit.usable()
-        if command.capacity.bytes > memory && !command.force {
-            throw UsageError("--capacity \(command.capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
+        if capacity.bytes > memory && !command.force {
+            throw UsageError("--capacity \(capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
         }
-        self.init(source: source, mountpoint: mountpoint, capacity: command.capacity.bytes)
+        self.init(source: source, mountpoint: mountpoint, capacity: capacity.bytes)
         blockSize = command.blockSize.bytes
         metadataTimeout = command.metadataTimeout
         sourceTimeout = command.sourceTimeout > 0 ? command.sourceTimeout : nil
         threads = command.threads
-        prefetchDepth = min(command.prefetchDepth, command.capacity.bytes / command.blockSize.bytes / 4)
+        prefetchDepth = min(command.prefetchDepth, capacity.bytes / command.blockSize.bytes / 4)
         prefetchThreads = command.prefetchThreads
         prefetchChunk = command.prefetchChunk
         readAhead = command.readAhead.bytes

@@ -94,7 +94,7 @@ import TestSupport
     /// What a parsed mount command may hold, whatever the input.
     static func expectInRange(_ mount: MountCommand, _ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) {
         let context = Comment(rawValue: "\(arguments)")
-        #expect(mount.capacity.bytes >= mount.blockSize.bytes, context, sourceLocation: sourceLocation)
+        #expect((mount.capacity?.bytes ?? 0) >= mount.blockSize.bytes, context, sourceLocation: sourceLocation)
         let block = mount.blockSize.bytes
         #expect(block & (block - 1) == 0 && (64 << 10)...(64 << 20) ~= block, context, sourceLocation: sourceLocation)
         #expect((1...1024).contains(mount.threads), context, sourceLocation: sourceLocation)
@@ -200,7 +200,7 @@ struct MountCase {
         } else {
             let capacity = Bool.random(using: &random) ? Int.random(in: 1...64, using: &random) << 30 : Int.random(in: 1...4096, using: &random) << 16
             let text = size(capacity, &random)
-            options.append(("capacity", Value(text: text, valid: capacity >= blockBytes, check: { $0.capacity.bytes == capacity })))
+            options.append(("capacity", Value(text: text, valid: capacity >= blockBytes, check: { $0.capacity?.bytes == capacity })))
         }
         if maybe() { options.append(("threads", integer(1...1024, &random, \.threads))) }
         if maybe() { options.append(("prefetch-depth", integer(0...4096, &random, \.prefetchDepth))) }

@@ -23,9 +23,11 @@ struct ContainerImageTests {
         var run: [String]
         var entrypoint: [String]
         var args: [String]
+        /// What the pod's ConfigMap volumes put in the container (the --spec file).
+        var files: [String: String]
     }
 
-    @Test("In a Debian 12 container: the image's RUN steps, then its ENTRYPOINT with the DaemonSet's args, serve the mount; SIGTERM unmounts",
+    @Test("In a Debian 12 container: the image's RUN steps, then its ENTRYPOINT with the DaemonSet's args and its ConfigMap's spec, serve the mount; SIGTERM unmounts",
           .enabled(if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
                    Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
     func imageStepsServe() throws {
@@ -37,6 +39,10 @@ struct ContainerImageTests {
                 head -c 20000000 /dev/urandom > data-slow/model.bin
                 echo test-token > etc/cachefs-token/token
                 """, in: root)
+            for (path, text) in steps.files {
+                try FileManager.default.createDirectory(atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: root + path, atomically: true, encoding: .utf8)
+            }
         }
         for command in steps.run {
             let result = try container.exec(command, timeout: 300)

@@ -225,6 +225,56 @@ struct SystemdTests {
         #expect(left.status != 0, "processes outlived systemctl stop: \(left.output)")
     }
 
+    @Test("cachefs@svc with SPEC=a service JSON: its two cache entries mounted by one unit with CACHEFS_OPTIONS, the oss entry skipped; back after a daemon's SIGKILL; nothing left after stop")
+    func specUnit() throws {
+        let container = try BootedContainer { root in
+            try shell("""
+                mkdir -p "$0/srv/oss/sd" "$0/srv/oss/lora" "$0/mnt/sd" "$0/mnt/lora" "$0/etc/cachefs"
+                head -c 20000000 /dev/urandom > "$0/srv/oss/sd/base.safetensors"
+                head -c 6000000 /dev/urandom > "$0/srv/oss/lora/style.safetensors"
+                """, arguments: [root])
+            // The reference product's form: an oss mount (the node's to make) and caches of directories beneath it.
+            try """
+                {"metadata": {"name": "sdwebui", "instance": 1},
+                 "containers": [{"image": "example/sdwebui:latest", "port": 8000}],
+                 "storage": [
+                   {"oss": {"path": "oss://examplebucket/models/", "readOnly": true}, "mount_path": "/srv/oss"},
+                   {"cache": {"capacity": "128M", "path": "/srv/oss/sd"}, "mount_path": "/mnt/sd"},
+                   {"cache": {"capacity": "64M", "path": "/srv/oss/lora"}, "mount_path": "/mnt/lora"}]}
+                """.write(toFile: root + "/etc/cachefs/svc.json", atomically: true, encoding: .utf8)
+            try "SPEC=/etc/cachefs/svc.json\nCACHEFS_OPTIONS=--metadata-timeout 2\n"
+                .write(toFile: root + "/etc/cachefs/svc.conf", atomically: true, encoding: .utf8)
+        }
+        let unit = "cachefs@svc.service"
+        let started = try container.exec("systemctl enable --now \(unit)")
+        try #require(started.status == 0, "\(started.error)\n\(container.journal(unit))")
+        #expect(try container.property(unit, "ActiveState") == "active")
+        #expect(try container.property(unit, "StatusText") == "serving /mnt/lora, /mnt/sd")
+        func serving() throws -> Bool {
+            try container.cachefsMounts(at: "/mnt/sd").count == 1 && container.cachefsMounts(at: "/mnt/lora").count == 1
+                && container.exec("cmp /srv/oss/sd/base.safetensors /mnt/sd/base.safetensors && cmp /srv/oss/lora/style.safetensors /mnt/lora/style.safetensors").status == 0
+        }
+        #expect(try serving(), "\(container.journal(unit))")
+        let stats = try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("cachefs stats /mnt/sd --json").utf8))
+        #expect(stats.settings.capacity == 128 << 20 && stats.settings.metadataTimeout == 2 && stats.settings.source == "/srv/oss/sd")
+        #expect(try container.exec("journalctl -u \(unit) -o cat | grep -q 'skipping storage entry 1 (mount_path /srv/oss)'").status == 0,
+                "\(container.journal(unit))")
+
+        // One daemon killed: the unit fails as a whole and systemd starts every mount again.
+        let firstPid = try container.property(unit, "MainPID")
+        try container.check("kill -9 $(cat /proc/\(firstPid)/task/\(firstPid)/children | cut -d' ' -f1)")
+        let back = try eventually(within: 15) {
+            try container.property(unit, "ActiveState") == "active" && !["0", firstPid].contains(try container.property(unit, "MainPID"))
+                && serving()
+        }
+        #expect(back, "not serving both again within 15 s of a daemon's SIGKILL:\n\(container.journal(unit))")
+
+        try container.check("systemctl stop \(unit)")
+        #expect(try container.cachefsMounts(at: "/mnt/sd").isEmpty && container.cachefsMounts(at: "/mnt/lora").isEmpty, "a mount outlived systemctl stop")
+        let left = try container.exec("cat /proc/[0-9]*/comm 2>/dev/null | grep -x -e cachefs -e fusermount3")
+        #expect(left.status != 0, "processes outlived systemctl stop: \(left.output)")
+    }
+
     @Test("After a reboot, an /etc/fstab line (fuse.cachefs, _netdev,nofail) and the enabled unit are mounted and serve the source's bytes")
     func fstabAfterReboot() throws {
         let container = try BootedContainer(prepare: writeModels)

@@ -200,6 +200,8 @@ def write(results_dir, raw, plan, scenarios, markdown_path, readme_path=None):
         for m in ran:
             if getattr(m, "IN_README", False) and (section := m.section(s, plan)):
                 update_readme(readme_path, m.NUMBERS[0], s, section)
+            if hasattr(m, "picture"):   # beside Docs/BENCHMARKS.md, which the README's pictures point into
+                m.picture(s, plan, os.path.dirname(markdown_path))
 
 
 def update_readme(path, number, s, section):

@@ -15,6 +15,7 @@ from .cache_peers import pair
 NUMBERS = ("15",)
 TITLE = "seed table: a safetensors checkpoint loaded over an OSS-like source (testsource capped as the published one)"
 IN_README = True   # its table also stands in the README ("Against the reference product")
+PICTURE = "seed-table.png"   # drawn by each run that writes Docs/BENCHMARKS.md, shown in the README
 
 # Alibaba PAI-EAS memory caching, Stable Diffusion model switch, anything-v4.5.safetensors (7.2 GB), seconds.
 PUBLISHED_BYTES = 7.2e9
@@ -145,20 +146,45 @@ def rows(s, plan):
             for letter, (key, text) in zip("abcd", READS[1:])]
 
 
+def loads(s):
+    """The table's figures, one load a row: (key, text, this run's seconds, published seconds, published seconds scaled
+    to this run's file), None where there is none. The table and the picture both take them from here."""
+    size = s.median("s15.bytes")
+    return [(key, text, s.median(f"s15.{key}.sec"), PUBLISHED.get(key),
+             None if key not in PUBLISHED or size is None else PUBLISHED[key] * size / PUBLISHED_BYTES)
+            for key, text in READS]
+
+
 def section(s, plan):
     size = s.median("s15.bytes")
     source = s.median("s15.source.sec")
     header = ["load", f"this run ({label(s)})", "MB/s", "speed-up vs source", "published (7.2 GB)",
               "published speed-up", f"published scaled to {label(s)}"]
     table = []
-    for key, text in READS:
-        mine, theirs = s.median(f"s15.{key}.sec"), PUBLISHED.get(key)
+    for key, text, mine, theirs, scaled in loads(s):
         table.append([text, fmt_seconds(mine), "—" if mine is None or size is None else f"{size / mine / 1e6:,.0f}",
                       "—" if mine is None or source is None else f"{source / mine:.1f}x",
                       "—" if theirs is None else f"{theirs} s",
                       "—" if theirs is None else f"{PUBLISHED['source'] / theirs:.1f}x",
-                      "—" if theirs is None or size is None else fmt_seconds(theirs * size / PUBLISHED_BYTES)])
+                      fmt_seconds(scaled)])
     intro = (f"Alibaba PAI-EAS's published model-switch figures beside the same loads through cachefs (scenario 15): "
              f"median of {runs_text(len(s.floats('s15.source.sec')))}, seconds; the source is capped at the published "
              f"mount's {SOURCE_BANDWIDTH / 1e6:.0f} MB/s with {SOURCE_LATENCY_MS} ms per request.")
     return "Seed table: the reference product's published figures", intro, header, table
+
+
+def picture(s, plan, directory):
+    """The table as a picture, PICTURE in DIRECTORY (beside BENCHMARKS.md; the README shows it): per load, this run's
+    seconds and the published ones scaled to this file (with the published seconds themselves), each bar labelled with
+    its table cell. A load this run has no figure for and the reference product published none for (the fleet row
+    when it was not measured) is left out."""
+    from ..chart import paired_bars
+    rows = [(text.split(" (")[0], mine, fmt_seconds(mine), scaled,
+             None if theirs is None else f"{fmt_seconds(scaled)} ({theirs} s for 7.2 GB)")
+            for key, text, mine, theirs, scaled in loads(s) if mine is not None or theirs is not None]
+    footer = (f"Scripts/bench scenario 15, median of {runs_text(len(s.floats('s15.source.sec')))}; "
+              f"run {s.text('meta.date')}, commit {s.text('meta.commit')}, {s.text('meta.nproc')} cores. "
+              f"Source capped at {SOURCE_BANDWIDTH / 1e6:.0f} MB/s, {SOURCE_LATENCY_MS} ms a request.")
+    return paired_bars(os.path.join(directory, PICTURE), f"Loading a {label(s)} safetensors checkpoint through cachefs,\n"
+                       "beside Alibaba PAI-EAS's published model-switch times", footer, rows,
+                       f"measured in this run ({label(s)})", f"PAI-EAS published, scaled to {label(s)}")

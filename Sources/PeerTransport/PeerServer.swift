@@ -327,7 +327,7 @@ final class PeerRequestHandler: ChannelInboundHandler {
             // The longest stretch from here whose blocks follow each other in one memory file.
             guard let (descriptor, offset) = blocks[index].fileRange, case let copy = dup(descriptor), copy >= 0 else {
                 var body = context.channel.allocator.buffer(capacity: blocks[index].count)
-                withExtendedLifetime(blocks[index]) { body.writeBytes(blocks[index].bytes) }
+                withExtendedLifetime(blocks[index]) { _ = body.writeBytes(blocks[index].bytes) }
                 parts.append(.byteBuffer(body))
                 index += 1
                 continue

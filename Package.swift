@@ -131,7 +131,7 @@ let package = Package(
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(
             name: "MirrorFSTests",
-            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "HTTPServing", "TestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "PeerTransportTests",

@@ -69,18 +69,20 @@ public final class VersionMemory: @unchecked Sendable {
     /// alive in it. A fresh range has no pages yet: a load writes them with pwrite(2) (see
     /// `StagingBuffers`); writing through the mapping would fault them in one by one.
     func claim(_ index: Int64, length: Int) -> Claim {
+        // The range's block, if it lives, held by a strong reference declared outside the lock: if that
+        // becomes its last reference, the block's deinit gives its range back, which takes this lock, so
+        // it must run after the lock is released (under it, it would trap as a recursive lock).
+        var found: Block?
         let generation: UInt64? = slots.withLock { slots in
-            if let alive = slots.byIndex[index]?.block, alive.count == length { return nil }
+            found = slots.byIndex[index]?.block
+            if let alive = found, alive.count == length { return nil }
             defer { slots.next += 1 }
             slots.byIndex[index] = Slot(generation: slots.next, block: nil)
             return slots.next
         }
-        guard let generation else {
-            // Taken outside the closure that found it, so that it is retained here; it cannot have
-            // gone in between: only a new claim or its own release clears the slot, and neither can
-            // run for this index while the cache has this load pending.
-            return slots.withLock { $0.byIndex[index]?.block }.map(Claim.live) ?? claim(index, length: length)
-        }
+        if generation == nil, let alive = found { return .live(alive) }
+        found = nil // released here, outside the lock
+        guard let generation else { return claim(index, length: length) }
         let start = base + Int(index) * blockSize
         return .fresh(BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: start, count: length), backing: .file(self, generation: generation)))
     }

@@ -14,8 +14,9 @@ public struct WarmFile: Sendable, Equatable {
 }
 
 // Warm-up loads files into the cache ahead of readers, through the same
-// `block` path as reads: a warm load and a reader's miss on one block share
-// one source read. Paths come from outside the kernel (the control socket, the
+// loader as reads and prefetch lanes: a warm load and a reader's miss on one
+// block share one load, and a warm-up asks holders and owners in the fleet
+// run by run, as a lane does. Paths come from outside the kernel (the control socket, the
 // command line), so they are resolved only beneath the source root
 // (`PathHandle.descendant`): no `..`, no absolute paths, no symlinks.
 //
@@ -58,14 +59,26 @@ extension MirrorFilesystem {
         guard attributes.st_mode & S_IFMT == S_IFREG else { throw .isDirectory }
         let source = try session.open(handle, relativePath: Array(Self.normalized(path).utf8))
         let start = max(0, offset), end = min(source.version.size, offset + max(0, length))
+        let spans = loader.spans(from: start, to: end, size: source.version.size)
         var covered = start
-        for span in loader.spans(from: start, to: end, size: source.version.size) {
-            let block = try loader.block(span, of: source).block
-            covered = span.start + Int64(block.count)
-            if block.count < span.length { break } // the source ended early
+        var position = 0
+        while position < spans.count {
+            // A run of blocks at once where the cache keeps them side by side (one request to a peer, one
+            // source read); a block it would not keep, alone.
+            let run = try loader.blockRun(from: spans[position].index, count: min(Self.warmRunBlocks, spans.count - position), of: source, reader: source)
+            let loaded = run > 0 ? cache.residentRun(of: source.version, from: spans[position].index, count: run) : []
+            let blocks = loaded.count == run && run > 0 ? loaded : [try loader.block(spans[position], of: source).block]
+            for block in blocks {
+                covered = spans[position].start + Int64(block.count)
+                if block.count < spans[position].length { return (source.version, max(0, min(end, covered) - start)) } // the source ended early
+                position += 1
+            }
         }
         return (source.version, max(0, min(end, covered) - start))
     }
+
+    /// Blocks a warm-up asks for at once, at most (a run is cut where the fleet serves it in pieces).
+    static let warmRunBlocks = 16
 
     /// Pins these files' versions in the cache, or none if they do not fit.
     public func pin(_ files: [WarmFile]) throws(PinRefused) {

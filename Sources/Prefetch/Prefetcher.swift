@@ -288,7 +288,11 @@ public final class PrefetchStream: @unchecked Sendable {
                 lanes.remove(at: position)
             }
             condition.broadcast()
-            return takeJobs()
+            let jobs = takeJobs()
+            // Nothing left for this lane: the reader, not the lanes, sets the pace now, and a step
+            // timed across the wait would measure the reader (see `ThroughputProbe.restartStep`).
+            if !job.lane.busy { throughput.restartStep() }
+            return jobs
         }
         prefetcher.submit(jobs)
     }
@@ -338,6 +342,16 @@ struct ThroughputProbe {
         stepStart = now
         defer { stepBlocks = 0 }
         return seconds > 0 ? Double(stepBlocks) / seconds : .infinity
+    }
+
+    /// Drops the step under way: the lanes ran out of work, so its clock would include time spent
+    /// waiting for the reader to ask for more. A loader that maps the file pauses (importing its
+    /// framework after reading the header, copying each tensor out); over a peer, steps timed across
+    /// such pauses measured 190-520 blocks/s where the lanes had just delivered 790-1,400, so a
+    /// second lane looked like a loss and half the loads kept one lane for the rest of the file.
+    mutating func restartStep() {
+        stepStart = nil
+        stepBlocks = 0
     }
 
     /// After a step measured with `lanes` lanes: grow again, or go back to the last good count and stop probing.

@@ -116,24 +116,29 @@ struct PrefetcherTests {
 
     /// Guards "a file starts with one lane": three workers and up to three lanes are allowed,
     /// yet the first window is read front to back by one lane through one context, and the
-    /// probe adds a lane only after its warm-up step and one measured step (17 blocks here).
+    /// probe adds a lane only after its warm-up step and one measured step. Loads are held until
+    /// the reads are queued, so that the lane never runs out of work (which restarts a step).
     @Test("A file starts with one lane, reading front to back through one kept context, until probing adds lanes")
     func startsWithOneLaneInOrder() {
         let prefetcher = Prefetcher(workers: 3, depth: 10, chunkBlocks: 4)
         #expect(prefetcher.maximumLanes == 3)
-        let loads = Loads()
+        let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
         stream.didRead(offset: 0, length: 100)
+        for _ in 1...10 { loads.gate.signal() }
         #expect(waitFor { loads.indices == Array(1...10) })
         #expect(loads.order == Array(1...10), "three workers, but one lane: strictly in order")
         #expect(Set(loads.lanes.withLock { $0 }).count == 1)
         #expect(loads.opened.load(ordering: .relaxed) == 1, "the lane keeps its context from chunk to chunk")
-        // 10 blocks loaded: the clock's first block and the 8-block warm-up step decide nothing.
+        // 10 blocks loaded: the clock's first block and the 8-block warm-up step decide nothing,
+        // and the lane then ran out of work, which restarts the step under way.
         #expect(stream.currentLaneLimit == 1)
         for offset in stride(from: Int64(100), to: 1000, by: 100) { stream.didRead(offset: offset, length: 100) }
+        for _ in 11...19 { loads.gate.signal() }
         #expect(waitFor { loads.indices == Array(1...19) })
-        // Block 17 ended the first measured step, which always grows (nothing to compare with yet).
-        #expect(stream.currentLaneLimit == 2)
+        // Block 11 started the clock again and block 19 ended the first measured step, which always
+        // grows (nothing to compare with yet).
+        #expect(waitFor { stream.currentLaneLimit == 2 })
     }
 
     /// Guards the cap: with --prefetch-threads 1 (one worker) a stream never gets a second lane,
@@ -303,6 +308,29 @@ struct ThroughputProbeTests {
             #expect(probe.decide(rate: try #require(step(blocksPerSecond: 100 * gain)), lanes: 2) == .revert(1))
         }
         #expect(probe.probing == grows)
+    }
+
+    /// The lanes ran out of work half way through a step (a loader pausing to import its framework,
+    /// or to copy a tensor out): the step is dropped, not timed across the pause, which would make
+    /// the second lane look like a loss.
+    @Test("A step during which the lanes ran out of work is not measured")
+    func dryLanesRestartTheStep() throws {
+        var probe = ThroughputProbe()
+        var now = ContinuousClock.now
+        _ = probe.blockLoaded(stepLength: 8, now: now)
+        let warmUp = try #require(step(&probe, blocks: 8, seconds: 0.1, from: &now))
+        #expect(probe.decide(rate: warmUp, lanes: 1) == .keep)
+        let one = try #require(step(&probe, blocks: 8, seconds: 0.1, from: &now))
+        #expect(probe.decide(rate: one, lanes: 1) == .grow)
+        for _ in 0..<4 { // two lanes: half a step, twice as fast as one
+            now = now.advanced(by: .microseconds(6_250))
+            #expect(probe.blockLoaded(stepLength: 8, now: now) == nil)
+        }
+        probe.restartStep()                                                   // then nothing to load for a second
+        now = now.advanced(by: .seconds(1))
+        #expect(probe.blockLoaded(stepLength: 8, now: now) == nil)            // the first block starts the clock again
+        let two = try #require(step(&probe, blocks: 8, seconds: 0.05, from: &now))
+        #expect(probe.decide(rate: two, lanes: 2) == .grow, "measured \(two) blocks/s with two lanes against \(one) with one")
     }
 
     @Test("A source that gains nothing from a second lane stays at one")

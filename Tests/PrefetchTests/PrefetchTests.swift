@@ -188,19 +188,81 @@ struct PrefetcherTests {
         #expect(loads.indices == [1], "the cancelled stream loaded nothing more")
     }
 
-    @Test("Reads ahead inside the window (the kernel's readahead) leave its blocks to the lane")
+    @Test("Reads ahead inside the window (the kernel's readahead) leave its blocks to the lane and move the window on")
     func readaheadInsideTheWindow() {
         let prefetcher = Prefetcher(workers: 1, depth: 8, maximumLanes: 1)
         let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
         stream.didRead(offset: 0, length: 100)      // window 1…8; the lane holds in load(1)
         #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
-        stream.didRead(offset: 100, length: 100)
-        stream.didRead(offset: 500, length: 100)    // readahead of block 5, ahead of the lane
+        stream.didRead(offset: 100, length: 100)    // → 9
+        stream.didRead(offset: 500, length: 100)    // readahead of block 5, ahead of the lane: the run goes on from there
         #expect(prefetcher.statistics.cancelledBlocks == 0, "nothing in the window is given up")
+        #expect(prefetcher.statistics.queuedBlocks == 13)
         for _ in 0..<20 { loads.gate.signal() }
-        #expect(waitFor { loads.indices == Array(1...9) }) // 500 is past the detector's tolerance: no new window
-        #expect(loads.order == Array(1...9), "the lane loaded block 5 in its turn")
+        #expect(waitFor { loads.indices == Array(1...13) })
+        #expect(loads.order == Array(1...13), "the lane loaded block 5 in its turn")
+    }
+
+    /// A loader that maps a checkpoint and reads its tensors in name order, not file order,
+    /// alternates between regions of the file (the seed checkpoint: tensor 11 lies with 1…19,
+    /// tensors 110…119 far behind them). Each region keeps its run and window: with one window,
+    /// coming back to a region found it given up, and its blocks were read on demand.
+    @Test("A reader alternating between two regions of a file keeps a window ahead in each")
+    func interleavedRuns() {
+        let prefetcher = Prefetcher(workers: 1, depth: 4, maximumLanes: 1)
+        let loads = Loads()
+        let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
+        stream.didRead(offset: 1000, length: 100)   // region A: blocks 10 and 11 → 12…15
+        stream.didRead(offset: 1100, length: 100)
+        stream.didRead(offset: 5000, length: 100)   // region B: blocks 50 and 51 → 52…55
+        stream.didRead(offset: 5100, length: 100)
+        stream.didRead(offset: 1200, length: 100)   // back in A: its run goes on, 12 → 16, 13 → 17
+        stream.didRead(offset: 1300, length: 100)
+        #expect(prefetcher.statistics.queuedBlocks == 10, "queueing happens inside didRead")
+        #expect(waitFor { loads.indices == [12, 13, 14, 15, 16, 17, 52, 53, 54, 55] })
+        #expect(prefetcher.statistics.cancelledBlocks == 0, "neither region gave up its window")
+    }
+
+    /// safetensors copies each tensor out of the mapping with memcpy, which touches the end of a
+    /// large copy first: the fault lands inside the window, far from where the run has reached.
+    @Test("A read at the far end of the window (a tensor's last page, touched first) leaves the run going")
+    func readAtTheWindowsFarEnd() {
+        let prefetcher = Prefetcher(workers: 1, depth: 8, maximumLanes: 1)
+        let loads = Loads()
+        let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
+        stream.didRead(offset: 1000, length: 100)
+        stream.didRead(offset: 1100, length: 100)   // 12…19 queued
+        #expect(prefetcher.statistics.queuedBlocks == 8)
+        stream.didRead(offset: 1700, length: 100)   // the tensor's end, block 17: the window now runs to 25
+        #expect(prefetcher.statistics.queuedBlocks == 14)
+        stream.didRead(offset: 1200, length: 100)   // its start: behind the run, which stays where it was
+        stream.didRead(offset: 1300, length: 100)
+        #expect(prefetcher.statistics.queuedBlocks == 14)
+        stream.didRead(offset: 1800, length: 100)   // past the tensor's end: the run goes on
+        #expect(prefetcher.statistics.queuedBlocks == 15)
+        #expect(waitFor { loads.indices == Array(12...26) })
+        #expect(prefetcher.statistics.cancelledBlocks == 0)
+    }
+
+    /// The other side of keeping several runs: a reader that skips through a file (one shard's
+    /// tensors) must not have the windows it left behind loaded for nothing. A run the reader
+    /// has left for more than a window's worth of reads gives up its unscheduled blocks.
+    @Test("A run left for more than a window's worth of reads gives up its queued blocks")
+    func leftRunsDropTheirWindow() {
+        let prefetcher = Prefetcher(workers: 1, depth: 8, chunkBlocks: 4, maximumLanes: 1)
+        let loads = Loads(holding: true)
+        let stream = prefetcher.stream(blockSize: 100, blockCount: 1000, isResident: { _ in false }, load: loads.load)
+        stream.didRead(offset: 1000, length: 100)
+        stream.didRead(offset: 1100, length: 100)   // 12…19 queued; the lane takes 12…15 and holds in load(12)
+        #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
+        for block in Int64(50)...57 { stream.didRead(offset: block * 100, length: 100) } // 8 reads elsewhere
+        #expect(prefetcher.statistics.cancelledBlocks == 0, "a window's worth of reads elsewhere: A keeps 16…19")
+        stream.didRead(offset: 5800, length: 100)   // the ninth
+        #expect(prefetcher.statistics.cancelledBlocks == 4, "A gave up 16…19, which no lane had taken")
+        for _ in 0..<40 { loads.gate.signal() }
+        #expect(waitFor { loads.indices.contains(66) })
+        #expect(loads.indices.filter { $0 < 50 } == [12, 13, 14, 15])
     }
 
     @Test("A reader waits for a block a lane will load, and not for one outside the window")

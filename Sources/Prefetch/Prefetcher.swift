@@ -178,11 +178,11 @@ public final class PrefetchStream: @unchecked Sendable {
 
     /// Reports a read; while the reads are sequential, keeps `depth` blocks queued past it.
     ///
-    /// A read continues the run it starts next to, or one whose window it lands in: a copy out of
-    /// a mapping may fault at its far end first (glibc's memcpy touches the end of a large copy
-    /// before its loop, or copies backwards), and the kernel's readahead runs ahead of the reader.
-    /// A read at most a window behind a run (the rest of that copy) changes nothing. Any other read
-    /// starts a new run, which queues nothing until the next read continues it.
+    /// A read continues the run it starts next to, or the run last read if it lands in its window:
+    /// a copy out of a mapping may fault at its far end first (glibc's memcpy touches the end of a
+    /// large copy before its loop, or copies backwards), and the kernel's readahead runs ahead of
+    /// the reader. A read at most a window behind a run (the rest of that copy) changes nothing.
+    /// Any other read starts a new run, which queues nothing until the next read continues it.
     public func didRead(offset: Int64, length: Int) {
         guard !isCancelled else { return }
         let jobs: [LaneJob] = condition.withLock {
@@ -193,8 +193,10 @@ public final class PrefetchStream: @unchecked Sendable {
             var skippedAhead = false
             if let continued = runs.firstIndex(where: { $0.detector.continues(offset: offset) }) {
                 position = continued
-            } else if let ahead = runs.firstIndex(where: { $0.windowAhead(blockSize: blockSize).contains(block) }) {
-                position = ahead
+                // Back in a run after reading another one: this reader alternates between regions.
+                if runs[..<continued].contains(where: { $0.detector.isSequential }) { runs[continued].revisited = true }
+            } else if runs.first?.windowAhead(blockSize: blockSize).contains(block) == true { // not an older run's: a random read landing there is not that reader moving on
+                position = 0
                 skippedAhead = true
             } else if let behind = runs.firstIndex(where: { $0.trails(block, by: depth, blockSize: blockSize) }) {
                 runs[behind].lastRead = blocksRead
@@ -210,6 +212,7 @@ public final class PrefetchStream: @unchecked Sendable {
                 ? runs[0].detector.recordSkip(offset: offset, length: length)
                 : runs[0].detector.record(offset: offset, length: length)
             guard sequential else { return [] }
+            dropLeftWindows()
             let current = (offset + Int64(length) - 1) / blockSize
             let end = min(blockCount, current + 1 + depth)
             let start = max(runs[0].queuedUpTo, current + 1)
@@ -223,31 +226,46 @@ public final class PrefetchStream: @unchecked Sendable {
         prefetcher.submit(jobs)
     }
 
-    /// Adds a run for a read that continues none; returns its position. When all places are taken,
-    /// a run that never became sequential goes first (a stray fault), else the least recently read,
-    /// whose unscheduled blocks are dropped. Called with the lock held.
+    /// Adds a run for a read that continues none; returns its position. Only one run is on trial
+    /// (not yet sequential) at a time, and the new one takes its place: with every stray read kept
+    /// as a run, random 64 KiB reads of a cold 1 GiB file continued one now and then, and loaded
+    /// 479 MiB for 289 MiB read on demand. When all places are taken by sequential runs, the least
+    /// recently read goes, and its unscheduled blocks are dropped. Called with the lock held.
     private func startRun() -> Int {
-        if runs.count >= Self.maximumRuns {
-            let leaving = runs.lastIndex(where: { !$0.detector.isSequential }) ?? runs.count - 1
-            skipUnscheduled(of: &runs[leaving], upTo: runs[leaving].queuedUpTo)
-            runs.remove(at: leaving)
+        if let onTrial = runs.firstIndex(where: { !$0.detector.isSequential }) {
+            runs.remove(at: onTrial)
+        } else if runs.count >= Self.maximumRuns {
+            skipUnscheduled(of: &runs[runs.count - 1], upTo: runs[runs.count - 1].queuedUpTo)
+            runs.removeLast()
         }
         runs.append(ReadRun(detector: SequentialDetector(tolerance: 2 * blockSize)))
         return runs.count - 1
     }
 
-    /// A run the reader has left for a window's worth of reads elsewhere keeps no queued blocks:
+    /// Runs the reader is not in keep their unscheduled blocks only while it is likely to come back:
     /// a reader that skips through a file (one shard's tensors) must not have the windows it left
-    /// loaded behind it, while a region it comes back to within that (the seed checkpoint's second
-    /// region, one tensor in every 25 MiB) keeps its window. A run that is read again queues anew.
-    /// Called with the lock held.
+    /// loaded behind it, which is what one window per file gave (its blocks were dropped when the
+    /// reader went past it). So a run the reader has never come back to gives them up as soon as
+    /// another run is read (`dropLeftWindows`), and one it has come back to (the seed checkpoint's
+    /// second region, one tensor in every 25 MiB) once the reader has spent a window's worth of
+    /// reads elsewhere (`dropStaleWindows`). A run read again queues anew. Called with the lock held.
     private func dropStaleWindows() {
         for position in runs.indices where blocksRead - runs[position].lastRead > Int64(prefetcher.depth) {
-            let dropped = runs[position].unscheduled.count
-            guard dropped > 0 else { continue }
-            prefetcher.counters.cancelled.add(UInt64(dropped), ordering: .relaxed)
-            runs[position].queuedUpTo = runs[position].scheduledUpTo // no longer asked for: queued again if read again
+            withdrawUnscheduled(of: position)
         }
+    }
+
+    /// See `dropStaleWindows`; the run at the front is the one being read. Called with the lock held.
+    private func dropLeftWindows() {
+        for position in runs.indices.dropFirst() where !runs[position].revisited { withdrawUnscheduled(of: position) }
+    }
+
+    /// Gives up a run's queued blocks no lane has taken, as no longer asked for. Called with the lock held.
+    private func withdrawUnscheduled(of position: Int) {
+        let dropped = runs[position].unscheduled.count
+        guard dropped > 0 else { return }
+        prefetcher.counters.cancelled.add(UInt64(dropped), ordering: .relaxed)
+        runs[position].queuedUpTo = runs[position].scheduledUpTo
     }
 
     /// Waits while `index` lies in this stream's prefetch window and no lane has
@@ -381,6 +399,8 @@ private struct ReadRun {
     var scheduledUpTo: Int64 = 0
     /// The stream's `blocksRead` when the reader last read in this run.
     var lastRead: Int64 = 0
+    /// Whether the reader has come back to this run after reading another.
+    var revisited = false
 
     /// Queued blocks no lane has taken yet.
     var unscheduled: Range<Int64> { scheduledUpTo..<max(scheduledUpTo, queuedUpTo) }

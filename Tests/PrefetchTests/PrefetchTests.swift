@@ -114,6 +114,22 @@ struct PrefetcherTests {
         #expect(prefetcher.statistics.queuedBlocks == 7)
     }
 
+    /// Guards against trusting random reads: a new run is on trial until the next read continues
+    /// it, and only the latest stray read is kept on trial. Keeping each as a run, random 64 KiB
+    /// reads of a cold 1 GiB file continued one now and then and loaded 479 MiB for 289.
+    @Test("Only the latest stray read can start a run: a read next to an older one queues nothing")
+    func oneRunOnTrial() {
+        let prefetcher = Prefetcher(workers: 1, depth: 8, maximumLanes: 1)
+        let loads = Loads()
+        let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
+        stream.didRead(offset: 1000, length: 50)
+        stream.didRead(offset: 5000, length: 50)
+        stream.didRead(offset: 1050, length: 50)    // next to the first read, not to the last
+        #expect(prefetcher.statistics.queuedBlocks == 0)
+        stream.didRead(offset: 1100, length: 50)    // next to the last: a run, 12…19
+        #expect(prefetcher.statistics.queuedBlocks == 8)
+    }
+
     /// Guards "a file starts with one lane": three workers and up to three lanes are allowed,
     /// yet the first window is read front to back by one lane through one context, and the
     /// probe adds a lane only after its warm-up step and one measured step. Loads are held until
@@ -206,22 +222,28 @@ struct PrefetcherTests {
 
     /// A loader that maps a checkpoint and reads its tensors in name order, not file order,
     /// alternates between regions of the file (the seed checkpoint: tensor 11 lies with 1…19,
-    /// tensors 110…119 far behind them). Each region keeps its run and window: with one window,
-    /// coming back to a region found it given up, and its blocks were read on demand.
-    @Test("A reader alternating between two regions of a file keeps a window ahead in each")
+    /// tensors 110…119 far behind them). Once the reader has come back to a region, it keeps its
+    /// run and window while the reader is in the other: with one window, coming back to a region
+    /// found it given up, and its blocks were read on demand.
+    @Test("A reader alternating between two regions of a file keeps a window ahead in each once it has come back to them")
     func interleavedRuns() {
         let prefetcher = Prefetcher(workers: 1, depth: 4, maximumLanes: 1)
-        let loads = Loads()
+        let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
-        stream.didRead(offset: 1000, length: 100)   // region A: blocks 10 and 11 → 12…15
+        stream.didRead(offset: 1000, length: 100)   // region A: blocks 10 and 11 → 12…15, which the lane takes
         stream.didRead(offset: 1100, length: 100)
+        #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
         stream.didRead(offset: 5000, length: 100)   // region B: blocks 50 and 51 → 52…55
         stream.didRead(offset: 5100, length: 100)
-        stream.didRead(offset: 1200, length: 100)   // back in A: its run goes on, 12 → 16, 13 → 17
-        stream.didRead(offset: 1300, length: 100)
-        #expect(prefetcher.statistics.queuedBlocks == 10, "queueing happens inside didRead")
-        #expect(waitFor { loads.indices == [12, 13, 14, 15, 16, 17, 52, 53, 54, 55] })
-        #expect(prefetcher.statistics.cancelledBlocks == 0, "neither region gave up its window")
+        stream.didRead(offset: 1200, length: 100)   // back in A: 12 → 16; B, left for the first time, gives up 52…55
+        #expect(prefetcher.statistics.cancelledBlocks == 4)
+        stream.didRead(offset: 5200, length: 100)   // back in B: 52 → 53…56
+        stream.didRead(offset: 1300, length: 100)   // A: 13 → 17
+        stream.didRead(offset: 5300, length: 100)   // B: 53 → 57
+        #expect(prefetcher.statistics.queuedBlocks == 15, "queueing happens inside didRead")
+        #expect(prefetcher.statistics.cancelledBlocks == 4, "both regions kept their windows")
+        for _ in 0..<20 { loads.gate.signal() }
+        #expect(waitFor { loads.indices == [12, 13, 14, 15, 16, 17, 53, 54, 55, 56, 57] })
     }
 
     /// safetensors copies each tensor out of the mapping with memcpy, which touches the end of a
@@ -246,9 +268,10 @@ struct PrefetcherTests {
     }
 
     /// The other side of keeping several runs: a reader that skips through a file (one shard's
-    /// tensors) must not have the windows it left behind loaded for nothing. A run the reader
-    /// has left for more than a window's worth of reads gives up its unscheduled blocks.
-    @Test("A run left for more than a window's worth of reads gives up its queued blocks")
+    /// tensors) must not have the windows it left behind loaded for nothing. A run the reader leaves
+    /// gives up its unscheduled blocks at once, as one window per file did, unless the reader has
+    /// come back to it before; then after a window's worth of reads elsewhere.
+    @Test("A run the reader leaves gives up its queued blocks: at once, or after a window's worth of reads if it was come back to")
     func leftRunsDropTheirWindow() {
         let prefetcher = Prefetcher(workers: 1, depth: 8, chunkBlocks: 4, maximumLanes: 1)
         let loads = Loads(holding: true)
@@ -256,12 +279,17 @@ struct PrefetcherTests {
         stream.didRead(offset: 1000, length: 100)
         stream.didRead(offset: 1100, length: 100)   // 12…19 queued; the lane takes 12…15 and holds in load(12)
         #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
-        for block in Int64(50)...57 { stream.didRead(offset: block * 100, length: 100) } // 8 reads elsewhere
-        #expect(prefetcher.statistics.cancelledBlocks == 0, "a window's worth of reads elsewhere: A keeps 16…19")
-        stream.didRead(offset: 5800, length: 100)   // the ninth
-        #expect(prefetcher.statistics.cancelledBlocks == 4, "A gave up 16…19, which no lane had taken")
+        stream.didRead(offset: 5000, length: 100)
+        stream.didRead(offset: 5100, length: 100)   // B: 52…59; A, never come back to, gives up 16…19
+        #expect(prefetcher.statistics.cancelledBlocks == 4)
+        stream.didRead(offset: 1200, length: 100)   // back in A: 16…20; B gives up 52…59
+        #expect(prefetcher.statistics.cancelledBlocks == 12)
+        for block in Int64(52)...59 { stream.didRead(offset: block * 100, length: 100) } // 8 reads in B
+        #expect(prefetcher.statistics.cancelledBlocks == 12, "a window's worth of reads elsewhere: A keeps 16…20")
+        stream.didRead(offset: 6000, length: 100)   // the ninth
+        #expect(prefetcher.statistics.cancelledBlocks == 17, "A gave up 16…20, which no lane had taken")
         for _ in 0..<40 { loads.gate.signal() }
-        #expect(waitFor { loads.indices.contains(66) })
+        #expect(waitFor { loads.indices.contains(68) })
         #expect(loads.indices.filter { $0 < 50 } == [12, 13, 14, 15])
     }
 

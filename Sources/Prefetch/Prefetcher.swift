@@ -147,14 +147,19 @@ public final class PrefetchStream: @unchecked Sendable {
     private let condition = NSCondition()
     private let cancelled = Atomic<Bool>(false)
 
-    private var detector: SequentialDetector
-    /// Blocks below this index have been asked for (the end of the prefetch window).
-    private var queuedUpTo: Int64 = 0
-    /// Blocks below this index have been handed to lanes.
-    private var scheduledUpTo: Int64 = 0
+    /// The sequential runs this file is read in, most recently read first (see `ReadRun`).
+    private var runs: [ReadRun] = []
+    /// Blocks the reader has asked for so far, in all runs: the clock a run's staleness is told by.
+    private var blocksRead: Int64 = 0
     private var lanes: [PrefetchLane] = []
     private var laneLimit = 1
     private var throughput = ThroughputProbe()
+
+    /// Runs followed at once in one file. A loader that reads tensors in name order through a
+    /// mapping alternates between regions of the file (the seed checkpoint: three, one of them
+    /// visited for one tensor in ten); with one window, each switch left the other region
+    /// unprefetched, and a fifth of the file was read block by block on demand.
+    static let maximumRuns = 4
 
     fileprivate init(prefetcher: Prefetcher, blockSize: Int, blockCount: Int64,
                      isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Range<Int64>, PrefetchLane) -> Int) {
@@ -163,7 +168,6 @@ public final class PrefetchStream: @unchecked Sendable {
         self.blockCount = blockCount
         self.isResident = isResident
         self.load = load
-        detector = SequentialDetector(tolerance: 2 * Int64(blockSize))
         throughput.probing = prefetcher.maximumLanes > 1
     }
 
@@ -173,22 +177,95 @@ public final class PrefetchStream: @unchecked Sendable {
     public var currentLaneLimit: Int { condition.withLock { laneLimit } }
 
     /// Reports a read; while the reads are sequential, keeps `depth` blocks queued past it.
+    ///
+    /// A read continues the run it starts next to, or the run last read if it lands in its window:
+    /// a copy out of a mapping may fault at its far end first (glibc's memcpy touches the end of a
+    /// large copy before its loop, or copies backwards), and the kernel's readahead runs ahead of
+    /// the reader. A read at most a window behind a run (the rest of that copy) changes nothing.
+    /// Any other read starts a new run, which queues nothing until the next read continues it.
     public func didRead(offset: Int64, length: Int) {
         guard !isCancelled else { return }
         let jobs: [LaneJob] = condition.withLock {
-            guard detector.record(offset: offset, length: length) else { return [] }
+            let block = offset / blockSize
+            let depth = Int64(prefetcher.depth)
+            blocksRead += (Int64(length) + blockSize - 1) / blockSize
+            let position: Int
+            var skippedAhead = false
+            if let continued = runs.firstIndex(where: { $0.detector.continues(offset: offset) }) {
+                position = continued
+                // Back in a run after reading another one: this reader alternates between regions.
+                if runs[..<continued].contains(where: { $0.detector.isSequential }) { runs[continued].revisited = true }
+            } else if runs.first?.windowAhead(blockSize: blockSize).contains(block) == true { // not an older run's: a random read landing there is not that reader moving on
+                position = 0
+                skippedAhead = true
+            } else if let behind = runs.firstIndex(where: { $0.trails(block, by: depth, blockSize: blockSize) }) {
+                runs[behind].lastRead = blocksRead
+                dropStaleWindows()
+                return []
+            } else {
+                position = startRun()
+            }
+            runs.insert(runs.remove(at: position), at: 0)
+            runs[0].lastRead = blocksRead
+            dropStaleWindows()
+            let sequential = skippedAhead
+                ? runs[0].detector.recordSkip(offset: offset, length: length)
+                : runs[0].detector.record(offset: offset, length: length)
+            guard sequential else { return [] }
+            dropLeftWindows()
             let current = (offset + Int64(length) - 1) / blockSize
-            let end = min(blockCount, current + 1 + Int64(prefetcher.depth))
-            let start = max(queuedUpTo, current + 1)
+            let end = min(blockCount, current + 1 + depth)
+            let start = max(runs[0].queuedUpTo, current + 1)
             guard start < end else { return [] }
-            // A reader that jumped past the window leaves its unscheduled blocks behind. Inside the
-            // window, reads ahead of the lanes are the kernel's readahead: they wait for the lanes.
-            if current >= queuedUpTo { skipUnscheduled(upTo: current + 1) }
+            // A run that outran its window leaves the blocks it skipped unloaded.
+            if current >= runs[0].queuedUpTo { skipUnscheduled(of: &runs[0], upTo: current + 1) }
             prefetcher.counters.queued.add(UInt64(end - start), ordering: .relaxed)
-            queuedUpTo = end
+            runs[0].queuedUpTo = end
             return takeJobs()
         }
         prefetcher.submit(jobs)
+    }
+
+    /// Adds a run for a read that continues none; returns its position. Only one run is on trial
+    /// (not yet sequential) at a time, and the new one takes its place: with every stray read kept
+    /// as a run, random 64 KiB reads of a cold 1 GiB file continued one now and then, and loaded
+    /// 479 MiB for 289 MiB read on demand. When all places are taken by sequential runs, the least
+    /// recently read goes, and its unscheduled blocks are dropped. Called with the lock held.
+    private func startRun() -> Int {
+        if let onTrial = runs.firstIndex(where: { !$0.detector.isSequential }) {
+            runs.remove(at: onTrial)
+        } else if runs.count >= Self.maximumRuns {
+            skipUnscheduled(of: &runs[runs.count - 1], upTo: runs[runs.count - 1].queuedUpTo)
+            runs.removeLast()
+        }
+        runs.append(ReadRun(detector: SequentialDetector(tolerance: 2 * blockSize)))
+        return runs.count - 1
+    }
+
+    /// Runs the reader is not in keep their unscheduled blocks only while it is likely to come back:
+    /// a reader that skips through a file (one shard's tensors) must not have the windows it left
+    /// loaded behind it, which is what one window per file gave (its blocks were dropped when the
+    /// reader went past it). So a run the reader has never come back to gives them up as soon as
+    /// another run is read (`dropLeftWindows`), and one it has come back to (the seed checkpoint's
+    /// second region, one tensor in every 25 MiB) once the reader has spent a window's worth of
+    /// reads elsewhere (`dropStaleWindows`). A run read again queues anew. Called with the lock held.
+    private func dropStaleWindows() {
+        for position in runs.indices where blocksRead - runs[position].lastRead > Int64(prefetcher.depth) {
+            withdrawUnscheduled(of: position)
+        }
+    }
+
+    /// See `dropStaleWindows`; the run at the front is the one being read. Called with the lock held.
+    private func dropLeftWindows() {
+        for position in runs.indices.dropFirst() where !runs[position].revisited { withdrawUnscheduled(of: position) }
+    }
+
+    /// Gives up a run's queued blocks no lane has taken, as no longer asked for. Called with the lock held.
+    private func withdrawUnscheduled(of position: Int) {
+        let dropped = runs[position].unscheduled.count
+        guard dropped > 0 else { return }
+        prefetcher.counters.cancelled.add(UInt64(dropped), ordering: .relaxed)
+        runs[position].queuedUpTo = runs[position].scheduledUpTo
     }
 
     /// Waits while `index` lies in this stream's prefetch window and no lane has
@@ -207,50 +284,53 @@ public final class PrefetchStream: @unchecked Sendable {
 
     /// Queued for a lane, or claimed by one and not loaded yet. Called with the lock held.
     private func isPending(_ index: Int64) -> Bool {
-        (scheduledUpTo..<queuedUpTo).contains(index) || lanes.contains { $0.claim.contains(index) }
+        runs.contains { $0.unscheduled.contains(index) } || lanes.contains { $0.claim.contains(index) }
     }
 
     public func cancel() {
         cancelled.store(true, ordering: .relaxed)
         condition.withLock {
-            skipUnscheduled(upTo: queuedUpTo)
+            for position in runs.indices { skipUnscheduled(of: &runs[position], upTo: runs[position].queuedUpTo) }
             condition.broadcast()
         }
     }
 
-    /// Drops queued blocks below `index` that no lane has taken. Called with the lock held.
-    private func skipUnscheduled(upTo index: Int64) {
-        let skipped = min(index, queuedUpTo) - scheduledUpTo
+    /// Drops a run's queued blocks below `index` that no lane has taken. Called with the lock held.
+    private func skipUnscheduled(of run: inout ReadRun, upTo index: Int64) {
+        let skipped = min(index, run.queuedUpTo) - run.scheduledUpTo
         if skipped > 0 { prefetcher.counters.cancelled.add(UInt64(skipped), ordering: .relaxed) }
-        scheduledUpTo = max(scheduledUpTo, index)
+        run.scheduledUpTo = max(run.scheduledUpTo, index)
     }
 
     /// Blocks per chunk: the configured size, smaller when that many lanes would not all fit in the window.
     private var chunkBlocks: Int { max(1, min(prefetcher.chunkBlocks, prefetcher.depth / laneLimit)) }
 
-    /// Hands chunks of the window to idle lanes, up to the lane limit. Called with the lock held.
+    /// Hands chunks of the windows to idle lanes, up to the lane limit, the most recently read
+    /// run's first. Called with the lock held.
     private func takeJobs() -> [LaneJob] {
         var jobs: [LaneJob] = []
-        while !isCancelled && scheduledUpTo < queuedUpTo {
-            let busyLanes = lanes.filter(\.busy).count
-            guard busyLanes < laneLimit else { break }
-            let available = queuedUpTo - scheduledUpTo
-            // Wait for a whole chunk unless nothing is running, or the window ends at the file's end.
-            guard available >= Int64(chunkBlocks) || busyLanes == 0 || queuedUpTo == blockCount else { break }
-            let start = scheduledUpTo
-            let blocks = start..<min(start + Int64(chunkBlocks), queuedUpTo)
-            let idle = lanes.filter { !$0.busy }
-            let lane: PrefetchLane
-            if let continuing = idle.first(where: { $0.nextIndex == start }) ?? idle.first {
-                lane = continuing
-            } else {
-                lane = PrefetchLane()
-                lanes.append(lane)
+        for position in runs.indices {
+            while !isCancelled && !runs[position].unscheduled.isEmpty {
+                let busyLanes = lanes.filter(\.busy).count
+                guard busyLanes < laneLimit else { return jobs }
+                let run = runs[position]
+                // Wait for a whole chunk unless nothing is running, or the window ends at the file's end.
+                guard run.unscheduled.count >= chunkBlocks || busyLanes == 0 || run.queuedUpTo == blockCount else { break }
+                let start = run.scheduledUpTo
+                let blocks = start..<min(start + Int64(chunkBlocks), run.queuedUpTo)
+                let idle = lanes.filter { !$0.busy }
+                let lane: PrefetchLane
+                if let continuing = idle.first(where: { $0.nextIndex == start }) ?? idle.first {
+                    lane = continuing
+                } else {
+                    lane = PrefetchLane()
+                    lanes.append(lane)
+                }
+                lane.busy = true
+                lane.claim = blocks
+                runs[position].scheduledUpTo = blocks.upperBound
+                jobs.append(LaneJob(stream: self, lane: lane, blocks: blocks))
             }
-            lane.busy = true
-            lane.claim = blocks
-            scheduledUpTo = blocks.upperBound
-            jobs.append(LaneJob(stream: self, lane: lane, blocks: blocks))
         }
         return jobs
     }
@@ -288,7 +368,11 @@ public final class PrefetchStream: @unchecked Sendable {
                 lanes.remove(at: position)
             }
             condition.broadcast()
-            return takeJobs()
+            let jobs = takeJobs()
+            // Nothing left for this lane: the reader, not the lanes, sets the pace now, and a step
+            // timed across the wait would measure the reader (see `ThroughputProbe.restartStep`).
+            if !job.lane.busy { throughput.restartStep() }
+            return jobs
         }
         prefetcher.submit(jobs)
     }
@@ -303,6 +387,34 @@ public final class PrefetchStream: @unchecked Sendable {
         case .revert(let lanes): laneLimit = lanes
         }
         if laneLimit >= prefetcher.maximumLanes { throughput.probing = false }
+    }
+}
+
+/// One sequential run of reads in a file, and the window of blocks queued ahead of it.
+private struct ReadRun {
+    var detector: SequentialDetector
+    /// Blocks below this index have been asked for (the end of the window).
+    var queuedUpTo: Int64 = 0
+    /// Blocks below this index have been handed to lanes (or given up).
+    var scheduledUpTo: Int64 = 0
+    /// The stream's `blocksRead` when the reader last read in this run.
+    var lastRead: Int64 = 0
+    /// Whether the reader has come back to this run after reading another.
+    var revisited = false
+
+    /// Queued blocks no lane has taken yet.
+    var unscheduled: Range<Int64> { scheduledUpTo..<max(scheduledUpTo, queuedUpTo) }
+
+    /// The blocks between the furthest read and the end of the window (none before the run is sequential).
+    func windowAhead(blockSize: Int64) -> Range<Int64> {
+        let reached = detector.nextOffset / blockSize
+        return reached..<max(reached, queuedUpTo)
+    }
+
+    /// Whether `block` lies at most `depth` blocks behind the furthest read of a sequential run.
+    func trails(_ block: Int64, by depth: Int64, blockSize: Int64) -> Bool {
+        let reached = detector.nextOffset / blockSize
+        return queuedUpTo > 0 && block < reached && block >= reached - depth
     }
 }
 
@@ -338,6 +450,16 @@ struct ThroughputProbe {
         stepStart = now
         defer { stepBlocks = 0 }
         return seconds > 0 ? Double(stepBlocks) / seconds : .infinity
+    }
+
+    /// Drops the step under way: the lanes ran out of work, so its clock would include time spent
+    /// waiting for the reader to ask for more. A loader that maps the file pauses (importing its
+    /// framework after reading the header, copying each tensor out); over a peer, steps timed across
+    /// such pauses measured 190-520 blocks/s where the lanes had just delivered 790-1,400, so a
+    /// second lane looked like a loss and half the loads kept one lane for the rest of the file.
+    mutating func restartStep() {
+        stepStart = nil
+        stepBlocks = 0
     }
 
     /// After a step measured with `lanes` lanes: grow again, or go back to the last good count and stop probing.

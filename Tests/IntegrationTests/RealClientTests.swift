@@ -47,6 +47,28 @@ struct RealClientTests {
         #expect(result.output == "tensors 5\n")
     }
 
+    /// The seed table's checkpoint layout (Scripts/lib/benchmarks/checkpoint.py): tensors lie in
+    /// index order, and safetensors loads them in name order (1, 10…19, 100…109, 11, 110…119…),
+    /// so through its mapping the loader alternates between regions of the file. Each region
+    /// keeps its prefetch window, and the lanes load nearly every block before the loader asks
+    /// for it; with one window for the file, 152 of these 400 blocks were read on demand.
+    @Test("A safetensors load of tensors read in name order, not file order, is prefetched")
+    func nameOrderLoadIsPrefetched() throws {
+        let tree = try MountedTree("true", capacity: "1G")
+        defer { tree.stop() }
+        let library = "PYTHONPATH=" + packageRoot.appendingPathComponent("Scripts/lib").path
+        let write = "import sys; from benchmarks import checkpoint; checkpoint.write(sys.argv[1], 400)"
+        let made = try run("/usr/bin/env", [library, "python3", "-c", write, tree.source + "/model.safetensors"])
+        #expect(made.status == 0, "\(made.error)")
+        try dropKernelCaches()
+        let loaded = try run("/usr/bin/env", [library, "python3", "-m", "benchmarks.checkpoint", "load", tree.mount.mountpoint + "/model.safetensors"])
+        #expect(loaded.status == 0, "\(loaded.output)\(loaded.error)")
+        let stats = try tree.mount.stats()
+        #expect(stats[.misses] == 400, "every block loaded once")
+        let onDemand = stats[.misses] - stats[.prefetchedBlocks]
+        #expect(onDemand <= 20, "\(onDemand) of 400 blocks were read on demand, not by a prefetch lane")
+    }
+
     @Test("sha256sum, tar, rsync -c -n and diff see no difference over a mirrored tree")
     func standardTools() throws {
         let tree = try MountedTree("""

@@ -144,17 +144,15 @@ struct PeerTests {
     /// metrics connection was closed at once, and every peer connect failed.
     @Test("Without CAP_NET_ADMIN (root in a container), peers connect and serve, and /metrics answers")
     func peersAndMetricsWithoutNetAdmin() throws {
-        let cluster = try PeerCluster("head -c 8000000 /dev/urandom > model.bin", extra: [["--metrics", "127.0.0.1:0"], [], []],
+        // 40 MB: 10 stripes, so that every instance owns some (one owning all: about 1 in 20,000).
+        let cluster = try PeerCluster("head -c 40000000 /dev/urandom > model.bin", extra: [["--metrics", "127.0.0.1:0"], [], []],
                                       launcher: ["/usr/bin/setpriv", "--bounding-set", "-net_admin"])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         #expect(try cluster.sha256(cluster.a.mountpoint + "/model.bin") == expected)
         #expect(try cluster.sha256(cluster.b.mountpoint + "/model.bin") == expected)
-        let a = try cluster.a.stats(), b = try cluster.b.stats()
-        let servedToA = b[.servedBlocks] + (try cluster.c.stats()[.servedBlocks])
-        #expect(a[.bytesFromPeers] > 0 && servedToA > 0, "A got blocks from its peers")
-        #expect(try cluster.total(.bytesFromSource) == 8_000_000 && a[.peerFailures] + b[.peerFailures] == 0,
-                "each block read once; \(a[.peerFailures] + b[.peerFailures]) failures")
+        #expect(try cluster.total(.servedBlocks) > 0 && cluster.total(.peerFailures) == 0, "peers connected and served")
+        #expect(try cluster.total(.bytesFromSource) == 40_000_000, "each block read once")
         let address = try #require(try cluster.a.stats().metricsAddress)
         let metrics = try run("/usr/bin/curl", ["-sf", "http://\(address)/metrics"], timeout: 30)
         #expect(metrics.status == 0 && metrics.output.contains("cachefs_bytes_from_source_total"), "curl: \(metrics.status)")
@@ -241,8 +239,9 @@ struct PeerTests {
     @Test("An owner killed (SIGKILL) while it loads blocks for its askers leaves every reader with the right bytes")
     func ownerKilledDuringLoad() throws {
         // C's own link to the store is slow, so the stripes it owns are still loading when it dies.
-        let cluster = try PeerCluster("head -c 48000000 /dev/urandom > model.bin",
-                                      ownSources: [["--latency-ms", "1"], ["--latency-ms", "1"], ["--latency-ms", "5", "--bandwidth", "20000000"]])
+        // 96 MB: 23 stripes, so that C owns some (none: about 1 in 10,000).
+        let cluster = try PeerCluster("head -c 96000000 /dev/urandom > model.bin",
+                                      ownSources: [["--latency-ms", "1"], ["--latency-ms", "1"], ["--latency-ms", "5", "--bandwidth", "40000000"]])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         let (mountpoint, socket, pid) = (cluster.c.mountpoint, cluster.c.controlSocket, cluster.c.pid)
@@ -256,12 +255,13 @@ struct PeerTests {
         let a = try cluster.a.stats(), b = try cluster.b.stats()
         #expect(a[.ownerRequests] + b[.ownerRequests] > 0)
         #expect(a[.peerFailures] + b[.peerFailures] + a[.peerFallbacks] + b[.peerFallbacks] > 0, "C's death was noticed")
-        #expect(a[.cachedBytes] == 48_000_000 && b[.cachedBytes] == 48_000_000)
+        #expect(a[.cachedBytes] == 96_000_000 && b[.cachedBytes] == 96_000_000)
     }
 
     @Test("An owner whose source fails sends its askers to their own sources")
     func ownerWithAFailingSource() throws {
-        let cluster = try PeerCluster("head -c 24000000 /dev/urandom > model.bin",
+        // 96 MB: 23 stripes, so that C owns some (none: about 1 in 10,000).
+        let cluster = try PeerCluster("head -c 96000000 /dev/urandom > model.bin",
                                       ownSources: [[], [], ["--fail-file", "model.bin"]])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
@@ -269,7 +269,7 @@ struct PeerTests {
         let a = try cluster.a.stats(), c = try cluster.c.stats()
         #expect(c[.sourceErrors] > 0 && c[.blocksLoadedForPeers] == 0, "C's loads for A failed")
         #expect(a[.peerFallbacks] > 0, "A read C's stripes itself")
-        #expect(a[.bytesFromSource] + a[.bytesFromPeers] == 24_000_000)
+        #expect(a[.bytesFromSource] + a[.bytesFromPeers] == 96_000_000)
     }
 
     @Test("A cold fleet reading one file at once reads each block from the source once")

@@ -66,7 +66,18 @@ public final class MirrorFilesystem: Sendable {
     public func lookup(parent: UInt64, name: UnsafePointer<CChar>) throws(Errno) -> (node: UInt64, attributes: stat) {
         let parent = try session.node(parent)
         let (handle, attributes) = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).child(named: name) }
-        return (remember(name, in: parent, parentPath: nil, attributes: attributes, handle: handle).id, attributes)
+        return (remember(name, in: parent, parentPath: nil, attributes: attributes, handle: handle).id, presented(attributes))
+    }
+
+    /// A source file's attributes as the mount shows them: the same in every field but the preferred
+    /// I/O size of regular files, which is the cache's block size. Readers size their reads by it (cat,
+    /// cp, Python's buffered files): with the source's 4 KiB, each `read(2)` of a file still loading is a
+    /// request to the daemon (direct I/O) for 4 or 128 KiB instead of a block.
+    func presented(_ attributes: stat) -> stat {
+        guard attributes.st_mode & S_IFMT == S_IFREG else { return attributes }
+        var shown = attributes
+        shown.st_blksize = blksize_t(cache.blockSize)
+        return shown
     }
 
     /// A listed entry's lookup (readdirplus): its attributes only, with no descriptor opened.
@@ -74,7 +85,7 @@ public final class MirrorFilesystem: Sendable {
     /// cost an open and a close at the source (on rclone, a tenth of the walk).
     private func lookupListed(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?) throws(Errno) -> (node: UInt64, attributes: stat) {
         let attributes = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).childAttributes(named: name) }
-        return (remember(name, in: parent, parentPath: parentPath, attributes: attributes, handle: nil).id, attributes)
+        return (remember(name, in: parent, parentPath: parentPath, attributes: attributes, handle: nil).id, presented(attributes))
     }
 
     private func remember(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?, attributes: stat, handle: PathHandle?) -> Node {
@@ -103,7 +114,7 @@ public final class MirrorFilesystem: Sendable {
     public var cachedHandleCount: Int { session.nodes.withLock { $0.cachedHandleCount } }
 
     public func attributes(of id: UInt64) throws(Errno) -> stat {
-        try onNode(id) { (handle) throws(Errno) in try handle.attributes() }
+        presented(try onNode(id) { (handle) throws(Errno) in try handle.attributes() })
     }
 
     public func linkTarget(of id: UInt64) throws(Errno) -> [UInt8] {

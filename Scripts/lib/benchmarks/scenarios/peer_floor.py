@@ -104,7 +104,10 @@ def floor_rate(s, plan):
 def rows(s, plan):
     size = f"{plan.peer_mib / 1024:g} GiB" if plan.peer_mib >= 1024 else f"{plan.peer_mib} MiB"
     rate, cpu = floor_rate(s, plan)
-    memory = s.median("s12.memory.mibs")
+    memory, peer = s.median("s12.memory.mibs"), s.median("s12.peer.mibs")
+    gib = plan.peer_mib / 1024
+    reading = s.median("s12.reading.cpu")
+    reading_per_gib, floor_per_gib = (reading / gib if reading is not None else None), (cpu / gib if cpu else None)
     return [
         throughput("12a", f"Cache peers ({size}, testsource --bandwidth {plan.peer_bandwidth}): cold instance from a "
                    "warm peer vs a cold instance from the capped source", s, "s12.peer.mibs", "s12.source.mibs",
@@ -114,4 +117,9 @@ def rows(s, plan):
         Row("12c", "Cache peers: the floor's bound on the peer read (memory hit's CPU + populate + loopback"
             + (f" = {cpu:.2f} CPU-s on {system.CORES} cores)" if cpu else ")"), rate, memory, fmt_rate, "report", None,
             "memory hit", ratio(rate, memory)),
+        Row("12d", "Cache peers: the peer read (12a) vs the floor's bound (12c)", peer, rate, fmt_rate, ">= 0.7x",
+            lambda m, b, r: r >= 0.7, "floor", ratio(peer, rate), stats="stats-s12.json"),
+        Row("12e", "Cache peers: the reading instance's CPU per GiB vs the floor's (all of 12c's CPU, per GiB)",
+            reading_per_gib, floor_per_gib, lambda v: "—" if v is None else f"{v:.2f} CPU-s/GiB", "<= 1.3x",
+            lambda m, b, r: r <= 1.3, "floor", ratio(reading_per_gib, floor_per_gib)),
     ]

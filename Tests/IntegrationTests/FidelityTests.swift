@@ -37,6 +37,22 @@ struct FidelityTests {
         #expect(try shell("stat -c %i hard1 hard2 | uniq | wc -l", in: mount.mountpoint) == "1\n", "hard links share an inode")
     }
 
+    @Test("A regular file's preferred I/O size is the block size, and cat of a cold file asks for a block per read")
+    func preferredReadSizeIsTheBlock() throws {
+        let tree = try MountedTree("mkdir d && head -c 8388608 /dev/urandom > d/model.bin", extra: ["--block-size", "512K"])
+        defer { tree.stop() }
+        let (source, mount) = (tree.source, tree.mount)
+        #expect(try shell("stat -c %o d/model.bin", in: mount.mountpoint) == "524288\n")
+        #expect(try shell("stat -c %o d", in: mount.mountpoint) == (try shell("stat -c %o d", in: source)), "a directory's is the source's")
+        #expect(try shell("stat -c %o d/model.bin", in: source) != "524288\n", "the source's own differs (else this test proves nothing)")
+        let before = try mount.stats()
+        #expect(try shell("cat d/model.bin | sha256sum", in: mount.mountpoint) == (try shell("sha256sum < d/model.bin", in: source)))
+        let after = try mount.stats()
+        // Cold, so read with direct I/O: each read(2) is one request. 512 KiB reads: 16, and the one at the end
+        // (with the source's 4 KiB, cat reads 128 KiB at a time: 64).
+        #expect(after[.readRequests] - before[.readRequests] <= 18, "cat made \(after[.readRequests] - before[.readRequests]) read requests")
+    }
+
     @Test("mmap of a mirrored file sees the source's bytes")
     func memoryMappedReads() throws {
         let tree = try MountedTree("head -c 12345678 /dev/urandom > model.bin")

@@ -74,7 +74,7 @@ public final class PeerFleet: BlockFleet {
     private let readAheadMarks = Mutex<[PeerFile: Int64]>([:])
 
     public init(client: PeerClient, discovery: PeerDiscovery, ownAddress: PeerAddress?, holdingsFreshness: Duration = .seconds(1),
-                ownerReadAhead: Int = 8, logger: Logger) {
+                ownerReadAhead: Int = 16, logger: Logger) {
         self.client = client
         self.discovery = discovery
         fallbackOwnAddress = ownAddress

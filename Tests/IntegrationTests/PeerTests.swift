@@ -274,7 +274,9 @@ struct PeerTests {
 
     @Test("A cold fleet reading one file at once reads each block from the source once")
     func coldFleetReadsEachBlockOnce() throws {
-        let cluster = try PeerCluster("head -c 64000000 /dev/urandom > model.bin", ownSources: [["--latency-ms", "2"], ["--latency-ms", "2"], ["--latency-ms", "2"]])
+        // Each over its own link of 20 MB/s: a reader alone would take 3 s, so the three reads overlap throughout.
+        let link = ["--latency-ms", "2", "--bandwidth", "20000000"]
+        let cluster = try PeerCluster("head -c 64000000 /dev/urandom > model.bin", ownSources: [link, link, link])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         #expect(try cluster.readTogether("model.bin", on: [0, 1, 2]) == [expected, expected, expected])

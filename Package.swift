@@ -141,7 +141,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane", "TestSupport"]),
         // Property-based fuzzing of what the command line accepts.
         .testTarget(
             name: "CommandLineTests",

@@ -105,23 +105,18 @@ final class PeerSocket: @unchecked Sendable {
 
     /// Connects to a numeric address, waiting at most `timeout`.
     static func connect(to peer: PeerAddress, timeout: Duration) throws(PeerExchangeError) -> PeerSocket {
-        var storage = sockaddr_storage()
-        let length: socklen_t
-        if peer.host.contains(":") {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = in_port_t(UInt16(truncatingIfNeeded: peer.port).bigEndian)
-            guard inet_pton(AF_INET6, peer.host, &address.sin6_addr) == 1 else { throw .failed("not a numeric address: \(peer.host)") }
-            withUnsafeBytes(of: address) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        } else {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(truncatingIfNeeded: peer.port).bigEndian)
-            guard inet_pton(AF_INET, peer.host, &address.sin_addr) == 1 else { throw .failed("not a numeric address: \(peer.host)") }
-            withUnsafeBytes(of: address) { bytes in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: bytes) } }
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        // getaddrinfo with a numeric host and service only converts the address (no DNS), for IPv4 and IPv6 alike.
+        var hints = addrinfo()
+        hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(peer.host, String(peer.port), &hints, &found) == 0, let entry = found else {
+            throw .failed("not a numeric address: \(peer)")
         }
+        defer { freeaddrinfo(found) }
+        var storage = sockaddr_storage()
+        let length = entry.pointee.ai_addrlen
+        withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: entry.pointee.ai_addr, count: Int(length))) }
         let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .system("socket") }
         let socket = PeerSocket(descriptor: fd, peer: peer) // closes fd on every exit below

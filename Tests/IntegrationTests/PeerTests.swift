@@ -3,28 +3,10 @@ import Dispatch
 import Foundation
 import Synchronization
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// A TCP socket bound to a port the kernel picks on loopback, listening with `backlog` if asked; the caller closes it.
-func loopbackSocket(listening: Bool, backlog: Int32 = 1) throws -> (descriptor: Int32, port: Int) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && (!listening || listen(fd, backlog) == 0) && getsockname(fd, $0, &length) == 0
-        }
-    }
-    guard ok else {
-        close(fd)
-        throw TestFailure("no free port on loopback")
-    }
-    return (fd, Int(UInt16(bigEndian: address.sin_port)))
-}
 
 /// A free TCP port on loopback (the kernel's pick; free again once the probe socket closes).
 func freeLoopbackPort() throws -> Int {

@@ -12,6 +12,7 @@ import PeerTransport
 import Synchronization
 import SystemPackage
 import Testing
+import TestSupport
 
 /// A peer that claims to hold every block of every file and lies about the bytes; the mirror asks it
 /// through the real fleet client (HTTP over loopback) and must never hand its bytes to a reader.
@@ -33,17 +34,9 @@ import Testing
         private let thread: Thread
 
         init(content: [UInt8], blockSize: Int, lie: Lie) throws {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &length) == 0 }
-            }
-            guard bound else { throw Errno.addressInUse }
+            let (fd, port) = try loopbackSocket(listening: true)
             listener = fd
-            peer = PeerAddress(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port)))
+            peer = PeerAddress(host: "127.0.0.1", port: port)
             thread = Thread {
                 while true {
                     let connection = accept(fd, nil, nil)

@@ -11,6 +11,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import Testing
+import TestSupport
 @testable import PeerTransport
 
 /// A provider of blocks for a test server: what it holds in memory (`resident`), and what it can
@@ -512,19 +513,8 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
 
 /// A listening TCP socket on a free loopback port, for peers that misbehave on purpose.
 func listenOnLoopback() throws -> (Int32, PeerAddress) {
-    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && listen(listener, 16) == 0 && getsockname(listener, $0, &length) == 0 }
-    }
-    guard bound else {
-        close(listener)
-        throw TestError("cannot listen on loopback")
-    }
-    return (listener, PeerAddress(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port))))
+    let (listener, port) = try loopbackSocket(listening: true)
+    return (listener, PeerAddress(host: "127.0.0.1", port: port))
 }
 
 /// Sends a raw HTTP request and returns the status code of the answer.

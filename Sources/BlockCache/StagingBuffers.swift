@@ -33,10 +33,17 @@ public final class StagingBuffers: Sendable {
     /// target keeps its memory until that work lets go of it, and the bytes reach the blocks only
     /// here, after `read` has returned. So a late read never writes into a block's range, which a
     /// new load may have claimed and filled meanwhile.
-    public func fill(_ buffers: some Collection<BlockBuffer>, read: (StagingTarget) throws(Errno) -> Int) throws(Errno) -> Int {
+    ///
+    /// With `digest`, each block's digest is computed over its bytes in the staging buffer, where they
+    /// are still in the CPU's cache, and kept with the block (`BlockBuffer.noteDigest`): a peer server
+    /// then sends the block without a pass of its own over memory the load left long ago.
+    public func fill(_ buffers: some Collection<BlockBuffer>, digest: ((UnsafeRawBufferPointer) -> UInt32)? = nil,
+                     read: (StagingTarget) throws(Errno) -> Int) throws(Errno) -> Int {
         if buffers.count == 1, let only = buffers.first, !only.isInMemoryFile {
             // A block in anonymous memory of its own: nobody else can claim it, and it is already populated.
-            return try read(StagingTarget(block: only))
+            let count = try read(StagingTarget(block: only))
+            if let digest { only.noteDigest(digest(UnsafeRawBufferPointer(rebasing: only.memory[..<count]))) }
+            return count
         }
         let total = buffers.reduce(0) { $0 + $1.memory.count }
         let target = try StagingTarget(capacity: total, from: self)
@@ -45,7 +52,9 @@ public final class StagingBuffers: Sendable {
         var offset = 0
         for buffer in buffers where offset < count {
             let length = min(buffer.memory.count, count - offset)
-            try buffer.store(UnsafeRawBufferPointer(rebasing: target.memory[offset..<(offset + length)]))
+            let bytes = UnsafeRawBufferPointer(rebasing: target.memory[offset..<(offset + length)])
+            if let digest { buffer.noteDigest(digest(bytes)) }
+            try buffer.store(bytes)
             offset += length
         }
         return count

@@ -53,6 +53,8 @@ final class BlockLoader: Sendable {
     let fleet: (any BlockFleet)?
     let counters = Counters()
     private let staging: StagingBuffers
+    /// The checksum peers are sent, computed as a source load stages each block, when this instance serves peers.
+    private let peerChecksum: (@Sendable (UnsafeRawBufferPointer) -> UInt32)?
     private let logger: Logger
 
     final class Counters: Sendable {
@@ -63,15 +65,20 @@ final class BlockLoader: Sendable {
 
     /// - Parameter stagedAtOnce: the bytes loads may stage at once (the prefetch lanes' chunks); the
     ///   staging pool keeps that many idle, at least its default.
+    /// - Parameter servesPeers: whether peers are sent these blocks: their checksums are then computed as they load.
     init(cache: BlockCache, session: SourceSession, reader: any SourceBlockReader, fleet: (any BlockFleet)?,
-         stagedAtOnce: Int, logger: Logger) {
+         servesPeers: Bool, stagedAtOnce: Int, logger: Logger) {
         staging = StagingBuffers(idleLimit: max(StagingBuffers.defaultIdleLimit, stagedAtOnce))
+        peerChecksum = servesPeers ? Self.checksum : nil
         self.cache = cache
         self.session = session
         self.reader = reader
         self.fleet = fleet
         self.logger = logger
     }
+
+    /// The CRC-32C a peer server sends with a block.
+    @Sendable private static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 { CRC32CChecksum(of: bytes).value }
 
     /// The blocks covering `[offset, end)` of a file of `size` bytes, clipped to the file.
     func spans(from offset: Int64, to end: Int64, size: Int64) -> [BlockSpan] {
@@ -137,7 +144,7 @@ final class BlockLoader: Sendable {
                 }
             }
             let run = buffers[position..<(position + fromSource)]
-            let count = try staging.fill(run) { (target) throws(Errno) in
+            let count = try staging.fill(run, digest: peerChecksum) { (target) throws(Errno) in
                 try readSource(file, through: reader, into: target, at: index * Int64(cache.blockSize))
             }
             counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)

@@ -39,19 +39,20 @@ public final class MirrorFilesystem: Sendable {
     ///   - sourceRootPath: where the source root was opened; given, a source whose mount
     ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
     ///   - fleet: the other instances, asked for a missing block before the source; nil reads only the source.
+    ///   - servesPeers: whether this instance sends its blocks to peers (their checksums are then made as they load).
     ///   - blockReader: how block bytes are read from the source (tests put slow or failing sources here).
     ///   - kernelModes: hands wholly cached files to the kernel to read directly; nil serves every read here.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
-        sourceRootPath: String? = nil, fleet: (any BlockFleet)? = nil,
+        sourceRootPath: String? = nil, fleet: (any BlockFleet)? = nil, servesPeers: Bool = false,
         blockReader: any SourceBlockReader = DescriptorBlockReader(), kernelModes: (any KernelOpenModes)? = nil,
         logger: Logger
     ) throws(Errno) {
         self.kernelModes = kernelModes
         session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
                                     sourceCalls: sourceCalls, logger: logger)
-        loader = BlockLoader(cache: cache, session: session, reader: blockReader, fleet: fleet,
+        loader = BlockLoader(cache: cache, session: session, reader: blockReader, fleet: fleet, servesPeers: servesPeers,
                              stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher
     }

@@ -60,6 +60,7 @@ struct Daemon {
             sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
             sourceRootPath: settings.source,
             fleet: peers?.fleet,
+            servesPeers: settings.listen != nil,
             kernelModes: kernelFeatures,
             logger: logger
         )

@@ -223,4 +223,26 @@ struct RunTests {
             #expect(Array(first.bytes) + Array(second.bytes) == half)
         }
     }
+
+    @Test("A staged load computes each block's digest over the staged bytes, and the block answers with it without another pass")
+    func stagedDigests() throws {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let staging = StagingBuffers()
+        let file = version(24, blocks: 3)
+        let half = bytes(file, 0, count: 2 * blockSize + blockSize / 2)
+        let sum: @Sendable (UnsafeRawBufferPointer) -> UInt32 = { bytes in bytes.reduce(UInt32(7)) { $0 &* 31 &+ UInt32($1) } }
+        _ = try cache.loadRun(of: file, from: 0, count: 3) { _, buffers in
+            (try staging.fill(buffers, digest: sum) { (target) throws(Errno) in
+                half.withUnsafeBytes { target.memory.copyMemory(from: $0) }
+                return half.count
+            }, .source)
+        }
+        for index in 0..<3 {
+            let block = try #require(cache.residentBlock(for: BlockKey(file: file, index: Int64(index))))
+            withExtendedLifetime(block) {
+                let expected = sum(block.bytes)
+                #expect(block.digest { _ in expected &+ 1 } == expected, "block \(index): the noted digest, not a new one")
+            }
+        }
+    }
 }

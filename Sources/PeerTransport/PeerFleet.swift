@@ -72,6 +72,8 @@ public final class PeerFleet: BlockFleet {
     private let awaited = Mutex<[PeerFile: [Int64: Int]]>([:])
     /// Per file, the stripes up to which this instance has loaded ahead as owner. Leaf lock.
     private let readAheadMarks = Mutex<[PeerFile: Int64]>([:])
+    /// The balanced owners of recently read files' stripes, by the set of instances they were worked out for. Leaf lock.
+    private let ownersByFile = Mutex<[OwnersKey: [PeerAddress]]>([:])
 
     public init(client: PeerClient, discovery: PeerDiscovery, ownAddress: PeerAddress?, holdingsFreshness: Duration = .seconds(1),
                 ownerReadAhead: Int = 16, logger: Logger) {
@@ -201,13 +203,35 @@ public final class PeerFleet: BlockFleet {
         return (peers + [own], own)
     }
 
-    /// The owner of a stripe: the first instance in rank that is this one or not in backoff; nil for this one.
+    /// The owner of a stripe: its balanced owner (`Rendezvous.owners`) if that is this instance or not in
+    /// backoff, else the first in rank that is; nil for this instance.
     private func owner(of file: PeerFile, stripe: Int64, ring: (instances: [PeerAddress], own: PeerAddress?)) -> PeerAddress? {
+        let assigned = owners(of: file, among: ring.instances)
+        if Int(stripe) < assigned.count, case let owner = assigned[Int(stripe)], owner == ring.own || client.health.isAvailable(owner) {
+            return owner == ring.own ? nil : owner
+        }
         for instance in Rendezvous.rank(ring.instances, file: file, stripe: stripe) {
             if instance == ring.own { return nil }
             if client.health.isAvailable(instance) { return instance }
         }
         return nil
+    }
+
+    /// The balanced owners of a file's stripes among these instances, worked out once per file and set of instances.
+    private func owners(of file: PeerFile, among instances: [PeerAddress]) -> [PeerAddress] {
+        let key = OwnersKey(file: file, instances: instances.sorted())
+        if let known = ownersByFile.withLock({ $0[key] }) { return known }
+        let computed = Rendezvous.owners(of: file, among: key.instances)
+        ownersByFile.withLock { table in
+            if table.count >= Self.holdingsKeptFiles { table.removeAll() }
+            table[key] = computed
+        }
+        return computed
+    }
+
+    private struct OwnersKey: Hashable {
+        var file: PeerFile
+        var instances: [PeerAddress]
     }
 
     /// The blocks from the first of `range` that one owner serves (they end where a stripe with

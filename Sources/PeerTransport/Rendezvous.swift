@@ -1,8 +1,8 @@
 import HTTPServing
 
 /// Rendezvous (highest-random-weight) hashing: every instance ranks the instances for a stripe
-/// of a file the same way, so the instance ranked first, the stripe's **owner**, is the same
-/// for every asker; one joining or leaving moves only the stripes it ranks first.
+/// of a file the same way, so the stripe's **owner** (the first in rank, within a bound on how many
+/// stripes one instance owns: `owners`) is the same for every asker.
 ///
 /// The hash is FNV-1a with a SplitMix64 finalizer: deterministic across processes and
 /// machines, unlike `Hasher`, which is seeded per process.
@@ -22,6 +22,28 @@ public enum Rendezvous {
             .map { (instance: $0, score: mix(hash(of: $0) ^ key)) }
             .sorted { $0.score != $1.score ? $0.score > $1.score : $0.instance < $1.instance }
             .map(\.instance)
+    }
+
+    /// The owner of every stripe of `file`, balanced: stripe by stripe, each goes to the first instance
+    /// in its rank that owns fewer than ⌈(1 + slack) · (stripes so far) / instances⌉ of the stripes before
+    /// it. Plain rendezvous leaves one of four instances a third more stripes than another, and the owner
+    /// with the most decides when a cold fleet reading the file together is done; bounded this way none
+    /// owns more than its share by much, in every stretch from the file's start (the fleet reads in that
+    /// order). Every instance computes the same owners from the same instances; a change of instances moves
+    /// more stripes than plain rendezvous would, which costs only that other instances load them.
+    public static func owners(of file: PeerFile, among instances: [PeerAddress], slack: Double = 0.05) -> [PeerAddress] {
+        guard !instances.isEmpty else { return [] }
+        let stripes = (file.blockCount + stripeBlocks(blockSize: file.blockSize) - 1) / stripeBlocks(blockSize: file.blockSize)
+        var owned: [PeerAddress: Int] = [:]
+        var owners: [PeerAddress] = []
+        owners.reserveCapacity(Int(stripes))
+        for stripe in 0..<stripes {
+            let cap = Int(((1 + slack) * Double(stripe + 1) / Double(instances.count)).rounded(.up))
+            let owner = rank(instances, file: file, stripe: stripe).first { owned[$0, default: 0] < cap }!
+            owned[owner, default: 0] += 1
+            owners.append(owner)
+        }
+        return owners
     }
 
     static func hash(of file: PeerFile, stripe: Int64) -> UInt64 {

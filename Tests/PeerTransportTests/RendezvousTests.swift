@@ -50,6 +50,29 @@ import HTTPServing
         }
     }
 
+    /// Owners are balanced: with 4 instances and 256 stripes, plain rendezvous gives the busiest instance
+    /// more stripes than the bounded owners, which keep every one within 5% (and a stripe) of its share,
+    /// and every instance works out the same owners whatever the order of its list.
+    @Test func ownersAreBalancedAndAgreed() {
+        let instances = Array(peers.prefix(4))
+        let big = PeerFile(path: file.path, size: 1 << 30, modifiedNanoseconds: file.modifiedNanoseconds, blockSize: 1 << 20)
+        let owners = Rendezvous.owners(of: big, among: instances)
+        #expect(owners.count == 256)
+        #expect(Rendezvous.owners(of: big, among: instances.reversed()) == owners)
+        let counts = Dictionary(grouping: owners, by: { $0 }).mapValues(\.count)
+        #expect(Set(counts.keys) == Set(instances))
+        #expect(counts.values.max()! <= Int((1.05 * 256 / 4).rounded(.up)), "\(counts)")
+        let plain = Dictionary(grouping: (0..<256).map { rank(instances, Int64($0))[0] }, by: { $0 }).mapValues(\.count)
+        #expect(plain.values.max()! > counts.values.max()!, "plain rendezvous is less even here: \(plain)")
+        // Every stretch from the file's start is balanced too: a fleet reading the file in order keeps every
+        // owner's link as busy as the others all along, not only at the end.
+        var seen: [PeerAddress: Int] = [:]
+        for (stripe, owner) in owners.enumerated() {
+            seen[owner, default: 0] += 1
+            #expect(seen[owner]! <= Int((1.05 * Double(stripe + 1) / 4).rounded(.up)), "stripe \(stripe)")
+        }
+    }
+
     @Test func removingAPeerMovesOnlyItsBlocks() {
         let gone = peers[2]
         let remaining = peers.filter { $0 != gone }

@@ -466,9 +466,11 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
 
             // Blocks nobody holds: each stripe goes to its owner among {live, me} (dead is in backoff).
             var ownedHere = 0, ownedThere = 0
+            let owners = Rendezvous.owners(of: big, among: [dead, live, me].sorted())
             for stripe in Int64(1)..<16 {
                 let range = big.blocks(stripe * 4, count: 4)
-                let owner = Rendezvous.rank([dead, live, me], file: big, stripe: stripe).first { $0 != dead }!
+                // The balanced owner, or, where that is the dead peer (in backoff), the next live one in rank.
+                let owner = owners[Int(stripe)] != dead ? owners[Int(stripe)] : Rendezvous.rank([dead, live, me], file: big, stripe: stripe).first { $0 != dead }!
                 let answer = fleet.load(range, into: memory.targets(range))
                 if owner == me {
                     #expect(answer == .readSource(blocks: 4), "stripe \(stripe) is this instance's")

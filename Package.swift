@@ -28,18 +28,29 @@ let package = Package(
         ),
         // Linux headers the Glibc module leaves out (extended attributes).
         .systemLibrary(name: "CLinux"),
+        // Threads with an owner that joins them, and the one way to wait for another thread.
+        .target(name: "Threading", dependencies: ["CLinux"]),
+        // The catalogue of the daemon's figures, and how each part reports its own.
+        .target(name: "Reporting"),
         // The in-memory block cache: LRU, capacity bound, miss coalescing. Knows nothing of FUSE or files.
         .target(
             name: "BlockCache",
-            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "CLinux", "Threading", "Reporting",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // Sequential-read detection and a bounded pool that loads blocks ahead of readers.
-        .target(name: "Prefetch", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),
+        .target(
+            name: "Prefetch",
+            dependencies: ["Threading", "Reporting", .product(name: "DequeModule", package: "swift-collections")]
+        ),
         // Access to the source directory through file descriptors, errors as Errno.
         .target(
             name: "SourceTree",
             dependencies: [
-                "CLinux",
+                "CLinux", "Threading", "Reporting",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -48,7 +59,7 @@ let package = Package(
         .target(
             name: "MirrorFS",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree", "PeerTransport",
+                "BlockCache", "Prefetch", "SourceTree", "PeerTransport", "Reporting",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -57,7 +68,7 @@ let package = Package(
         .target(
             name: "FuseBridge",
             dependencies: [
-                "CFuse", "CLinux", "MirrorFS", "BlockCache",
+                "CFuse", "CLinux", "MirrorFS", "BlockCache", "Reporting",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -94,7 +105,7 @@ let package = Package(
         .target(
             name: "ControlPlane",
             dependencies: [
-                "HTTPServing",
+                "HTTPServing", "Reporting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -105,7 +116,7 @@ let package = Package(
         .target(
             name: "Telemetry",
             dependencies: [
-                "BlockCache", "MirrorFS", "ControlPlane",
+                "BlockCache", "FuseBridge", "ControlPlane", "Reporting",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
@@ -114,6 +125,7 @@ let package = Package(
             name: "cachefs",
             dependencies: [
                 "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport", "HTTPServing",
+                "Threading", "Reporting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -129,6 +141,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
+        .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
         .testTarget(
             name: "MirrorFSTests",
             dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "HTTPServing", "TestSupport", .product(name: "Logging", package: "swift-log")]
@@ -141,7 +154,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["ControlPlane", "Reporting", "TestSupport"]),
         // Property-based fuzzing of what the command line accepts.
         .testTarget(
             name: "CommandLineTests",

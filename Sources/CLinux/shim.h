@@ -11,6 +11,7 @@
 #include <linux/falloc.h>
 #include <sys/mman.h>
 #include <fcntl.h>
+#include <sys/prctl.h>
 
 /// openat2(2), which glibc 2.36 does not wrap: opens `path` below `dirfd` under `resolve` rules.
 /// Returns the descriptor, or -1 with errno set.
@@ -75,5 +76,10 @@ static const int CACHEFS_MADV_POPULATE_WRITE = 23;
 static const uint64_t CACHEFS_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const uint64_t CACHEFS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
 static const uint64_t CACHEFS_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;
+
+/// Names the calling thread (prctl PR_SET_NAME; the kernel keeps 15 bytes), as ps -L and /proc show it.
+static inline void cachefs_set_thread_name(const char *name) {
+    prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}
 
 #endif

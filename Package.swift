@@ -106,6 +106,7 @@ let package = Package(
             name: "ControlPlane",
             dependencies: [
                 "HTTPServing", "Reporting",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

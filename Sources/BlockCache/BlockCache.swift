@@ -1,6 +1,8 @@
-import Dispatch
+import Logging
+import Reporting
 import Synchronization
 import SystemPackage
+import Threading
 
 /// A bounded in-memory cache of file blocks, evicting the least recently used.
 ///
@@ -15,23 +17,39 @@ import SystemPackage
 /// one block, and a block the cache will not keep, get anonymous memory instead.
 ///
 /// Capacity: bytes of evictable resident blocks, plus bytes reserved by loads in
-/// flight, plus the sizes of pinned files and of held files, never exceed
-/// `capacity`. A load that finds every byte reserved, pinned or held still runs,
-/// but its block is handed to the caller and not kept.
+/// flight, plus the sizes of pinned files and of held files, plus memory of evicted
+/// blocks that could not be given back (`UnreturnedMemory`), never exceed `capacity`.
+/// A load that finds every byte reserved, pinned or held still runs, but its block
+/// is handed to the caller and not kept.
 ///
 /// Fixed versions: a pinned version (see `pin(_:)`) or a held one (see `hold(_:)`)
 /// keeps its blocks outside the LRU list, so no eviction can take them.
 public final class BlockCache: Sendable {
     public let capacity: Int
     public let blockSize: Int
+    /// The index, the capacity's accounting and the counters. Lock order: after a node's `opens`
+    /// (passthrough holds are taken under it), before a version's memory lock (a block dropped under
+    /// it gives its range back); never held while a block loads, while memory is made or while a
+    /// load's waiters are woken.
     let state: Mutex<State>
+    /// Memory that evicted blocks could not give back, still counted against the capacity.
+    let unreturned: UnreturnedMemory
 
-    public init(capacity: Int, blockSize: Int) {
+    /// - Parameter logger: where a failure to give memory back is told.
+    public convenience init(capacity: Int, blockSize: Int, logger: Logger = Logger(label: "cachefs.cache")) {
+        self.init(capacity: capacity, blockSize: blockSize, unreturned: UnreturnedMemory(logger: logger))
+    }
+
+    init(capacity: Int, blockSize: Int, unreturned: UnreturnedMemory) {
         precondition(capacity > 0 && blockSize > 0)
         self.capacity = capacity
         self.blockSize = blockSize
+        self.unreturned = unreturned
         state = Mutex(State())
     }
+
+    /// The capacity left for blocks, pins and holds: memory that could not be given back still counts.
+    var usableCapacity: Int { capacity - unreturned.bytes }
 
     /// Returns the block for `key` and the tier it came from, calling `fill` to load it on a miss:
     /// the one entry point for reads, prefetch and warm-up.
@@ -68,7 +86,7 @@ public final class BlockCache: Sendable {
             state.pending[key] = pending
             // A fixed version's blocks are already paid for by its pin or hold.
             let fixed = state.isFixed(key.file)
-            let reserved = fixed ? false : state.reserve(length, capacity: capacity, evicted: &evicted)
+            let reserved = fixed ? false : state.reserve(length, capacity: usableCapacity, evicted: &evicted)
             return .load(pending, reserved: reserved, admitted: fixed || reserved)
         }
 
@@ -116,7 +134,7 @@ public final class BlockCache: Sendable {
             for index in first..<max(first, end) {
                 let key = BlockKey(file: file, index: index)
                 guard state.lookup(key, touching: false) == nil, state.pending[key] == nil else { break }
-                let reserved = fixed ? false : state.reserve(length(of: key), capacity: capacity, evicted: &evicted)
+                let reserved = fixed ? false : state.reserve(length(of: key), capacity: usableCapacity, evicted: &evicted)
                 guard fixed || reserved else { break } // a block the cache would not keep is loaded on its own
                 state.counters.misses += 1
                 let pending = PendingLoad()
@@ -175,7 +193,7 @@ public final class BlockCache: Sendable {
             if entry.reserved { state.reservedBytes -= length ?? self.length(of: key) }
             switch outcome {
             case .success(let loaded):
-                if loaded.tier == .memory {
+                if loaded.tier == .memory { // an evicted block a reader still held, taken back: a hit after all
                     state.counters.misses -= 1
                     state.counters.hits += 1
                     state.counters.reclaimedBlocks += 1
@@ -185,7 +203,7 @@ public final class BlockCache: Sendable {
                 }
                 state.admit(key, loaded.block, reserved: entry.reserved)
             case .failure:
-                state.counters.loadErrors += 1
+                break // not cached: the next lookup loads again (the loader counts the failure)
             }
         }
         entry.pending.complete(outcome)
@@ -206,7 +224,7 @@ public final class BlockCache: Sendable {
     /// The version's memory file, made (outside the lock) on its first block.
     private func memory(of version: FileVersion) throws -> VersionMemory {
         if let existing = state.withLock({ $0.memories[version]?.memory }) { return existing }
-        let made = try VersionMemory(size: version.size, blockSize: blockSize)
+        let made = try VersionMemory(size: version.size, blockSize: blockSize, unreturned: unreturned)
         return state.withLock { state in
             if let raced = state.memories[version]?.memory { return raced }
             state.forgetReleasedMemories()
@@ -265,6 +283,8 @@ public final class BlockCache: Sendable {
             snapshot.heldBytes = state.heldBytes
             snapshot.heldFiles = state.holds.count
             snapshot.heldTotalBytes = state.holds.keys.reduce(0) { $0 + Int($1.size) }
+            snapshot.unreturnedBytes = unreturned.bytes
+            snapshot.holePunchFailures = unreturned.failures
             return snapshot
         }
     }
@@ -390,19 +410,15 @@ func blockCount(_ file: FileVersion, blockSize: Int) -> Int64 {
 
 /// A load in flight, which concurrent missers of the same block wait for.
 final class PendingLoad: Sendable {
-    private let finished = DispatchGroup()
-    private let outcome = Mutex<Result<(block: Block, tier: ReadTier), any Error>?>(nil)
-
-    init() { finished.enter() }
+    /// The load's outcome once it is complete. Lock order: a leaf; completed after the cache's lock is released.
+    private let outcome = Condition<Result<(block: Block, tier: ReadTier), any Error>?>(nil)
 
     func complete(_ result: Result<(block: Block, tier: ReadTier), any Error>) {
-        outcome.withLock { $0 = result }
-        finished.leave()
+        outcome.update { $0 = result }
     }
 
     func wait() throws -> (block: Block, tier: ReadTier) {
-        finished.wait()
-        return try outcome.withLock { $0! }.get()
+        try outcome.wait { $0 }!.get()
     }
 }
 
@@ -419,11 +435,13 @@ public struct CacheStatistics: Sendable, Equatable {
     public var misses: UInt64 = 0
     /// Lookups that found the block loading and waited for that load instead of starting another.
     public var coalescedMisses: UInt64 = 0
+    /// Bytes of blocks loaded (from the source or a peer) and admitted. With the two below, the
+    /// cache's conservation: loaded + reclaimed = evicted + resident, which the tests check.
     public var loadedBytes: UInt64 = 0
-    /// Bytes of evicted blocks taken back by a lookup while a reader still held them (counted as hits, not loads).
+    /// Evicted blocks taken back by a lookup while a reader still held them (counted as hits, not
+    /// loads), and their bytes.
     public var reclaimedBlocks: UInt64 = 0
     public var reclaimedBytes: UInt64 = 0
-    public var loadErrors: UInt64 = 0
     public var evictions: UInt64 = 0
     public var evictedBytes: UInt64 = 0
     /// Capacity held by pinned files (their full sizes), how many they are, and how much of them is loaded.
@@ -435,8 +453,32 @@ public struct CacheStatistics: Sendable, Equatable {
     public var heldBytes = 0
     /// The sizes of all held files, pinned ones included.
     public var heldTotalBytes = 0
+    /// Memory of evicted blocks that could not be given back, and how many times that happened.
+    public var unreturnedBytes = 0
+    public var holePunchFailures: UInt64 = 0
 
     public init() {}
+}
+
+extension BlockCache: FigureReporter {
+    public func report(into figures: inout FigureValues) {
+        let statistics = statistics
+        figures[.cachedBytes] = UInt64(statistics.residentBytes)
+        figures[.cachedBlocks] = UInt64(statistics.residentBlocks)
+        figures[.reservedBytes] = UInt64(statistics.reservedBytes)
+        figures[.hits] = statistics.hits
+        figures[.misses] = statistics.misses
+        figures[.coalescedMisses] = statistics.coalescedMisses
+        figures[.evictions] = statistics.evictions
+        figures[.evictedBytes] = statistics.evictedBytes
+        figures[.pinnedBytes] = UInt64(statistics.pinnedBytes)
+        figures[.pinnedFiles] = UInt64(statistics.pinnedFiles)
+        figures[.pinnedCachedBytes] = UInt64(statistics.pinnedResidentBytes)
+        figures[.unreturnedBytes] = UInt64(max(0, statistics.unreturnedBytes))
+        figures[.holePunchFailures] = statistics.holePunchFailures
+        figures[.passthroughFiles] = UInt64(statistics.heldFiles)
+        figures[.passthroughBytes] = UInt64(statistics.heldTotalBytes)
+    }
 }
 
 // Conveniences for tests (internal: production code goes through `fetch`).

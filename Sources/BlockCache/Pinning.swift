@@ -2,7 +2,7 @@
 public struct PinRefused: Error, Equatable, CustomStringConvertible {
     /// Bytes the refused files would have added to the pinned total.
     public var requestedBytes: Int
-    /// Bytes already pinned, and held by loads in flight, when it was refused.
+    /// Bytes already pinned, and held by loads in flight (or by memory not given back), when it was refused.
     public var pinnedBytes: Int
     public var reservedBytes: Int
     public var capacity: Int
@@ -36,9 +36,10 @@ extension BlockCache {
             let requested = added.reduce(0) { $0 + Int($1.size) }
             let alreadyHeld = added.filter { state.holds[$0] != nil }.reduce(0) { $0 + Int($1.size) }
             let charged = state.pinnedBytes + state.heldBytes + state.reservedBytes
-            guard charged - replaced - alreadyHeld + requested <= capacity else {
+            let bound = usableCapacity // read once: the check and the eviction below must agree
+            guard charged - replaced - alreadyHeld + requested <= bound else {
                 throw PinRefused(requestedBytes: requested, pinnedBytes: state.pinnedBytes + state.heldBytes,
-                                 reservedBytes: state.reservedBytes, capacity: capacity)
+                                 reservedBytes: state.reservedBytes + capacity - bound, capacity: capacity)
             }
             for file in added {
                 if let old = state.pins[file.identity] {
@@ -53,7 +54,7 @@ extension BlockCache {
                 }
             }
             // Room for the new pins: reserving nothing evicts down to the bound.
-            if state.reserve(0, capacity: capacity, evicted: &released) == false {
+            if state.reserve(0, capacity: bound, evicted: &released) == false {
                 preconditionFailure("pinned, held and reserved bytes exceed the capacity that was checked")
             }
         }

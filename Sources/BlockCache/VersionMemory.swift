@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLinux
+import Logging
 import Synchronization
 import SystemPackage
 
@@ -18,6 +19,9 @@ import SystemPackage
 /// block back instead of loading again; otherwise it claims the range (a new generation),
 /// and a block whose last reference goes after its range was claimed again leaves it alone.
 ///
+/// A range whose punch fails keeps its memory: it is counted as unreturned (`UnreturnedMemory`)
+/// until a new load claims the range again, or the memory file closes.
+///
 /// Lives as long as any block of the version (and any passthrough hold of it): the blocks
 /// retain it. Threads: any.
 public final class VersionMemory: @unchecked Sendable {
@@ -26,8 +30,19 @@ public final class VersionMemory: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     private let mappedLength: Int
     private let blockSize: Int
-    /// Each block index's owner: the generation that claimed the range, and the block it became.
-    private let slots = Mutex<(next: UInt64, byIndex: [Int64: Slot])>((1, [:]))
+    /// Each block index's owner (the generation that claimed the range, and the block it became),
+    /// and the ranges whose memory could not be given back. Lock order: last; taken under the
+    /// cache's lock when a block is dropped there, and never held while another lock is taken or a
+    /// block is dropped. Held across a range's hole punch, so that a new claim waits for it.
+    private let slots = Mutex(Slots())
+    private let unreturned: UnreturnedMemory
+
+    private struct Slots {
+        var next: UInt64 = 1
+        var byIndex: [Int64: Slot] = [:]
+        /// Ranges evicted whose hole punch failed: their bytes, by block index.
+        var unreturned: [Int64: Int] = [:]
+    }
 
     private struct Slot {
         var generation: UInt64
@@ -41,7 +56,7 @@ public final class VersionMemory: @unchecked Sendable {
         /// The range is the caller's to fill.
         case fresh(BlockBuffer)
     }
-    init(size: Int64, blockSize: Int) throws(Errno) {
+    init(size: Int64, blockSize: Int, unreturned: UnreturnedMemory) throws(Errno) {
         precondition(size > 0)
         let fd = cachefs_memfd_create("cachefs-block-memory", UInt32(CACHEFS_MFD_CLOEXEC))
         guard fd >= 0 else { throw Errno(rawValue: errno) }
@@ -58,11 +73,14 @@ public final class VersionMemory: @unchecked Sendable {
         base = mapped
         mappedLength = length
         self.blockSize = blockSize
+        self.unreturned = unreturned
     }
 
     deinit {
         munmap(base, mappedLength)
         close(descriptor)
+        // Closed and unmapped: the pages whose punch failed are the system's again.
+        unreturned.returned(slots.withLock { $0.unreturned.values.reduce(0, +) })
     }
 
     /// The range of block `index` (`length` bytes) for the caller's load, or the block still
@@ -78,6 +96,8 @@ public final class VersionMemory: @unchecked Sendable {
             if let alive = found, alive.count == length { return nil }
             defer { slots.next += 1 }
             slots.byIndex[index] = Slot(generation: slots.next, block: nil)
+            // The range's unreturned pages are the new block's now, counted by its reservation.
+            if let bytes = slots.unreturned.removeValue(forKey: index) { unreturned.returned(bytes) }
             return slots.next
         }
         if generation == nil, let alive = found { return .live(alive) }
@@ -99,12 +119,16 @@ public final class VersionMemory: @unchecked Sendable {
     func release(_ memory: UnsafeMutableRawBufferPointer, generation: UInt64) {
         let offset = memory.baseAddress! - base
         let index = Int64(offset / blockSize)
-        slots.withLock { slots in
-            guard slots.byIndex[index]?.generation == generation else { return }
+        let failure: Errno? = slots.withLock { slots in
+            guard slots.byIndex[index]?.generation == generation else { return nil }
             slots.byIndex[index] = nil
             // Under the lock: a new claim of this range waits until the punch is done.
-            _ = cachefs_punch_hole(descriptor, off_t(offset), off_t(memory.count))
+            guard let error = unreturned.punchHole(descriptor, Int64(offset), Int64(memory.count)) else { return nil }
+            slots.unreturned[index] = memory.count
+            unreturned.kept(memory.count)
+            return error
         }
+        if let failure { unreturned.log(failure, bytes: memory.count, at: Int64(offset)) } // outside the lock
     }
 
     /// Bytes of the file that hold memory now (for tests and diagnostics).
@@ -112,5 +136,46 @@ public final class VersionMemory: @unchecked Sendable {
         var attributes = stat()
         guard fstat(descriptor, &attributes) == 0 else { return 0 }
         return Int(attributes.st_blocks) * 512
+    }
+}
+
+/// Memory of evicted blocks that could not be given back to the system: a hole punch that failed
+/// leaves the range's pages in its memory file. They still take memory, so the cache counts them
+/// against its capacity (`BlockCache.usableCapacity`) and reports them, until a load claims the
+/// range again or the memory file closes. One per cache, shared by its memory files.
+final class UnreturnedMemory: Sendable {
+    private let unreturnedBytes = Atomic<Int>(0)
+    private let punchFailures = Atomic<UInt64>(0)
+    private let logger: Logger
+    /// fallocate(PUNCH_HOLE) of a range of a memory file; nil, or the reason it failed. Tests put a failing one here.
+    let punchHole: @Sendable (_ descriptor: Int32, _ offset: Int64, _ length: Int64) -> Errno?
+
+    init(logger: Logger, punchHole: @escaping @Sendable (Int32, Int64, Int64) -> Errno? = UnreturnedMemory.punch) {
+        self.logger = logger
+        self.punchHole = punchHole
+    }
+
+    @Sendable static func punch(_ descriptor: Int32, offset: Int64, length: Int64) -> Errno? {
+        cachefs_punch_hole(descriptor, off_t(offset), off_t(length)) == 0 ? nil : Errno(rawValue: errno)
+    }
+
+    var bytes: Int { unreturnedBytes.load(ordering: .relaxed) }
+    var failures: UInt64 { punchFailures.load(ordering: .relaxed) }
+
+    /// A range's punch failed: its bytes stay in use.
+    func kept(_ bytes: Int) {
+        unreturnedBytes.add(bytes, ordering: .relaxed)
+        punchFailures.add(1, ordering: .relaxed)
+    }
+
+    /// Bytes counted as kept are in use again by a new block, or back with the system.
+    func returned(_ bytes: Int) {
+        guard bytes > 0 else { return }
+        unreturnedBytes.subtract(bytes, ordering: .relaxed)
+    }
+
+    func log(_ error: Errno, bytes: Int, at offset: Int64) {
+        logger.error("an evicted block's memory could not be given back; it stays counted against the capacity",
+                     metadata: ["error": "\(error)", "bytes": "\(bytes)", "offset": "\(offset)", "unreturned bytes": "\(self.bytes)"])
     }
 }

@@ -1,8 +1,13 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 import Foundation
 import HTTPServing
 import NIOCore
 import NIOHTTP1
+import ServiceLifecycle
+import Synchronization
 
 /// The daemon's control API on a Unix socket:
 ///
@@ -12,22 +17,31 @@ import NIOHTTP1
 ///
 /// Requests arrive on SwiftNIO's event loops; work that may block on the
 /// source runs on a dispatch queue of its own, so the loops never wait for I/O.
+///
+/// The socket is the daemon's alone: `claim` refuses a path another daemon answers on, and the
+/// listener makes its socket where no other user can reach it before it takes the path (`ControlListener`).
 public enum ControlServer {
-    /// The listener for `socketPath` (its directory is created, a stale socket removed); run it as a service.
+    /// Makes sure `socketPath` is this daemon's to take, before anything is mounted: creates its
+    /// directory, and refuses a socket a running daemon answers on, naming that daemon's mount. A
+    /// socket nobody listens on (its daemon died) is left for the listener to replace.
+    public static func claim(socketPath: String) async throws {
+        try createDirectories(of: socketPath)
+        guard ControlSocket.isListening(socketPath) else { return }
+        if let other = try? await ControlClient(socketPath: socketPath).stats() {
+            throw ControlError(description: "control socket \(socketPath) belongs to the running cachefs mount at \(other.settings.mountpoint); give this mount another --control-socket")
+        }
+        throw ControlError(description: "control socket \(socketPath) is in use by another process; give this mount another --control-socket")
+    }
+
+    /// The listener for `socketPath` (see `claim`); run it as a service.
     public static func make(
         socketPath: String,
         handler: some ControlHandler,
         onRunning: @escaping @Sendable () async -> Void
-    ) throws -> HTTPListener {
-        try prepareSocketPath(socketPath)
-        return HTTPListener(
-            target: .unixSocket(socketPath),
-            makeHandler: { RespondingHandler { request in await answer(request, handler: handler) } },
-            onRunning: { _ in
-                chmod(socketPath, 0o600)
-                await onRunning()
-            }
-        )
+    ) throws -> ControlListener {
+        try ControlListener(socketPath: socketPath, onRunning: onRunning) {
+            RespondingHandler { request in await answer(request, handler: handler) }
+        }
     }
 
     static func answer(_ request: HTTPMessage, handler: some ControlHandler) async -> HTTPMessage {
@@ -83,8 +97,8 @@ public enum ControlServer {
         }
     }
 
-    /// Creates the socket's directory and removes a socket left by a daemon that died.
-    static func prepareSocketPath(_ path: String) throws {
+    /// Creates the directories above the socket.
+    static func createDirectories(of path: String) throws {
         var directory = ""
         for component in path.split(separator: "/").dropLast() {
             directory += "/" + component
@@ -92,6 +106,52 @@ public enum ControlServer {
                 throw ControlError(description: "cannot create \(directory): \(String(cString: strerror(errno)))")
             }
         }
-        unlink(path)
+    }
+}
+
+/// The control socket's listener, as a service. The socket is bound in a directory of its own
+/// (mode 0700, beside the socket's path), restricted to its owner (0600), and only then renamed to
+/// its path: no other user can reach it at any moment, whatever the umask, and the rename replaces
+/// a socket left by a daemon that died. When the listener ends, the socket goes.
+public final class ControlListener: Service, Sendable {
+    public let socketPath: String
+    private let listener: HTTPListener
+    /// The private directory the socket is bound in, and the socket's name in it.
+    private let bindDirectory: String
+    private let boundPath: String
+    /// Set once the socket has been renamed to `socketPath`: from then on the path is this daemon's to remove.
+    private let published = Published()
+
+    private final class Published: Sendable {
+        let flag = Atomic<Bool>(false)
+    }
+
+    init(socketPath: String, onRunning: @escaping @Sendable () async -> Void,
+         makeHandler: @escaping @Sendable () -> any ChannelHandler) throws {
+        self.socketPath = socketPath
+        let parent = (socketPath as NSString).deletingLastPathComponent
+        var template = Array((parent + "/.cachefs-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { // mode 0700
+            throw ControlError(description: "cannot create a directory beside \(socketPath): \(String(cString: strerror(errno)))")
+        }
+        bindDirectory = String(cString: made)
+        boundPath = bindDirectory + "/s"
+        let (boundPath, published) = (self.boundPath, self.published)
+        listener = HTTPListener(target: .unixSocket(boundPath), makeHandler: makeHandler, onRunning: { _ in
+            guard chmod(boundPath, 0o600) == 0, rename(boundPath, socketPath) == 0 else {
+                throw ControlError(description: "cannot move the control socket into place at \(socketPath): \(String(cString: strerror(errno)))")
+            }
+            published.flag.store(true, ordering: .releasing)
+            await onRunning()
+        })
+    }
+
+    public func run() async throws {
+        defer {
+            unlink(boundPath) // only there if the socket never moved
+            rmdir(bindDirectory)
+            if published.flag.load(ordering: .acquiring) { unlink(socketPath) }
+        }
+        try await listener.run()
     }
 }

@@ -58,4 +58,8 @@ public struct MountSettings: Codable, Sendable, Equatable {
     public static let defaults = MountSettings(source: "", mountpoint: "", capacity: 0)
 
     public var peersEnabled: Bool { listen != nil || !peers.isEmpty }
+
+    /// The most blocks prefetch may keep loading ahead of a reader: a quarter of the capacity, so
+    /// that prefetching cannot evict what is being read.
+    public var prefetchDepthLimit: Int { capacity / blockSize / 4 }
 }

@@ -52,19 +52,22 @@ public final class FuseServer: @unchecked Sendable {
     let logger: Logger
     private var session: OpaquePointer?
     var sessionForNotifications: OpaquePointer? { session }
+    /// Where the session is mounted, while it is. Lock order: a leaf.
     private let mountpoint = Mutex<String?>(nil)
     private let exitRequested = Atomic<Bool>(false)
     let readsLogged = Atomic<Int>(0)
     /// Told about every successful read, with its tier and how long it took.
     let readObserver: (any ReadObserver)?
     /// Negotiates passthrough and direct-I/O mapping, and registers backing files; nil uses neither.
-    let kernelFeatures: KernelFeatures?
+    let kernelFeatures: FuseKernelFeatures?
     /// Reads being served right now, so that a shutdown can let them finish.
     let readsInFlight = Atomic<Int>(0)
+    /// Requests answered with an error, by operation.
+    let failures = OperationFailures()
 
     /// - Parameter kernelFeatures: the same object the filesystem registers backing files with.
     public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil,
-                kernelFeatures: KernelFeatures? = nil, logger: Logger) {
+                kernelFeatures: FuseKernelFeatures? = nil, logger: Logger) {
         self.filesystem = filesystem
         self.configuration = configuration
         self.readObserver = readObserver

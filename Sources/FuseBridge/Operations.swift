@@ -21,7 +21,7 @@ extension FuseServer {
             Unmanaged<FuseServer>.fromOpaque(userData!).takeUnretainedValue().negotiate(connection!)
         }
         ops.lookup = { req, parent, name in
-            server(req).reply(req) { fs throws(Errno) in
+            server(req).reply(req, .lookup, node: parent) { fs throws(Errno) in
                 let (node, attributes) = try fs.filesystem.lookup(parent: parent, name: name!)
                 var entry = fs.entry(node: node, attributes: attributes)
                 fuse_reply_entry(req, &entry)
@@ -39,32 +39,32 @@ extension FuseServer {
             fuse_reply_none(req)
         }
         ops.getattr = { req, node, _ in
-            server(req).reply(req) { fs throws(Errno) in
+            server(req).reply(req, .getattr, node: node) { fs throws(Errno) in
                 var attributes = try fs.filesystem.attributes(of: node)
                 fuse_reply_attr(req, &attributes, fs.configuration.metadataTimeout)
             }
         }
         ops.readlink = { req, node in
-            server(req).reply(req) { fs throws(Errno) in
+            server(req).reply(req, .readlink, node: node) { fs throws(Errno) in
                 var target = try fs.filesystem.linkTarget(of: node)
                 target.append(0)
                 target.withUnsafeBufferPointer { _ = fuse_reply_readlink(req, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self)) }
             }
         }
         ops.open = { req, node, info in
-            server(req).reply(req) { fs throws(Errno) in
-                let opened = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
-                let fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(opened.file).toOpaque()))
+            server(req).reply(req, .open, node: node) { fs throws(Errno) in
+                let file = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
+                let fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
                 let replied: Int32
-                if opened.versionChanged, let session = fs.liveSession {
+                if file.versionChanged, let session = fs.liveSession {
                     // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
                     fuse_lowlevel_notify_inval_inode(session, node, -1, 0)
                 }
-                switch opened {
-                case .passthrough(_, let backingID, _):
+                switch file.mode {
+                case .passthrough(let backingID):
                     // The kernel reads the file's memory itself from now on; keep_cache is not allowed with it.
                     replied = cachefs_reply_open_passthrough(req, fh, backingID)
-                case .daemonServed(_, let keepCache, _, let directIO):
+                case .daemonServed(let keepCache, let directIO):
                     cachefs_file_info_set_keep_cache(info, keepCache ? 1 : 0)
                     cachefs_file_info_set_noflush(info)
                     if directIO { cachefs_file_info_set_direct_io(info) }
@@ -74,8 +74,8 @@ extension FuseServer {
                 if replied != 0 { fs.release(fh) } // the opener was interrupted: no RELEASE will come
             }
         }
-        ops.read = { req, _, size, offset, info in
-            server(req).reply(req) { fs throws(Errno) in
+        ops.read = { req, node, size, offset, info in
+            server(req).reply(req, .read, node: node) { fs throws(Errno) in
                 fs.noteRequestSize(size, offset: offset)
                 let file = Unmanaged<OpenFile>.fromOpaque(handle(info)).takeUnretainedValue()
                 fs.readsInFlight.add(1, ordering: .relaxed)
@@ -95,7 +95,7 @@ extension FuseServer {
             fuse_reply_err(req, 0)
         }
         ops.opendir = { req, node, info in
-            server(req).reply(req) { fs throws(Errno) in
+            server(req).reply(req, .opendir, node: node) { fs throws(Errno) in
                 let directory = try fs.filesystem.openDirectory(node: node)
                 cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(directory).toOpaque())))
                 if fuse_reply_open(req, info) != 0 {
@@ -113,14 +113,14 @@ extension FuseServer {
             Unmanaged<OpenDirectory>.fromOpaque(handle(info)).release()
             fuse_reply_err(req, 0)
         }
-        ops.statfs = { req, _ in
-            server(req).reply(req) { fs throws(Errno) in
+        ops.statfs = { req, node in
+            server(req).reply(req, .statfs, node: node) { fs throws(Errno) in
                 var statistics = try fs.filesystem.fileSystemStatistics()
                 fuse_reply_statfs(req, &statistics)
             }
         }
         ops.getxattr = { req, node, name, size in
-            server(req).reply(req) { fs throws(Errno) in
+            server(req).reply(req, .getxattr, node: node) { fs throws(Errno) in
                 try withBuffer(size) { buffer throws(Errno) in
                     let length = try fs.filesystem.extendedAttribute(of: node, named: name!, into: buffer)
                     if size == 0 { fuse_reply_xattr(req, length) } else { fuse_reply_buf(req, buffer.baseAddress, length) }
@@ -128,35 +128,35 @@ extension FuseServer {
             }
         }
         ops.listxattr = { req, node, size in
-            server(req).reply(req) { fs throws(Errno) in
+            server(req).reply(req, .listxattr, node: node) { fs throws(Errno) in
                 try withBuffer(size) { buffer throws(Errno) in
                     let length = try fs.filesystem.extendedAttributeNames(of: node, into: buffer)
                     if size == 0 { fuse_reply_xattr(req, length) } else { fuse_reply_buf(req, buffer.baseAddress, length) }
                 }
             }
         }
-        ops.access = { req, _, mask in
+        ops.access = { req, node, mask in
             // Mode bits are checked by the kernel (default_permissions); only writing is refused here.
-            fuse_reply_err(req, mask & W_OK != 0 ? EROFS : 0)
+            if mask & W_OK != 0 { server(req).fail(req, .access, node: node, .readOnlyFileSystem) } else { fuse_reply_err(req, 0) }
         }
 
         // Everything that would modify the tree is refused. The mount is also
         // read-only, so the kernel normally refuses these before asking.
-        ops.setattr = { req, _, _, _, _ in refuseWrite(req) }
-        ops.mknod = { req, _, _, _, _ in refuseWrite(req) }
-        ops.mkdir = { req, _, _, _ in refuseWrite(req) }
-        ops.unlink = { req, _, _ in refuseWrite(req) }
-        ops.rmdir = { req, _, _ in refuseWrite(req) }
-        ops.symlink = { req, _, _, _ in refuseWrite(req) }
-        ops.rename = { req, _, _, _, _, _ in refuseWrite(req) }
-        ops.link = { req, _, _, _ in refuseWrite(req) }
-        ops.write = { req, _, _, _, _, _ in refuseWrite(req) }
-        ops.write_buf = { req, _, _, _, _ in refuseWrite(req) }
-        ops.create = { req, _, _, _, _ in refuseWrite(req) }
-        ops.setxattr = { req, _, _, _, _, _ in refuseWrite(req) }
-        ops.removexattr = { req, _, _ in refuseWrite(req) }
-        ops.fallocate = { req, _, _, _, _, _ in refuseWrite(req) }
-        ops.copy_file_range = { req, _, _, _, _, _, _, _, _ in refuseWrite(req) }
+        ops.setattr = { req, node, _, _, _ in refuseWrite(req, .setattr, node: node) }
+        ops.mknod = { req, parent, _, _, _ in refuseWrite(req, .mknod, node: parent) }
+        ops.mkdir = { req, parent, _, _ in refuseWrite(req, .mkdir, node: parent) }
+        ops.unlink = { req, parent, _ in refuseWrite(req, .unlink, node: parent) }
+        ops.rmdir = { req, parent, _ in refuseWrite(req, .rmdir, node: parent) }
+        ops.symlink = { req, _, parent, _ in refuseWrite(req, .symlink, node: parent) }
+        ops.rename = { req, parent, _, _, _, _ in refuseWrite(req, .rename, node: parent) }
+        ops.link = { req, node, _, _ in refuseWrite(req, .link, node: node) }
+        ops.write = { req, node, _, _, _, _ in refuseWrite(req, .write, node: node) }
+        ops.write_buf = { req, node, _, _, _ in refuseWrite(req, .write, node: node) }
+        ops.create = { req, parent, _, _, _ in refuseWrite(req, .create, node: parent) }
+        ops.setxattr = { req, node, _, _, _, _ in refuseWrite(req, .setxattr, node: node) }
+        ops.removexattr = { req, node, _ in refuseWrite(req, .removexattr, node: node) }
+        ops.fallocate = { req, node, _, _, _, _ in refuseWrite(req, .fallocate, node: node) }
+        ops.copy_file_range = { req, node, _, _, _, _, _, _, _ in refuseWrite(req, .copyFileRange, node: node) }
         return ops
     }()
 
@@ -168,13 +168,13 @@ extension FuseServer {
         file.release()
     }
 
-    /// Runs one operation, turning a thrown errno into the error reply.
+    /// Runs one operation, turning a thrown errno into the error reply (counted and logged: `fail`).
     @inline(__always)
-    fileprivate func reply(_ req: fuse_req_t?, _ body: (FuseServer) throws(Errno) -> Void) {
+    fileprivate func reply(_ req: fuse_req_t?, _ operation: FuseOperation, node: fuse_ino_t, _ body: (FuseServer) throws(Errno) -> Void) {
         do {
             try body(self)
         } catch {
-            fuse_reply_err(req, error.rawValue)
+            fail(req, operation, node: node, error)
         }
     }
 
@@ -210,7 +210,7 @@ extension FuseServer {
                 return true
             }
         } catch where used == 0 {
-            fuse_reply_err(req, error.rawValue)
+            fail(req, withAttributes ? .readdirplus : .readdir, node: node, error)
             return
         } catch {
             // Entries already listed are worth returning; the error recurs on the next call.
@@ -256,8 +256,8 @@ private func monotonicNanoseconds() -> UInt64 {
     return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }
 
-private func refuseWrite(_ req: fuse_req_t?) {
-    fuse_reply_err(req, EROFS)
+private func refuseWrite(_ req: fuse_req_t?, _ operation: FuseOperation, node: fuse_ino_t) {
+    server(req).fail(req, operation, node: node, .readOnlyFileSystem)
 }
 
 @inline(__always)

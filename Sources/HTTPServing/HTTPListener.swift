@@ -32,15 +32,16 @@ public struct HTTPListener: Service {
     let target: ListenTarget
     let idleTimeout: Duration?
     let makeHandler: @Sendable () -> any ChannelHandler
-    let onRunning: @Sendable (_ boundPort: Int?) async -> Void
+    let onRunning: @Sendable (_ boundPort: Int?) async throws -> Void
 
     /// - Parameters:
     ///   - idleTimeout: a connection that neither sends nor receives anything for this long is closed; nil keeps it.
-    ///   - onRunning: called once the server listens, with the bound TCP port (nil for a Unix socket).
+    ///   - onRunning: called once the server listens, with the bound TCP port (nil for a Unix socket); if it
+    ///     throws, the listener closes and `run` throws that.
     public init(
         target: ListenTarget, idleTimeout: Duration? = nil,
         makeHandler: @escaping @Sendable () -> any ChannelHandler,
-        onRunning: @escaping @Sendable (_ boundPort: Int?) async -> Void = { _ in }
+        onRunning: @escaping @Sendable (_ boundPort: Int?) async throws -> Void = { _ in }
     ) {
         self.target = target
         self.idleTimeout = idleTimeout
@@ -71,7 +72,12 @@ public struct HTTPListener: Service {
         case .unixSocket(let path):
             listener = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
-        await onRunning(listener.localAddress?.port)
+        do {
+            try await onRunning(listener.localAddress?.port)
+        } catch {
+            try? await listener.close()
+            throw error
+        }
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 try? await listener.closeFuture.get()

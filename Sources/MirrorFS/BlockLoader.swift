@@ -1,33 +1,34 @@
 import BlockCache
 import Logging
 import PeerTransport
+import Reporting
 import SourceTree
 import Synchronization
 import SystemPackage
 
-/// Reads a block's bytes from the source: the seam where tests put a slow, stalling or
+/// How a block's bytes are read from the source: the seam where tests put a slow, stalling or
 /// failing source under the mirror and its prefetch lanes, without FUSE (the way
 /// mountpoint-s3 tests its prefetcher against mock and failure clients).
 ///
 /// Called on a source-call thread (or the loading thread when there is no source
 /// timeout); a call may outlive its caller's wait, so it must write only to `buffer`.
-public protocol SourceBlockReader: Sendable {
-    /// Fills `buffer` with the bytes of `file` at `offset`, reading through `reader` (the
-    /// file itself, or a prefetch lane's own descriptor of it); returns the bytes read,
-    /// fewer only at the end of the file.
+public protocol SourceBlockIO: Sendable {
+    /// Fills `buffer` with the bytes of `file` at `offset`, read through `opened` (the file
+    /// itself, or a prefetch lane's own opening of it); returns the bytes read, fewer only at
+    /// the end of the file.
     /// - Throws: the read's errno; `ESTALE` if the file's content changed while it was read.
-    func read(_ file: SourceFile, through reader: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int
+    func read(_ file: SourceFile, through opened: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int
 }
 
-/// The production reader: `pread` through the descriptor, then `fstat` to check that the
+/// The production source I/O: `pread` through the descriptor, then `fstat` to check that the
 /// file is still the version it was opened as, so a block read while the file was being
 /// rewritten is refused rather than cached under the old version.
-public struct DescriptorBlockReader: SourceBlockReader {
+public struct DescriptorBlockIO: SourceBlockIO {
     public init() {}
 
-    public func read(_ file: SourceFile, through reader: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
-        let count = try reader.descriptor.readFully(into: buffer, at: offset)
-        guard file.version.isContent(of: try reader.descriptor.attributes()) else { throw .staleNFSFileHandle }
+    public func read(_ file: SourceFile, through opened: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
+        let count = try opened.descriptor.readFully(into: buffer, at: offset)
+        guard file.version.isContent(of: try opened.descriptor.attributes()) else { throw .staleNFSFileHandle }
         return count
     }
 }
@@ -47,8 +48,8 @@ struct BlockSpan {
 /// peers); a load blocks its caller.
 final class BlockLoader: Sendable {
     let cache: BlockCache
-    private let session: SourceSession
-    private let reader: any SourceBlockReader
+    private let access: SourceAccess
+    private let blockIO: any SourceBlockIO
     /// The other instances, asked on a miss before the source (see PeerTransport's `PeerFleet`).
     let fleet: (any BlockFleet)?
     let counters = Counters()
@@ -66,13 +67,13 @@ final class BlockLoader: Sendable {
     /// - Parameter stagedAtOnce: the bytes loads may stage at once (the prefetch lanes' chunks); the
     ///   staging pool keeps that many idle, at least its default.
     /// - Parameter servesPeers: whether peers are sent these blocks: their checksums are then computed as they load.
-    init(cache: BlockCache, session: SourceSession, reader: any SourceBlockReader, fleet: (any BlockFleet)?,
+    init(cache: BlockCache, access: SourceAccess, blockIO: any SourceBlockIO, fleet: (any BlockFleet)?,
          servesPeers: Bool, stagedAtOnce: Int, logger: Logger) {
         staging = StagingBuffers(idleLimit: max(StagingBuffers.defaultIdleLimit, stagedAtOnce))
         peerChecksum = servesPeers ? Self.checksum : nil
         self.cache = cache
-        self.session = session
-        self.reader = reader
+        self.access = access
+        self.blockIO = blockIO
         self.fleet = fleet
         self.logger = logger
     }
@@ -90,31 +91,31 @@ final class BlockLoader: Sendable {
         }
     }
 
-    /// The block of `file` at `span`, loaded through `reader` (the file itself by default) on a miss.
+    /// The block of `file` at `span`, loaded through `opened` (the file itself by default) on a miss.
     /// - Parameter askingFleet: false for a load on behalf of a peer, which reads only this instance's source.
-    func block(_ span: BlockSpan, of file: SourceFile, reader readerFile: SourceFile? = nil, askingFleet: Bool = true) throws(Errno) -> (block: Block, tier: ReadTier) {
+    func block(_ span: BlockSpan, of file: SourceFile, through opened: SourceFile? = nil, askingFleet: Bool = true) throws(Errno) -> (block: Block, tier: ReadTier) {
         let key = BlockKey(file: file.version, index: span.index)
         let name = askingFleet ? fleetName(of: file) : nil
         do {
             return try cache.fetch(for: key, length: span.length) { buffer in
-                try load([buffer], from: span.index, of: file, reader: readerFile ?? file, name: name)
+                try load([buffer], from: span.index, of: file, through: opened ?? file, name: name)
             }
         } catch {
             throw loadFailure(error, of: "\(key)")
         }
     }
 
-    /// Loads the missing blocks of `file` from `first` (at most `count`) through `reader`, where the
+    /// Loads the missing blocks of `file` from `first` (at most `count`) through `opened`, where the
     /// cache can lay them side by side in memory: what a prefetch lane asks, so that the fleet gets one
     /// request for a run and a source reading ahead per handle (rclone, s3fs) sees long reads.
     /// - Returns: how many blocks from `first` are now loaded (0: none could be run; load `first` alone).
-    func blockRun(from first: Int64, count: Int, of file: SourceFile, reader readerFile: SourceFile, askingFleet: Bool = true) throws(Errno) -> Int {
+    func blockRun(from first: Int64, count: Int, of file: SourceFile, through opened: SourceFile, askingFleet: Bool = true) throws(Errno) -> Int {
         let name = askingFleet ? fleetName(of: file) : nil
         // Claims only what one exchange with the fleet serves (see `BlockFleet.segment`); the lane asks again for the rest.
         let count = name.flatMap { name in fleet?.segment(of: name.blocks(first, count: count)) } ?? count
         do {
             return try cache.loadRun(of: file.version, from: first, count: count) { start, buffers in
-                try load(buffers, from: start, of: file, reader: readerFile, name: name)
+                try load(buffers, from: start, of: file, through: opened, name: name)
             }
         } catch {
             throw loadFailure(error, of: "\(first)... of \(file.version)")
@@ -123,7 +124,7 @@ final class BlockLoader: Sendable {
 
     /// Fills adjacent blocks from `start`: what the fleet sends, the rest from the source. Returns the
     /// bytes filled from the first block on (fewer only where the source ended early), and the slowest tier.
-    private func load(_ buffers: [BlockBuffer], from start: Int64, of file: SourceFile, reader: SourceFile,
+    private func load(_ buffers: [BlockBuffer], from start: Int64, of file: SourceFile, through opened: SourceFile,
                       name: PeerFile?) throws(Errno) -> (count: Int, tier: ReadTier) {
         var position = 0, filled = 0, tier = ReadTier.peer
         while position < buffers.count {
@@ -145,7 +146,7 @@ final class BlockLoader: Sendable {
             }
             let run = buffers[position..<(position + fromSource)]
             let count = try staging.fill(run, digest: peerChecksum) { (target) throws(Errno) in
-                try readSource(file, through: reader, into: target, at: index * Int64(cache.blockSize))
+                try readSource(file, through: opened, into: target, at: index * Int64(cache.blockSize))
             }
             counters.bytesFromSource.add(UInt64(count), ordering: .relaxed)
             filled += count
@@ -164,10 +165,10 @@ final class BlockLoader: Sendable {
     }
 
     /// Reads the source into `target` under the source timeout. The call owns the target and the
-    /// reader, so a read that outlives the timeout writes only to memory nobody else sees.
-    private func readSource(_ file: SourceFile, through readerFile: SourceFile, into target: StagingTarget, at offset: Int64) throws(Errno) -> Int {
-        try session.call(.read) { [reader] () throws(Errno) in
-            try reader.read(file, through: readerFile, into: target.memory, at: offset)
+    /// opened file, so a read that outlives the timeout writes only to memory nobody else sees.
+    private func readSource(_ file: SourceFile, through opened: SourceFile, into target: StagingTarget, at offset: Int64) throws(Errno) -> Int {
+        try access.call(.read) { [blockIO] () throws(Errno) in
+            try blockIO.read(file, through: opened, into: target.memory, at: offset)
         }
     }
 
@@ -182,6 +183,14 @@ final class BlockLoader: Sendable {
         let cause = error == .staleNFSFileHandle ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
         logger.warning("source read failed", metadata: ["block": "\(blocks)", "cause": "\(cause)"])
         return error.meansSourceGone ? .ioError : error
+    }
+}
+
+extension BlockLoader: FigureReporter {
+    func report(into figures: inout FigureValues) {
+        figures[.bytesFromSource] = counters.bytesFromSource.load(ordering: .relaxed)
+        figures[.bytesFromPeers] = counters.bytesFromPeers.load(ordering: .relaxed)
+        figures[.sourceErrors] = counters.errors.load(ordering: .relaxed)
     }
 }
 

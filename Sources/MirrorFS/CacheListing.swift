@@ -23,11 +23,11 @@ extension MirrorFilesystem {
     /// The regular files at `path` (a file, or every file beneath a directory), and the directories walked.
     public func cacheListing(atRelativePath path: String) throws(Errno) -> (files: [ListedFile], directories: [String]) {
         let relative = Self.normalized(path)
-        let (handle, attributes) = try session.currentRoot().descendant(atRelativePath: relative)
+        let (handle, attributes) = try access.currentRoot().descendant(atRelativePath: relative)
         var found: [(path: String, version: FileVersion)] = []
         var directories: [String] = []
         switch attributes.st_mode & S_IFMT {
-        case S_IFREG: found.append((relative, session.identityRule.version(of: attributes, path: Array(relative.utf8))))
+        case S_IFREG: found.append((relative, access.identityRule.version(of: attributes, path: Array(relative.utf8))))
         case S_IFDIR: try walk(handle, path: relative, files: &found, directories: &directories)
         default: break // symlinks, fifos, devices: nothing to cache
         }
@@ -59,7 +59,7 @@ extension MirrorFilesystem {
                 let attributes = try named(entry.name) { name throws(Errno) in try directory.childAttributes(named: name) }
                 switch attributes.st_mode & S_IFMT {
                 case S_IFREG:
-                    files.append((child, session.identityRule.version(of: attributes, path: Array(child.utf8))))
+                    files.append((child, access.identityRule.version(of: attributes, path: Array(child.utf8))))
                 case S_IFDIR: // a source that does not tell types in its listings
                     let (handle, _) = try named(entry.name) { name throws(Errno) in try directory.child(named: name) }
                     try walk(handle, path: child, files: &files, directories: &directories)

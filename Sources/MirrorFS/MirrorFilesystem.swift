@@ -5,6 +5,7 @@ import BlockCache
 import Logging
 import PeerTransport
 import Prefetch
+import Reporting
 import SourceTree
 import Synchronization
 import SystemPackage
@@ -13,7 +14,7 @@ import SystemPackage
 ///
 /// It speaks in node IDs, `stat` and `Errno`, and knows nothing of FUSE: the
 /// FUSE layer translates each kernel request into one call here. The work is
-/// split by job: `SourceSession` reaches the source (nodes, descriptors,
+/// split by job: `SourceAccess` reaches the source (nodes, descriptors,
 /// deadlines, reattaching), `BlockLoader` fills the cache (memory, peers,
 /// source), and this type answers the filesystem operations on top of them.
 ///
@@ -21,12 +22,13 @@ import SystemPackage
 /// the source blocks its caller.
 public final class MirrorFilesystem: Sendable {
     public var cache: BlockCache { loader.cache }
-    let session: SourceSession
+    let access: SourceAccess
     let loader: BlockLoader
     private let prefetcher: Prefetcher?
     /// Where wholly cached files are handed to the kernel (FUSE passthrough); nil serves every read.
-    let kernelModes: (any KernelOpenModes)?
+    let kernelFeatures: (any KernelFeatures)?
     let counters = Counters()
+    let logger: Logger
     let checkedVersions = RecentlyCheckedVersions()
     let peerLoadSources = PeerLoadSources()
 
@@ -40,19 +42,20 @@ public final class MirrorFilesystem: Sendable {
     ///     went away (ENOTCONN) is opened again there once a file system of the same type is back.
     ///   - fleet: the other instances, asked for a missing block before the source; nil reads only the source.
     ///   - servesPeers: whether this instance sends its blocks to peers (their checksums are then made as they load).
-    ///   - blockReader: how block bytes are read from the source (tests put slow or failing sources here).
-    ///   - kernelModes: hands wholly cached files to the kernel to read directly; nil serves every read here.
+    ///   - blockIO: how block bytes are read from the source (tests put slow or failing sources here).
+    ///   - kernelFeatures: hands wholly cached files to the kernel to read directly; nil serves every read here.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
         sourceRootPath: String? = nil, fleet: (any BlockFleet)? = nil, servesPeers: Bool = false,
-        blockReader: any SourceBlockReader = DescriptorBlockReader(), kernelModes: (any KernelOpenModes)? = nil,
+        blockIO: any SourceBlockIO = DescriptorBlockIO(), kernelFeatures: (any KernelFeatures)? = nil,
         logger: Logger
     ) throws(Errno) {
-        self.kernelModes = kernelModes
-        session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
-                                    sourceCalls: sourceCalls, logger: logger)
-        loader = BlockLoader(cache: cache, session: session, reader: blockReader, fleet: fleet, servesPeers: servesPeers,
+        self.kernelFeatures = kernelFeatures
+        self.logger = logger
+        access = try SourceAccess(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
+                                  sourceCalls: sourceCalls, logger: logger)
+        loader = BlockLoader(cache: cache, access: access, blockIO: blockIO, fleet: fleet, servesPeers: servesPeers,
                              stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher
     }
@@ -65,8 +68,8 @@ public final class MirrorFilesystem: Sendable {
     /// which the kernel later returns through `forget`. The source entry is opened, and its
     /// descriptor kept for the node: a looked-up file is usually opened or read next.
     public func lookup(parent: UInt64, name: UnsafePointer<CChar>) throws(Errno) -> (node: UInt64, attributes: stat) {
-        let parent = try session.node(parent)
-        let (handle, attributes) = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).child(named: name) }
+        let parent = try access.node(parent)
+        let (handle, attributes) = try access.recovering { () throws(Errno) in try self.access.handle(of: parent).child(named: name) }
         return (remember(name, in: parent, parentPath: nil, attributes: attributes, handle: handle).id, presented(attributes))
     }
 
@@ -85,34 +88,34 @@ public final class MirrorFilesystem: Sendable {
     /// `ls -l` of a large tree lists thousands of files it never opens, each of which would
     /// cost an open and a close at the source (on rclone, a tenth of the walk).
     private func lookupListed(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?) throws(Errno) -> (node: UInt64, attributes: stat) {
-        let attributes = try session.recovering { () throws(Errno) in try self.session.handle(of: parent).childAttributes(named: name) }
+        let attributes = try access.recovering { () throws(Errno) in try self.access.handle(of: parent).childAttributes(named: name) }
         return (remember(name, in: parent, parentPath: parentPath, attributes: attributes, handle: nil).id, presented(attributes))
     }
 
     private func remember(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?, attributes: stat, handle: PathHandle?) -> Node {
         let name = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
-        let identity = session.identityRule.identity(
+        let identity = access.identityRule.identity(
             of: attributes, path: parentPath.map { Node.path(from: $0, appending: name) } ?? Node.path(of: parent, appending: name))
         var released: [PathHandle] = []  // closed when this scope ends, outside the lock
-        return session.nodes.withLock {
+        return access.nodes.withLock {
             $0.remember(identity, type: attributes.st_mode & S_IFMT, in: parent, name: name, handle: handle, released: &released)
         }
     }
 
     public func forget(node id: UInt64, lookups: UInt64) {
-        let released = session.nodes.withLock { $0.forget(id, count: lookups) }
+        let released = access.nodes.withLock { $0.forget(id, count: lookups) }
         _ = released // its descriptor closes here, outside the lock
     }
 
     /// The node's path from the source root ("a/b/c"), as raw bytes; empty for the root.
     public func relativePath(of id: UInt64) throws(Errno) -> [UInt8] {
-        try session.node(id).relativePath
+        try access.node(id).relativePath
     }
 
-    public var knownNodeCount: Int { session.nodes.withLock { $0.count } }
+    public var knownNodeCount: Int { access.nodes.withLock { $0.count } }
 
     /// Source descriptors currently held for known nodes (bounded by `sourceHandleLimit`).
-    public var cachedHandleCount: Int { session.nodes.withLock { $0.cachedHandleCount } }
+    public var cachedHandleCount: Int { access.nodes.withLock { $0.cachedHandleCount } }
 
     public func attributes(of id: UInt64) throws(Errno) -> stat {
         presented(try onNode(id) { (handle) throws(Errno) in try handle.attributes() })
@@ -133,19 +136,19 @@ public final class MirrorFilesystem: Sendable {
     /// mount (it then answers EOPNOTSUPP itself): `ls -l` asks two per file, each a round trip.
     public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         counters.extendedAttributeRequests.add(1, ordering: .relaxed)
-        guard session.extendedAttributesSupported else { throw .noFunction }
+        guard access.extendedAttributesSupported else { throw .noFunction }
         return try onNode(id) { (handle) throws(Errno) in try handle.extendedAttribute(named: name, into: buffer) }
     }
 
     public func extendedAttributeNames(of id: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         counters.extendedAttributeRequests.add(1, ordering: .relaxed)
-        guard session.extendedAttributesSupported else { throw .noFunction }
+        guard access.extendedAttributesSupported else { throw .noFunction }
         return try onNode(id) { (handle) throws(Errno) in try handle.extendedAttributeNames(into: buffer) }
     }
 
     /// Runs `body` on the node's source descriptor, looking for the source again if its mount went away.
     private func onNode<Result>(_ id: UInt64, _ body: (PathHandle) throws(Errno) -> Result) throws(Errno) -> Result {
-        try session.recovering { () throws(Errno) in try body(self.session.handle(of: self.session.node(id))) }
+        try access.recovering { () throws(Errno) in try body(self.access.handle(of: self.access.node(id))) }
     }
 
     // MARK: Files
@@ -153,11 +156,11 @@ public final class MirrorFilesystem: Sendable {
     /// Opens a file for reading: in passthrough if its version is wholly in memory and
     /// nothing of the node is open the other way, otherwise served by the daemon (see `NodeOpens`).
     /// Each successful open is matched by one `release`.
-    public func open(node id: UInt64, flags: Int32) throws(Errno) -> OpenedFile {
+    public func open(node id: UInt64, flags: Int32) throws(Errno) -> OpenFile {
         guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else { throw .readOnlyFileSystem }
-        let node = try session.node(id)
-        let source = try session.recovering { () throws(Errno) in
-            try self.session.open(self.session.handle(of: node), relativePath: node.relativePath)
+        let node = try access.node(id)
+        let source = try access.recovering { () throws(Errno) in
+            try self.access.open(self.access.handle(of: node), relativePath: node.relativePath)
         }
         return try admit(source, on: node)
     }
@@ -171,22 +174,22 @@ public final class MirrorFilesystem: Sendable {
             blockCount: (size + blockSize - 1) / blockSize,
             // A block another reader is loading needs no prefetch thread to wait for it.
             isResident: { [cache] index in cache.isResidentOrLoading(BlockKey(file: source.version, index: index)) },
-            loadRun: { [session, loader] blocks, lane in
-                // Each lane reads through a handle of its own, kept from chunk to chunk, so that a
-                // source that reads ahead per handle sees one handle read front to back, in long reads.
-                let reader: SourceFile
+            loadRun: { [access, loader] blocks, lane in
+                // Each lane reads through a descriptor of its own, kept from chunk to chunk, so that a
+                // source that reads ahead per descriptor sees one read front to back, in long reads.
+                let laneFile: SourceFile
                 if let kept = lane.context as? SourceFile {
-                    reader = kept
+                    laneFile = kept
                 } else {
-                    guard let opened = try? session.open(source.handle, relativePath: source.relativePath) else { return 0 }
+                    guard let opened = try? access.open(source.handle, relativePath: source.relativePath) else { return 0 }
                     lane.context = opened
-                    reader = opened
+                    laneFile = opened
                 }
-                guard let loaded = try? loader.blockRun(from: blocks.lowerBound, count: blocks.count, of: source, reader: reader) else { return 0 }
+                guard let loaded = try? loader.blockRun(from: blocks.lowerBound, count: blocks.count, of: source, through: laneFile) else { return 0 }
                 if loaded > 0 { return loaded }
                 // Not a run the cache can lay side by side (a small file, a block it would not keep): this block alone.
                 guard let span = loader.spans(from: blocks.lowerBound * blockSize, to: blocks.lowerBound * blockSize + 1, size: size).first,
-                      (try? loader.block(span, of: source, reader: reader)) != nil
+                      (try? loader.block(span, of: source, through: laneFile)) != nil
                 else { return 0 }
                 return 1
             }
@@ -211,7 +214,7 @@ public final class MirrorFilesystem: Sendable {
         var slices: [BlockSlice] = []
         for span in loader.spans(from: offset, to: end, size: source.version.size) {
             if let prefetch = file.prefetch, !cache.isResidentOrLoading(BlockKey(file: source.version, index: span.index)) {
-                prefetch.waitForLane(toLoad: span.index, limit: session.laneWaitLimit)
+                prefetch.waitForLane(toLoad: span.index, limit: access.laneWaitLimit)
             }
             let (block, blockTier) = try loader.block(span, of: source)
             tier.include(blockTier)
@@ -241,9 +244,9 @@ public final class MirrorFilesystem: Sendable {
         parent: UInt64,
         emit: (DirectoryEntry) -> Bool
     ) throws(Errno) {
-        let parentNode = withAttributes ? try session.node(parent) : nil
+        let parentNode = withAttributes ? try access.node(parent) : nil
         // Under the path rule every entry's identity starts with the directory's path: worked out once here.
-        let parentPath = parentNode.flatMap { session.identityRule == .path ? $0.relativePath : nil }
+        let parentPath = parentNode.flatMap { access.identityRule == .path ? $0.relativePath : nil }
         try directory.stream.withLock { (stream: inout DirectoryStream) throws(Errno) in
             stream.seek(to: offset)
             while let entry = try stream.next() {
@@ -267,28 +270,7 @@ public final class MirrorFilesystem: Sendable {
         }
     }
 
-    // MARK: Statistics
-
-    public var statistics: MirrorStatistics {
-        MirrorStatistics(
-            cache: cache.statistics,
-            readRequests: counters.readRequests.load(ordering: .relaxed),
-            bytesRead: counters.bytesRead.load(ordering: .relaxed),
-            bytesFromSource: loader.counters.bytesFromSource.load(ordering: .relaxed),
-            bytesFromPeers: loader.counters.bytesFromPeers.load(ordering: .relaxed),
-            sourceErrors: loader.counters.errors.load(ordering: .relaxed),
-            knownNodes: knownNodeCount,
-            sourceHandles: cachedHandleCount,
-            sourceHandleReopens: session.counters.handleReopens.load(ordering: .relaxed),
-            sourceTimeouts: session.sourceCalls?.timedOutCalls ?? 0,
-            sourceReattaches: session.counters.reattaches.load(ordering: .relaxed),
-            sourceUnavailable: session.counters.unavailable.load(ordering: .relaxed),
-            passthroughOpens: counters.passthroughOpens.load(ordering: .relaxed),
-            directIOOpens: counters.directIOOpens.load(ordering: .relaxed),
-            extendedAttributeRequests: counters.extendedAttributeRequests.load(ordering: .relaxed),
-            prefetch: prefetcher?.statistics
-        )
-    }
+    // MARK: Figures
 
     final class Counters: Sendable {
         let readRequests = Atomic<UInt64>(0)
@@ -301,32 +283,19 @@ public final class MirrorFilesystem: Sendable {
     }
 }
 
-public struct MirrorStatistics: Sendable {
-    public var cache: CacheStatistics
-    /// Read requests from the kernel, and the bytes returned to them.
-    public var readRequests: UInt64
-    public var bytesRead: UInt64
-    /// Bytes of blocks loaded from the source, and from peers.
-    public var bytesFromSource: UInt64
-    public var bytesFromPeers: UInt64
-    public var sourceErrors: UInt64
-    public var knownNodes: Int
-    /// Source descriptors held for known nodes, and how often a node's descriptor was reopened by name.
-    public var sourceHandles: Int
-    public var sourceHandleReopens: UInt64
-    /// Source opens and reads that gave up after the source timeout.
-    public var sourceTimeouts: UInt64
-    /// Times the source root was opened again after its mount went away and came back.
-    public var sourceReattaches: UInt64
-    /// Source calls that found its mount gone and could not reopen it (the reader got EIO).
-    public var sourceUnavailable: UInt64
-    /// Opens handed to the kernel to serve from memory (FUSE passthrough).
-    public var passthroughOpens: UInt64
-    /// Daemon-served opens read with direct I/O, bypassing the kernel's page cache.
-    public var directIOOpens: UInt64
-    /// getxattr and listxattr requests from the kernel.
-    public var extendedAttributeRequests: UInt64
-    public var prefetch: PrefetchStatistics?
+extension MirrorFilesystem: FigureReporter {
+    /// Its own figures, and those of the parts it owns: the cache, the loader, the source, the prefetcher.
+    public func report(into figures: inout FigureValues) {
+        figures[.readRequests] = counters.readRequests.load(ordering: .relaxed)
+        figures[.bytesRead] = counters.bytesRead.load(ordering: .relaxed)
+        figures[.passthroughOpens] = counters.passthroughOpens.load(ordering: .relaxed)
+        figures[.directIOOpens] = counters.directIOOpens.load(ordering: .relaxed)
+        figures[.extendedAttributeRequests] = counters.extendedAttributeRequests.load(ordering: .relaxed)
+        cache.report(into: &figures)
+        loader.report(into: &figures)
+        access.report(into: &figures)
+        if let prefetcher { prefetcher.report(into: &figures) } else { figures.reportZero(Prefetcher.figures) }
+    }
 }
 
 /// A contiguous range of one cached block's bytes.
@@ -338,33 +307,55 @@ public struct BlockSlice: Sendable {
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: block.bytes[range]) }
 }
 
-/// A file open for reading through the mount, pinned to the version it had when opened.
+/// A file open for reading through the mount (an open), pinned to the version it had when opened.
 public final class OpenFile: Sendable {
     /// The node opened: held, so that its release finds it whatever the node table did meanwhile.
     let opened: Node
     let source: SourceFile
     let prefetch: PrefetchStream?
-    let mode: Mode
+    /// How the open is served: by the daemon, or by the kernel from memory (passthrough).
+    public let mode: OpenMode
+    /// The version is not the one the node was last opened at: the kernel's attributes of the node are stale.
+    public let versionChanged: Bool
 
-    enum Mode { case daemonServed, passthrough }
-
-    init(node: Node, source: SourceFile, prefetch: PrefetchStream?, mode: Mode) {
+    init(node: Node, source: SourceFile, prefetch: PrefetchStream?, mode: OpenMode, versionChanged: Bool) {
         opened = node
         self.source = source
         self.prefetch = prefetch
         self.mode = mode
+        self.versionChanged = versionChanged
     }
 
     public var version: FileVersion { source.version }
 
     public var node: UInt64 { opened.id }
 
+    /// Whether the kernel may keep its page cache of the file (a daemon-served open of the version opened last).
+    public var keepKernelCache: Bool {
+        if case .daemonServed(let keep, _) = mode { keep } else { false }
+    }
+
+    /// Whether the open is served with direct I/O.
+    public var directIO: Bool {
+        if case .daemonServed(_, let direct) = mode { direct } else { false }
+    }
+
+    /// The kernel's backing id of a passthrough open; nil for a daemon-served one.
+    public var backingID: Int32? {
+        if case .passthrough(let id) = mode { id } else { nil }
+    }
+
     /// The reader has gone: blocks still queued for it are not loaded.
     deinit { prefetch?.cancel() }
 }
 
-/// A source directory open for listing. FUSE may call from several threads, so the stream is locked.
+/// A source directory open for listing.
 public final class OpenDirectory: Sendable {
+    /// The directory's one stream, read and moved by `readDirectory`. Lock order: first, before the
+    /// node table's lock and a node's `place` (readdirplus looks each entry up under it). Held across
+    /// the source's getdents and each entry's fstatat: only a listing of this same open directory waits
+    /// for it, and the kernel already serializes those (a directory's file position lock), so it never
+    /// blocks a reader of another file or directory.
     let stream: Mutex<DirectoryStream>
 
     init(stream: DirectoryStream) { self.stream = Mutex(stream) }

@@ -2,10 +2,10 @@ import BlockCache
 import Synchronization
 import SystemPackage
 
-/// The ways the kernel can serve an open besides reading through its page cache: from a memory
-/// file itself (FUSE passthrough), or with direct I/O. Implemented by the FUSE layer; MirrorFS
-/// decides which opens use them.
-public protocol KernelOpenModes: Sendable {
+/// What the kernel can do with an open besides reading through its page cache: read a memory
+/// file itself (FUSE passthrough), or serve the open with direct I/O. Negotiated and implemented
+/// by the FUSE layer (`FuseKernelFeatures`); MirrorFS decides which opens use them (`admit`).
+public protocol KernelFeatures: Sendable {
     /// Whether the kernel takes backing files at all (negotiated, permitted, not turned off).
     var passthroughAvailable: Bool { get }
     /// Whether a direct-I/O open can still be mapped (else the kernel refuses mmap with ENODEV,
@@ -13,39 +13,18 @@ public protocol KernelOpenModes: Sendable {
     var directIOMayBeMapped: Bool { get }
     /// Registers `descriptor` as a backing file; returns the kernel's backing id.
     func register(_ descriptor: Int32) throws(Errno) -> Int32
-    /// Releases a backing id; files already open keep reading it.
+    /// Releases a backing id; files already open keep reading it. A failure is the implementer's to log.
     func unregister(_ id: Int32)
 }
 
 /// How an open is served.
-public enum OpenedFile: Sendable {
+public enum OpenMode: Sendable {
     /// The daemon answers each read. `keepKernelCache`: the version is the one opened last time, so the
-    /// kernel's page cache of it is right; `versionChanged`: it is not, and the kernel's attributes are stale too;
-    /// `directIO`: some of its blocks are still to be loaded, so reads bypass the page cache (see `admit`).
-    case daemonServed(OpenFile, keepKernelCache: Bool, versionChanged: Bool, directIO: Bool)
-    /// The kernel reads the version's memory file itself, registered as `backingID`;
-    /// `versionChanged` as above (the page cache is not used, but the attributes may be stale).
-    case passthrough(OpenFile, backingID: Int32, versionChanged: Bool)
-
-    public var file: OpenFile {
-        switch self {
-        case .daemonServed(let file, _, _, _), .passthrough(let file, _, _): file
-        }
-    }
-
-    public var keepKernelCache: Bool {
-        if case .daemonServed(_, let keep, _, _) = self { keep } else { false }
-    }
-
-    public var directIO: Bool {
-        if case .daemonServed(_, _, _, let direct) = self { direct } else { false }
-    }
-
-    public var versionChanged: Bool {
-        switch self {
-        case .daemonServed(_, _, let changed, _), .passthrough(_, _, let changed): changed
-        }
-    }
+    /// kernel's page cache of it is right; `directIO`: some of its blocks are still to be loaded, so
+    /// reads bypass the page cache (see `admit`).
+    case daemonServed(keepKernelCache: Bool, directIO: Bool)
+    /// The kernel reads the version's memory file itself, registered as `backingID`.
+    case passthrough(backingID: Int32)
 }
 
 /// What a node's open files are, which decides how the next open is served. The kernel
@@ -74,16 +53,15 @@ extension MirrorFilesystem {
     /// Decides how an open of `node` at `source`'s version is served, and counts it.
     /// Runs under the node's lock, which `release` takes too: a backing id is closed only when
     /// no open of the node can still be replying with it.
-    func admit(_ source: SourceFile, on node: Node) throws(Errno) -> OpenedFile {
+    func admit(_ source: SourceFile, on node: Node) throws(Errno) -> OpenFile {
         let version = source.version
-        return try node.opens.withLock { (opens: inout NodeOpens) throws(Errno) -> OpenedFile in
+        return try node.opens.withLock { (opens: inout NodeOpens) throws(Errno) -> OpenFile in
             let previous = opens.lastVersion
             opens.lastVersion = version
             let versionChanged = previous != nil && previous != version
-            func passthroughOpen(backingID: Int32, versionChanged: Bool) -> OpenedFile {
+            func passthroughOpen(backingID: Int32, versionChanged: Bool) -> OpenFile {
                 counters.passthroughOpens.add(1, ordering: .relaxed)
-                let file = OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough)
-                return .passthrough(file, backingID: backingID, versionChanged: versionChanged)
+                return OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough(backingID: backingID), versionChanged: versionChanged)
             }
             if var passthrough = opens.passthrough {
                 guard passthrough.hold.version == version else {
@@ -94,9 +72,9 @@ extension MirrorFilesystem {
                 opens.passthrough = passthrough
                 return passthroughOpen(backingID: passthrough.backingID, versionChanged: false) // the version it holds
             }
-            if opens.daemonServed == 0, let backing = kernelModes, backing.passthroughAvailable, let hold = cache.hold(version) {
+            if opens.daemonServed == 0, let kernelFeatures, kernelFeatures.passthroughAvailable, let hold = cache.hold(version) {
                 do throws(Errno) {
-                    let id = try backing.register(hold.descriptor)
+                    let id = try kernelFeatures.register(hold.descriptor)
                     opens.passthrough = NodeOpens.Passthrough(hold: hold, backingID: id, opens: 1)
                     return passthroughOpen(backingID: id, versionChanged: versionChanged)
                 } catch {
@@ -108,11 +86,11 @@ extension MirrorFilesystem {
             // than the source does. Bytes read more than once are cheaper through the page cache, which
             // holds them once for all: so a wholly cached version keeps it (re-reads stay in the kernel),
             // and so do opens beside another daemon-served one (a herd of readers shares one copy).
-            let directIO = opens.daemonServed == 0 && kernelModes?.directIOMayBeMapped == true && !cache.isWhollyResident(version)
+            let directIO = opens.daemonServed == 0 && kernelFeatures?.directIOMayBeMapped == true && !cache.isWhollyResident(version)
             opens.daemonServed += 1
-            let file = OpenFile(node: node, source: source, prefetch: prefetchStream(for: source), mode: .daemonServed)
             if directIO { counters.directIOOpens.add(1, ordering: .relaxed) }
-            return .daemonServed(file, keepKernelCache: previous == version, versionChanged: versionChanged, directIO: directIO)
+            return OpenFile(node: node, source: source, prefetch: prefetchStream(for: source),
+                            mode: .daemonServed(keepKernelCache: previous == version, directIO: directIO), versionChanged: versionChanged)
         }
     }
 
@@ -123,14 +101,16 @@ extension MirrorFilesystem {
             case .daemonServed:
                 opens.daemonServed -= 1
             case .passthrough:
-                guard var passthrough = opens.passthrough else { return }
+                guard var passthrough = opens.passthrough else {
+                    return invariantBroken("a passthrough open released on a node with none", logger: logger)
+                }
                 passthrough.opens -= 1
                 guard passthrough.opens == 0 else {
                     opens.passthrough = passthrough
                     return
                 }
                 opens.passthrough = nil
-                kernelModes?.unregister(passthrough.backingID)
+                kernelFeatures?.unregister(passthrough.backingID)
                 cache.release(passthrough.hold)
             }
         }

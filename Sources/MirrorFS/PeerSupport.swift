@@ -42,8 +42,8 @@ extension MirrorFilesystem: PeerBlockProvider {
         let source: SourceFile
         do {
             source = try peerLoadSources.file(version, path: range.file.path) { () throws(Errno) in
-                let (handle, _) = try session.currentRoot().descendant(atRelativePath: range.file.path)
-                return try session.open(handle, relativePath: range.file.path)
+                let (handle, _) = try access.currentRoot().descendant(atRelativePath: range.file.path)
+                return try access.open(handle, relativePath: range.file.path)
             }
         } catch {
             return .failed("\(error)")
@@ -51,7 +51,7 @@ extension MirrorFilesystem: PeerBlockProvider {
         guard source.version == version else { return .otherVersion } // changed between the stat and the open
         // What this call read from the source: the run it loaded. Blocks it then waits for were loaded by others.
         var bytesFromSource = 0
-        if let loaded = try? loader.blockRun(from: range.first, count: range.count, of: source, reader: source, askingFleet: false) {
+        if let loaded = try? loader.blockRun(from: range.first, count: range.count, of: source, through: source, askingFleet: false) {
             bytesFromSource = range.prefix(loaded).byteCount
         }
         var blocks: [Block] = []
@@ -79,11 +79,11 @@ extension MirrorFilesystem: PeerBlockProvider {
             return .current(recent)
         }
         guard checkingSource else { return .undetermined }
-        guard let root = try? session.currentRoot(), // reopened if the source's mount came back
+        guard let root = try? access.currentRoot(), // reopened if the source's mount came back
               let (_, attributes) = try? root.descendant(atRelativePath: file.path),
               attributes.st_mode & S_IFMT == S_IFREG
         else { return .otherVersion }
-        let version = session.identityRule.version(of: attributes, path: file.path)
+        let version = access.identityRule.version(of: attributes, path: file.path)
         checkedVersions.record(version, of: file.path)
         return version.size == file.size && version.modified.nanosecondsSinceEpoch == file.modifiedNanoseconds ? .current(version) : .otherVersion
     }

@@ -26,7 +26,7 @@ extension MirrorFilesystem {
     /// sorted by path. Symlinks and special files are skipped.
     public func warmCandidates(atRelativePath path: String) throws(Errno) -> [WarmFile] {
         let relative = Self.normalized(path)
-        let (handle, attributes) = try session.currentRoot().descendant(atRelativePath: relative)
+        let (handle, attributes) = try access.currentRoot().descendant(atRelativePath: relative)
         var files: [WarmFile] = []
         try collect(handle, attributes: attributes, path: relative, into: &files)
         return files.sorted { $0.path < $1.path }
@@ -55,9 +55,9 @@ extension MirrorFilesystem {
     /// The file is opened afresh: if it changed since it was listed, the new
     /// version is loaded (and is not pinned unless pinned again).
     public func warm(relativePath path: String, offset: Int64, length: Int64) throws(Errno) -> (version: FileVersion, bytes: Int64) {
-        let (handle, attributes) = try session.currentRoot().descendant(atRelativePath: Self.normalized(path))
+        let (handle, attributes) = try access.currentRoot().descendant(atRelativePath: Self.normalized(path))
         guard attributes.st_mode & S_IFMT == S_IFREG else { throw .isDirectory }
-        let source = try session.open(handle, relativePath: Array(Self.normalized(path).utf8))
+        let source = try access.open(handle, relativePath: Array(Self.normalized(path).utf8))
         let start = max(0, offset), end = min(source.version.size, offset + max(0, length))
         let spans = loader.spans(from: start, to: end, size: source.version.size)
         var covered = start
@@ -65,7 +65,7 @@ extension MirrorFilesystem {
         while position < spans.count {
             // A run of blocks at once where the cache keeps them side by side (one request to a peer, one
             // source read); a block it would not keep, alone.
-            let run = try loader.blockRun(from: spans[position].index, count: min(Self.warmRunBlocks, spans.count - position), of: source, reader: source)
+            let run = try loader.blockRun(from: spans[position].index, count: min(Self.warmRunBlocks, spans.count - position), of: source, through: source)
             let loaded = run > 0 ? cache.residentRun(of: source.version, from: spans[position].index, count: run) : []
             let blocks = loaded.count == run && run > 0 ? loaded : [try loader.block(spans[position], of: source).block]
             for block in blocks {
@@ -93,7 +93,7 @@ extension MirrorFilesystem {
     private func collect(_ handle: PathHandle, attributes: stat, path: String, into files: inout [WarmFile]) throws(Errno) {
         switch attributes.st_mode & S_IFMT {
         case S_IFREG:
-            files.append(WarmFile(path: path, version: session.identityRule.version(of: attributes, path: Array(path.utf8))))
+            files.append(WarmFile(path: path, version: access.identityRule.version(of: attributes, path: Array(path.utf8))))
         case S_IFDIR:
             // Names first, then one child at a time: descriptors stay few however large the directory.
             var names: [String] = []

@@ -1,7 +1,7 @@
 import DequeModule
-import Dispatch
-import Foundation
+import Reporting
 import Synchronization
+import Threading
 
 /// Loads blocks ahead of sequential readers on a fixed pool of threads.
 ///
@@ -26,11 +26,18 @@ public final class Prefetcher: Sendable {
     public let maximumLanes: Int
     /// The most blocks the prefetch threads load at once: a chunk each.
     public var blocksLoadingAtMost: Int { workers * chunkBlocks }
-    private let queue = Mutex<Deque<LaneJob>>([])
-    private let queued = DispatchSemaphore(value: 0)
+    /// The chunks waiting for a prefetch thread, and whether the threads are to stop. Lock order:
+    /// a leaf (no other lock is taken under it; streams' locks are released before chunks are queued).
+    private let queue = Condition(Queue())
     private let workers: Int
-    private let stopped = Atomic<Bool>(false)
+    /// The prefetch threads, joined by `join` after `stop`.
+    private let threads = OwnedThreads()
     fileprivate let counters = Counters()
+
+    private struct Queue {
+        var jobs = Deque<LaneJob>()
+        var stopped = false
+    }
 
     public init(workers: Int, depth: Int, chunkBlocks: Int = 4, maximumLanes: Int? = nil) {
         precondition(workers > 0 && depth > 0 && chunkBlocks > 0)
@@ -39,9 +46,7 @@ public final class Prefetcher: Sendable {
         self.chunkBlocks = chunkBlocks
         self.maximumLanes = max(1, min(workers, maximumLanes ?? workers))
         for number in 0..<workers {
-            let thread = Thread { [self] in work() }
-            thread.name = "cachefs-prefetch-\(number)"
-            thread.start()
+            threads.start(name: "prefetch-\(number)") { [self] in work() }
         }
     }
 
@@ -69,39 +74,61 @@ public final class Prefetcher: Sendable {
         )
     }
 
-    /// Ends the prefetch threads once their current chunks are done; queued chunks are dropped
-    /// and later reads queue nothing. Readers waiting for a lane stop waiting at their deadline.
+    /// Tells the prefetch threads to end once their current chunks are done; queued chunks are
+    /// dropped and later reads queue nothing. Readers waiting for a lane stop waiting at their deadline.
     public func stop() {
-        guard !stopped.exchange(true, ordering: .relaxed) else { return }
-        let dropped = queue.withLock { queue in
-            defer { queue.removeAll() }
-            return queue
+        let dropped: Deque<LaneJob> = queue.update { queue in
+            guard !queue.stopped else { return [] }
+            queue.stopped = true
+            defer { queue.jobs.removeAll() }
+            return queue.jobs
         }
         for job in dropped { job.stream.cancel() }
-        for _ in 0..<workers { queued.signal() }
     }
 
-    public var isStopped: Bool { stopped.load(ordering: .relaxed) }
+    /// Joins the prefetch threads (after `stop`) whose chunks end before `deadline`; returns the names
+    /// of those still loading (stuck in a source read).
+    @discardableResult
+    public func join(until deadline: ContinuousClock.Instant? = nil) -> [String] {
+        threads.join(until: deadline)
+    }
+
+    public var isStopped: Bool { queue.withLock { $0.stopped } }
 
     fileprivate func submit(_ jobs: [LaneJob]) {
-        guard !jobs.isEmpty, !isStopped else { return }
-        queue.withLock { queue in queue.append(contentsOf: jobs) }
-        for _ in jobs { queued.signal() }
+        guard !jobs.isEmpty else { return }
+        queue.update { queue in
+            if !queue.stopped { queue.jobs.append(contentsOf: jobs) }
+        }
+    }
+
+    private enum Next {
+        case run(LaneJob)
+        case stop
     }
 
     private func work() {
-        while true {
-            queued.wait()
-            if isStopped { return }
-            guard let job = queue.withLock({ $0.popFirst() }) else { continue }
+        while case .run(let job) = queue.wait(for: { queue in queue.stopped ? .stop : queue.jobs.popFirst().map(Next.run) }) {
             job.stream.run(job)
         }
     }
+
+    /// The prefetch figures this prefetcher keeps.
+    public static let figures: [Figure] = [.prefetchQueuedBlocks, .prefetchedBlocks, .prefetchSkippedBlocks]
 
     fileprivate final class Counters: Sendable {
         let queued = Atomic<UInt64>(0)
         let loaded = Atomic<UInt64>(0)
         let cancelled = Atomic<UInt64>(0)
+    }
+}
+
+extension Prefetcher: FigureReporter {
+    public func report(into figures: inout FigureValues) {
+        let statistics = statistics
+        figures[.prefetchQueuedBlocks] = statistics.queuedBlocks
+        figures[.prefetchedBlocks] = statistics.loadedBlocks
+        figures[.prefetchSkippedBlocks] = statistics.cancelledBlocks
     }
 }
 
@@ -136,15 +163,17 @@ private struct LaneJob {
 /// The prefetch state of one open file. Any thread may report reads; `cancel`
 /// (when the file is released) drops the blocks still queued for it.
 ///
-/// All mutable state is guarded by `condition`, which also wakes readers
-/// waiting in `waitForLane(toLoad:)`.
+/// All mutable state (the runs, the lanes and their fields, the probe) is guarded by `condition`,
+/// which also wakes readers waiting in `waitForLane(toLoad:)`. Lock order: before the cache's lock
+/// (`isResident` is asked outside it, but a lane's load may take it); a stream's lock is never
+/// held while a chunk loads or while chunks are queued on the prefetcher.
 public final class PrefetchStream: @unchecked Sendable {
     private let prefetcher: Prefetcher
     private let blockSize: Int64
     private let blockCount: Int64
     fileprivate let isResident: @Sendable (Int64) -> Bool
     fileprivate let load: @Sendable (Range<Int64>, PrefetchLane) -> Int
-    private let condition = NSCondition()
+    private let condition = Condition(())
     private let cancelled = Atomic<Bool>(false)
 
     /// The sequential runs this file is read in, most recently read first (see `ReadRun`).
@@ -174,7 +203,7 @@ public final class PrefetchStream: @unchecked Sendable {
     var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
 
     /// Lanes this stream may use now (1 until probing shows more pay off).
-    public var currentLaneLimit: Int { condition.withLock { laneLimit } }
+    public var currentLaneLimit: Int { condition.withLock { _ in laneLimit } }
 
     /// Reports a read; while the reads are sequential, keeps `depth` blocks queued past it.
     ///
@@ -185,7 +214,7 @@ public final class PrefetchStream: @unchecked Sendable {
     /// Any other read starts a new run, which queues nothing until the next read continues it.
     public func didRead(offset: Int64, length: Int) {
         guard !isCancelled else { return }
-        let jobs: [LaneJob] = condition.withLock {
+        let jobs: [LaneJob] = condition.withLock { _ in
             let block = offset / blockSize
             let depth = Int64(prefetcher.depth)
             blocksRead += (Int64(length) + blockSize - 1) / blockSize
@@ -274,12 +303,7 @@ public final class PrefetchStream: @unchecked Sendable {
     /// which would make a read-ahead source fetch the same bytes twice.
     /// Returns at once for a block outside the window; gives up after `limit`.
     public func waitForLane(toLoad index: Int64, limit: Duration = .seconds(30)) {
-        let deadline = Date(timeIntervalSinceNow: limit / .seconds(1))
-        condition.lock()
-        defer { condition.unlock() }
-        while !isCancelled && isPending(index) {
-            guard condition.wait(until: deadline) else { return }
-        }
+        _ = condition.wait(until: .now + limit) { _ in isCancelled || !isPending(index) ? true : nil }
     }
 
     /// Queued for a lane, or claimed by one and not loaded yet. Called with the lock held.
@@ -289,9 +313,8 @@ public final class PrefetchStream: @unchecked Sendable {
 
     public func cancel() {
         cancelled.store(true, ordering: .relaxed)
-        condition.withLock {
+        condition.update { _ in
             for position in runs.indices { skipUnscheduled(of: &runs[position], upTo: runs[position].queuedUpTo) }
-            condition.broadcast()
         }
     }
 
@@ -351,13 +374,12 @@ public final class PrefetchStream: @unchecked Sendable {
                 index += Int64(loaded)
                 next = index
             }
-            condition.withLock {
+            condition.update { _ in
                 job.lane.claim = index..<job.blocks.upperBound
                 for _ in 0..<loaded { adapt() }
-                condition.broadcast()
             }
         }
-        let jobs: [LaneJob] = condition.withLock {
+        let jobs: [LaneJob] = condition.update { _ in
             let unfinished = job.lane.claim.count
             prefetcher.counters.cancelled.add(UInt64(unfinished), ordering: .relaxed)
             job.lane.claim = 0..<0
@@ -367,7 +389,6 @@ public final class PrefetchStream: @unchecked Sendable {
             if lanes.count > laneLimit, let position = lanes.firstIndex(where: { $0 === job.lane }) {
                 lanes.remove(at: position)
             }
-            condition.broadcast()
             let jobs = takeJobs()
             // Nothing left for this lane: the reader, not the lanes, sets the pace now, and a step
             // timed across the wait would measure the reader (see `ThroughputProbe.restartStep`).

@@ -175,6 +175,15 @@ public protocol FigureReporter: Sendable {
     func report(into figures: inout FigureValues)
 }
 
+extension FigureReporter {
+    /// This part's figures alone.
+    public var figures: FigureValues {
+        var figures = FigureValues()
+        report(into: &figures)
+        return figures
+    }
+}
+
 /// Whether the kernel serves wholly cached files itself (FUSE passthrough), and if not, why:
 /// kept by the FUSE layer, shown by `cachefs stats`.
 public struct PassthroughState: Codable, Sendable, Equatable {

@@ -1,6 +1,7 @@
-import Metrics
 import ControlPlane
+import Metrics
 import Prometheus
+import Reporting
 import Synchronization
 
 /// The daemon's metrics as Prometheus text, through swift-metrics with
@@ -14,7 +15,9 @@ import Synchronization
 /// Threads: `render` may be called from any thread; scrapes are serialized.
 public final class PrometheusExporter: Sendable {
     private let registry: PrometheusCollectorRegistry
-    private let exported = Mutex<[String: (counter: Metrics.Counter, total: UInt64)]>([:])
+    /// Each counter exported (by name and label) and the total it has been brought to. Lock order: a
+    /// leaf; serializes scrapes.
+    private let exported = Mutex<[CounterKey: (counter: Metrics.Counter, total: UInt64)]>([:])
     private let gauges: [String: Metrics.Gauge]
 
     /// Latency buckets from a page-cache-speed read (microseconds) to a stalled source (seconds).
@@ -35,23 +38,36 @@ public final class PrometheusExporter: Sendable {
         self.gauges = Dictionary(uniqueKeysWithValues: gauges.map { ($0, Metrics.Gauge(label: $0)) })
     }
 
+    private struct CounterKey: Hashable {
+        var name: String
+        /// The label's name and value, for a figure with a value per label.
+        var label: [String: String]
+    }
+
     /// Updates the counters and gauges from `report` and returns the exposition text.
     public func render(_ report: StatsReport) -> String {
         exported.withLock { exported in
-            for figure in Figure.all where report.has(figure) {
-                let name = figure.prometheusName
-                let value = report[figure]
-                switch figure.kind {
-                case .gauge:
-                    gauges[name]?.record(Int64(clamping: value))
-                case .counter:
-                    let entry = exported[name] ?? (Metrics.Counter(label: name), 0)
-                    if value > entry.total { entry.counter.increment(by: value - entry.total) }
-                    exported[name] = (entry.counter, max(entry.total, value))
+            for figure in Figure.all {
+                if let value = report.figures[figure] {
+                    switch figure.kind {
+                    case .gauge: gauges[figure.prometheusName]?.record(Int64(clamping: value))
+                    case .counter: advance(CounterKey(name: figure.prometheusName, label: [:]), to: value, in: &exported)
+                    }
+                } else if let label = figure.label, let values = report.figures[labelled: figure] {
+                    for (labelValue, value) in values {
+                        advance(CounterKey(name: figure.prometheusName, label: [label: labelValue]), to: value, in: &exported)
+                    }
                 }
             }
             gauges["cachefs_capacity_bytes"]?.record(report.settings.capacity)
             return registry.emitToString()
         }
+    }
+
+    /// Brings an exported counter up to a figure's total (counters only go up).
+    private func advance(_ key: CounterKey, to value: UInt64, in exported: inout [CounterKey: (counter: Metrics.Counter, total: UInt64)]) {
+        let entry = exported[key] ?? (Metrics.Counter(label: key.name, dimensions: key.label.map { ($0.key, $0.value) }), 0)
+        if value > entry.total { entry.counter.increment(by: value - entry.total) }
+        exported[key] = (entry.counter, max(entry.total, value))
     }
 }

@@ -1,6 +1,7 @@
-import Metrics
 import BlockCache
-import MirrorFS
+import FuseBridge
+import Metrics
+import Reporting
 import Synchronization
 
 /// Counts reads by tier and, once metrics are enabled, records their latency
@@ -43,6 +44,20 @@ public final class ReadTelemetry: ReadObserver {
     public var totals: [TierTotals] {
         zip(ReadTier.allCases, counters).map { tier, counters in
             TierTotals(tier: tier, reads: counters.reads.load(ordering: .relaxed), bytes: counters.bytes.load(ordering: .relaxed))
+        }
+    }
+}
+
+extension ReadTelemetry: FigureReporter {
+    public func report(into figures: inout FigureValues) {
+        for total in totals {
+            let (reads, bytes): (Figure, Figure) = switch total.tier {
+            case .memory: (.memoryReads, .memoryReadBytes)
+            case .peer: (.peerReads, .peerReadBytes)
+            case .source: (.sourceReads, .sourceReadBytes)
+            }
+            figures[reads] = total.reads
+            figures[bytes] = total.bytes
         }
     }
 }

@@ -3,28 +3,35 @@ import Glibc
 #endif
 import BlockCache
 import ControlPlane
-import Dispatch
 import Foundation
 import FuseBridge
 import Logging
 import MirrorFS
 import Prefetch
+import Reporting
 import ServiceLifecycle
 import SourceTree
 import Synchronization
 import Telemetry
+import Threading
 
-/// The serving process: mounts, serves FUSE on libfuse's threads and the
-/// control socket on SwiftNIO's, and unmounts on a signal or an external unmount.
+/// The serving process: mounts, serves FUSE on libfuse's threads, the control socket (and metrics,
+/// peers) on SwiftNIO's, and unmounts on a signal or an external unmount.
 ///
-/// Threads: the main thread sets up, then waits for the FUSE loop to end. A
-/// dedicated thread takes SIGTERM, SIGINT and SIGHUP with sigwait, which is
-/// why those signals are blocked before any other thread exists.
+/// Threads: the main thread sets up (`assemble`, `start`), reports readiness, then waits for the
+/// ServiceGroup to end and joins every thread the daemon owns (`finish`). A dedicated thread takes
+/// SIGTERM, SIGINT and SIGHUP with sigwait, which is why those signals are blocked before any other
+/// thread exists.
 struct Daemon {
     let settings: MountSettings
     let readiness: ReadinessPipe?
 
     static let shutdownSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
+
+    /// How long start-up waits for the control socket (and the peer server) to listen. Binding a
+    /// local socket takes milliseconds, and a bind that fails ends the wait at once; only a wedged
+    /// event loop takes this long, and then the start fails rather than hangs.
+    static let listenTimeout: Duration = .seconds(30)
 
     func run() throws {
         blockShutdownSignals()
@@ -42,6 +49,62 @@ struct Daemon {
     }
 
     private func serve(logger: Logger, systemd: SystemdNotifier?) throws {
+        let parts = try assemble(logger: logger)
+        let handler = DaemonControl(
+            filesystem: parts.filesystem, settings: settings, reporters: parts.reporters, peers: parts.peers,
+            kernelFeatures: parts.kernelFeatures, started: .now)
+        let control: ControlListener
+        do {
+            // Before mounting: a socket a running daemon answers on is refused, and nothing is mounted.
+            try runBlocking { [settings] in try await ControlServer.claim(socketPath: settings.controlSocket) }
+            control = try ControlServer.make(socketPath: settings.controlSocket, handler: handler, onRunning: { parts.controlRunning.set() })
+        } catch {
+            throw UsageError("\(error)")
+        }
+        try parts.server.mount(at: settings.mountpoint)
+        let group = start(parts, control: control, handler: handler, logger: logger)
+        let signals = startSignalThread(group: group, server: parts.server, logger: logger, systemd: systemd)
+        let isReady = becomeReady(parts, group: group, handler: handler, logger: logger, systemd: systemd)
+        parts.ready.open(isReady)
+
+        _ = parts.groupEnded.waitUntilSet()
+        systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
+        finish(parts, signals: signals, logger: logger)
+        if !isReady {
+            let reason = parts.groupFailure.withLock { $0 }.map { "\($0)" } ?? "see the log"
+            throw UsageError("cachefs could not start serving \(settings.mountpoint): \(reason)")
+        }
+    }
+
+    /// The daemon's parts, wired together before anything is mounted, and what start-up and
+    /// shutdown wait on.
+    private final class Parts: Sendable {
+        let filesystem: MirrorFilesystem
+        let prefetcher: Prefetcher?
+        let sourceCalls: SourceCallPool?
+        let peers: PeerNetwork?
+        let kernelFeatures: FuseKernelFeatures
+        let exporter: PrometheusExporter?
+        let server: FuseServer
+        /// Each part that keeps figures, reporting its own into `cachefs stats` and `/metrics`.
+        let reporters: [any FigureReporter]
+        /// The daemon's own threads: the FUSE loop, its drain, the preload. Joined by `finish`.
+        let threads = OwnedThreads()
+        let controlRunning = Condition(false)
+        let peerServerRunning = Condition(false)
+        let groupEnded = Condition(false)
+        /// Why the group ended, if a service failed. Lock order: a leaf.
+        let groupFailure = Mutex<(any Error)?>(nil)
+        let ready = ReadyGate()
+
+        init(filesystem: MirrorFilesystem, prefetcher: Prefetcher?, sourceCalls: SourceCallPool?, peers: PeerNetwork?,
+             kernelFeatures: FuseKernelFeatures, exporter: PrometheusExporter?, server: FuseServer, reporters: [any FigureReporter]) {
+            (self.filesystem, self.prefetcher, self.sourceCalls, self.peers) = (filesystem, prefetcher, sourceCalls, peers)
+            (self.kernelFeatures, self.exporter, self.server, self.reporters) = (kernelFeatures, exporter, server, reporters)
+        }
+    }
+
+    private func assemble(logger: Logger) throws -> Parts {
         let descriptorLimit = raiseOpenFileLimit()
         let sourceRoot: PathHandle
         do {
@@ -49,20 +112,21 @@ struct Daemon {
         } catch {
             throw UsageError("source \(settings.source): \(error)")
         }
-        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
-        let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
-        // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
+        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize, logger: logger)
+        if settings.prefetchDepth > 0 && settings.prefetchDepth == settings.prefetchDepthLimit {
+            logger.notice("the prefetch window is at its limit, a quarter of the capacity", metadata: ["blocks": "\(settings.prefetchDepth)"])
+        }
+        let prefetcher = settings.prefetchDepth > 0
+            ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
+        let sourceCalls = settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) }
         let peers = try PeerNetwork(settings: settings, logger: logger)
-        let kernelFeatures = KernelFeatures(passthrough: settings.passthrough, directIO: settings.directIO, logger: logger)
+        let kernelFeatures = FuseKernelFeatures(passthrough: settings.passthrough, directIO: settings.directIO, logger: logger)
         let filesystem = try MirrorFilesystem(
             sourceRoot: sourceRoot, cache: cache, prefetcher: prefetcher,
+            // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
-            sourceCalls: settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) },
-            sourceRootPath: settings.source,
-            fleet: peers?.fleet,
-            servesPeers: settings.listen != nil,
-            kernelModes: kernelFeatures,
-            logger: logger
+            sourceCalls: sourceCalls, sourceRootPath: settings.source, fleet: peers?.fleet,
+            servesPeers: settings.listen != nil, kernelFeatures: kernelFeatures, logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout
@@ -72,87 +136,95 @@ struct Daemon {
         let telemetry = ReadTelemetry(recordLatency: exporter != nil)
         let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry,
                                 kernelFeatures: kernelFeatures, logger: logger)
-        try server.mount(at: settings.mountpoint)
+        let reporters: [any FigureReporter] = [filesystem, telemetry, server] + (peers.map { [$0] } ?? [])
+        return Parts(filesystem: filesystem, prefetcher: prefetcher, sourceCalls: sourceCalls, peers: peers, kernelFeatures: kernelFeatures,
+                     exporter: exporter, server: server, reporters: reporters)
+    }
 
-        let started = ContinuousClock.now
-        let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, peers: peers,
-                                    kernelFeatures: kernelFeatures, started: started)
-        let controlRunning = DispatchSemaphore(value: 0)
-        let control: any Service
-        do {
-            control = try ControlServer.make(socketPath: settings.controlSocket, handler: handler, onRunning: { controlRunning.signal() })
-        } catch {
-            server.requestExit() // unmount before reporting the failure
-            server.run()
-            throw UsageError("control socket \(settings.controlSocket): \(error)")
-        }
-        let peerServerRunning = DispatchSemaphore(value: 0)
-        let peerServer = peers?.server(for: filesystem) { port in
-            logger.info("serving blocks to peers", metadata: ["port": "\(port)"])
-            peerServerRunning.signal()
-        }
-        let ready = ReadyGate()
-
-        // Started together; on shutdown stopped from the last to the first: the preload stops
-        // first, then the mount drains its reads and goes, then the servers, then the threads
-        // that load blocks. The mount ending by itself (an external unmount) shuts the group down.
+    /// Starts the daemon's services as one group, on the Swift concurrency pool. Started together;
+    /// on shutdown stopped from the last to the first: the preload stops first, then the mount
+    /// drains its reads and goes, then the servers, then the threads that load blocks. The mount
+    /// ending by itself (an external unmount) shuts the group down.
+    private func start(_ parts: Parts, control: ControlListener, handler: DaemonControl, logger: Logger) -> ServiceGroup {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        if let prefetcher {
+        if let prefetcher = parts.prefetcher {
             services.append(.init(service: StoppableService(description: "prefetcher", start: {}, stop: prefetcher.stop)))
         }
-        if let peers { services.append(.init(service: StoppableService(description: "peer discovery", start: peers.start, stop: peers.shutdown))) }
+        if let peers = parts.peers {
+            services.append(.init(service: StoppableService(description: "peer discovery", start: peers.start, stop: peers.shutdown)))
+        }
+        let peerServer = parts.peers?.server(for: parts.filesystem) { port in
+            logger.info("serving blocks to peers", metadata: ["port": "\(port)"])
+            parts.peerServerRunning.set()
+        }
         if let peerServer { services.append(.init(service: peerServer)) }
-        if let exporter { services.append(.init(service: makeMetricsService(exporter, handler: handler, logger: logger))) }
+        if let exporter = parts.exporter { services.append(.init(service: makeMetricsService(exporter, handler: handler, logger: logger))) }
         services.append(.init(service: control))
-        services.append(.init(service: FuseService(server: server, grace: .milliseconds(Int(settings.shutdownGrace * 1000)), logger: logger),
+        let grace = Duration.milliseconds(Int(settings.shutdownGrace * 1000))
+        services.append(.init(service: FuseService(server: parts.server, grace: grace, threads: parts.threads, logger: logger),
                               successTerminationBehavior: .gracefullyShutdownGroup))
         // A preload that is done (or has nothing to do) leaves the others running.
-        services.append(.init(service: PreloadService(patterns: settings.preload, pin: settings.preloadPin, filesystem: filesystem, ready: ready, logger: logger),
+        services.append(.init(service: PreloadService(patterns: settings.preload, pin: settings.preloadPin, filesystem: parts.filesystem,
+                                                      ready: parts.ready, threads: parts.threads, logger: logger),
                               successTerminationBehavior: .ignore))
+        if peerServer == nil { parts.peerServerRunning.set() } // nothing to wait for
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger))
-        let groupEnded = DispatchSemaphore(value: 0)
-        let groupFailure = Mutex<(any Error)?>(nil)
         Task {
-            do { try await group.run() } catch { groupFailure.withLock { $0 = error } }
-            controlRunning.signal() // wake a start-up wait if a server failed to bind
-            peerServerRunning.signal()
-            groupEnded.signal()
+            do { try await group.run() } catch { parts.groupFailure.withLock { $0 = error } }
+            parts.controlRunning.set() // wake a start-up wait if a server failed to bind
+            parts.peerServerRunning.set()
+            parts.groupEnded.set()
         }
-        startSignalThread(group: group, server: server, logger: logger, systemd: systemd)
+        return group
+    }
 
-        var isReady = controlRunning.wait(timeout: .now() + 30) == .success
-        if peerServer != nil { isReady = isReady && peerServerRunning.wait(timeout: .now() + 30) == .success }
-        if let failure = groupFailure.withLock({ $0 }) {
+    /// Waits until the servers listen and the mount answers, then tells the launcher (and systemd)
+    /// so; if that fails, shuts the group down. Returns whether the daemon is ready.
+    private func becomeReady(_ parts: Parts, group: ServiceGroup, handler: DaemonControl, logger: Logger, systemd: SystemdNotifier?) -> Bool {
+        let deadline = ContinuousClock.now + Self.listenTimeout
+        var isReady = parts.controlRunning.waitUntilSet(until: deadline) && parts.peerServerRunning.waitUntilSet(until: deadline)
+        if let failure = parts.groupFailure.withLock({ $0 }) {
             logger.error("control socket or peer server failed", metadata: ["socket": "\(settings.controlSocket)", "error": "\(failure)"])
             isReady = false
         }
         if isReady { isReady = mountAnswers() }
-        if isReady {
-            kernelFeatures.probe()
-            let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead).map { String(cString: strerror($0)) }
-            let state = ReadAheadState(windowBytes: ReadAheadWindow.current(mountpoint: settings.mountpoint), error: failure)
-            handler.readAhead.withLock { $0 = state }
-            if let failure {
-                logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower",
-                              metadata: ["error": "\(failure)", "window": "\(state.windowBytes.map(ByteCount.format) ?? "unknown")"])
-            }
-            logger.info("ready", metadata: [
-                "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
-                "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
-            ])
-            readiness?.succeed()
-            systemd?.ready(status: "serving \(settings.source) at \(settings.mountpoint)")
-        } else {
+        guard isReady else {
             Task { await group.triggerGracefulShutdown() }
+            return false
         }
-        ready.open(isReady)
+        parts.kernelFeatures.probe()
+        let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead).map { String(cString: strerror($0)) }
+        let state = ReadAheadState(windowBytes: ReadAheadWindow.current(mountpoint: settings.mountpoint), error: failure)
+        handler.readAhead.withLock { $0 = state }
+        if let failure {
+            logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower",
+                          metadata: ["error": "\(failure)", "window": "\(state.windowBytes.map(ByteCount.format) ?? "unknown")"])
+        }
+        logger.info("ready", metadata: [
+            "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
+            "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
+        ])
+        readiness?.succeed()
+        systemd?.ready(status: "serving \(settings.source) at \(settings.mountpoint)")
+        return true
+    }
 
-        groupEnded.wait()
-        systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
-        unlink(settings.controlSocket)
-        if !isReady {
-            let reason = groupFailure.withLock { $0 }.map { "\($0)" } ?? "see the log"
-            throw UsageError("cachefs could not start serving \(settings.mountpoint): \(reason)")
+    /// After the group has ended (the mount is gone, the servers closed, the prefetcher told to
+    /// stop): stops and joins every thread the daemon owns, waiting at most the shutdown grace for
+    /// those still in a call (a read of a hung source cannot be interrupted; the process exits
+    /// without it), and logs any owned thread left unjoined.
+    private func finish(_ parts: Parts, signals: SignalThread, logger: Logger) {
+        let deadline = ContinuousClock.now + .milliseconds(Int(settings.shutdownGrace * 1000))
+        signals.stop()
+        parts.sourceCalls?.stop()
+        parts.prefetcher?.join(until: deadline)
+        parts.sourceCalls?.join(until: deadline)
+        parts.threads.join(until: deadline)
+        let unjoined = OwnedThread.unjoined
+        if unjoined.isEmpty {
+            logger.info("every owned thread joined")
+        } else {
+            logger.warning("threads still busy at exit, left to end with the process", metadata: ["threads": "\(unjoined.joined(separator: ", "))"])
         }
     }
 
@@ -163,17 +235,32 @@ struct Daemon {
     }
 
     /// SIGTERM, SIGINT and SIGHUP (blocked in every other thread) start a graceful shutdown of the group.
-    private func startSignalThread(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) {
-        Thread {
+    private func startSignalThread(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) -> SignalThread {
+        let stopping = Condition(false)
+        let thread = OwnedThread(name: "signals") {
             var signals = Self.signalSet()
             while true {
                 var received: Int32 = 0
                 guard sigwait(&signals, &received) == 0 else { continue }
+                if stopping.withLock({ $0 }) { return } // woken by `SignalThread.stop`
                 logger.notice("signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
                 systemd?.stopping()
                 Task { await group.triggerGracefulShutdown() }
             }
-        }.start()
+        }
+        return SignalThread(thread: thread, stopping: stopping)
+    }
+
+    /// The thread that takes shutdown signals; `stop` wakes it from sigwait with one of them and joins it.
+    private struct SignalThread {
+        let thread: OwnedThread
+        let stopping: Condition<Bool>
+
+        func stop() {
+            stopping.set()
+            thread.send(SIGTERM)
+            thread.join()
+        }
     }
 
     private func blockShutdownSignals() {

@@ -5,6 +5,7 @@ import BlockCache
 import ControlPlane
 import FuseBridge
 import MirrorFS
+import Reporting
 import Synchronization
 import SystemPackage
 import Telemetry
@@ -16,20 +17,22 @@ import Telemetry
 final class DaemonControl: ControlHandler {
     let filesystem: MirrorFilesystem
     let settings: MountSettings
-    let telemetry: ReadTelemetry
+    /// The parts that keep figures, each reporting its own (the mirror with its cache, loader, source
+    /// and prefetcher; read telemetry; the FUSE server; the peers).
+    let reporters: [any FigureReporter]
     let peers: PeerNetwork?
-    let kernelFeatures: KernelFeatures
+    let kernelFeatures: FuseKernelFeatures
     let started: ContinuousClock.Instant
-    /// Set once the metrics server has bound its port.
+    /// Set once the metrics server has bound its port. Lock order: a leaf.
     let metricsAddress = Mutex<String?>(nil)
-    /// Set once the daemon has tried to raise the kernel's read-ahead window.
+    /// Set once the daemon has tried to raise the kernel's read-ahead window. Lock order: a leaf.
     let readAhead = Mutex<ReadAheadState?>(nil)
 
-    init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?,
-         kernelFeatures: KernelFeatures, started: ContinuousClock.Instant) {
+    init(filesystem: MirrorFilesystem, settings: MountSettings, reporters: [any FigureReporter], peers: PeerNetwork?,
+         kernelFeatures: FuseKernelFeatures, started: ContinuousClock.Instant) {
         self.filesystem = filesystem
         self.settings = settings
-        self.telemetry = telemetry
+        self.reporters = reporters
         self.peers = peers
         self.kernelFeatures = kernelFeatures
         self.started = started
@@ -37,40 +40,12 @@ final class DaemonControl: ControlHandler {
 
     /// The one snapshot of the daemon's statistics, which `cachefs stats` and `/metrics` both render.
     func stats() -> StatsReport {
-        let statistics = filesystem.statistics
-        let cache = statistics.cache
         var report = StatsReport(settings: settings, pid: getpid(), uptimeSeconds: (ContinuousClock.now - started) / .seconds(1))
         report.readAhead = readAhead.withLock { $0 }
-        let status = kernelFeatures.status
-        report.passthrough = PassthroughState(available: status.available, reason: status.reason)
+        report.passthrough = kernelFeatures.passthroughState
         report.metricsAddress = metricsAddress.withLock { $0 }
-        let values: [(Figure, UInt64)] = [
-            (.cachedBytes, UInt64(cache.residentBytes)), (.cachedBlocks, UInt64(cache.residentBlocks)),
-            (.reservedBytes, UInt64(cache.reservedBytes)), (.hits, cache.hits), (.misses, cache.misses),
-            (.coalescedMisses, cache.coalescedMisses), (.evictions, cache.evictions), (.evictedBytes, cache.evictedBytes),
-            (.pinnedBytes, UInt64(cache.pinnedBytes)), (.pinnedFiles, UInt64(cache.pinnedFiles)),
-            (.pinnedCachedBytes, UInt64(cache.pinnedResidentBytes)),
-            (.readRequests, statistics.readRequests), (.bytesRead, statistics.bytesRead),
-            (.bytesFromSource, statistics.bytesFromSource), (.bytesFromPeers, statistics.bytesFromPeers),
-            (.sourceErrors, statistics.sourceErrors), (.sourceTimeouts, statistics.sourceTimeouts),
-            (.sourceReattaches, statistics.sourceReattaches), (.sourceUnavailable, statistics.sourceUnavailable), (.knownNodes, UInt64(statistics.knownNodes)),
-            (.sourceHandles, UInt64(statistics.sourceHandles)), (.sourceHandleReopens, statistics.sourceHandleReopens),
-            (.prefetchQueuedBlocks, statistics.prefetch?.queuedBlocks ?? 0), (.prefetchedBlocks, statistics.prefetch?.loadedBlocks ?? 0),
-            (.prefetchSkippedBlocks, statistics.prefetch?.cancelledBlocks ?? 0),
-            (.passthroughOpens, statistics.passthroughOpens), (.directIOOpens, statistics.directIOOpens), (.extendedAttributeRequests, statistics.extendedAttributeRequests), (.passthroughFiles, UInt64(cache.heldFiles)),
-            (.passthroughBytes, UInt64(cache.heldTotalBytes)),
-        ]
-        for (figure, value) in values { report[figure] = value }
-        for total in telemetry.totals {
-            let (reads, bytes): (Figure, Figure) = switch total.tier {
-            case .memory: (.memoryReads, .memoryReadBytes)
-            case .peer: (.peerReads, .peerReadBytes)
-            case .source: (.sourceReads, .sourceReadBytes)
-            }
-            report[reads] = total.reads
-            report[bytes] = total.bytes
-        }
-        peers?.report(into: &report)
+        report.livePeers = peers?.livePeers
+        for reporter in reporters { reporter.report(into: &report.figures) }
         return report
     }
 

@@ -125,12 +125,24 @@ struct MountCommand: ParsableCommand {
 
     func run() throws {
         if let spec { return try SpecMounts.mount(ServiceSpec(contentsOf: spec), options: self) }
-        let settings = try MountSettings(self)
+        let settings = try mountSettings()
         if foreground {
             try Daemon(settings: settings, readiness: nil).run()
         } else {
             try BackgroundLauncher.launch(settings: settings)
         }
+    }
+}
+
+extension MountCommand {
+    /// The settings this command line asks for, checked against this machine. First a dead cachefs
+    /// mount left at the mountpoint is removed (the path cannot be checked while it is there); then the
+    /// prefetch window is held to its limit, a quarter of the capacity (the daemon's log says when it is at it).
+    func mountSettings() throws -> MountSettings {
+        if let mountpoint { try MountSettings.clearStaleMount(at: MountSettings.absolute(mountpoint)) }
+        var settings = try MountSettings(self)
+        settings.prefetchDepth = min(settings.prefetchDepth, settings.prefetchDepthLimit)
+        return settings
     }
 }
 

@@ -13,14 +13,13 @@ struct UsageError: Error, CustomStringConvertible {
 }
 
 /// A mount request checked against this machine: paths resolved and free, sizes parsed, limits met.
+/// Checking changes nothing (the mount command does what must be done first: `MountCommand.mountSettings`).
 extension MountSettings {
     init(_ command: MountCommand) throws {
         guard let sourcePath = command.source, let mountpointPath = command.mountpoint, let capacity = command.capacity else {
             throw UsageError("a mount needs SOURCE, MOUNTPOINT and --capacity") // MountCommand.validate says which
         }
         let source = try Self.existingDirectory(sourcePath, role: "source")
-        let requested = Self.absolute(mountpointPath)
-        try Self.clearStaleMount(at: requested)
         let mountpoint = try Self.existingDirectory(mountpointPath, role: "mountpoint")
         if mountpoint == source || mountpoint.hasPrefix(source == "/" ? "/" : source + "/") {
             throw UsageError("mountpoint \(mountpoint) is inside the source \(source): the mirror would contain itself")
@@ -37,7 +36,7 @@ extension MountSettings {
         metadataTimeout = command.metadataTimeout
         sourceTimeout = command.sourceTimeout > 0 ? command.sourceTimeout : nil
         threads = command.threads
-        prefetchDepth = min(command.prefetchDepth, capacity.bytes / command.blockSize.bytes / 4)
+        prefetchDepth = command.prefetchDepth
         prefetchThreads = command.prefetchThreads
         prefetchChunk = command.prefetchChunk
         readAhead = command.readAhead.bytes
@@ -75,7 +74,7 @@ extension MountSettings {
     }
 
     /// A daemon killed without unmounting leaves "Transport endpoint is not connected" behind: remove it.
-    fileprivate static func clearStaleMount(at path: String) throws {
+    static func clearStaleMount(at path: String) throws {
         guard let entry = MountTable.current().last(where: { $0.mountpoint == path }), entry.type == "fuse.cachefs" else { return }
         // statfs always asks the daemon, where stat may be answered from cached attributes.
         var statistics = statvfs()

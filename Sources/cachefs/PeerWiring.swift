@@ -6,12 +6,13 @@ import HTTPServing
 import Logging
 import MirrorFS
 import PeerTransport
+import Reporting
 import ServiceLifecycle
 import Synchronization
 
 /// This daemon's part in the fleet: the client side that finds holders and owners for its
 /// missing blocks, and the server that answers other instances from memory or as owner.
-final class PeerNetwork: Sendable {
+final class PeerNetwork: FigureReporter {
     let settings: MountSettings
     /// Random per process: a server refuses requests carrying its own ID, so an instance never asks itself.
     let instanceID: String
@@ -72,8 +73,11 @@ final class PeerNetwork: Sendable {
         fleet?.client.shutdown()
     }
 
-    /// Adds the peer figures and the live peers to a stats report.
-    func report(into report: inout StatsReport) {
+    /// The peers currently known (resolved, not this instance); nil without --peers.
+    var livePeers: [String]? { fleet?.discovery.peers.map(\.description) }
+
+    /// The peer figures: the client side's with --peers, the server's with --listen.
+    func report(into report: inout FigureValues) {
         if let fleet {
             let (client, counters) = (fleet.client.counters, fleet.counters)
             for (figure, value) in [
@@ -86,7 +90,6 @@ final class PeerNetwork: Sendable {
                 report[figure] = value
             }
             report[.peersInBackoff] = UInt64(fleet.client.health.skippedCount)
-            report.livePeers = fleet.discovery.peers.map(\.description)
         }
         if settings.listen != nil {
             for (figure, value) in [

@@ -1,29 +1,29 @@
-import Dispatch
-import Foundation
 import FuseBridge
 import Logging
 import MirrorFS
-import Prefetch
 import ServiceLifecycle
 import Synchronization
+import Threading
 
 // The daemon's parts as services of one ServiceGroup. The group starts them together
 // and, on a graceful shutdown (SIGTERM, SIGINT, or the mount going away), stops them in
-// the reverse of their order in the group: see `Daemon.serve`.
+// the reverse of their order in the group: see `Daemon.start`. A service that needs a
+// thread of its own starts it in the daemon's `OwnedThreads`, which `Daemon.finish` joins.
 
 /// The FUSE session: serves until the mount goes away. On a graceful shutdown it lets
 /// reads in progress finish (up to `grace`), then detaches the mount, which ends the loop.
 struct FuseService: Service {
     let server: FuseServer
     let grace: Duration
+    let threads: OwnedThreads
     let logger: Logger
 
     func run() async {
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
-                // libfuse's loop blocks its thread until the session ends.
+                // libfuse's loop blocks its thread until the session ends (and joins its workers).
                 await withCheckedContinuation { (ended: CheckedContinuation<Void, Never>) in
-                    Thread { server.run(); ended.resume() }.start()
+                    threads.start(name: "fuse-loop") { server.run(); ended.resume() }
                 }
             } onGracefulShutdown: {
                 drainAndUnmount()
@@ -35,12 +35,12 @@ struct FuseService: Service {
 
     private func drainAndUnmount() {
         let (server, grace, logger) = (self.server, self.grace, self.logger)
-        Thread {
+        threads.start(name: "fuse-drain") {
             if !server.waitForReadsToDrain(grace: grace) {
                 logger.warning("reads still in progress after the shutdown grace; unmounting anyway", metadata: ["reads": "\(server.activeReads)"])
             }
             server.requestExit()
-        }.start()
+        }
     }
 }
 
@@ -66,17 +66,18 @@ struct PreloadService: Service {
     let pin: Bool
     let filesystem: MirrorFilesystem
     let ready: ReadyGate
+    let threads: OwnedThreads
     let logger: Logger
 
     func run() async {
         guard !patterns.isEmpty, await ready.wait() else { return }
-        let shuttingDown = ShutdownFlag()
+        let shuttingDown = Condition(false)
         await withGracefulShutdownHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                Thread {
-                    Preloader.run(patterns: patterns, pin: pin, filesystem: filesystem, logger: logger, stop: { shuttingDown.isSet })
+                threads.start(name: "preload") {
+                    Preloader.run(patterns: patterns, pin: pin, filesystem: filesystem, logger: logger, stop: { shuttingDown.withLock { $0 } })
                     done.resume()
-                }.start()
+                }
             }
         } onGracefulShutdown: {
             shuttingDown.set()
@@ -98,10 +99,4 @@ final class ReadyGate: Sendable {
         for await ready in state.stream { return ready }
         return false
     }
-}
-
-final class ShutdownFlag: Sendable {
-    private let flag = Mutex(false)
-    func set() { flag.withLock { $0 = true } }
-    var isSet: Bool { flag.withLock { $0 } }
 }

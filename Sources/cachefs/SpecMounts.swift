@@ -40,7 +40,7 @@ enum SpecMounts {
             single.capacity = entry.capacity
             do {
                 try single.validate()
-                all.append(try MountSettings(single))
+                all.append(try single.mountSettings())
             } catch {
                 throw UsageError("cache at \(entry.mountpoint): \(MountCommand.message(for: error))")
             }

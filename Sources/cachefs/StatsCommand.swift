@@ -2,7 +2,9 @@ import ArgumentParser
 import ControlPlane
 import Dispatch
 import Foundation
+import Reporting
 import Synchronization
+import Threading
 
 struct StatsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,7 +67,7 @@ struct StatsCommand: ParsableCommand {
         var sections: [(title: String?, rows: [(String, String)])] = [(nil, rows), ("settings", settingRows(settings))]
         for group in Figure.Group.allCases {
             let figures = Figure.all.filter { $0.group == group && report.has($0) }
-            if !figures.isEmpty { sections.append((group.rawValue, figures.map { ($0.name, value(report[$0], unit: $0.unit)) })) }
+            if !figures.isEmpty { sections.append((group.rawValue, figures.map { ($0.name, shown($0, in: report)) })) }
         }
         let width = sections.flatMap(\.rows).map(\.0.count).max()! + 2
         return sections.map { section in
@@ -90,8 +92,12 @@ struct StatsCommand: ParsableCommand {
         }
     }
 
-    private static func value(_ value: UInt64, unit: Figure.Unit) -> String {
-        unit == .bytes ? ByteCount.format(Int(clamping: value)) : "\(value)"
+    /// A figure's value as the table shows it; a labelled one as "label value" pairs of its non-zero values.
+    private static func shown(_ figure: Figure, in report: StatsReport) -> String {
+        func format(_ value: UInt64) -> String { figure.unit == .bytes ? ByteCount.format(Int(clamping: value)) : "\(value)" }
+        guard let table = report.figures[labelled: figure] else { return format(report[figure]) }
+        let counted = table.filter { $0.value > 0 }.sorted { $0.key < $1.key }
+        return counted.isEmpty ? "none" : counted.map { "\($0.key) \(format($0.value))" }.joined(separator: ", ")
     }
 
 }
@@ -99,13 +105,11 @@ struct StatsCommand: ParsableCommand {
 /// Runs async work from a synchronous command. The daemon's commands stay
 /// synchronous so that its signal mask is set before any thread starts.
 func runBlocking<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
-    let outcome = Mutex<Result<T, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
+    let outcome = Condition<Result<T, any Error>?>(nil)
     Task {
-        do { let value = try await work(); outcome.withLock { $0 = .success(value) } }
-        catch { outcome.withLock { $0 = .failure(error) } }
-        done.signal()
+        let result: Result<T, any Error>
+        do { result = .success(try await work()) } catch { result = .failure(error) }
+        outcome.update { $0 = result }
     }
-    done.wait()
-    return try outcome.withLock { $0! }.get()
+    return try outcome.wait { $0 }!.get()
 }

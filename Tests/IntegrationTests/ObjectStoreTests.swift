@@ -39,7 +39,7 @@ struct ObjectStoreTests {
     }
 
     /// Every byte cachefs caches would otherwise sit in memory once more, in the source mount's
-    /// page cache, and reading through it cost the daemon about twice the CPU (see SourceSession).
+    /// page cache, and reading through it cost the daemon about twice the CPU (see SourceAccess).
     @Test("Over an object-store client's mount, a file reads exactly and leaves none of its bytes in the source's page cache (O_DIRECT)",
           arguments: PageCachedClient.allCases)
     func sourcePageCacheStaysEmpty(client: PageCachedClient) throws {

@@ -1,4 +1,5 @@
 import ControlPlane
+import Reporting
 import Foundation
 import Testing
 import TestSupport

@@ -1,4 +1,5 @@
 import ControlPlane
+import Reporting
 import Dispatch
 import Foundation
 import Synchronization

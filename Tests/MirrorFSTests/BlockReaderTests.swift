@@ -14,8 +14,8 @@ import Testing
 /// A source under the mirror with the behaviour a test wants: latency per read, reads
 /// served one at a time (a bandwidth-bound source), stalls, and failures, around the
 /// real descriptor reader; and a record of which descriptor each block was read through.
-final class ScriptedReader: SourceBlockReader {
-    private let real = DescriptorBlockReader()
+final class ScriptedReader: SourceBlockIO {
+    private let real = DescriptorBlockIO()
     let latency: Duration
     /// Reads go one at a time, as through a source whose bandwidth is the limit.
     private let serial: Mutex<Void>
@@ -79,7 +79,7 @@ struct BlockReaderTests {
 
     private func fixture(blocks: Int, reader: ScriptedReader, prefetcher: Prefetcher? = nil, timeout: Duration? = nil) throws -> (SourceFixture, [UInt8]) {
         let fixture = try SourceFixture(blockSize: Self.blockSize, cacheBlocks: blocks * 2, sourceCallTimeout: timeout,
-                                        prefetcher: prefetcher, blockReader: reader)
+                                        prefetcher: prefetcher, blockIO: reader)
         let bytes = randomBytes(blocks * Self.blockSize, seed: 7)
         try fixture.write("model.bin", bytes)
         return (fixture, bytes)
@@ -103,10 +103,10 @@ struct BlockReaderTests {
         let prefetcher = Prefetcher(workers: 4, depth: 8, chunkBlocks: 2)
         defer { prefetcher.stop() }
         let (fixture, bytes) = try fixture(blocks: 64, reader: reader, prefetcher: prefetcher)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         #expect(try readSequentially(fixture, file, size: bytes.count) == bytes)
         #expect(reader.readCount == 64, "every block from the source exactly once")
-        #expect(fixture.filesystem.statistics.bytesFromSource == UInt64(bytes.count))
+        #expect(fixture.filesystem.figures[.bytesFromSource] == UInt64(bytes.count))
         // Probing tries a second lane early on; once it has found no gain, one lane reads on alone.
         let settled = reader.descriptors(fromBlock: 40)
         #expect(settled.count == 1, "more lanes than pay off on a source that serves one read at a time: \(settled)")
@@ -118,7 +118,7 @@ struct BlockReaderTests {
         let prefetcher = Prefetcher(workers: 8, depth: 32, chunkBlocks: 2)
         defer { prefetcher.stop() }
         let (fixture, bytes) = try fixture(blocks: 160, reader: reader, prefetcher: prefetcher)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         #expect(try readSequentially(fixture, file, size: bytes.count) == bytes)
         #expect(reader.readCount == 160, "every block from the source exactly once")
         let settled = reader.descriptors(fromBlock: 100)
@@ -130,11 +130,11 @@ struct BlockReaderTests {
         let reader = ScriptedReader(blockSize: Self.blockSize)
         let (fixture, bytes) = try fixture(blocks: 8, reader: reader)
         reader.failing.withLock { $0 = [3] }
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         #expect(try fixture.read(file, at: 0, count: 3 * Self.blockSize) == Array(bytes[..<(3 * Self.blockSize)]))
         #expect(throws: Errno.ioError) { try fixture.read(file, at: Int64(3 * Self.blockSize), count: Self.blockSize) }
         #expect(throws: Errno.ioError) { try fixture.read(file, at: Int64(3 * Self.blockSize), count: Self.blockSize) }
-        #expect(fixture.filesystem.statistics.sourceErrors == 2)
+        #expect(fixture.filesystem.figures[.sourceErrors] == 2)
         reader.failing.withLock { $0 = [] }
         #expect(try fixture.read(file, at: Int64(3 * Self.blockSize), count: Self.blockSize) == Array(bytes[(3 * Self.blockSize)..<(4 * Self.blockSize)]))
     }
@@ -145,12 +145,12 @@ struct BlockReaderTests {
         let (fixture, bytes) = try fixture(blocks: 4, reader: reader, timeout: .milliseconds(300))
         defer { reader.release() }
         reader.stalling.withLock { $0 = [1] }
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         let started = ContinuousClock.now
         #expect(throws: Errno.ioError) { try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) }
         let waited = ContinuousClock.now - started
         #expect(waited >= .milliseconds(300) && waited < .seconds(3), "waited \(waited)")
-        #expect(fixture.filesystem.statistics.sourceTimeouts == 1)
+        #expect(fixture.filesystem.figures[.sourceTimeouts] == 1)
         reader.stalling.withLock { $0 = [] }
         reader.release() // the abandoned read finishes into memory nobody sees
         #expect(try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == Array(bytes[Self.blockSize..<(2 * Self.blockSize)]))
@@ -163,7 +163,7 @@ struct BlockReaderTests {
         defer { reader.release() }
         reader.stalling.withLock { $0 = [1] }
         reader.lateAnswer.withLock { $0 = 0xEE }
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         let second = Array(bytes[Self.blockSize..<(2 * Self.blockSize)])
         #expect(throws: Errno.ioError) { try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) }
         // The block loads again, into the same range of the version's memory file, while the first read still hangs.
@@ -182,7 +182,7 @@ struct BlockReaderTests {
         let prefetcher = Prefetcher(workers: 2, depth: 4, chunkBlocks: 4, maximumLanes: 1)
         defer { prefetcher.stop() }
         let (fixture, bytes) = try fixture(blocks: 12, reader: reader, prefetcher: prefetcher)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         #expect(try readSequentially(fixture, file, size: bytes.count) == bytes)
         let throughReader = reader.reads.withLock { $0.filter { $0.descriptor == file.source.descriptor.rawValue }.map(\.index) }
         #expect(throughReader == [0], "blocks read through the reader's own descriptor: \(throughReader)")

@@ -18,11 +18,11 @@ struct ChangingSourceTests {
         let content = randomBytes(200_000, seed: 30) // blocks 0...3
         try fixture.write("shrinking", content)
         let node = try fixture.lookup("shrinking")
-        let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY).file
+        let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(try fixture.read(opened, at: 0, count: 1000) == Array(content[..<1000])) // caches block 0
 
         guard truncate(fixture.path("shrinking"), 70_000) == 0 else { throw Errno(rawValue: errno) }
-        let errorsBefore = fixture.filesystem.statistics.sourceErrors
+        let errorsBefore = try #require(fixture.filesystem.figures[.sourceErrors])
 
         // Block 0 was cached for this version; its bytes are still the file's.
         #expect(try fixture.read(opened, at: 0, count: 65_536) == Array(content[..<65_536]))
@@ -33,17 +33,16 @@ struct ChangingSourceTests {
         #expect(throws: Errno.staleNFSFileHandle) { _ = try fixture.read(opened, at: 65_536, count: 100) }
         // A read spanning a cached block and a gone one fails whole rather than returning a part.
         #expect(throws: Errno.staleNFSFileHandle) { _ = try fixture.read(opened, at: 60_000, count: 10_000) }
-        #expect(fixture.filesystem.statistics.sourceErrors == errorsBefore + 4)
-        #expect(fixture.filesystem.statistics.cache.loadErrors == 4)
-        #expect(fixture.filesystem.statistics.cache.residentBlocks == 1, "a block of a changed file was cached")
+        #expect(fixture.filesystem.figures[.sourceErrors] == errorsBefore + 4)
+        #expect(fixture.filesystem.cache.statistics.residentBlocks == 1, "a block of a changed file was cached")
 
         // A new open sees the new size and exactly the remaining bytes.
         let reopened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(reopened.versionChanged && !reopened.keepKernelCache)
-        #expect(reopened.file.version.size == 70_000)
-        #expect(try fixture.read(reopened.file, at: 0, count: 200_000) == Array(content[..<70_000]))
-        #expect(try fixture.read(reopened.file, at: 70_000, count: 100).isEmpty)
-        #expect(try fixture.read(reopened.file, at: 100_000, count: 100).isEmpty)
+        #expect(reopened.version.size == 70_000)
+        #expect(try fixture.read(reopened, at: 0, count: 200_000) == Array(content[..<70_000]))
+        #expect(try fixture.read(reopened, at: 70_000, count: 100).isEmpty)
+        #expect(try fixture.read(reopened, at: 100_000, count: 100).isEmpty)
     }
 
     @Test("A rewrite that restores size and mtime is still caught at the next open, by the ctime")
@@ -54,7 +53,7 @@ struct ChangingSourceTests {
         try fixture.setTimes("copied", modified: timespec(tv_sec: 1_500_000_000, tv_nsec: 123))
         let before = try fixture.status("copied")
         let node = try fixture.lookup("copied")
-        let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY).file
+        let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
 
         usleep(20_000) // let the clock move on, so that the ctime differs
         let replacement = randomBytes(100_000, seed: 32)
@@ -69,7 +68,7 @@ struct ChangingSourceTests {
         #expect(try fixture.read(opened, at: 0, count: 1000) == Array(replacement[..<1000]))
         let reopened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(reopened.versionChanged && !reopened.keepKernelCache)
-        #expect(try fixture.read(reopened.file, at: 0, count: 100_000) == replacement)
+        #expect(try fixture.read(reopened, at: 0, count: 100_000) == replacement)
     }
 
     @Test("A file renamed over: open files never see the new bytes; a new lookup and open read them")
@@ -80,7 +79,7 @@ struct ChangingSourceTests {
         try fixture.write("data", old)
         try fixture.write("data.tmp", new)
         let oldNode = try fixture.lookup("data")
-        let opened = try fixture.filesystem.open(node: oldNode, flags: O_RDONLY).file
+        let opened = try fixture.filesystem.open(node: oldNode, flags: O_RDONLY)
         #expect(try fixture.read(opened, at: 0, count: 10) == Array(old[..<10])) // caches block 0
 
         guard rename(fixture.path("data.tmp"), fixture.path("data")) == 0 else { throw Errno(rawValue: errno) }
@@ -95,11 +94,11 @@ struct ChangingSourceTests {
         let newNode = try fixture.lookup("data")
         #expect(newNode != oldNode)
         let reopened = try fixture.filesystem.open(node: newNode, flags: O_RDONLY)
-        #expect(reopened.file.version.identity != opened.version.identity)
-        #expect(try fixture.read(reopened.file, at: 0, count: 150_000) == new)
+        #expect(reopened.version.identity != opened.version.identity)
+        #expect(try fixture.read(reopened, at: 0, count: 150_000) == new)
         // The old node, opened again, still reaches the old inode (it is pinned by its O_PATH handle).
         let oldAgain = try fixture.filesystem.open(node: oldNode, flags: O_RDONLY)
-        #expect(try fixture.read(oldAgain.file, at: 0, count: 150_000) == old)
+        #expect(try fixture.read(oldAgain, at: 0, count: 150_000) == old)
     }
 
     @Test("A source that ends before its stated size (a sysfs file) gives only its bytes and no reads past the short block",
@@ -113,11 +112,11 @@ struct ChangingSourceTests {
         )
         let (node, attributes) = try "online".withCString { try filesystem.lookup(parent: MirrorFilesystem.rootNode, name: $0) }
         try #require(attributes.st_size > 16 && expected.count < 16, "not the short sysfs file this test expects")
-        let file = try filesystem.open(node: node, flags: O_RDONLY).file
+        let file = try filesystem.open(node: node, flags: O_RDONLY)
         let slices = try filesystem.read(file, at: 0, count: Int(attributes.st_size))
         var bytes: [UInt8] = []
         for slice in slices { withExtendedLifetime(slice) { bytes.append(contentsOf: slice.bytes) } }
         #expect(bytes == expected)
-        #expect(filesystem.statistics.cache.misses == 1, "blocks after the one where the source ended were read")
+        #expect(filesystem.cache.statistics.misses == 1, "blocks after the one where the source ended were read")
     }
 }

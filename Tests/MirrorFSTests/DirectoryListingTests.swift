@@ -177,15 +177,15 @@ struct DirectoryListingTests {
         #expect(fixture.filesystem.cachedHandleCount == descriptors + 1)
         let listed = try listAll(fixture, withAttributes: true)
         #expect(fixture.filesystem.cachedHandleCount == descriptors, "nothing opened, and file-1's older descriptor let go")
-        let reopens = fixture.filesystem.statistics.sourceHandleReopens
+        let reopens = try #require(fixture.filesystem.figures[.sourceHandleReopens])
         for entry in listed where entry.name.hasPrefix("file-") {
             let expected = try fixture.status(entry.name)
             let attributes = try fixture.filesystem.attributes(of: entry.node)
             #expect(attributes.st_ino == expected.st_ino && attributes.st_size == expected.st_size)
-            let file = try fixture.filesystem.open(node: entry.node, flags: O_RDONLY).file
+            let file = try fixture.filesystem.open(node: entry.node, flags: O_RDONLY)
             #expect(try fixture.read(file, at: 0, count: 64) == Array(repeating: 1, count: Int(expected.st_size)))
         }
-        #expect(fixture.filesystem.statistics.sourceHandleReopens >= reopens + 40, "each file was opened by name when first used")
+        #expect(fixture.filesystem.figures[.sourceHandleReopens]! >= reopens + 40, "each file was opened by name when first used")
     }
 
     @Test("Listing a subdirectory looks its entries up in that directory")

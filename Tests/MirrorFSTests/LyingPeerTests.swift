@@ -103,10 +103,10 @@ import TestSupport
         defer { fleet.client.shutdown() }
         let fixture = try SourceFixture(blockSize: blockSize, fleet: fleet)
         try fixture.write("model.bin", content)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         #expect(try fixture.read(file, at: 0, count: content.count) == content, "the reader got the peer's bytes")
-        let statistics = fixture.filesystem.statistics
-        #expect(statistics.bytesFromPeers == 0 && statistics.bytesFromSource == UInt64(content.count))
+        let figures = fixture.filesystem.figures
+        #expect(figures[.bytesFromPeers] == 0 && figures[.bytesFromSource] == UInt64(content.count))
         #expect(fleet.client.counters.requests.load(ordering: .relaxed) >= 7, "the liar was asked for every block")
         #expect(fleet.counters.failures.load(ordering: .relaxed) >= 7)
     }

@@ -44,7 +44,7 @@ struct LookupTests {
         #expect(fileType(innerAttributes) == S_IFREG)
         #expect(innerAttributes.st_size == inner.count)
         #expect(innerAttributes.st_ino == (try fixture.status("dir/inner")).st_ino)
-        let innerFile = try filesystem.open(node: innerNode, flags: O_RDONLY).file
+        let innerFile = try filesystem.open(node: innerNode, flags: O_RDONLY)
         #expect(try fixture.read(innerFile, at: 0, count: 4096) == inner)
 
         let (linkNode, linkAttributes) = try fixture.lookupWithAttributes("link")
@@ -122,7 +122,7 @@ struct ReadTests {
         let fixture = try SourceFixture(blockSize: 64 << 10)
         let content = randomBytes(300_001, seed: 7) // five blocks, the last one short
         try fixture.write("model.bin", content)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
         let block = 65_536
         let cases: [(Int, Int)] = [
             (0, 1), (0, 4096), (block - 1, 1), (block - 1, 2), (block, block), (block - 10, block + 20),
@@ -144,8 +144,8 @@ struct ReadTests {
         }
         #expect(mismatches.isEmpty, "wrong bytes at \(mismatches.prefix(5))")
         #expect(try fixture.read(file, at: 0, count: 1 << 20) == content)
-        #expect(fixture.filesystem.statistics.cache.loadedBytes == UInt64(content.count), "each block loaded once")
-        #expect(fixture.filesystem.statistics.sourceErrors == 0)
+        #expect(fixture.filesystem.cache.statistics.loadedBytes == UInt64(content.count), "each block loaded once")
+        #expect(fixture.filesystem.figures[.sourceErrors] == 0)
     }
 
     @Test("A second read of the same range is a cache hit")
@@ -153,24 +153,24 @@ struct ReadTests {
         let fixture = try SourceFixture(blockSize: 64 << 10)
         let content = randomBytes(300_001, seed: 8)
         try fixture.write("model.bin", content)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("model.bin"), flags: O_RDONLY)
 
         #expect(try fixture.read(file, at: 100_000, count: 50_000) == expectedRead(content, at: 100_000, count: 50_000))
-        let afterFirst = fixture.filesystem.statistics.cache
+        let afterFirst = fixture.filesystem.cache.statistics
         #expect(afterFirst.misses == 2 && afterFirst.hits == 0) // blocks 1 and 2
         #expect(afterFirst.loadedBytes == 2 * 65_536)
 
         #expect(try fixture.read(file, at: 100_000, count: 50_000) == expectedRead(content, at: 100_000, count: 50_000))
-        let afterSecond = fixture.filesystem.statistics.cache
+        let afterSecond = fixture.filesystem.cache.statistics
         #expect(afterSecond.hits == afterFirst.hits + 2)
         #expect(afterSecond.misses == afterFirst.misses)
         #expect(afterSecond.loadedBytes == afterFirst.loadedBytes, "a re-read went to the source")
 
         // Another open of the same, unchanged file shares the cached blocks.
-        let other = try fixture.filesystem.open(node: file.node, flags: O_RDONLY).file
+        let other = try fixture.filesystem.open(node: file.node, flags: O_RDONLY)
         #expect(try fixture.read(other, at: 120_000, count: 1000) == expectedRead(content, at: 120_000, count: 1000))
-        #expect(fixture.filesystem.statistics.cache.loadedBytes == afterFirst.loadedBytes)
-        #expect(fixture.filesystem.statistics.readRequests == 3)
+        #expect(fixture.filesystem.cache.statistics.loadedBytes == afterFirst.loadedBytes)
+        #expect(fixture.filesystem.figures[.readRequests] == 3)
     }
 
     @Test("Empty files and files of whole blocks end where they should")
@@ -179,12 +179,12 @@ struct ReadTests {
         try fixture.write("empty", [])
         let whole = randomBytes(2 * 65_536, seed: 9)
         try fixture.write("whole", whole)
-        let empty = try fixture.filesystem.open(node: try fixture.lookup("empty"), flags: O_RDONLY).file
+        let empty = try fixture.filesystem.open(node: try fixture.lookup("empty"), flags: O_RDONLY)
         #expect(try fixture.read(empty, at: 0, count: 4096).isEmpty)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("whole"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("whole"), flags: O_RDONLY)
         #expect(try fixture.read(file, at: 131_062, count: 100) == Array(whole[131_062...]))
         #expect(try fixture.read(file, at: 131_072, count: 1).isEmpty)
-        #expect(fixture.filesystem.statistics.cache.misses == 1, "nothing was loaded past the end")
+        #expect(fixture.filesystem.cache.statistics.misses == 1, "nothing was loaded past the end")
     }
 
     @Test("A cache smaller than one read still returns every byte; blocks evicted mid-read stay valid")
@@ -192,14 +192,14 @@ struct ReadTests {
         let fixture = try SourceFixture(blockSize: 64 << 10, cacheBlocks: 2)
         let content = randomBytes(300_001, seed: 10)
         try fixture.write("big", content)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("big"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("big"), flags: O_RDONLY)
         let slices = try fixture.filesystem.read(file, at: 0, count: content.count)
-        #expect(fixture.filesystem.statistics.cache.evictions >= 3)
+        #expect(fixture.filesystem.cache.statistics.evictions >= 3)
         var joined: [UInt8] = []
         for slice in slices { withExtendedLifetime(slice) { joined.append(contentsOf: slice.bytes) } }
         #expect(joined == content)
         #expect(try fixture.read(file, at: 0, count: content.count) == content)
-        #expect(fixture.filesystem.statistics.cache.residentBytes <= 2 * 65_536)
+        #expect(fixture.filesystem.cache.statistics.residentBytes <= 2 * 65_536)
     }
 
     @Test("Eight threads reading one open file through a small cache all get the source's bytes")
@@ -207,7 +207,7 @@ struct ReadTests {
         let fixture = try SourceFixture(blockSize: 64 << 10, cacheBlocks: 3)
         let content = randomBytes(300_001, seed: 11)
         try fixture.write("shared", content)
-        let file = try fixture.filesystem.open(node: try fixture.lookup("shared"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("shared"), flags: O_RDONLY)
         let filesystem = fixture.filesystem
         let wrong = Atomic<Int>(0)
         let failed = Atomic<Int>(0)
@@ -234,7 +234,7 @@ struct ReadTests {
         #expect(done.wait(timeout: .now() + 30) == .success)
         #expect(wrong.load(ordering: .relaxed) == 0)
         #expect(failed.load(ordering: .relaxed) == 0)
-        #expect(filesystem.statistics.cache.residentBytes <= 3 * 65_536)
+        #expect(filesystem.cache.statistics.residentBytes <= 3 * 65_536)
     }
 }
 
@@ -251,11 +251,11 @@ struct OpenTests {
         let first = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(!first.keepKernelCache, "nothing was opened before")
         #expect(!first.versionChanged)
-        #expect(try fixture.read(first.file, at: 0, count: 10_000) == original)
+        #expect(try fixture.read(first, at: 0, count: 10_000) == original)
         let second = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(second.keepKernelCache)
         #expect(!second.versionChanged)
-        #expect(second.file.version == first.file.version)
+        #expect(second.version == first.version)
 
         // Same size, new bytes, new mtime.
         let replacement = randomBytes(10_000, seed: 21)
@@ -264,14 +264,14 @@ struct OpenTests {
         let third = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(!third.keepKernelCache)
         #expect(third.versionChanged)
-        #expect(third.file.version != first.file.version)
-        #expect(third.file.version.modified == Timestamp(seconds: 1_000_100, nanoseconds: 0))
-        #expect(try fixture.read(third.file, at: 0, count: 20_000) == replacement)
+        #expect(third.version != first.version)
+        #expect(third.version.modified == Timestamp(seconds: 1_000_100, nanoseconds: 0))
+        #expect(try fixture.read(third, at: 0, count: 20_000) == replacement)
 
         let fourth = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(fourth.keepKernelCache && !fourth.versionChanged)
         // The file opened first stays pinned to its version: it sees what it cached, never a mix.
-        #expect(try fixture.read(first.file, at: 0, count: 10_000) == original)
+        #expect(try fixture.read(first, at: 0, count: 10_000) == original)
     }
 
     @Test("Opening for writing or truncation is refused with EROFS and leaves the source alone")
@@ -287,7 +287,7 @@ struct OpenTests {
         #expect(try fixture.status("file").st_size == 3, "the source was truncated")
         let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(!opened.keepKernelCache, "a refused open counted as an open")
-        #expect(try fixture.read(opened.file, at: 0, count: 10) == [1, 2, 3])
+        #expect(try fixture.read(opened, at: 0, count: 10) == [1, 2, 3])
     }
 
     @Test("Opening a forgotten node is ESTALE")

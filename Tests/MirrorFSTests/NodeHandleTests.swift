@@ -41,12 +41,12 @@ import Testing
             let attributes = try source.filesystem.attributes(of: node)
             #expect(attributes.st_ino == expected.st_ino && attributes.st_size == expected.st_size)
             #expect(String(decoding: try source.filesystem.relativePath(of: node), as: UTF8.self) == path)
-            let file = try source.filesystem.open(node: node, flags: O_RDONLY).file
+            let file = try source.filesystem.open(node: node, flags: O_RDONLY)
             let bytes = try source.read(file, at: 0, count: 4096)
             #expect(bytes == (try [UInt8](Data(contentsOf: URL(fileURLWithPath: source.path(path))))))
         }
         #expect(source.filesystem.cachedHandleCount <= limit)
-        #expect(source.filesystem.statistics.sourceHandleReopens > 0)
+        #expect(source.filesystem.figures[.sourceHandleReopens]! > 0)
         #expect(try openDescriptorCount(under: source.root) <= before + limit)
     }
 

@@ -8,7 +8,7 @@ import SystemPackage
 import Testing
 
 /// The kernel's side of passthrough, recorded: which memory files were registered and released.
-final class RecordingBackingFiles: KernelOpenModes {
+final class RecordingBackingFiles: KernelFeatures {
     private let state = Mutex<(next: Int32, live: Set<Int32>, registered: Int)>((1, [], 0))
     let passthroughAvailable: Bool
     let directIOMayBeMapped: Bool
@@ -39,32 +39,30 @@ struct PassthroughAdmissionTests {
     /// A mirror with a recording kernel side, over a source holding "model": two blocks, mtime 1,000,000.
     private func twoBlockModel(seed: UInt64) throws -> (SourceFixture, RecordingBackingFiles, node: UInt64) {
         let backing = RecordingBackingFiles()
-        let fixture = try SourceFixture(blockSize: blockSize, kernelModes: backing)
+        let fixture = try SourceFixture(blockSize: blockSize, kernelFeatures: backing)
         try fixture.write("model", randomBytes(2 * blockSize, seed: seed))
         try fixture.setTimes("model", modified: timespec(tv_sec: 1_000_000, tv_nsec: 0))
         return (fixture, backing, try fixture.lookup("model"))
     }
 
-    private func backingID(_ opened: OpenedFile) -> Int32? {
-        if case .passthrough(_, let id, _) = opened { id } else { nil }
-    }
+    private func backingID(_ opened: OpenFile) -> Int32? { opened.backingID }
 
     @Test("A cold open is daemon-served; once the version is wholly cached, opens share one backing file, held until the last release")
     func residentVersionsArePassedThrough() throws {
         let backing = RecordingBackingFiles()
-        let fixture = try SourceFixture(blockSize: blockSize, kernelModes: backing)
+        let fixture = try SourceFixture(blockSize: blockSize, kernelFeatures: backing)
         let bytes = randomBytes(4 * blockSize, seed: 40)
         try fixture.write("model", bytes)
         let node = try fixture.lookup("model")
 
         let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(backingID(cold) == nil, "nothing was cached yet")
-        #expect(try fixture.read(cold.file, at: 0, count: bytes.count) == bytes)
+        #expect(try fixture.read(cold, at: 0, count: bytes.count) == bytes)
         // A daemon-served open is still there: the node must not mix the two kinds.
         let whileServed = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(backingID(whileServed) == nil, "a passthrough open beside a daemon-served one")
-        fixture.filesystem.release(cold.file)
-        fixture.filesystem.release(whileServed.file)
+        fixture.filesystem.release(cold)
+        fixture.filesystem.release(whileServed)
 
         let first = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         let second = try fixture.filesystem.open(node: node, flags: O_RDONLY)
@@ -72,53 +70,53 @@ struct PassthroughAdmissionTests {
         #expect(backingID(second) == id, "one backing file per node")
         #expect(backing.registered == 1)
         #expect(fixture.filesystem.cache.statistics.heldFiles == 1)
-        fixture.filesystem.release(first.file)
+        fixture.filesystem.release(first)
         #expect(backing.live == [id], "released while an open still reads it")
-        fixture.filesystem.release(second.file)
+        fixture.filesystem.release(second)
         #expect(backing.live.isEmpty)
         #expect(fixture.filesystem.cache.statistics.heldFiles == 0, "the hold outlived the last release")
-        #expect(fixture.filesystem.statistics.passthroughOpens == 2)
+        #expect(fixture.filesystem.figures[.passthroughOpens] == 2)
     }
 
     @Test("A lone open reads with direct I/O while blocks are still to load, if the kernel can map such opens; a second open beside it and a wholly cached file keep the page cache")
     func directIOWhileLoading() throws {
         let kernel = RecordingBackingFiles(passthrough: false, directIOMayBeMapped: true)
-        let fixture = try SourceFixture(blockSize: blockSize, kernelModes: kernel)
+        let fixture = try SourceFixture(blockSize: blockSize, kernelFeatures: kernel)
         let bytes = randomBytes(3 * blockSize + 100, seed: 41)
         try fixture.write("model", bytes)
         let node = try fixture.lookup("model")
-        func openReadRelease(_ count: Int) throws -> OpenedFile {
+        func openReadRelease(_ count: Int) throws -> OpenFile {
             let opened = try fixture.filesystem.open(node: node, flags: O_RDONLY)
-            #expect(try fixture.read(opened.file, at: 0, count: count) == Array(bytes.prefix(count)))
-            fixture.filesystem.release(opened.file)
+            #expect(try fixture.read(opened, at: 0, count: count) == Array(bytes.prefix(count)))
+            fixture.filesystem.release(opened)
             return opened
         }
         let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(cold.directIO, "a cold open")
         let beside = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(!beside.directIO, "a second reader of the same file shares the page cache")
-        #expect(try fixture.read(cold.file, at: 0, count: blockSize) == Array(bytes.prefix(blockSize)))
-        fixture.filesystem.release(beside.file)
-        fixture.filesystem.release(cold.file)
+        #expect(try fixture.read(cold, at: 0, count: blockSize) == Array(bytes.prefix(blockSize)))
+        fixture.filesystem.release(beside)
+        fixture.filesystem.release(cold)
         let partial = try openReadRelease(bytes.count)
         #expect(partial.directIO, "three of four blocks were still to load")
         let warm = try openReadRelease(bytes.count)
         #expect(!warm.directIO && warm.keepKernelCache, "a wholly cached file without passthrough reads through the page cache")
-        #expect(fixture.filesystem.statistics.directIOOpens == 2)
+        #expect(fixture.filesystem.figures[.directIOOpens] == 2)
 
-        let unmappable = try SourceFixture(blockSize: blockSize, kernelModes: RecordingBackingFiles(passthrough: false))
+        let unmappable = try SourceFixture(blockSize: blockSize, kernelFeatures: RecordingBackingFiles(passthrough: false))
         try unmappable.write("model", bytes)
         let opened = try unmappable.filesystem.open(node: try unmappable.lookup("model"), flags: O_RDONLY)
         #expect(!opened.directIO, "direct I/O where the kernel would refuse to map the file")
-        unmappable.filesystem.release(opened.file)
+        unmappable.filesystem.release(opened)
     }
 
     @Test("A source rewrite while passthrough readers are open: a new open is refused with ESTALE and the node superseded; the old readers keep their memory file")
     func rewriteUnderPassthroughIsStale() throws {
         let (fixture, backing, node) = try twoBlockModel(seed: 41)
         let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)
-        _ = try fixture.read(cold.file, at: 0, count: 2 * blockSize)
-        fixture.filesystem.release(cold.file)
+        _ = try fixture.read(cold, at: 0, count: 2 * blockSize)
+        fixture.filesystem.release(cold)
         let reader = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         let id = try #require(backingID(reader))
 
@@ -129,7 +127,7 @@ struct PassthroughAdmissionTests {
         // The kernel looks the name up again and gets a new node for the new version.
         let renewed = try fixture.lookup("model")
         #expect(renewed != node)
-        fixture.filesystem.release(reader.file)
+        fixture.filesystem.release(reader)
         #expect(backing.live.isEmpty)
     }
 
@@ -138,7 +136,7 @@ struct PassthroughAdmissionTests {
         let (fixture, _, node) = try twoBlockModel(seed: 43)
         let old = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(backingID(old) == nil)
-        fixture.filesystem.release(old.file)
+        fixture.filesystem.release(old)
 
         // The new version is larger and is warmed (cachefs warm) before anyone opens it.
         try fixture.write("model", randomBytes(3 * blockSize, seed: 44))
@@ -147,10 +145,10 @@ struct PassthroughAdmissionTests {
         let renewed = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(backingID(renewed) != nil, "the warmed version was not passed through")
         #expect(renewed.versionChanged, "the kernel would keep the old size")
-        #expect(renewed.file.version.size == Int64(3 * blockSize))
-        fixture.filesystem.release(renewed.file)
+        #expect(renewed.version.size == Int64(3 * blockSize))
+        fixture.filesystem.release(renewed)
         let again = try fixture.filesystem.open(node: node, flags: O_RDONLY)
         #expect(backingID(again) != nil && !again.versionChanged)
-        fixture.filesystem.release(again.file)
+        fixture.filesystem.release(again)
     }
 }

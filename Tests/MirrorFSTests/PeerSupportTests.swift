@@ -60,18 +60,18 @@ import Testing
         try a.write("models/weights.bin", content)
 
         let directory = try a.lookup("models")
-        let fileA = try a.filesystem.open(node: try a.lookup("weights.bin", in: directory), flags: O_RDONLY).file
+        let fileA = try a.filesystem.open(node: try a.lookup("weights.bin", in: directory), flags: O_RDONLY)
         #expect(try a.read(fileA, at: 0, count: content.count) == content)
-        #expect(a.filesystem.statistics.bytesFromSource == UInt64(content.count))
+        #expect(a.filesystem.figures[.bytesFromSource] == UInt64(content.count))
 
-        let fileB = try b.filesystem.open(node: try b.lookup("weights.bin", in: try b.lookup("models")), flags: O_RDONLY).file
+        let fileB = try b.filesystem.open(node: try b.lookup("weights.bin", in: try b.lookup("models")), flags: O_RDONLY)
         #expect(try b.read(fileB, at: 0, count: content.count) == content)
-        let statistics = b.filesystem.statistics
-        #expect(statistics.bytesFromPeers == UInt64(content.count) && statistics.bytesFromSource == 0)
+        let figures = b.filesystem.figures
+        #expect(figures[.bytesFromPeers] == UInt64(content.count) && figures[.bytesFromSource] == 0)
         var tier = ReadTier.memory
         _ = try b.filesystem.read(fileB, at: 0, count: content.count, tier: &tier)
         #expect(tier == .memory, "the second read is from memory")
-        #expect(b.filesystem.statistics.bytesFromPeers == UInt64(content.count))
+        #expect(b.filesystem.figures[.bytesFromPeers] == UInt64(content.count))
     }
 
     /// Pinned blocks live apart from the LRU list; the peer lookup must find them too.
@@ -87,10 +87,10 @@ import Testing
         _ = try a.filesystem.warm(relativePath: "pinned.bin", offset: 0, length: Int64(content.count))
         #expect(a.filesystem.cache.statistics.pinnedResidentBytes == content.count)
 
-        let fileB = try b.filesystem.open(node: try b.lookup("pinned.bin"), flags: O_RDONLY).file
+        let fileB = try b.filesystem.open(node: try b.lookup("pinned.bin"), flags: O_RDONLY)
         #expect(try b.read(fileB, at: 0, count: content.count) == content)
-        #expect(b.filesystem.statistics.bytesFromPeers == UInt64(content.count))
-        #expect(b.filesystem.statistics.bytesFromSource == 0, "B read a pinned file from the source instead of A's memory")
+        #expect(b.filesystem.figures[.bytesFromPeers] == UInt64(content.count))
+        #expect(b.filesystem.figures[.bytesFromSource] == 0, "B read a pinned file from the source instead of A's memory")
     }
 
     @Test func aChangedFileIsNotTakenFromAPeer() throws {
@@ -99,15 +99,15 @@ import Testing
         let b = try SourceFixture(sharing: a, fleet: fleet)
         fleet.peer.withLock { $0 = a.filesystem }
         try a.write("f", randomBytes(100_000, seed: 1))
-        let fileA = try a.filesystem.open(node: try a.lookup("f"), flags: O_RDONLY).file
+        let fileA = try a.filesystem.open(node: try a.lookup("f"), flags: O_RDONLY)
         _ = try a.read(fileA, at: 0, count: 100_000)
 
         let newer = randomBytes(100_000, seed: 2) // same size; a later mtime
         try a.write("f", newer)
         try a.setTimes("f", modified: timespec(tv_sec: time(nil) + 10, tv_nsec: 5))
-        let fileB = try b.filesystem.open(node: try b.lookup("f"), flags: O_RDONLY).file
+        let fileB = try b.filesystem.open(node: try b.lookup("f"), flags: O_RDONLY)
         #expect(try b.read(fileB, at: 0, count: 100_000) == newer)
-        #expect(b.filesystem.statistics.bytesFromPeers == 0)
+        #expect(b.filesystem.figures[.bytesFromPeers] == 0)
         #expect(fleet.asked.load(ordering: .relaxed) > 0, "the peer was asked, and had only the old version")
     }
 
@@ -124,11 +124,11 @@ import Testing
             askers.append(try SourceFixture(sharing: owner, fleet: fleet))
         }
         for asker in askers {
-            let file = try asker.filesystem.open(node: try asker.lookup("model.bin"), flags: O_RDONLY).file
+            let file = try asker.filesystem.open(node: try asker.lookup("model.bin"), flags: O_RDONLY)
             #expect(try asker.read(file, at: 0, count: content.count) == content)
-            #expect(asker.filesystem.statistics.bytesFromSource == 0 && asker.filesystem.statistics.bytesFromPeers == UInt64(content.count))
+            #expect(asker.filesystem.figures[.bytesFromSource] == 0 && asker.filesystem.figures[.bytesFromPeers] == UInt64(content.count))
         }
-        #expect(owner.filesystem.statistics.bytesFromSource == UInt64(content.count), "the owner read each block from its source once")
+        #expect(owner.filesystem.figures[.bytesFromSource] == UInt64(content.count), "the owner read each block from its source once")
         #expect(owner.filesystem.cache.statistics.residentBytes == content.count, "and keeps them, counted against its capacity")
     }
 
@@ -143,7 +143,7 @@ import Testing
         guard case .current(let none) = fixture.filesystem.holdings(of: file, checkingSource: true) else { Issue.record("no holdings"); return }
         #expect(none.isEmpty)
 
-        let opened = try fixture.filesystem.open(node: try fixture.lookup("f", in: try fixture.lookup("d")), flags: O_RDONLY).file
+        let opened = try fixture.filesystem.open(node: try fixture.lookup("f", in: try fixture.lookup("d")), flags: O_RDONLY)
         _ = try fixture.read(opened, at: 0, count: 150_000) // blocks 0, 1 and 2
         let run = try #require(resident(fixture, file.blocks(1, count: 3)))
         #expect(run.map(\.count) == [64 << 10, 64 << 10], "blocks 1 and 2 in a row; block 3 is not resident")
@@ -170,7 +170,7 @@ import Testing
     @Test func checkedVersionsAreRememberedBrieflyAndRecheckedOnMismatch() throws {
         let fixture = try SourceFixture()
         try fixture.write("f", randomBytes(200_000))
-        let file = try fixture.filesystem.open(node: try fixture.lookup("f"), flags: O_RDONLY).file
+        let file = try fixture.filesystem.open(node: try fixture.lookup("f"), flags: O_RDONLY)
         _ = try fixture.read(file, at: 0, count: 200_000)
         let old = try name(fixture, "f")
         guard case .undetermined = fixture.filesystem.residentBlocks(old.blocks(0, count: 1), checkingSource: false) else {

@@ -87,12 +87,12 @@ import Testing
         #expect(mkfifo(source.path("pipe"), 0o644) == 0)
         let node = try source.lookup("pipe")
         #expect(throws: Errno.ioError) { _ = try source.filesystem.open(node: node, flags: O_RDONLY) }
-        #expect(source.filesystem.statistics.sourceTimeouts == 1)
+        #expect(source.filesystem.figures[.sourceTimeouts] == 1)
         // Unblock the stalled open so its thread can finish.
         let writer = open(source.path("pipe"), O_WRONLY | O_NONBLOCK)
         if writer >= 0 { close(writer) }
         try source.write("model", [1, 2, 3])
-        let file = try source.filesystem.open(node: try source.lookup("model"), flags: O_RDONLY).file
+        let file = try source.filesystem.open(node: try source.lookup("model"), flags: O_RDONLY)
         #expect(try source.read(file, at: 0, count: 10) == [1, 2, 3])
     }
 }

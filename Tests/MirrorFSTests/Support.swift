@@ -23,8 +23,8 @@ final class SourceFixture {
     /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
     init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
          sharing other: SourceFixture? = nil, fleet: (any BlockFleet)? = nil,
-         prefetcher: Prefetcher? = nil, blockReader: any SourceBlockReader = DescriptorBlockReader(),
-         kernelModes: (any KernelOpenModes)? = nil) throws {
+         prefetcher: Prefetcher? = nil, blockIO: any SourceBlockIO = DescriptorBlockIO(),
+         kernelFeatures: (any KernelFeatures)? = nil) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         owner = other
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -36,7 +36,7 @@ final class SourceFixture {
             prefetcher: prefetcher,
             sourceHandleLimit: sourceHandleLimit,
             sourceCalls: sourceCallTimeout.map { SourceCallPool(timeout: $0) }, fleet: fleet,
-            blockReader: blockReader, kernelModes: kernelModes, logger: logger
+            blockIO: blockIO, kernelFeatures: kernelFeatures, logger: logger
         )
     }
 

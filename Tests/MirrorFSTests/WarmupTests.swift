@@ -62,7 +62,7 @@ struct MirrorWarmupTests {
         let misses = fs.cache.statistics.misses
         let (node, _) = try "models".withCString { try fs.lookup(parent: MirrorFilesystem.rootNode, name: $0) }
         let (file, _) = try "base.safetensors".withCString { try fs.lookup(parent: node, name: $0) }
-        let opened = try fs.open(node: file, flags: O_RDONLY).file
+        let opened = try fs.open(node: file, flags: O_RDONLY)
         var tier = ReadTier.memory
         let slices = try fs.read(opened, at: 0, count: 200_000, tier: &tier)
         #expect(slices.reduce(0) { $0 + $1.range.count } == 200_000)
@@ -74,7 +74,7 @@ struct MirrorWarmupTests {
         let source = try tree()
         let fs = source.filesystem
         let (file, _) = try "top.bin".withCString { try fs.lookup(parent: MirrorFilesystem.rootNode, name: $0) }
-        let opened = try fs.open(node: file, flags: O_RDONLY).file
+        let opened = try fs.open(node: file, flags: O_RDONLY)
         var first = ReadTier.memory
         _ = try fs.read(opened, at: 0, count: 2, tier: &first)
         var second = ReadTier.memory

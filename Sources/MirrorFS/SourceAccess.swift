@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCache
 import Logging
+import Reporting
 import SourceTree
 import Synchronization
 import SystemPackage
@@ -14,7 +15,7 @@ import SystemPackage
 ///
 /// Threads: every method may be called from any thread; those that reach the
 /// source block their caller (at most the source timeout, where there is one).
-final class SourceSession: Sendable {
+final class SourceAccess: Sendable {
     let nodes: Mutex<NodeTable>
     /// How this source's files are told apart (inode or path), from its file system type.
     let identityRule: IdentityRule
@@ -185,6 +186,19 @@ final class SourceSession: Sendable {
         counters.reattaches.add(1, ordering: .relaxed)
         logger.notice("source is back; reopened its root", metadata: ["source": "\(rootPath)"])
         return true
+    }
+}
+
+extension SourceAccess: FigureReporter {
+    func report(into figures: inout FigureValues) {
+        let (known, handles) = nodes.withLock { ($0.count, $0.cachedHandleCount) }
+        figures[.knownNodes] = UInt64(known)
+        figures[.sourceHandles] = UInt64(handles)
+        figures[.sourceHandleReopens] = counters.handleReopens.load(ordering: .relaxed)
+        figures[.sourceReattaches] = counters.reattaches.load(ordering: .relaxed)
+        figures[.sourceUnavailable] = counters.unavailable.load(ordering: .relaxed)
+        // The deadline's pool keeps its own count; without a deadline nothing times out.
+        if let sourceCalls { sourceCalls.report(into: &figures) } else { figures[.sourceTimeouts] = 0 }
     }
 }
 

@@ -5,6 +5,7 @@ import CFuse
 import CLinux
 import Logging
 import MirrorFS
+import Reporting
 import Synchronization
 import SystemPackage
 
@@ -24,7 +25,7 @@ import SystemPackage
 ///
 /// Threads: the io hooks run on libfuse's worker threads; `register` and `unregister` on
 /// whichever thread opens or releases a file; `probe` once, after the mount answers.
-public final class KernelFeatures: KernelOpenModes {
+public final class FuseKernelFeatures: KernelFeatures {
     private let passthroughEnabled: Bool
     private let directIOEnabled: Bool
     private let logger: Logger
@@ -33,14 +34,10 @@ public final class KernelFeatures: KernelOpenModes {
     private let initUnique = Atomic<UInt64>(0)
     /// The flags2 bits the INIT reply is to add (those of ours the kernel offered).
     private let offeredFlags2 = Atomic<UInt32>(0)
-    private let state = Mutex<Status>(Status(available: false, reason: "the kernel has not been asked yet"))
+    /// Whether the kernel serves passthrough opens, and if not, why. Lock order: after a node's
+    /// `opens` (asked and set while an open is admitted); a leaf.
+    private let state = Mutex(PassthroughState(available: false, reason: "the kernel has not been asked yet"))
     private let directIOMayMap = Atomic<Bool>(false)
-
-    /// Whether the kernel serves passthrough opens, and if not, why.
-    public struct Status: Sendable, Equatable {
-        public var available: Bool
-        public var reason: String?
-    }
 
     /// - Parameters:
     ///   - passthrough: `--passthrough on`; off, the kernel is never asked for it.
@@ -49,10 +46,10 @@ public final class KernelFeatures: KernelOpenModes {
         self.passthroughEnabled = passthrough
         self.directIOEnabled = directIO
         self.logger = logger
-        if !passthrough { state.withLock { $0 = Status(available: false, reason: "--passthrough off") } }
+        if !passthrough { state.withLock { $0 = PassthroughState(available: false, reason: "--passthrough off") } }
     }
 
-    public var status: Status { state.withLock { $0 } }
+    public var passthroughState: PassthroughState { state.withLock { $0 } }
 
     public var passthroughAvailable: Bool { state.withLock { $0.available } }
 
@@ -125,7 +122,7 @@ public final class KernelFeatures: KernelOpenModes {
         if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { arguments.max_stack_depth = 1 }
         reply.storeBytes(of: arguments, as: cachefs_fuse_init_out.self)
         directIOMayMap.store(wanted & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 != 0, ordering: .releasing)
-        if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { state.withLock { $0 = Status(available: true, reason: nil) } }
+        if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { state.withLock { $0 = PassthroughState(available: true, reason: nil) } }
     }
 
     // MARK: Backing files
@@ -137,7 +134,7 @@ public final class KernelFeatures: KernelOpenModes {
             logger.notice("the kernel cannot map direct-I/O opens (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+); cold reads go through its page cache")
         }
         guard passthroughAvailable else {
-            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(status.reason ?? "-")"])
+            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(passthroughState.reason ?? "-")"])
             return
         }
         let memfd = cachefs_memfd_create("cachefs-passthrough-probe", UInt32(CACHEFS_MFD_CLOEXEC))
@@ -146,7 +143,7 @@ public final class KernelFeatures: KernelOpenModes {
             unregister(try register(memfd))
             logger.info("FUSE passthrough is on: the kernel reads wholly cached files from memory itself")
         } catch {
-            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(status.reason ?? "-")"])
+            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(passthroughState.reason ?? "-")"])
         }
     }
 
@@ -166,11 +163,14 @@ public final class KernelFeatures: KernelOpenModes {
     }
 
     public func unregister(_ id: Int32) {
-        _ = cachefs_backing_close(sessionFD.load(ordering: .acquiring), id)
+        guard cachefs_backing_close(sessionFD.load(ordering: .acquiring), id) != 0 else { return }
+        let error = Errno(rawValue: errno)
+        // The kernel keeps the memory file open under this id until the mount goes; nothing more to do than tell.
+        logger.error("the kernel refused to close a backing file", metadata: ["backing id": "\(id)", "error": "\(error)"])
     }
 
     private func setUnavailable(_ reason: String) {
         guard passthroughEnabled else { return } // the status keeps saying why: turned off
-        state.withLock { $0 = Status(available: false, reason: reason) }
+        state.withLock { $0 = PassthroughState(available: false, reason: reason) }
     }
 }

@@ -136,11 +136,17 @@ let package = Package(
         // Test tooling: a slow, fault-injecting FUSE source for benchmarks and fault tests.
         .executableTarget(
             name: "cachefs-testsource",
-            dependencies: ["CFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["CFuse", "Threading", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // What the test targets share: a seeded random generator.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(
+            name: "BlockCacheTests",
+            dependencies: [
+                "BlockCache", "Reporting", "TestSupport",
+                .product(name: "SystemPackage", package: "swift-system"), .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
         .testTarget(

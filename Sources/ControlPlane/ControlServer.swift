@@ -136,11 +136,12 @@ public final class ControlListener: Service, Sendable {
         }
         bindDirectory = String(cString: made)
         boundPath = bindDirectory + "/s"
-        let (boundPath, published) = (self.boundPath, self.published)
+        let (boundPath, bindDirectory, published) = (self.boundPath, self.bindDirectory, self.published)
         listener = HTTPListener(target: .unixSocket(boundPath), makeHandler: makeHandler, onRunning: { _ in
             guard chmod(boundPath, 0o600) == 0, rename(boundPath, socketPath) == 0 else {
                 throw ControlError(description: "cannot move the control socket into place at \(socketPath): \(String(cString: strerror(errno)))")
             }
+            rmdir(bindDirectory) // empty now
             published.flag.store(true, ordering: .releasing)
             await onRunning()
         })

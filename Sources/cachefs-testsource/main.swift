@@ -13,6 +13,7 @@ import Glibc
 #endif
 import ArgumentParser
 import CFuse
+import Threading
 import Foundation
 import Synchronization
 
@@ -45,11 +46,13 @@ struct TestSource: ParsableCommand {
         free(resolved)
         let session = try source.mount(at: mountpoint, threads: threads)
         let handled = signals
-        Thread {
+        let stopping = Condition(false)
+        let signalThread = OwnedThread(name: "signals") {
             var signals = handled
             while true {
                 var received: Int32 = 0
                 guard sigwait(&signals, &received) == 0 else { continue }
+                if stopping.withLock({ $0 }) { return }
                 switch received {
                 case SIGUSR1: source.failing.store(true, ordering: .relaxed)
                 case SIGHUP: source.hanging.store(true, ordering: .relaxed)
@@ -57,7 +60,7 @@ struct TestSource: ParsableCommand {
                 default: umount2(mountpoint, Int32(MNT_DETACH)) // ends the loop once the kernel lets go
                 }
             }
-        }.start()
+        }
         FileHandle.standardError.write(Data("cachefs-testsource: serving \(source.root) at \(mountpoint)\n".utf8))
         let config = fuse_loop_cfg_create()
         fuse_loop_cfg_set_max_threads(config, UInt32(threads))
@@ -65,6 +68,9 @@ struct TestSource: ParsableCommand {
         fuse_loop_cfg_destroy(config)
         fuse_session_unmount(session)
         fuse_session_destroy(session)
+        stopping.set()
+        signalThread.send(SIGTERM) // wakes its sigwait
+        signalThread.join()
     }
 }
 

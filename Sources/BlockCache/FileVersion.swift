@@ -42,13 +42,6 @@ public struct FileVersion: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         "\(identity) size \(size) mtime \(modified)"
     }
-
-    /// Whether `other` is the same file with the same size and mtime: what a
-    /// write in progress changes. Unlike equality it ignores ctime, which also
-    /// moves on chmod, a new hard link or an unlink (a rename over the name), none of which touch the bytes.
-    public func hasSameContent(as other: FileVersion) -> Bool {
-        identity == other.identity && size == other.size && modified == other.modified
-    }
 }
 
 /// A point in time with nanosecond resolution, as `struct timespec` carries it.
@@ -61,7 +54,11 @@ public struct Timestamp: Hashable, Sendable, CustomStringConvertible {
         self.nanoseconds = nanoseconds
     }
 
-    public var description: String { "\(seconds).\(nanoseconds)" }
+    /// Seconds and nine digits of nanoseconds, as `stat` prints times: 1 s and 5 ns is "1.000000005".
+    public var description: String {
+        let fraction = String(nanoseconds)
+        return "\(seconds)." + String(repeating: "0", count: max(0, 9 - fraction.count)) + fraction
+    }
 }
 
 /// A block of a file version: bytes `[index * blockSize, (index + 1) * blockSize)`.

@@ -21,7 +21,8 @@ public final class StagingBuffers: Sendable {
     /// The limit when no prefetcher sets a larger one: the default lanes' chunks (8 of 4 MiB).
     public static let defaultIdleLimit = 32 << 20
     public let idleLimit: Int
-    /// Addresses and sizes of idle buffers (raw pointers are not Sendable).
+    /// Addresses and sizes of idle buffers (raw pointers are not Sendable). Lock order: a leaf; buffers
+    /// are mapped and unmapped outside it.
     private let idle = Mutex<[(address: UInt, capacity: Int)]>([])
 
     public init(idleLimit: Int = StagingBuffers.defaultIdleLimit) { self.idleLimit = idleLimit }

@@ -106,6 +106,7 @@ private final class CloseWhenIdle: ChannelInboundHandler {
 
 /// The server's accepted connections, so that shutdown can close the kept-alive ones.
 final class OpenConnections: Sendable {
+    /// The open connections. Lock order: a leaf; connections are closed outside it.
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     func add(_ channel: any Channel) {

@@ -19,8 +19,13 @@ final class Node: Sendable {
     let type: mode_t
     /// Where the kernel last looked the file up; nil for the root. Holding the
     /// parent keeps the whole chain to the root resolvable even after the kernel forgets a directory.
+    /// Lock order: last, after `OpenDirectory.stream` and the node table (`SourceAccess.nodes`), which
+    /// move a node under them; nothing is taken under it.
     private let place: Mutex<Place?>
     /// How the node's files are open now (daemon-served or passthrough), and the version last opened.
+    /// Lock order: first of its chain, before the cache's lock (`BlockCache.state`: holds) and the
+    /// passthrough state (`FuseKernelFeatures.state`). Held across BACKING_OPEN and BACKING_CLOSE, so no
+    /// open reply can carry a backing id being closed: two short ioctls, never a source call.
     let opens = Mutex(NodeOpens())
     /// Set when the file changed while passthrough readers hold the old version: the next
     /// lookup of its name makes a new node, which the old readers' inode cannot share.

@@ -96,7 +96,7 @@ final class RecentlyCheckedVersions: Sendable {
         var checkedAt: ContinuousClock.Instant
     }
 
-    /// Guards the table. Leaf lock.
+    /// Guards the table. Lock order: a leaf.
     private let entries = Mutex<[[UInt8]: Entry]>([:])
     private let freshness: Duration
     private let capacity: Int
@@ -132,7 +132,7 @@ final class PeerLoadSources: Sendable {
         var lastUse: ContinuousClock.Instant
     }
 
-    /// Guards the open files. Leaf lock; opening runs outside it.
+    /// Guards the open files. Lock order: a leaf; opening and closing run outside it.
     private let files = Mutex<[FileVersion: Entry]>([:])
     private let capacity: Int
 

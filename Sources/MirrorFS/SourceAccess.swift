@@ -16,6 +16,9 @@ import SystemPackage
 /// Threads: every method may be called from any thread; those that reach the
 /// source block their caller (at most the source timeout, where there is one).
 final class SourceAccess: Sendable {
+    /// The node table and its cache of descriptors. Lock order: after `OpenDirectory.stream`, before
+    /// a node's `place` (a lookup moves the node it finds); never held across a source call:
+    /// descriptors it lets go are closed after it is released.
     let nodes: Mutex<NodeTable>
     /// How this source's files are told apart (inode or path), from its file system type.
     let identityRule: IdentityRule
@@ -32,6 +35,7 @@ final class SourceAccess: Sendable {
     private let rootPath: String?
     private let rootType: Int
     /// When the source root was last looked for again (monotonic), to do it at most twice a second.
+    /// Lock order: a leaf.
     private let lastReattach = Mutex<ContinuousClock.Instant?>(nil)
     let counters = Counters()
     private let logger: Logger

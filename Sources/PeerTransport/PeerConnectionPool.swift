@@ -16,8 +16,8 @@ final class PeerConnectionPool: Sendable {
         var closed = false
     }
 
-    /// Guards the idle connections and the permits. A leaf lock: nothing else is taken under it, and
-    /// no socket call or wait runs under it.
+    /// Guards the idle connections and the permits. Lock order: a leaf (nothing else is taken under it,
+    /// and no socket call or wait runs under it).
     private let state = Mutex(State())
     let maximumIdlePerPeer: Int
     let maximumPerPeer: Int

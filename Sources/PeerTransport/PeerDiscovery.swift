@@ -17,6 +17,8 @@ public final class PeerDiscovery: Sendable {
     private let isSelf: @Sendable (PeerAddress) -> Bool
     private let resolve: @Sendable (HostPort) -> [PeerAddress]?
     private let logger: Logger
+    /// The resolved peers, by seed, and whether discovery stopped. Lock order: a leaf; names are
+    /// resolved outside it.
     private let state = Mutex<State>(State())
     private let queue = DispatchQueue(label: "cachefs.peer-discovery")
 

@@ -62,15 +62,15 @@ public final class PeerFleet: BlockFleet {
         var lastUse: ContinuousClock.Instant
     }
 
-    /// Guards the holdings of the files being read. Leaf lock; no exchange runs under it.
+    /// Guards the holdings of the files being read. Lock order: a leaf; no exchange runs under it.
     private let holdings = Mutex<[PeerFile: FileHoldings]>([:])
     private static let holdingsKeptFiles = 256
     /// Blocks this instance is waiting for from their owners, counted per file and index: a peer
     /// that asks this instance to load one of them as *its* owner is declined (409) rather than
     /// made to wait on a wait, which only instances with different views of the fleet can cause.
-    /// Leaf lock.
+    /// Lock order: a leaf.
     private let awaited = Mutex<[PeerFile: [Int64: Int]]>([:])
-    /// Per file, the stripes up to which this instance has loaded ahead as owner. Leaf lock.
+    /// Per file, the stripes up to which this instance has loaded ahead as owner. Lock order: a leaf.
     private let readAheadMarks = Mutex<[PeerFile: Int64]>([:])
     /// The balanced owners of recently read files' stripes, by the set of instances they were worked out for. Leaf lock.
     private let ownersByFile = Mutex<[OwnersKey: [PeerAddress]]>([:])

@@ -10,6 +10,7 @@ public final class PeerHealth: Sendable {
     public let backoff: Duration
     public let maximumBackoff: Duration
     private let clock: @Sendable () -> ContinuousClock.Instant
+    /// Each failing peer's failures and backoff. Lock order: a leaf.
     private let states = Mutex<[PeerAddress: State]>([:])
 
     private struct State {

@@ -164,15 +164,15 @@ private struct LaneJob {
 /// (when the file is released) drops the blocks still queued for it.
 ///
 /// All mutable state (the runs, the lanes and their fields, the probe) is guarded by `condition`,
-/// which also wakes readers waiting in `waitForLane(toLoad:)`. Lock order: before the cache's lock
-/// (`isResident` is asked outside it, but a lane's load may take it); a stream's lock is never
-/// held while a chunk loads or while chunks are queued on the prefetcher.
+/// which also wakes readers waiting in `waitForLane(toLoad:)`.
 public final class PrefetchStream: @unchecked Sendable {
     private let prefetcher: Prefetcher
     private let blockSize: Int64
     private let blockCount: Int64
     fileprivate let isResident: @Sendable (Int64) -> Bool
     fileprivate let load: @Sendable (Range<Int64>, PrefetchLane) -> Int
+    /// Guards the runs, the lanes (and their fields) and the probe. Lock order: a leaf: never held
+    /// while a chunk loads, while the cache is asked (`isResident`) or while chunks are queued on the prefetcher.
     private let condition = Condition(())
     private let cancelled = Atomic<Bool>(false)
 

@@ -14,6 +14,7 @@ import Synchronization
 public final class OwnedThread: Sendable {
     public let name: String
     private let thread: pthread_t
+    /// Set when the body has returned. Lock order: last, after `OwnedThreads.threads`.
     private let finished = Condition(false)
     private let joined = Atomic<Bool>(false)
 
@@ -58,7 +59,7 @@ public final class OwnedThread: Sendable {
         pthread_kill(thread, signal)
     }
 
-    /// Threads started and not joined yet, by name. Guards only the list; never held with another lock.
+    /// Threads started and not joined yet, by name. Lock order: a leaf.
     private static let registry = Mutex<[ObjectIdentifier: String]>([:])
 
     /// The names of the owned threads started and not yet joined, sorted.

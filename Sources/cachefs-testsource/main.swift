@@ -46,6 +46,7 @@ struct TestSource: ParsableCommand {
         free(resolved)
         let session = try source.mount(at: mountpoint, threads: threads)
         let handled = signals
+        /// Set before the signal thread is woken to end. Lock order: a leaf.
         let stopping = Condition(false)
         let signalThread = OwnedThread(name: "signals") {
             var signals = handled
@@ -87,6 +88,7 @@ final class Source: Sendable {
     let hanging = Atomic<Bool>(false)
     /// Bumped by recovery, which ends the stalls in progress.
     let recoveries = Atomic<Int>(0)
+    /// Node IDs and paths. Lock order: a leaf; no source call runs under it.
     private let nodes = Mutex(Nodes())
     private let bucket: TokenBucket?
     let readBuffers = BufferPool()
@@ -311,7 +313,7 @@ final class Listing: Sendable {
 final class BufferPool: Sendable {
     /// FUSE's largest read here: 256 pages.
     private static let capacity = 1 << 20
-    /// Addresses of idle buffers (raw pointers are not Sendable).
+    /// Addresses of idle buffers (raw pointers are not Sendable). Lock order: a leaf.
     private let free = Mutex<[UInt]>([])
 
     func withBuffer(size: Int, _ body: (UnsafeMutableRawPointer) -> Void) {
@@ -330,6 +332,7 @@ final class BufferPool: Sendable {
 /// Spreads reads over time so that together they stay under a byte rate.
 final class TokenBucket: Sendable {
     private let bytesPerSecond: Double
+    /// When the bucket next has room (seconds). Lock order: a leaf; the wait runs outside it.
     private let nextFree = Mutex<Double>(0)
 
     init(bytesPerSecond: Int) { self.bytesPerSecond = Double(bytesPerSecond) }

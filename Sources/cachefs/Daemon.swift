@@ -90,8 +90,11 @@ struct Daemon {
         let reporters: [any FigureReporter]
         /// The daemon's own threads: the FUSE loop, its drain, the preload. Joined by `finish`.
         let threads = OwnedThreads()
+        /// Set once the control socket listens. Lock order: a leaf.
         let controlRunning = Condition(false)
+        /// Set once the peer server listens (at once without one). Lock order: a leaf.
         let peerServerRunning = Condition(false)
+        /// Set once the service group has ended. Lock order: a leaf.
         let groupEnded = Condition(false)
         /// Why the group ended, if a service failed. Lock order: a leaf.
         let groupFailure = Mutex<(any Error)?>(nil)
@@ -236,6 +239,7 @@ struct Daemon {
 
     /// SIGTERM, SIGINT and SIGHUP (blocked in every other thread) start a graceful shutdown of the group.
     private func startSignalThread(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) -> SignalThread {
+        /// Set before the thread is woken to end. Lock order: a leaf.
         let stopping = Condition(false)
         let thread = OwnedThread(name: "signals") {
             var signals = Self.signalSet()
@@ -254,6 +258,7 @@ struct Daemon {
     /// The thread that takes shutdown signals; `stop` wakes it from sigwait with one of them and joins it.
     private struct SignalThread {
         let thread: OwnedThread
+        /// The thread's stop flag (see `startSignalThread`). Lock order: a leaf.
         let stopping: Condition<Bool>
 
         func stop() {

@@ -2,7 +2,6 @@ import FuseBridge
 import Logging
 import MirrorFS
 import ServiceLifecycle
-import Synchronization
 import Threading
 
 // The daemon's parts as services of one ServiceGroup. The group starts them together
@@ -71,6 +70,7 @@ struct PreloadService: Service {
 
     func run() async {
         guard !patterns.isEmpty, await ready.wait() else { return }
+        /// Set at shutdown; the preload asks it between files. Lock order: a leaf.
         let shuttingDown = Condition(false)
         await withGracefulShutdownHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in

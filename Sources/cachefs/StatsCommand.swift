@@ -1,9 +1,7 @@
 import ArgumentParser
 import ControlPlane
-import Dispatch
 import Foundation
 import Reporting
-import Synchronization
 import Threading
 
 struct StatsCommand: ParsableCommand {
@@ -105,6 +103,7 @@ struct StatsCommand: ParsableCommand {
 /// Runs async work from a synchronous command. The daemon's commands stay
 /// synchronous so that its signal mask is set before any thread starts.
 func runBlocking<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
+    /// The work's outcome, which the caller waits for. Lock order: a leaf.
     let outcome = Condition<Result<T, any Error>?>(nil)
     Task {
         let result: Result<T, any Error>

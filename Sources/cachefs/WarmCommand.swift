@@ -117,6 +117,7 @@ final class WarmProgress: Sendable {
     private let files: Int
     private let terminal: Bool
     private let started = ContinuousClock.now
+    /// The progress so far, and when it was last drawn. Lock order: a leaf.
     private let state = Mutex(State())
 
     init(total: Int64, files: Int, terminal: Bool) {

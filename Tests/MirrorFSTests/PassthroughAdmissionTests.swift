@@ -31,7 +31,7 @@ final class RecordingBackingFiles: KernelFeatures {
 }
 
 /// Which opens MirrorFS hands to the kernel (FUSE passthrough) and which it serves itself,
-/// without mounting anything: the rules of ../shared/PASSTHROUGH.md as seen from the cache.
+/// without mounting anything: the rules of Docs/ARCHITECTURE.md's "(b) FUSE passthrough" as seen from the cache.
 @Suite("Mirror: passthrough opens")
 struct PassthroughAdmissionTests {
     private let blockSize = 64 << 10

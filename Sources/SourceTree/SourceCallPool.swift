@@ -54,15 +54,15 @@ public final class SourceCallPool: Sendable {
     /// it touches, and its result is then dropped.
     public func run<Result: Sendable>(_ work: @escaping @Sendable () throws(Errno) -> Result) throws(Errno) -> Result {
         let call = Call(work)
-        let startThread: Bool? = state.update { state in
+        let needed: Bool? = state.update { state in
             guard !state.stopped else { return nil }
             state.calls.append(call)
             guard state.calls.count > state.idle, state.threads < maximumThreads else { return false }
             state.threads += 1
             return true
         }
-        guard let startThread else { throw Errno.timedOut }
-        if startThread { threads.start(name: "source-call") { [self] in serve() } }
+        guard let needed else { throw Errno.timedOut }
+        if needed { threads.start(name: "source-call") { [self] in serve() } } // no thread idle for it
         guard let outcome = call.outcome.wait(until: .now + timeout, for: { $0 }) else {
             call.abandoned.store(true, ordering: .relaxed)
             timeouts.add(1, ordering: .relaxed)

@@ -63,7 +63,7 @@ struct Daemon {
         }
         try parts.server.mount(at: settings.mountpoint)
         let group = start(parts, control: control, handler: handler, logger: logger)
-        let signals = startSignalThread(group: group, server: parts.server, logger: logger, systemd: systemd)
+        let signals = startSignalListener(group: group, server: parts.server, logger: logger, systemd: systemd)
         let isReady = becomeReady(parts, group: group, handler: handler, logger: logger, systemd: systemd)
         parts.ready.open(isReady)
 
@@ -216,7 +216,7 @@ struct Daemon {
     /// stop): stops and joins every thread the daemon owns, waiting at most the shutdown grace for
     /// those still in a call (a read of a hung source cannot be interrupted; the process exits
     /// without it), and logs any owned thread left unjoined.
-    private func finish(_ parts: Parts, signals: SignalThread, logger: Logger) {
+    private func finish(_ parts: Parts, signals: SignalListener, logger: Logger) {
         let deadline = ContinuousClock.now + .milliseconds(Int(settings.shutdownGrace * 1000))
         signals.stop()
         parts.sourceCalls?.stop()
@@ -238,7 +238,7 @@ struct Daemon {
     }
 
     /// SIGTERM, SIGINT and SIGHUP (blocked in every other thread) start a graceful shutdown of the group.
-    private func startSignalThread(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) -> SignalThread {
+    private func startSignalListener(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) -> SignalListener {
         /// Set before the thread is woken to end. Lock order: a leaf.
         let stopping = Condition(false)
         let thread = OwnedThread(name: "signals") {
@@ -246,19 +246,19 @@ struct Daemon {
             while true {
                 var received: Int32 = 0
                 guard sigwait(&signals, &received) == 0 else { continue }
-                if stopping.withLock({ $0 }) { return } // woken by `SignalThread.stop`
+                if stopping.withLock({ $0 }) { return } // woken by `SignalListener.stop`
                 logger.notice("signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
                 systemd?.stopping()
                 Task { await group.triggerGracefulShutdown() }
             }
         }
-        return SignalThread(thread: thread, stopping: stopping)
+        return SignalListener(thread: thread, stopping: stopping)
     }
 
     /// The thread that takes shutdown signals; `stop` wakes it from sigwait with one of them and joins it.
-    private struct SignalThread {
+    private struct SignalListener {
         let thread: OwnedThread
-        /// The thread's stop flag (see `startSignalThread`). Lock order: a leaf.
+        /// The thread's stop flag (see `startSignalListener`). Lock order: a leaf.
         let stopping: Condition<Bool>
 
         func stop() {

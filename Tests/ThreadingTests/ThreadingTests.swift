@@ -18,7 +18,8 @@ struct ThreadingTests {
                 _ = fgets(&name, 32, file)
                 fclose(file)
             }
-            seenName.withLock { $0 = String(String(cString: name).prefix { $0 != "\n" }) }
+            let shown = name.prefix { $0 != 0 && $0 != 0x0A }.map { UInt8(bitPattern: $0) }
+            seenName.withLock { $0 = String(decoding: shown, as: UTF8.self) }
             _ = release.waitUntilSet()
         }
         #expect(OwnedThread.unjoined.contains("test-owned"))

@@ -72,7 +72,8 @@ public final class PeerFleet: BlockFleet {
     private let awaited = Mutex<[PeerFile: [Int64: Int]]>([:])
     /// Per file, the stripes up to which this instance has loaded ahead as owner. Lock order: a leaf.
     private let readAheadMarks = Mutex<[PeerFile: Int64]>([:])
-    /// The balanced owners of recently read files' stripes, by the set of instances they were worked out for. Leaf lock.
+    /// The balanced owners of recently read files' stripes, by the set of instances they were worked out for.
+    /// Lock order: a leaf.
     private let ownersByFile = Mutex<[OwnersKey: [PeerAddress]]>([:])
 
     public init(client: PeerClient, discovery: PeerDiscovery, ownAddress: PeerAddress?, holdingsFreshness: Duration = .seconds(1),

@@ -31,7 +31,7 @@ let package = Package(
         // The in-memory block cache: LRU, capacity bound, miss coalescing. Knows nothing of FUSE or files.
         .target(
             name: "BlockCache",
-            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["CLinux", "CRC32C", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Sequential-read detection and a bounded pool that loads blocks ahead of readers.
         .target(name: "Prefetch", dependencies: [.product(name: "DequeModule", package: "swift-collections")]),

@@ -90,6 +90,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What one daemon hands the next so the mount and the cache outlive it (a hand-over, a restart
+        // after a crash): the state journal, the node snapshot, descriptors passed over Unix sockets.
+        .target(
+            name: "Continuity",
+            dependencies: ["BlockCache", "MirrorFS", "CRC32C", "CLinux", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The daemon's control socket (stats) and its client.
         .target(
             name: "ControlPlane",
@@ -113,7 +119,7 @@ let package = Package(
         .executableTarget(
             name: "cachefs",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport", "HTTPServing",
+                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport", "HTTPServing", "Continuity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -129,6 +135,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "BlockCacheTests", dependencies: ["BlockCache", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
+        .testTarget(name: "ContinuityTests", dependencies: ["Continuity", "MirrorFS", "BlockCache", "SourceTree", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "MirrorFSTests",
             dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "HTTPServing", "TestSupport", .product(name: "Logging", package: "swift-log")]

@@ -17,8 +17,8 @@ public struct ByteWriter: Sendable {
         bytes.append(contentsOf: data)
     }
 
-    public mutating func append(_ version: FileVersion) {
-        switch version.identity {
+    public mutating func append(_ identity: FileIdentity) {
+        switch identity {
         case .inode(let device, let inode):
             append(UInt8(1))
             append(device)
@@ -27,6 +27,10 @@ public struct ByteWriter: Sendable {
             append(UInt8(2))
             append(lengthPrefixed: path)
         }
+    }
+
+    public mutating func append(_ version: FileVersion) {
+        append(version.identity)
         append(version.size)
         append(version.modified.seconds)
         append(version.modified.nanoseconds)
@@ -68,13 +72,16 @@ public struct ByteReader {
         return try read(count: count)
     }
 
-    public mutating func readVersion() throws(Malformed) -> FileVersion {
-        let identity: FileIdentity
+    public mutating func readIdentity() throws(Malformed) -> FileIdentity {
         switch try read(UInt8.self) {
-        case 1: identity = .inode(device: try read(), inode: try read())
-        case 2: identity = .path(try readLengthPrefixed(limit: 1 << 16))
+        case 1: return .inode(device: try read(), inode: try read())
+        case 2: return .path(try readLengthPrefixed(limit: 1 << 16))
         case let kind: throw Malformed(description: "unknown identity kind \(kind)")
         }
+    }
+
+    public mutating func readVersion() throws(Malformed) -> FileVersion {
+        let identity = try readIdentity()
         let size: Int64 = try read()
         guard size >= 0 else { throw Malformed(description: "negative file size") }
         let modified = Timestamp(seconds: try read(), nanoseconds: try read())

@@ -27,6 +27,8 @@ public final class MirrorFilesystem: Sendable {
     /// Where wholly cached files are handed to the kernel (FUSE passthrough); nil serves every read.
     let kernelModes: (any KernelOpenModes)?
     let counters = Counters()
+    /// The handles the kernel holds for open files and directories.
+    let handles: OpenHandles
     let checkedVersions = RecentlyCheckedVersions()
     let peerLoadSources = PeerLoadSources()
 
@@ -41,16 +43,18 @@ public final class MirrorFilesystem: Sendable {
     ///   - fleet: the other instances, asked for a missing block before the source; nil reads only the source.
     ///   - blockReader: how block bytes are read from the source (tests put slow or failing sources here).
     ///   - kernelModes: hands wholly cached files to the kernel to read directly; nil serves every read here.
+    ///   - journal: records open handles and node IDs for a daemon taking over from this one; nil records nothing.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
         sourceRootPath: String? = nil, fleet: (any BlockFleet)? = nil,
         blockReader: any SourceBlockReader = DescriptorBlockReader(), kernelModes: (any KernelOpenModes)? = nil,
-        logger: Logger
+        journal: (any KernelStateJournal)? = nil, logger: Logger
     ) throws(Errno) {
         self.kernelModes = kernelModes
+        handles = OpenHandles(journal: journal)
         session = try SourceSession(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
-                                    sourceCalls: sourceCalls, logger: logger)
+                                    sourceCalls: sourceCalls, journal: journal, logger: logger)
         loader = BlockLoader(cache: cache, session: session, reader: blockReader, fleet: fleet,
                              stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher

@@ -144,6 +144,8 @@ public struct StatsReport: Sendable, Equatable {
     public var metricsAddress: String?
     /// Peers currently known (resolved, not this instance); nil without --peers.
     public var livePeers: [String]?
+    /// How the daemon came to serve the mount (mounted it, or took it over) and what it inherited.
+    public var continuity: ContinuityState?
     /// Figure values by name; a figure that does not apply (peers without --peers) is absent.
     public var values: [String: UInt64]
 
@@ -171,7 +173,7 @@ public struct StatsReport: Sendable, Equatable {
 
 extension StatsReport: Codable {
     private enum Key: String, CodingKey {
-        case settings, pid, uptimeSeconds, readAhead, passthrough, metricsAddress, livePeers
+        case settings, pid, uptimeSeconds, readAhead, passthrough, metricsAddress, livePeers, continuity
     }
 
     private struct FigureKey: CodingKey {
@@ -190,6 +192,7 @@ extension StatsReport: Codable {
         passthrough = try container.decodeIfPresent(PassthroughState.self, forKey: .passthrough)
         metricsAddress = try container.decodeIfPresent(String.self, forKey: .metricsAddress)
         livePeers = try container.decodeIfPresent([String].self, forKey: .livePeers)
+        continuity = try container.decodeIfPresent(ContinuityState.self, forKey: .continuity)
         let figures = try decoder.container(keyedBy: FigureKey.self)
         values = [:]
         for figure in Figure.all {
@@ -206,6 +209,7 @@ extension StatsReport: Codable {
         try container.encodeIfPresent(passthrough, forKey: .passthrough)
         try container.encodeIfPresent(metricsAddress, forKey: .metricsAddress)
         try container.encodeIfPresent(livePeers, forKey: .livePeers)
+        try container.encodeIfPresent(continuity, forKey: .continuity)
         var figures = encoder.container(keyedBy: FigureKey.self)
         for (name, value) in values where Figure.byName[name] != nil {
             try figures.encode(value, forKey: FigureKey(stringValue: name))

@@ -80,6 +80,15 @@ final class FuseChannel: Sendable {
         sigaction(interruptSignal, &action, nil)
     }()
 
+    /// Lets the calling thread, and the workers libfuse starts from it, be interrupted by `pause`:
+    /// a thread started from a Swift concurrency or Dispatch thread has nearly every signal blocked.
+    func prepareLoopThread() {
+        var interrupt = sigset_t()
+        sigemptyset(&interrupt)
+        sigaddset(&interrupt, Self.interruptSignal)
+        pthread_sigmask(SIG_UNBLOCK, &interrupt, nil)
+    }
+
     /// The INIT exchange, once there has been one (for the next daemon).
     var negotiation: FuseNegotiation? {
         guard let request = recordedInit.withLock({ $0 }), let flags2 = kernelFeatures?.kernelFlags2 else { return nil }

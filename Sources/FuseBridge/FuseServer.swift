@@ -129,6 +129,7 @@ public final class FuseServer: @unchecked Sendable {
     /// Serves requests until the filesystem is unmounted or `requestExit` is called, then unmounts and destroys the session.
     public func run() {
         guard let session else { preconditionFailure("run before mount") }
+        channel.prepareLoopThread()
         let config = fuse_loop_cfg_create()
         fuse_loop_cfg_set_max_threads(config, UInt32(configuration.maxThreads))
         fuse_loop_cfg_set_idle_threads(config, UInt32(max(2, configuration.maxThreads / 2)))

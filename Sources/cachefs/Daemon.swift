@@ -23,10 +23,15 @@ import Telemetry
 struct Daemon {
     let settings: MountSettings
     let readiness: ReadinessPipe?
+    /// After handing the mount over, wait for SIGTERM rather than exit: something watches this process
+    /// (the foreground, a supervisor) and would otherwise start it again.
+    var waitsAfterHandover: Bool { readiness == nil || supervised }
+    var supervised = false
 
     static let shutdownSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 
     func run() throws {
+        InheritedDescriptors.record()
         blockShutdownSignals()
         let systemd = SystemdNotifier.fromEnvironment()
         signal(SIGPIPE, SIG_IGN)
@@ -49,7 +54,9 @@ struct Daemon {
         } catch {
             throw UsageError("source \(settings.source): \(error)")
         }
-        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize)
+        // A predecessor first (a daemon serving the mountpoint hands it over): nothing below may touch the mount before.
+        let succession = try Succession.begin(settings: settings, logger: logger)
+        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize, registry: succession.registry)
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
         let peers = try PeerNetwork(settings: settings, logger: logger)
@@ -61,21 +68,22 @@ struct Daemon {
             sourceRootPath: settings.source,
             fleet: peers?.fleet,
             kernelModes: kernelFeatures,
+            journal: succession.journal,
             logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout
         fuseConfiguration.maxThreads = settings.threads
         fuseConfiguration.allowOther = settings.allowOther
+        fuseConfiguration.autoUnmount = false // the mount keeper removes the mount once no daemon can serve it
         let exporter = settings.metrics.map { _ in PrometheusExporter() } // bootstraps swift-metrics before any metric exists
         let telemetry = ReadTelemetry(recordLatency: exporter != nil)
         let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry,
                                 kernelFeatures: kernelFeatures, logger: logger)
-        try server.mount(at: settings.mountpoint)
-
         let started = ContinuousClock.now
         let handler = DaemonControl(filesystem: filesystem, settings: settings, telemetry: telemetry, peers: peers,
                                     kernelFeatures: kernelFeatures, started: started)
+        try succession.attach(server: server, cache: cache, filesystem: filesystem, control: handler, settings: settings, logger: logger)
         let controlRunning = DispatchSemaphore(value: 0)
         let control: any Service
         do {
@@ -126,7 +134,16 @@ struct Daemon {
             isReady = false
         }
         if isReady { isReady = mountAnswers() }
+        var handover: HandoverServer?
         if isReady {
+            succession.mounted(server: server, settings: settings, logger: logger)
+            do {
+                handover = try HandoverServer(context: .init(settings: settings, server: server, cache: cache, filesystem: filesystem,
+                                                             succession: succession, control: handler, waitAfterwards: waitsAfterHandover),
+                                              logger: logger)
+            } catch {
+                logger.warning("this daemon cannot hand its mount over", metadata: ["error": "\(error)"])
+            }
             kernelFeatures.probe()
             let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead).map { String(cString: strerror($0)) }
             let state = ReadAheadState(windowBytes: ReadAheadWindow.current(mountpoint: settings.mountpoint), error: failure)
@@ -147,6 +164,7 @@ struct Daemon {
         ready.open(isReady)
 
         groupEnded.wait()
+        handover?.stop()
         systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
         unlink(settings.controlSocket)
         if !isReady {

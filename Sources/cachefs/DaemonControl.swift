@@ -24,6 +24,10 @@ final class DaemonControl: ControlHandler {
     let metricsAddress = Mutex<String?>(nil)
     /// Set once the daemon has tried to raise the kernel's read-ahead window.
     let readAhead = Mutex<ReadAheadState?>(nil)
+    /// How the daemon came to serve the mount, and what it inherited.
+    let continuity = Mutex<ContinuityState?>(nil)
+    /// Set while the mount is being handed to another daemon: requests that change the cache are refused meanwhile.
+    let handingOver = Atomic<Bool>(false)
 
     init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?,
          kernelFeatures: KernelFeatures, started: ContinuousClock.Instant) {
@@ -44,6 +48,7 @@ final class DaemonControl: ControlHandler {
         let status = kernelFeatures.status
         report.passthrough = PassthroughState(available: status.available, reason: status.reason)
         report.metricsAddress = metricsAddress.withLock { $0 }
+        report.continuity = continuity.withLock { $0 }
         let values: [(Figure, UInt64)] = [
             (.cachedBytes, UInt64(cache.residentBytes)), (.cachedBlocks, UInt64(cache.residentBlocks)),
             (.reservedBytes, UInt64(cache.reservedBytes)), (.hits, cache.hits), (.misses, cache.misses),
@@ -75,6 +80,7 @@ final class DaemonControl: ControlHandler {
     }
 
     func planWarm(_ request: WarmPlanRequest) throws(ControlRequestError) -> WarmPlan {
+        try refuseWhileHandingOver()
         var files: [String: WarmFile] = [:]
         for path in request.paths {
             do {
@@ -95,6 +101,7 @@ final class DaemonControl: ControlHandler {
     }
 
     func warm(_ request: WarmRangeRequest) throws(ControlRequestError) -> WarmRangeResult {
+        try refuseWhileHandingOver()
         do {
             let (version, bytes) = try filesystem.warm(relativePath: request.path, offset: request.offset, length: request.length)
             return WarmRangeResult(bytes: bytes, fileSize: version.size)
@@ -104,6 +111,7 @@ final class DaemonControl: ControlHandler {
     }
 
     func unpin(_ request: UnpinRequest) throws(ControlRequestError) -> UnpinResult {
+        try refuseWhileHandingOver()
         var total = UnpinResult(files: 0, bytes: 0)
         for path in request.paths {
             do {
@@ -115,6 +123,12 @@ final class DaemonControl: ControlHandler {
             }
         }
         return total
+    }
+
+    /// The cache is being handed to another daemon: what this one would change would be lost.
+    private func refuseWhileHandingOver() throws(ControlRequestError) {
+        guard handingOver.load(ordering: .acquiring) else { return }
+        throw ControlRequestError(status: 503, message: "the mount is being handed to a new daemon; try again in a moment")
     }
 
     static func explain(_ error: Errno, path: String) -> ControlRequestError {

@@ -25,7 +25,8 @@ extension MountSettings {
         if mountpoint == source || mountpoint.hasPrefix(source == "/" ? "/" : source + "/") {
             throw UsageError("mountpoint \(mountpoint) is inside the source \(source): the mirror would contain itself")
         }
-        if MountTable.current().contains(where: { $0.mountpoint == mountpoint }) {
+        // A live cachefs mount is taken over by the new daemon (Handover); any other mount is in the way.
+        if let entry = MountTable.current().last(where: { $0.mountpoint == mountpoint }), entry.type != "fuse.cachefs" {
             throw UsageError("\(mountpoint) is already a mount point; unmount it first or choose another directory")
         }
         let memory = MemoryLimit.usable()

@@ -150,6 +150,9 @@ static inline ssize_t cachefs_receive_with_fds(int sock, void *bytes, size_t len
     return received;
 }
 
+/// prctl(PR_SET_PDEATHSIG): the signal this process gets when its parent dies.
+static inline void cachefs_set_parent_death_signal(int signal) { prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0); }
+
 /// prctl(PR_SET_NAME): the process name `ps` and /proc/PID/comm show (at most 15 bytes).
 static inline void cachefs_set_process_name(const char *name) { prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }
 

@@ -73,7 +73,7 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
         header.append(UInt32(Self.slotSize))
         header.append(UInt32(slots))
         header.append(UInt32(0))
-        header.append(UInt64(0))
+        header.append(UInt64.random(in: 1...UInt64.max)) // names memory files apart from another journal's
         header.bytes.withUnsafeBytes { journal.base.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         journal.base.storeBytes(of: cachefs_crc32c(0, journal.base, 32).littleEndian, toByteOffset: 32, as: UInt32.self)
         return journal
@@ -154,10 +154,11 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
     /// Node IDs up to this may have been handed out.
     public var nodeIDsReserved: UInt64 { cachefs_atomic_load_u64(word(Self.nodeReserveOffset)) }
 
-    /// A name for a new memory file, never given before by any daemon of this journal.
+    /// A name for a new memory file, never given before by any daemon of this journal, nor of another journal.
     public func nextName() -> String {
         let number = UInt64(bitPattern: cachefs_atomic_add_i64(UnsafeMutableRawPointer(word(Self.namesOffset)).assumingMemoryBound(to: Int64.self), 1))
-        return "cachefs-m\(number)"
+        let journalID = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+        return "cachefs-m\(String(journalID, radix: 36))-\(number)"
     }
 
     // MARK: Handles

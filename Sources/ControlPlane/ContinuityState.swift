@@ -27,6 +27,8 @@ public struct ContinuityState: Codable, Sendable, Equatable {
     public var tornHandleRecords: Int
     /// Seconds from the start of the take-over until this daemon read the kernel's queue again.
     public var takeoverSeconds: Double?
+    /// Whether systemd keeps the mount and the cache for a restart (its file descriptor store).
+    public var keptBySystemd: Bool?
 
     public init(start: Start) {
         self.start = start

@@ -31,6 +31,7 @@ struct Daemon {
     static let shutdownSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 
     func run() throws {
+        let kept = FileDescriptorStore.takeInherited() // before anything else is opened: they are this daemon's, not inherited ones
         InheritedDescriptors.record()
         blockShutdownSignals()
         let systemd = SystemdNotifier.fromEnvironment()
@@ -39,14 +40,14 @@ struct Daemon {
         if let logFile = settings.logFile { redirectStandardError(to: logFile) }
         let logger = makeLogger()
         do {
-            try serve(logger: logger, systemd: systemd)
+            try serve(logger: logger, systemd: systemd, kept: kept)
         } catch {
             readiness?.fail("\(error)")
             throw error
         }
     }
 
-    private func serve(logger: Logger, systemd: SystemdNotifier?) throws {
+    private func serve(logger: Logger, systemd: SystemdNotifier?, kept: [(name: String, descriptor: Int32)]) throws {
         let descriptorLimit = raiseOpenFileLimit()
         let sourceRoot: PathHandle
         do {
@@ -55,7 +56,7 @@ struct Daemon {
             throw UsageError("source \(settings.source): \(error)")
         }
         // A predecessor first (a daemon serving the mountpoint hands it over): nothing below may touch the mount before.
-        let succession = try Succession.begin(settings: settings, logger: logger)
+        let succession = try Succession.begin(settings: settings, systemd: systemd, kept: kept, logger: logger)
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize, registry: succession.registry)
         let prefetcher = settings.prefetchDepth > 0 ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
@@ -137,6 +138,12 @@ struct Daemon {
         var handover: HandoverServer?
         if isReady {
             succession.mounted(server: server, settings: settings, logger: logger)
+            if succession.keptBySystemd {
+                let grace = settings.shutdownGrace
+                handler.restartPreparation.withLock { $0 = { () throws(ControlRequestError) -> RestartAnswer in
+                    try succession.prepareRestart(server: server, cache: cache, grace: grace, logger: logger)
+                } }
+            }
             do {
                 handover = try HandoverServer(context: .init(settings: settings, server: server, cache: cache, filesystem: filesystem,
                                                              succession: succession, control: handler, waitAfterwards: waitsAfterHandover),

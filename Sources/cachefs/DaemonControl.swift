@@ -28,6 +28,8 @@ final class DaemonControl: ControlHandler {
     let continuity = Mutex<ContinuityState?>(nil)
     /// Set while the mount is being handed to another daemon: requests that change the cache are refused meanwhile.
     let handingOver = Atomic<Bool>(false)
+    /// Prepares an exit for systemd to restart the daemon (set once the daemon serves; nil outside systemd's store).
+    let restartPreparation = Mutex<(@Sendable () throws(ControlRequestError) -> RestartAnswer)?>(nil)
 
     init(filesystem: MirrorFilesystem, settings: MountSettings, telemetry: ReadTelemetry, peers: PeerNetwork?,
          kernelFeatures: KernelFeatures, started: ContinuousClock.Instant) {
@@ -123,6 +125,14 @@ final class DaemonControl: ControlHandler {
             }
         }
         return total
+    }
+
+    func restart() throws(ControlRequestError) -> RestartAnswer {
+        guard let prepare = restartPreparation.withLock({ $0 }) else {
+            throw ControlRequestError(status: 409, message: "systemd keeps nothing of this daemon; `cachefs restart` starts a new daemon that takes the mount over instead")
+        }
+        try refuseWhileHandingOver()
+        return try prepare()
     }
 
     /// The cache is being handed to another daemon: what this one would change would be lost.

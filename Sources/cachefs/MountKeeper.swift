@@ -106,6 +106,8 @@ struct HandedOverCommand: ParsableCommand {
         sigemptyset(&signals)
         for number in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, number) }
         pthread_sigmask(SIG_BLOCK, &signals, nil)
+        // A supervisor that dies (the spec form's) takes its waiters with it, whoever stops it.
+        cachefs_set_parent_death_signal(SIGTERM)
         var received: Int32 = 0
         sigwait(&signals, &received)
     }

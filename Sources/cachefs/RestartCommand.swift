@@ -4,7 +4,8 @@ import Foundation
 
 /// `cachefs restart MOUNTPOINT`: a new daemon, from the binary installed now, takes the mount over
 /// from the running one with the same settings (the hand-over); the mount, its open files and its
-/// cache stay. Under systemd, `systemctl reload cachefs@NAME` does the same with the unit's settings.
+/// cache stay. Under systemd (its file descriptor store keeps the mount), the daemon exits instead and
+/// systemd starts it again with the unit's settings, keeping the mount and the cache the same way.
 struct RestartCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restart",
@@ -30,6 +31,17 @@ struct RestartCommand: ParsableCommand {
         } catch {
             throw UsageError("no cachefs daemon answers for \(mountpoint) at \(socket): \(error)")
         }
-        try BackgroundLauncher.launch(settings: report.settings)
+        guard report.continuity?.keptBySystemd == true else {
+            try BackgroundLauncher.launch(settings: report.settings)
+            return
+        }
+        // systemd keeps the mount and the cache: the daemon exits, and systemd starts the binary installed now.
+        let answer = try runBlocking { try await ControlClient(socketPath: socket).restart() }
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if let now = try? runBlocking({ try await ControlClient(socketPath: socket).stats() }), now.pid != answer.pid { return }
+            usleep(100_000)
+        }
+        throw UsageError("the daemon exited for systemd to restart it, but no new daemon answers for \(mountpoint) after 60 s (see journalctl)")
     }
 }

@@ -26,32 +26,48 @@ final class Succession: @unchecked Sendable {
     private(set) var keeperSocket: Int32?
     private let began = ContinuousClock.now
 
-    /// What a predecessor left: the mount's channel, its keeper, its memory files, its node table.
+    /// What a predecessor left: the mount's channel, its keepers, its memory files, its node table.
     struct Inheritance {
         var start: ContinuityState.Start
         var predecessorPid: Int32?
-        var fuse: Int32
-        var keeper: Int32?
+        /// The kernel's channel of the mount; nil when the mount could not be kept (this daemon mounts
+        /// anew, with the cache it inherited).
+        var fuse: Int32?
+        /// The sockets of the keepers that watch the mount, with the names they are stored under (if any).
+        var keepers: [(name: String?, descriptor: Int32)]
         var memory: [MemoryFilePair]
         /// The node table of a hand-over; nil after a crash (only what the journal kept).
         var nodes: (nodes: [NodeRecord], nextID: UInt64)?
-        var record: MountRecord
+        var record: MountRecord?
+        /// Pinned versions, for a cache that is kept while the mount is not.
+        var pins: [FileVersion] = []
     }
 
-    private init(journal: StateJournal, inheritance: Inheritance?, registry: (any MemoryFileRegistry)?) {
+    /// The systemd store this daemon keeps the mount in, if it runs under systemd.
+    private let store: FileDescriptorStore?
+
+    private init(journal: StateJournal, inheritance: Inheritance?, store: FileDescriptorStore?) {
         self.journal = journal
         self.inheritance = inheritance
-        self.registry = registry
+        self.store = store
+        registry = store
     }
 
-    /// Finds out how the mount is to be had, talking to a predecessor if there is one.
-    static func begin(settings: MountSettings, logger: Logger) throws -> Succession {
+    /// Finds out how the mount is to be had: from what systemd kept (a restart), from a daemon serving
+    /// the mountpoint (a hand-over), or by mounting it.
+    /// - Parameter kept: the descriptors systemd passed back (`FileDescriptorStore.takeInherited`).
+    static func begin(settings: MountSettings, systemd: SystemdNotifier?, kept: [(name: String, descriptor: Int32)],
+                      logger: Logger) throws -> Succession {
+        if let (journal, inheritance) = restore(kept, settings: settings, logger: logger) {
+            return Succession(journal: journal, inheritance: inheritance, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
+        }
         if let entry = MountTable.current().last(where: { $0.mountpoint == settings.mountpoint }), entry.type == "fuse.cachefs" {
             let (journal, inheritance) = try takeOver(settings, logger: logger)
-            return Succession(journal: journal, inheritance: inheritance, registry: nil)
+            return Succession(journal: journal, inheritance: inheritance, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
         }
         do {
-            return Succession(journal: try StateJournal.create(), inheritance: nil, registry: nil)
+            let journal = try StateJournal.create()
+            return Succession(journal: journal, inheritance: nil, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
         } catch {
             throw UsageError("cannot create the state journal: \(error)")
         }
@@ -63,11 +79,14 @@ final class Succession: @unchecked Sendable {
                 settings: MountSettings, logger: Logger) throws {
         guard let inheritance else {
             try server.mount(at: settings.mountpoint)
-            control.continuity.withLock { $0 = ContinuityState(start: .mounted) }
+            var state = ContinuityState(start: .mounted)
+            state.keptBySystemd = keptBySystemd
+            control.continuity.withLock { $0 = state }
             return
         }
+        if inheritance.fuse == nil { try server.mount(at: settings.mountpoint) }
         let adoption = cache.adopt(inheritance.memory)
-        let pins = journal.pins()
+        let pins = inheritance.fuse == nil ? inheritance.pins : journal.pins()
         if !pins.isEmpty {
             do {
                 try cache.pin(pins)
@@ -75,12 +94,15 @@ final class Succession: @unchecked Sendable {
                 logger.warning("the inherited pins do not fit the capacity; files are not pinned", metadata: ["pins": "\(pins.count)", "reason": "\(error)"])
             }
         }
-        let handles = journal.openHandles()
-        let report = filesystem.inherit(nodes: inheritance.nodes?.nodes, nextNodeID: max(inheritance.nodes?.nextID ?? 0, journal.nodeIDsReserved + 1),
+        var handles: (records: [OpenHandleRecord], generations: [Int: UInt32], torn: Int) = ([], [:], 0)
+        var report = InheritanceReport()
+        if let fuse = inheritance.fuse, let record = inheritance.record {
+            handles = journal.openHandles()
+            report = filesystem.inherit(nodes: inheritance.nodes?.nodes, nextNodeID: max(inheritance.nodes?.nextID ?? 0, journal.nodeIDsReserved + 1),
                                         handles: handles.records, generations: handles.generations)
-        let record = inheritance.record
-        try server.adopt(descriptor: inheritance.fuse, negotiation: FuseNegotiation(initRequest: record.initRequest, kernelFlags2: record.kernelFlags2),
-                         mountpoint: settings.mountpoint)
+            try server.adopt(descriptor: fuse, negotiation: FuseNegotiation(initRequest: record.initRequest, kernelFlags2: record.kernelFlags2),
+                             mountpoint: settings.mountpoint)
+        }
         var state = ContinuityState(start: inheritance.start)
         state.predecessorPid = inheritance.predecessorPid
         state.inheritedFiles = adoption.files
@@ -92,6 +114,7 @@ final class Succession: @unchecked Sendable {
         state.handlesUnavailable = report.filesUnavailable
         state.tornHandleRecords = handles.torn
         state.takeoverSeconds = (ContinuousClock.now - began) / .seconds(1)
+        state.keptBySystemd = keptBySystemd
         control.continuity.withLock { $0 = state }
         for reason in adoption.dropped { logger.warning("an inherited memory file was not used", metadata: ["reason": "\(reason)"]) }
         logger.notice("took over the mount", metadata: [
@@ -107,7 +130,8 @@ final class Succession: @unchecked Sendable {
     /// keeper of this daemon's (a predecessor's keeper is retired: it exits without unmounting).
     func mounted(server: FuseServer, settings: MountSettings, logger: Logger) {
         let device = MountTable.current().last(where: { $0.mountpoint == settings.mountpoint })?.device ?? ""
-        if inheritance == nil {
+        let mountedHere = inheritance?.fuse == nil
+        if mountedHere {
             let numbers = device.split(separator: ":").compactMap { UInt32($0) }
             if let negotiation = server.negotiation, numbers.count == 2 {
                 let record = MountRecord(mountpoint: settings.mountpoint, source: settings.source, allowOther: settings.allowOther,
@@ -118,12 +142,101 @@ final class Succession: @unchecked Sendable {
                 logger.warning("the mount's INIT or device is unknown; it cannot be handed over", metadata: ["device": "\(device)"])
             }
         }
+        // Under systemd the mount's channel and the journal go into the store, so that a restart finds them.
+        if let store, mountedHere || inheritance?.start == .handOver {
+            store.store([server.descriptor], name: FileDescriptorStore.fuseName)
+            store.store([journal.descriptor], name: FileDescriptorStore.journalName)
+        }
         do {
             keeperSocket = try MountKeeper.start(mountpoint: settings.mountpoint, device: journal.mount?.device ?? device)
         } catch {
             logger.warning("no mount keeper: if this daemon dies, its mount stays until the next mount removes it", metadata: ["error": "\(error)"])
         }
-        if let old = inheritance?.keeper, keeperSocket != nil { MountKeeper.retire(old) }
+        guard let keeperSocket else { return }
+        store?.store([keeperSocket], name: FileDescriptorStore.keeperPrefix + "\(getpid())")
+        for (name, old) in inheritance?.keepers ?? [] {
+            MountKeeper.retire(old)
+            if let name { store?.remove(name: name) }
+        }
+    }
+
+    /// Whether systemd keeps this daemon's mount and cache for a restart.
+    var keptBySystemd: Bool { store != nil }
+
+    /// `cachefs restart` under systemd: stops reading the kernel's queue once what was read is answered,
+    /// stops loads, and exits (status 75) shortly after answering, for systemd to start the daemon again
+    /// (Restart=on-failure) with what it keeps: the mount's channel, the journal, the memory files.
+    func prepareRestart(server: FuseServer, cache: BlockCache, grace: Double, logger: Logger) throws(ControlRequestError) -> RestartAnswer {
+        let deadline = ContinuousClock.now + .milliseconds(Int(max(grace, 1) * 1000))
+        guard server.pauseReading(until: deadline) else {
+            server.resumeReading()
+            throw ControlRequestError(status: 503, message: "requests still in progress after \(max(grace, 1)) s (a stalled source?); the daemon serves on, try again")
+        }
+        guard let surrendered = cache.surrender(waitingUntil: deadline) else {
+            server.resumeReading()
+            throw ControlRequestError(status: 503, message: "loads into the cache still in progress after \(max(grace, 1)) s; the daemon serves on, try again")
+        }
+        logger.notice("exiting for systemd to restart this daemon; it keeps the mount and the cache")
+        Thread {
+            withExtendedLifetime(surrendered) { usleep(200_000) } // the answer goes out first
+            _exit(Self.restartExitStatus)
+        }.start()
+        return RestartAnswer(pid: getpid())
+    }
+
+    /// The exit status of a daemon that exits for systemd to restart it (EX_TEMPFAIL).
+    static let restartExitStatus: Int32 = 75
+
+    // MARK: A restart under systemd
+
+    /// What systemd kept of the previous daemon, if anything: the journal, the mount's channel (if the
+    /// mount is still there and this daemon may serve it), the keepers, the memory files and ledgers.
+    private static func restore(_ kept: [(name: String, descriptor: Int32)], settings: MountSettings,
+                                logger: Logger) -> (StateJournal, Inheritance)? {
+        guard !kept.isEmpty else { return nil }
+        guard let journalFD = kept.last(where: { $0.name == FileDescriptorStore.journalName })?.descriptor,
+              let old = try? StateJournal.adopt(dup(journalFD)) else {
+            logger.warning("systemd passed descriptors but no state journal that checks out; mounting anew", metadata: ["descriptors": "\(kept.count)"])
+            kept.forEach { close($0.descriptor) }
+            return nil
+        }
+        close(journalFD)
+        var memory: [MemoryFilePair] = []
+        for name in Set(kept.map(\.name)) where name.hasPrefix(FileDescriptorStore.memoryPrefix) {
+            let pair = kept.filter { $0.name == name }.map(\.descriptor)
+            guard pair.count == 2, FileDescriptorStore.isLedger(pair[0]) != FileDescriptorStore.isLedger(pair[1]) else {
+                pair.forEach { close($0) }
+                continue
+            }
+            let ledger = FileDescriptorStore.isLedger(pair[0]) ? pair[0] : pair[1]
+            memory.append(MemoryFilePair(memory: ledger == pair[0] ? pair[1] : pair[0], ledger: ledger, name: name))
+        }
+        let keepers = kept.filter { $0.name.hasPrefix(FileDescriptorStore.keeperPrefix) }.map { (name: Optional($0.name), descriptor: $0.descriptor) }
+        let fuse = kept.last(where: { $0.name == FileDescriptorStore.fuseName })?.descriptor
+        kept.filter { $0.name == FileDescriptorStore.fuseName && $0.descriptor != fuse }.forEach { close($0.descriptor) }
+        let record = old.mount
+        let current = MountTable.current().last(where: { $0.mountpoint == settings.mountpoint })
+        var lost: String?
+        if fuse == nil || record == nil {
+            lost = "the store holds no mount"
+        } else if let record, record.mountpoint != settings.mountpoint || record.source != settings.source {
+            lost = "the mount was of \(record.source) at \(record.mountpoint)"
+        } else if let record, record.allowOther != settings.allowOther {
+            lost = "--allow-other changed, which needs a new mount"
+        } else if let record, current?.device != record.device || current?.type != "fuse.cachefs" {
+            lost = "the mount is no longer at \(settings.mountpoint)"
+        }
+        guard let lost else {
+            return (old, Inheritance(start: .restart, predecessorPid: nil, fuse: fuse, keepers: keepers, memory: memory, nodes: nil, record: record))
+        }
+        // The mount cannot be kept; the cache can. A mount of the old channel still there is detached
+        // (its keepers, no longer stored, let go of it), and a new journal starts with the old pins.
+        logger.notice("restarted by systemd: mounting anew, keeping the cache", metadata: ["reason": "\(lost)"])
+        if let fuse { close(fuse) }
+        if let record, current?.device == record.device { FuseServer.detach(settings.mountpoint) }
+        guard let journal = try? StateJournal.create() else { return nil }
+        return (journal, Inheritance(start: .restart, predecessorPid: nil, fuse: nil, keepers: keepers, memory: memory, nodes: nil,
+                                     record: nil, pins: old.pins()))
     }
 
     // MARK: The new daemon's side of a hand-over
@@ -197,7 +310,7 @@ final class Succession: @unchecked Sendable {
             received.filter { !kept.contains($0.descriptor) }.forEach { close($0.descriptor) }
             received = received.filter { kept.contains($0.descriptor) }
             inheritance = Inheritance(start: .handOver, predecessorPid: state?.pid, fuse: fuse,
-                                      keeper: received.first(where: { $0.role == "keeper" })?.descriptor, memory: memory,
+                                      keepers: received.filter { $0.role == "keeper" }.map { (nil, $0.descriptor) }, memory: memory,
                                       nodes: (nodes.nodes, nodes.nextID), record: record)
         } catch {
             try? channel.send(kind: Handover.Message.failed.rawValue, Handover.encode(Handover.Refusal(reason: "\(error)")))

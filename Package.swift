@@ -36,7 +36,7 @@ let package = Package(
         .target(
             name: "BlockCache",
             dependencies: [
-                "CLinux", "Threading", "Reporting",
+                "CLinux", "CRC32C", "Threading", "Reporting",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -101,6 +101,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What one daemon hands the next so the mount and the cache outlive it (a hand-over, a restart
+        // after a crash): the state journal, the node snapshot, descriptors passed over Unix sockets.
+        .target(
+            name: "Continuity",
+            dependencies: ["BlockCache", "MirrorFS", "CRC32C", "CLinux", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The daemon's control socket (stats) and its client.
         .target(
             name: "ControlPlane",
@@ -126,7 +132,7 @@ let package = Package(
             name: "cachefs",
             dependencies: [
                 "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport", "HTTPServing",
-                "Threading", "Reporting",
+                "Continuity", "Threading", "Reporting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -149,6 +155,7 @@ let package = Package(
         ),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
+        .testTarget(name: "ContinuityTests", dependencies: ["Continuity", "MirrorFS", "BlockCache", "SourceTree", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "MirrorFSTests",
             dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "HTTPServing", "TestSupport", .product(name: "Logging", package: "swift-log")]

@@ -132,13 +132,15 @@ def facts():
     token_file = option(args, "--peer-token-file") or ""
     token_mount = mounts.get(str(Path(token_file).parent), {})
     probe = container["readinessProbe"]["exec"]["command"]
+    rolling = daemonset["spec"].get("updateStrategy", {}).get("rollingUpdate", {})
+    sockets = mounts.get("/run/cachefs", {})
 
     return [
         ("the build stage runs Scripts/install into /stage", any(re.search(r"DESTDIR=/stage Scripts/install", r) for r in build_runs)),
         (f"the image copies /stage{installed} to {installed}, where Scripts/install puts it",
          copy_source == "/stage" + installed and copy_target == installed and "--from=build" in plan["copy"][0]),
         ("the ENTRYPOINT is the installed binary", plan["entrypoint"] == [installed]),
-        ("the image installs fuse3 (fusermount3 for auto_unmount)", any("install" in r and re.search(r"\bfuse3\b", r) for r in plan["run"])),
+        ("the image installs fuse3 (fusermount3, for a daemon that does not run as root)", any("install" in r and re.search(r"\bfuse3\b", r) for r in plan["run"])),
         ("the DaemonSet runs `mount` in the foreground", args[0] == "mount" and "--foreground" in args),
         ("--spec names a file of a ConfigMap the container mounts", spec is None or spec in plan["files"]),
         ("there is a cache mount (SOURCE MOUNTPOINT, or a cache entry in the spec)", bool(caches)),
@@ -167,6 +169,11 @@ def facts():
         ("the termination grace outlasts --shutdown-grace",
          pod["spec"].get("terminationGracePeriodSeconds", 30) > float(option(args, "--shutdown-grace") or SHUTDOWN_GRACE_DEFAULT)),
         ("the readiness probe asks the daemon (cachefs stats MOUNTPOINT)", probe == [installed, "stats", mountpoint]),
+        ("a rolling update starts the new pod beside the old one, which it takes the mounts over from (maxSurge 1, maxUnavailable 0)",
+         daemonset["spec"].get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+         and rolling.get("maxSurge") in (1, "1") and rolling.get("maxUnavailable") in (0, "0")),
+        ("the control and hand-over sockets (/run/cachefs) are a node directory, shared by the old and the new pod",
+         volumes.get(sockets.get("name"), {}).get("hostPath", {}).get("path") == "/run/cachefs" and option(args, "--control-socket") is None),
     ]
 
 

@@ -82,7 +82,9 @@ public final class BlockBuffer: @unchecked Sendable {
         let wasSealed = sealed.exchange(true, ordering: .acquiringAndReleasing)
         precondition(!wasSealed, "block buffer sealed twice")
         let block = Block(memory: memory, length: length, backing: backing, digest: knownDigest.load(ordering: .relaxed))
-        if case .file(let version, let generation) = backing { version.adopt(block, generation: generation, at: memory.baseAddress!) }
+        if case .file(let version, let generation) = backing {
+            version.adopt(block, generation: generation, at: memory.baseAddress!, complete: length == memory.count)
+        }
         return block
     }
 

@@ -34,18 +34,26 @@ public final class BlockCache: Sendable {
     let state: Mutex<State>
     /// Memory that evicted blocks could not give back, still counted against the capacity.
     let unreturned: UnreturnedMemory
+    /// Who may change the memory files' bytes, and where they are kept outside the process.
+    let custody: MemoryCustody
+    /// Loads into memory, stopped while the cache is handed to another daemon.
+    let loads = LoadGate()
 
-    /// - Parameter logger: where a failure to give memory back is told.
-    public convenience init(capacity: Int, blockSize: Int, logger: Logger = Logger(label: "cachefs.cache")) {
-        self.init(capacity: capacity, blockSize: blockSize, unreturned: UnreturnedMemory(logger: logger))
+    /// - Parameters:
+    ///   - registry: keeps each memory file where it outlives the process (systemd's store); nil keeps none.
+    ///   - logger: where a failure to give memory back is told.
+    public convenience init(capacity: Int, blockSize: Int, registry: (any MemoryFileRegistry)? = nil,
+                            logger: Logger = Logger(label: "cachefs.cache")) {
+        self.init(capacity: capacity, blockSize: blockSize, registry: registry, unreturned: UnreturnedMemory(logger: logger))
     }
 
-    init(capacity: Int, blockSize: Int, unreturned: UnreturnedMemory) {
+    init(capacity: Int, blockSize: Int, registry: (any MemoryFileRegistry)? = nil, unreturned: UnreturnedMemory) {
         precondition(capacity > 0 && blockSize > 0)
         self.capacity = capacity
         self.blockSize = blockSize
         self.unreturned = unreturned
         state = Mutex(State())
+        custody = MemoryCustody(registry: registry)
     }
 
     /// The capacity left for blocks, pins and holds: memory that could not be given back still counts.
@@ -97,6 +105,8 @@ public final class BlockCache: Sendable {
             return try pending.wait()
         case .load(let pending, let reserved, let admitted):
             let outcome = Result { () throws -> (block: Block, tier: ReadTier) in
+                try loads.enter()
+                defer { loads.leave() }
                 switch try memory(for: key, length: length, kept: admitted) {
                 case .live(let block):
                     return (block, .memory) // evicted while a reader still held it: taken back, a hit after all
@@ -144,6 +154,13 @@ public final class BlockCache: Sendable {
             return run
         }
         guard !run.isEmpty else { return 0 }
+        do {
+            try loads.enter()
+        } catch {
+            for entry in run { complete(entry, file: file, .failure(error)) }
+            throw error
+        }
+        defer { loads.leave() }
         var position = 0
         var failure: (any Error)?
         while position < run.count {
@@ -224,13 +241,17 @@ public final class BlockCache: Sendable {
     /// The version's memory file, made (outside the lock) on its first block.
     private func memory(of version: FileVersion) throws -> VersionMemory {
         if let existing = state.withLock({ $0.memories[version]?.memory }) { return existing }
-        let made = try VersionMemory(size: version.size, blockSize: blockSize, unreturned: unreturned)
-        return state.withLock { state in
+        let made = try VersionMemory(version: version, blockSize: blockSize, custody: custody, unreturned: unreturned)
+        let kept = state.withLock { state in
             if let raced = state.memories[version]?.memory { return raced }
             state.forgetReleasedMemories()
             state.memories[version] = WeakMemory(memory: made)
             return made
         }
+        if kept === made, let name = made.name, let ledger = made.ledger {
+            custody.registry?.didCreate(name: name, memory: made.descriptor, ledger: ledger.descriptor)
+        }
+        return kept
     }
 
     /// The block if it is in memory (fixed or not), marked most recently used; never loads.
@@ -322,6 +343,8 @@ public final class BlockCache: Sendable {
         var heldBytes = 0
         /// Each version's memory file while any of its blocks lives.
         var memories: [FileVersion: WeakMemory] = [:]
+        /// Passthrough holds inherited with a memory file and not yet claimed by an inherited open (see CacheInheritance).
+        var inheritedHolds: [FileVersion: Int] = [:]
 
         func isPinned(_ file: FileVersion) -> Bool {
             !pins.isEmpty && pins[file.identity] == file

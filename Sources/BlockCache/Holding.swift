@@ -49,12 +49,14 @@ extension BlockCache {
                     state.heldBytes += Int(version.size)
                 }
             }
+            memory.ledger?.addHolds(1) // before the kernel is handed the file: never punched while it may read it
             return VersionHold(version: version, memory: memory)
         }
     }
 
     /// Ends a hold; after the last one the version's blocks are evictable again (unless pinned).
     public func release(_ hold: VersionHold) {
+        hold.memory.ledger?.addHolds(-1) // the kernel has let go of the file (its backing id is closed)
         state.withLock { state in
             guard let holds = state.holds[hold.version] else { preconditionFailure("a hold released twice") }
             guard holds == 1 else {

@@ -82,6 +82,11 @@ extension BlockCache {
         unpin(state.withLock { Array($0.pins.keys) })
     }
 
+    /// The versions pinned now.
+    public var pinnedVersions: [FileVersion] {
+        state.withLock { Array($0.pins.values) }
+    }
+
     /// Whether this version of a file is pinned.
     public func isPinned(_ file: FileVersion) -> Bool {
         state.withLock { $0.isPinned(file) }

@@ -30,6 +30,13 @@ public final class VersionMemory: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     private let mappedLength: Int
     private let blockSize: Int
+    /// The version whose bytes these are.
+    let version: FileVersion
+    /// Which blocks are complete, for the next daemon (see `VersionLedger`); nil if it could not be made.
+    let ledger: VersionLedger?
+    /// The name the file is kept under outside this process (see `MemoryFileRegistry`), if it is.
+    let name: String?
+    private let custody: MemoryCustody
     /// Each block index's owner (the generation that claimed the range, and the block it became),
     /// and the ranges whose memory could not be given back. Lock order: last; taken under the
     /// cache's lock when a block is dropped there, and never held while another lock is taken or a
@@ -56,15 +63,36 @@ public final class VersionMemory: @unchecked Sendable {
         /// The range is the caller's to fill.
         case fresh(BlockBuffer)
     }
-    init(size: Int64, blockSize: Int, unreturned: UnreturnedMemory) throws(Errno) {
-        precondition(size > 0)
+
+    convenience init(version: FileVersion, blockSize: Int, custody: MemoryCustody, unreturned: UnreturnedMemory) throws(Errno) {
+        precondition(version.size > 0)
         let fd = cachefs_memfd_create("cachefs-block-memory", UInt32(CACHEFS_MFD_CLOEXEC))
         guard fd >= 0 else { throw Errno(rawValue: errno) }
+        guard ftruncate(fd, off_t(version.size)) == 0 else {
+            let error = Errno(rawValue: errno)
+            close(fd)
+            throw error
+        }
+        try self.init(descriptor: fd, version: version, blockSize: blockSize, ledger: try? VersionLedger(version: version, blockSize: blockSize),
+                      name: custody.registry?.nameForNewFile(), custody: custody, unreturned: unreturned)
+    }
+
+    /// Takes over an inherited memory file (closed on failure) whose ledger checked out.
+    convenience init(adopting fd: Int32, ledger: VersionLedger, version: FileVersion, blockSize: Int, name: String?, custody: MemoryCustody,
+                     unreturned: UnreturnedMemory) throws(Errno) {
+        var attributes = stat()
+        guard fstat(fd, &attributes) == 0, Int64(attributes.st_size) == version.size, version.size > 0 else {
+            close(fd)
+            throw .invalidArgument
+        }
+        try self.init(descriptor: fd, version: version, blockSize: blockSize, ledger: ledger, name: name, custody: custody, unreturned: unreturned)
+    }
+
+    private init(descriptor fd: Int32, version: FileVersion, blockSize: Int, ledger: VersionLedger?, name: String?, custody: MemoryCustody,
+                 unreturned: UnreturnedMemory) throws(Errno) {
         let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let length = (Int(size) + pageSize - 1) / pageSize * pageSize
-        guard ftruncate(fd, off_t(size)) == 0,
-              let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0), mapped != MAP_FAILED
-        else {
+        let length = (Int(version.size) + pageSize - 1) / pageSize * pageSize
+        guard let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0), mapped != MAP_FAILED else {
             let error = Errno(rawValue: errno)
             close(fd)
             throw error
@@ -74,6 +102,10 @@ public final class VersionMemory: @unchecked Sendable {
         mappedLength = length
         self.blockSize = blockSize
         self.unreturned = unreturned
+        self.version = version
+        self.ledger = ledger
+        self.name = ledger == nil ? nil : name
+        self.custody = custody
     }
 
     deinit {
@@ -81,6 +113,7 @@ public final class VersionMemory: @unchecked Sendable {
         close(descriptor)
         // Closed and unmapped: the pages whose punch failed are the system's again.
         unreturned.returned(slots.withLock { $0.unreturned.values.reduce(0, +) })
+        if let name, !custody.isHandedOver { custody.registry?.didRelease(name: name) }
     }
 
     /// The range of block `index` (`length` bytes) for the caller's load, or the block still
@@ -98,6 +131,7 @@ public final class VersionMemory: @unchecked Sendable {
             slots.byIndex[index] = Slot(generation: slots.next, block: nil)
             // The range's unreturned pages are the new block's now, counted by its reservation.
             if let bytes = slots.unreturned.removeValue(forKey: index) { unreturned.returned(bytes) }
+            ledger?.clearResident(index) // the range is about to be written: no longer to be trusted
             return slots.next
         }
         if generation == nil, let alive = found { return .live(alive) }
@@ -107,21 +141,53 @@ public final class VersionMemory: @unchecked Sendable {
         return .fresh(BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: start, count: length), backing: .file(self, generation: generation)))
     }
 
-    /// Records the block a claimed range became, so that a later load can take it back while it lives.
-    func adopt(_ block: Block, generation: UInt64, at memory: UnsafeRawPointer) {
+    /// Records the block a claimed range became, so that a later load can take it back while it lives,
+    /// and, if the block fills its range, that the range's bytes are complete (for the next daemon).
+    func adopt(_ block: Block, generation: UInt64, at memory: UnsafeRawPointer, complete: Bool) {
         let index = Int64((memory - UnsafeRawPointer(base)) / blockSize)
         slots.withLock { slots in
-            if slots.byIndex[index]?.generation == generation { slots.byIndex[index]?.block = block }
+            guard slots.byIndex[index]?.generation == generation else { return }
+            slots.byIndex[index]?.block = block
+            if complete { ledger?.markResident(index) }
         }
+    }
+
+    /// Block `index` of an inherited file whose ledger marks it complete, as a block of this process.
+    func adoptResident(_ index: Int64, length: Int) -> Block {
+        let generation = slots.withLock { slots in
+            defer { slots.next += 1 }
+            slots.byIndex[index] = Slot(generation: slots.next, block: nil)
+            return slots.next
+        }
+        let buffer = BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: base + Int(index) * blockSize, count: length),
+                                 backing: .file(self, generation: generation))
+        return buffer.seal(length: length)
+    }
+
+    /// Gives back the range of a block the ledger marks complete but that is not kept (no room):
+    /// unmarked first, then punched. Only for an inherited file no kernel reader holds.
+    func discard(_ index: Int64, length: Int) {
+        ledger?.clearResident(index)
+        let offset = Int64(Int(index) * blockSize)
+        let failure: Errno? = slots.withLock { slots in
+            guard let error = unreturned.punchHole(descriptor, offset, Int64(length)) else { return nil }
+            slots.unreturned[index] = length
+            unreturned.kept(length)
+            return error
+        }
+        if let failure { unreturned.log(failure, bytes: length, at: offset) }
     }
 
     /// Gives a block's range back to the system, unless it has been claimed again since.
     func release(_ memory: UnsafeMutableRawBufferPointer, generation: UInt64) {
         let offset = memory.baseAddress! - base
         let index = Int64(offset / blockSize)
+        // Handed to another daemon: the range may be its block now, which this process must not touch.
+        guard !custody.isHandedOver else { return }
         let failure: Errno? = slots.withLock { slots in
             guard slots.byIndex[index]?.generation == generation else { return nil }
             slots.byIndex[index] = nil
+            ledger?.clearResident(index) // unmarked before the bytes go
             // Under the lock: a new claim of this range waits until the punch is done.
             guard let error = unreturned.punchHole(descriptor, Int64(offset), Int64(memory.count)) else { return nil }
             slots.unreturned[index] = memory.count
@@ -178,4 +244,29 @@ final class UnreturnedMemory: Sendable {
         logger.error("an evicted block's memory could not be given back; it stays counted against the capacity",
                      metadata: ["error": "\(error)", "bytes": "\(bytes)", "offset": "\(offset)", "unreturned bytes": "\(self.bytes)"])
     }
+}
+
+/// Who may change the bytes of this cache's memory files: this process, until it hands them to
+/// another daemon, after which it must neither punch nor unmark anything (the successor's blocks
+/// live in those ranges now), and where the files are also kept outside the process.
+final class MemoryCustody: Sendable {
+    let registry: (any MemoryFileRegistry)?
+    private let handedOver = Atomic<Bool>(false)
+
+    init(registry: (any MemoryFileRegistry)?) { self.registry = registry }
+
+    var isHandedOver: Bool { handedOver.load(ordering: .acquiring) }
+
+    func setHandedOver(_ value: Bool) { handedOver.store(value, ordering: .releasing) }
+}
+
+/// Keeps each memory file and its ledger somewhere that outlives the daemon (systemd's file
+/// descriptor store), so that a daemon started after a crash finds the cache still in memory.
+public protocol MemoryFileRegistry: Sendable {
+    /// A name for a new memory file, unique across daemons (the store's FDNAME).
+    func nameForNewFile() -> String
+    /// A version's memory file and ledger exist: keep them under `name`.
+    func didCreate(name: String, memory: Int32, ledger: Int32)
+    /// They are gone: forget what is kept under `name`.
+    func didRelease(name: String)
 }

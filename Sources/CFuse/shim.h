@@ -137,4 +137,16 @@ static inline int cachefs_reply_open_passthrough(fuse_req_t req, uint64_t fh, in
     return fuse_reply_iov(req, &iov, 1);
 }
 
+// Taking over a live connection (a new daemon reading an existing /dev/fuse descriptor).
+/// FUSE_HAS_RESEND (1 << 39) as a bit of flags2: the kernel can send again the requests a dead daemon had read (Linux 6.9+).
+static const uint32_t CACHEFS_FUSE_HAS_RESEND_FLAGS2 = 1U << 7;
+/// The notification that asks for it: every request read but not answered goes back to the queue.
+static const int32_t CACHEFS_FUSE_NOTIFY_RESEND = 7;
+/// The bit the kernel sets in the unique ID of a request it sends again.
+static const uint64_t CACHEFS_FUSE_UNIQUE_RESEND = 1ULL << 63;
+static const uint32_t CACHEFS_FUSE_FORGET = 2;
+static const uint32_t CACHEFS_FUSE_INTERRUPT = 36;
+static const uint32_t CACHEFS_FUSE_BATCH_FORGET = 42;
+_Static_assert(sizeof(struct cachefs_fuse_out_header) == 16, "fuse_out_header");
+
 #endif

@@ -33,6 +33,10 @@ public struct ControlClient: Sendable {
         try await post("/unpin", request, timeout: .seconds(300))
     }
 
+    public func restart() async throws -> RestartAnswer {
+        try await send(.request(.POST, "/restart"), timeout: .seconds(60))
+    }
+
     public func list(_ request: ListRequest) async throws -> Listing {
         let answer: ListAnswer = try await post("/list", request, timeout: .seconds(300))
         guard let listing = answer.listing else { throw ControlError(description: "the cachefs daemon's listing is malformed") }

@@ -14,6 +14,7 @@ import Synchronization
 ///     GET  /stats       the StatsReport, as JSON
 ///     POST /warm/plan, /warm, /unpin   see WarmAPI.swift
 ///     POST /list        see ListingAPI.swift
+///     POST /restart     see RestartAPI.swift
 ///
 /// Requests arrive on SwiftNIO's event loops; work that may block on the
 /// source runs on a dispatch queue of its own, so the loops never wait for I/O.
@@ -56,7 +57,9 @@ public enum ControlServer {
             return await decoding(UnpinRequest.self, request) { body throws(ControlRequestError) in try handler.unpin(body) }
         case (.POST, "/list"):
             return await decoding(ListRequest.self, request) { body throws(ControlRequestError) in try handler.list(body) }
-        case (_, "/stats"), (_, "/warm/plan"), (_, "/warm"), (_, "/unpin"), (_, "/list"):
+        case (.POST, "/restart"):
+            return await onWorkQueue { () throws(ControlRequestError) in try handler.restart() }
+        case (_, "/stats"), (_, "/warm/plan"), (_, "/warm"), (_, "/unpin"), (_, "/list"), (_, "/restart"):
             return .text(.methodNotAllowed, "method not allowed")
         default:
             return .text(.notFound, "no such control request: \(request.target)")

@@ -25,6 +25,8 @@ public struct StatsReport: Sendable, Equatable {
     public var metricsAddress: String?
     /// Peers currently known (resolved, not this instance); nil without --peers.
     public var livePeers: [String]?
+    /// How the daemon came to serve the mount (mounted it, or took it over) and what it inherited.
+    public var continuity: ContinuityState?
     /// The figures, as each part of the daemon reported its own; a figure that does not apply (peers
     /// without --peers) is absent.
     public var figures: FigureValues
@@ -53,7 +55,7 @@ public struct StatsReport: Sendable, Equatable {
 
 extension StatsReport: Codable {
     private enum Key: String, CodingKey {
-        case settings, pid, uptimeSeconds, readAhead, passthrough, metricsAddress, livePeers
+        case settings, pid, uptimeSeconds, readAhead, passthrough, metricsAddress, livePeers, continuity
     }
 
     private struct FigureKey: CodingKey {
@@ -72,6 +74,7 @@ extension StatsReport: Codable {
         passthrough = try container.decodeIfPresent(PassthroughState.self, forKey: .passthrough)
         metricsAddress = try container.decodeIfPresent(String.self, forKey: .metricsAddress)
         livePeers = try container.decodeIfPresent([String].self, forKey: .livePeers)
+        continuity = try container.decodeIfPresent(ContinuityState.self, forKey: .continuity)
         let values = try decoder.container(keyedBy: FigureKey.self)
         figures = FigureValues()
         for figure in Figure.all {
@@ -93,6 +96,7 @@ extension StatsReport: Codable {
         try container.encodeIfPresent(passthrough, forKey: .passthrough)
         try container.encodeIfPresent(metricsAddress, forKey: .metricsAddress)
         try container.encodeIfPresent(livePeers, forKey: .livePeers)
+        try container.encodeIfPresent(continuity, forKey: .continuity)
         var values = encoder.container(keyedBy: FigureKey.self)
         for (figure, value) in figures.numbers {
             try values.encode(value, forKey: FigureKey(stringValue: figure.name))

@@ -87,6 +87,8 @@ public protocol ControlHandler: Sendable {
     func unpin(_ request: UnpinRequest) throws(ControlRequestError) -> UnpinResult
     /// See ListingAPI.swift.
     func list(_ request: ListRequest) throws(ControlRequestError) -> ListAnswer
+    /// See RestartAPI.swift.
+    func restart() throws(ControlRequestError) -> RestartAnswer
 }
 
 /// A refused control request: an HTTP status and the one-line reason the client prints.

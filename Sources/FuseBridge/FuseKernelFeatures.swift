@@ -17,21 +17,19 @@ import SystemPackage
 ///   reader's buffer instead of into the mount's page cache and out again, and a reader that
 ///   maps the file (safetensors) still can.
 ///
-/// libfuse reads and writes /dev/fuse through the custom io installed here
-/// (`fuse_session_custom_io`), which notes which of the two the kernel's INIT request offers
-/// and adds them to libfuse's INIT reply (passthrough with a stack depth of 1, unless turned
-/// off). Backing files are then registered with ioctls on the session's descriptor
-/// (`register`), which needs CAP_SYS_ADMIN in the initial user namespace.
+/// libfuse reads and writes /dev/fuse through `FuseChannel` (`fuse_session_custom_io`), which
+/// shows this object the kernel's INIT request, to note which of the two it offers, and
+/// libfuse's INIT reply, to add them (passthrough with a stack depth of 1, unless turned off).
+/// Backing files are then registered with ioctls on the session's descriptor (`register`),
+/// which needs CAP_SYS_ADMIN in the initial user namespace.
 ///
-/// Threads: the io hooks run on libfuse's worker threads; `register` and `unregister` on
+/// Threads: the negotiation runs on libfuse's worker threads; `register` and `unregister` on
 /// whichever thread opens or releases a file; `probe` once, after the mount answers.
 public final class FuseKernelFeatures: KernelFeatures {
     private let passthroughEnabled: Bool
     private let directIOEnabled: Bool
     private let logger: Logger
     private let sessionFD = Atomic<Int32>(-1)
-    /// The INIT request's `unique` while its reply is due (0: none).
-    private let initUnique = Atomic<UInt64>(0)
     /// The flags2 bits the INIT reply is to add (those of ours the kernel offered).
     private let offeredFlags2 = Atomic<UInt32>(0)
     /// Whether the kernel serves passthrough opens, and if not, why. Lock order: after a node's
@@ -57,70 +55,66 @@ public final class FuseKernelFeatures: KernelFeatures {
     /// without it the kernel refuses to map such a file with ENODEV.
     public var directIOMayBeMapped: Bool { directIOMayMap.load(ordering: .acquiring) }
 
-    // MARK: Negotiation (libfuse's io)
+    // MARK: Negotiation (through FuseChannel, libfuse's io)
 
-    /// Installs the io hooks on a mounted session, keeping its descriptor.
-    func install(on session: OpaquePointer) {
-        let fd = fuse_session_fd(session)
-        sessionFD.store(fd, ordering: .releasing)
-        var io = fuse_custom_io()
-        io.read = { fd, buffer, length, userData in
-            let count = read(fd, buffer, length)
-            if count >= MemoryLayout<cachefs_fuse_in_header>.size, let buffer, let userData {
-                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().kernelFeatures?.noteRequest(UnsafeRawPointer(buffer), count: count)
-            }
-            return count
-        }
-        io.writev = { fd, vectors, count, userData in
-            if let vectors, count >= 2, let userData {
-                Unmanaged<FuseServer>.fromOpaque(userData).takeUnretainedValue().kernelFeatures?.amendReply(vectors, count: Int(count))
-            }
-            return writev(fd, vectors, count)
-        }
-        if fuse_session_custom_io(session, &io, fd) != 0 {
-            setUnavailable("libfuse refused the custom io that negotiates passthrough")
-            logger.warning("libfuse refused the custom io; no kernel features beyond libfuse 3.14 are used")
-        }
+    /// The flags2 bits the kernel was told in the INIT reply of this connection: by this daemon, or
+    /// by the one it took the connection over from (passed to `inherit`). Nil until known. Lock order: a leaf.
+    private let toldFlags2 = Mutex<UInt32?>(nil)
+
+    /// Taking over a live connection: only what the kernel was told at its INIT can be used.
+    func inherit(kernelFlags2: UInt32) {
+        toldFlags2.withLock { $0 = kernelFlags2 }
     }
 
-    /// Notes which of our features an INIT request offers.
-    private func noteRequest(_ request: UnsafeRawPointer, count: Int) {
-        let header = request.loadUnaligned(as: cachefs_fuse_in_header.self)
-        guard header.opcode == CACHEFS_FUSE_INIT else { return }
+    /// What the kernel was told (for the next daemon).
+    var kernelFlags2: UInt32? { toldFlags2.withLock { $0 } }
+
+    func attach(to session: OpaquePointer) {
+        sessionFD.store(fuse_session_fd(session), ordering: .releasing)
+    }
+
+    func refused(_ reason: String) {
+        setUnavailable(reason)
+        logger.warning("\(reason); no kernel features beyond libfuse 3.14 are used")
+    }
+
+    /// Notes which of our features an INIT request offers (FuseChannel calls this for the INIT only).
+    func noteInit(_ request: UnsafeRawPointer, count: Int) {
         guard count >= MemoryLayout<cachefs_fuse_in_header>.size + MemoryLayout<cachefs_fuse_init_in>.size else {
             return setUnavailable("the kernel's FUSE protocol is too old for passthrough")
         }
         let arguments = request.loadUnaligned(fromByteOffset: MemoryLayout<cachefs_fuse_in_header>.size, as: cachefs_fuse_init_in.self)
-        let offered = arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 ? arguments.flags2 : 0
+        var offered = arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 ? arguments.flags2 : 0
+        if let told = kernelFlags2 { offered &= told } // a connection taken over: what its INIT settled
         var wanted = directIOEnabled ? offered & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0
         if passthroughEnabled {
             if offered & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 {
                 wanted |= CACHEFS_FUSE_PASSTHROUGH_FLAGS2
+            } else if kernelFlags2 != nil {
+                setUnavailable("the mount was set up without passthrough (its first daemon ran with --passthrough off); a new mount is needed to turn it on")
             } else {
                 setUnavailable("the kernel does not offer FUSE passthrough (protocol \(arguments.major).\(arguments.minor); Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)")
             }
         }
-        guard wanted != 0 else { return }
         offeredFlags2.store(wanted, ordering: .relaxed)
-        initUnique.store(header.unique, ordering: .releasing)
     }
 
-    /// Adds what `noteRequest` found (and, for passthrough, a stack depth of 1) to libfuse's reply to that INIT.
-    private func amendReply(_ vectors: UnsafeMutablePointer<iovec>, count: Int) {
-        let expected = initUnique.load(ordering: .acquiring)
-        guard expected != 0, vectors[0].iov_len >= MemoryLayout<cachefs_fuse_out_header>.size,
-              vectors[0].iov_base.loadUnaligned(as: cachefs_fuse_out_header.self).unique == expected
-        else { return }
-        initUnique.store(0, ordering: .relaxed)
-        guard vectors[1].iov_len >= MemoryLayout<cachefs_fuse_init_out>.size, let reply = vectors[1].iov_base else {
-            return setUnavailable("libfuse's INIT reply has no room for passthrough")
-        }
+    /// Adds what `noteInit` found (and, for passthrough, a stack depth of 1) to libfuse's reply to
+    /// the INIT, and records what the kernel is told (FuseChannel calls this for that reply only).
+    func amendInitReply(_ vectors: UnsafeMutablePointer<iovec>, count: Int) {
+        guard count >= 2, vectors[0].iov_len >= MemoryLayout<cachefs_fuse_out_header>.size,
+              vectors[0].iov_base.loadUnaligned(as: cachefs_fuse_out_header.self).error == 0,
+              vectors[1].iov_len >= MemoryLayout<cachefs_fuse_init_out>.size, let reply = vectors[1].iov_base
+        else { return setUnavailable("libfuse's INIT reply has no room for passthrough") }
         var arguments = reply.loadUnaligned(as: cachefs_fuse_init_out.self)
-        guard arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 else { return setUnavailable("libfuse did not answer with FUSE_INIT_EXT") }
         let wanted = offeredFlags2.load(ordering: .relaxed)
-        arguments.flags2 |= wanted
-        if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { arguments.max_stack_depth = 1 }
-        reply.storeBytes(of: arguments, as: cachefs_fuse_init_out.self)
+        if wanted != 0 {
+            guard arguments.flags & CACHEFS_FUSE_INIT_EXT != 0 else { return setUnavailable("libfuse did not answer with FUSE_INIT_EXT") }
+            arguments.flags2 |= wanted
+            if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { arguments.max_stack_depth = 1 }
+            reply.storeBytes(of: arguments, as: cachefs_fuse_init_out.self)
+        }
+        toldFlags2.withLock { told in told = told ?? arguments.flags2 }
         directIOMayMap.store(wanted & CACHEFS_FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 != 0, ordering: .releasing)
         if wanted & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 { state.withLock { $0 = PassthroughState(available: true, reason: nil) } }
     }

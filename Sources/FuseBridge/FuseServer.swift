@@ -64,6 +64,10 @@ public final class FuseServer: @unchecked Sendable {
     let readsInFlight = Atomic<Int>(0)
     /// Requests answered with an error, by operation.
     let failures = OperationFailures()
+    /// libfuse's reads and writes of the kernel channel; set by `mount` or `adopt`.
+    private(set) var channel: FuseChannel!
+    /// The descriptor of the kernel channel (/dev/fuse), once mounted or adopted.
+    public private(set) var descriptor: Int32 = -1
 
     /// - Parameter kernelFeatures: the same object the filesystem registers backing files with.
     public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil,
@@ -78,6 +82,27 @@ public final class FuseServer: @unchecked Sendable {
     /// Creates the session and mounts it. The kernel queues requests until `run` serves them.
     public func mount(at path: String) throws(MountError) {
         precondition(session == nil, "mounted twice")
+        let session = try makeSession()
+        guard fuse_session_mount(session, path) == 0 else {
+            fuse_session_destroy(session)
+            throw MountError(description: "cannot mount at \(path) (see the message above; is the fuse3 package installed?)")
+        }
+        try start(session, descriptor: fuse_session_fd(session), replaying: nil, mountpoint: path)
+        logger.info("mounted", metadata: ["mountpoint": "\(path)", "options": "\(configuration.mountOptions)"])
+    }
+
+    /// Takes over the live connection `descriptor` (/dev/fuse) of the mount at `path`, which another
+    /// daemon mounted and negotiated: libfuse is given an INIT rebuilt from `negotiation`, and the
+    /// kernel's queue is read from where the other daemon stopped. The session never unmounts by
+    /// itself (libfuse did not mount it); `requestExit` detaches the mount.
+    public func adopt(descriptor: Int32, negotiation: FuseNegotiation, mountpoint path: String) throws(MountError) {
+        precondition(session == nil, "mounted twice")
+        let session = try makeSession()
+        try start(session, descriptor: descriptor, replaying: negotiation, mountpoint: path)
+        logger.info("took over the mount", metadata: ["mountpoint": "\(path)", "resend": "\(negotiation.kernelResends)"])
+    }
+
+    private func makeSession() throws(MountError) -> OpaquePointer {
         var args = fuse_args(argc: 0, argv: nil, allocated: 0)
         defer { fuse_opt_free_args(&args) }
         for argument in ["cachefs", "-o", configuration.mountOptions] {
@@ -89,19 +114,25 @@ public final class FuseServer: @unchecked Sendable {
         guard let session = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userData) else {
             throw MountError(description: "cannot create the FUSE session (is /dev/fuse available?)")
         }
-        guard fuse_session_mount(session, path) == 0 else {
+        return session
+    }
+
+    private func start(_ session: OpaquePointer, descriptor: Int32, replaying: FuseNegotiation?, mountpoint path: String) throws(MountError) {
+        channel = FuseChannel(kernelFeatures: kernelFeatures, replaying: replaying, logger: logger)
+        guard channel.install(on: session, descriptor: descriptor) else {
             fuse_session_destroy(session)
-            throw MountError(description: "cannot mount at \(path) (see the message above; is the fuse3 package installed?)")
+            throw MountError(description: "libfuse refused the custom io cachefs reads the kernel channel through")
         }
+        kernelFeatures?.attach(to: session)
         self.session = session
-        kernelFeatures?.install(on: session)
+        self.descriptor = descriptor
         mountpoint.withLock { $0 = path }
-        logger.info("mounted", metadata: ["mountpoint": "\(path)", "options": "\(configuration.mountOptions)"])
     }
 
     /// Serves requests until the filesystem is unmounted or `requestExit` is called, then unmounts and destroys the session.
     public func run() {
         guard let session else { preconditionFailure("run before mount") }
+        channel.prepareLoopThread()
         let config = fuse_loop_cfg_create()
         fuse_loop_cfg_set_max_threads(config, UInt32(configuration.maxThreads))
         fuse_loop_cfg_set_idle_threads(config, UInt32(max(2, configuration.maxThreads / 2)))
@@ -141,6 +172,20 @@ public final class FuseServer: @unchecked Sendable {
 
 
 extension FuseServer {
+    /// The INIT exchange of this connection, for a daemon taking it over.
+    public var negotiation: FuseNegotiation? { channel?.negotiation }
+
+    /// Stops reading requests (new ones wait in the kernel's queue) and waits until every request
+    /// read has been answered, or `deadline`; returns whether all were. Reading stays stopped until `resumeReading`.
+    public func pauseReading(until deadline: ContinuousClock.Instant) -> Bool {
+        channel.pause(until: deadline)
+    }
+
+    public func resumeReading() { channel.resume() }
+
+    /// Requests read and not yet answered.
+    public var requestsInFlight: Int { channel?.requestsInFlight ?? 0 }
+
     /// Waits until no read is being served, or `grace` has passed; returns whether reads drained.
     ///
     /// Called by the shutdown path before it detaches the mount, so that a read

@@ -10,9 +10,10 @@ import SystemPackage
 // the request's user data, makes one MirrorFilesystem call, and replies.
 // libfuse calls these from its worker threads, any number at once.
 //
-// Open files and directories travel through the kernel as `fi->fh`: a retained
-// reference made in open/opendir and released in release/releasedir, which the
-// kernel calls exactly once per successful open.
+// Open files and directories travel through the kernel as `fi->fh`: a handle of
+// MirrorFS's table made in open/opendir and released in release/releasedir, which the
+// kernel calls exactly once per successful open (a handle, not a pointer, so that a
+// daemon taking over from this one can answer the handles the kernel holds).
 
 extension FuseServer {
     static let operations: fuse_lowlevel_ops = {
@@ -53,8 +54,7 @@ extension FuseServer {
         }
         ops.open = { req, node, info in
             server(req).reply(req, .open, node: node) { fs throws(Errno) in
-                let file = try fs.filesystem.open(node: node, flags: cachefs_file_info_flags(info))
-                let fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+                let (file, fh) = try fs.filesystem.openHandle(node: node, flags: cachefs_file_info_flags(info))
                 let replied: Int32
                 if file.versionChanged, let session = fs.liveSession {
                     // The kernel may hold the old size; make it ask again. No dirty pages exist, so this never blocks.
@@ -71,13 +71,13 @@ extension FuseServer {
                     cachefs_file_info_set_handle(info, fh)
                     replied = fuse_reply_open(req, info)
                 }
-                if replied != 0 { fs.release(fh) } // the opener was interrupted: no RELEASE will come
+                if replied != 0 { fs.filesystem.releaseHandle(fh) } // the opener was interrupted: no RELEASE will come
             }
         }
         ops.read = { req, node, size, offset, info in
             server(req).reply(req, .read, node: node) { fs throws(Errno) in
                 fs.noteRequestSize(size, offset: offset)
-                let file = Unmanaged<OpenFile>.fromOpaque(handle(info)).takeUnretainedValue()
+                let file = try fs.filesystem.file(forHandle: cachefs_file_info_handle(info!))
                 fs.readsInFlight.add(1, ordering: .relaxed)
                 defer { fs.readsInFlight.subtract(1, ordering: .releasing) }
                 guard let observer = fs.readObserver else {
@@ -91,16 +91,14 @@ extension FuseServer {
             }
         }
         ops.release = { req, _, info in
-            server(req).release(cachefs_file_info_handle(info!))
+            server(req).filesystem.releaseHandle(cachefs_file_info_handle(info!))
             fuse_reply_err(req, 0)
         }
         ops.opendir = { req, node, info in
             server(req).reply(req, .opendir, node: node) { fs throws(Errno) in
-                let directory = try fs.filesystem.openDirectory(node: node)
-                cachefs_file_info_set_handle(info, UInt64(UInt(bitPattern: Unmanaged.passRetained(directory).toOpaque())))
-                if fuse_reply_open(req, info) != 0 {
-                    Unmanaged<OpenDirectory>.fromOpaque(handle(info)).release()
-                }
+                let handle = try fs.filesystem.openDirectoryHandle(node: node)
+                cachefs_file_info_set_handle(info, handle)
+                if fuse_reply_open(req, info) != 0 { fs.filesystem.releaseDirectoryHandle(handle) }
             }
         }
         ops.readdir = { req, node, size, offset, info in
@@ -110,7 +108,7 @@ extension FuseServer {
             server(req).readDirectory(req, node: node, size: size, offset: offset, info: info!, withAttributes: true)
         }
         ops.releasedir = { req, _, info in
-            Unmanaged<OpenDirectory>.fromOpaque(handle(info)).release()
+            server(req).filesystem.releaseDirectoryHandle(cachefs_file_info_handle(info!))
             fuse_reply_err(req, 0)
         }
         ops.statfs = { req, node in
@@ -160,14 +158,6 @@ extension FuseServer {
         return ops
     }()
 
-    /// Ends an open file: the filesystem releases what the open held (a backing file, a hold
-    /// on the version's memory), then the reference made at open is dropped.
-    fileprivate func release(_ fh: UInt64) {
-        let file = Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fh))!)
-        filesystem.release(file.takeUnretainedValue())
-        file.release()
-    }
-
     /// Runs one operation, turning a thrown errno into the error reply (counted and logged: `fail`).
     @inline(__always)
     fileprivate func reply(_ req: fuse_req_t?, _ operation: FuseOperation, node: fuse_ino_t, _ body: (FuseServer) throws(Errno) -> Void) {
@@ -189,7 +179,13 @@ extension FuseServer {
 
     fileprivate func readDirectory(_ req: fuse_req_t?, node: fuse_ino_t, size: Int, offset: off_t,
                                    info: UnsafeMutablePointer<fuse_file_info>, withAttributes: Bool) {
-        let directory = Unmanaged<OpenDirectory>.fromOpaque(handle(info)).takeUnretainedValue()
+        let directory: OpenDirectory
+        do {
+            directory = try filesystem.directory(forHandle: cachefs_file_info_handle(info))
+        } catch {
+            fuse_reply_err(req, error.rawValue)
+            return
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
         defer { buffer.deallocate() }
         let start = buffer.baseAddress!.assumingMemoryBound(to: CChar.self)
@@ -263,11 +259,6 @@ private func refuseWrite(_ req: fuse_req_t?, _ operation: FuseOperation, node: f
 @inline(__always)
 private func server(_ req: fuse_req_t?) -> FuseServer {
     Unmanaged<FuseServer>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
-}
-
-@inline(__always)
-private func handle(_ info: UnsafePointer<fuse_file_info>?) -> UnsafeMutableRawPointer {
-    UnsafeMutableRawPointer(bitPattern: UInt(cachefs_file_info_handle(info!)))!
 }
 
 /// Lends a scratch buffer of `size` bytes, or an empty one for a size query.

@@ -29,6 +29,8 @@ public final class MirrorFilesystem: Sendable {
     let kernelFeatures: (any KernelFeatures)?
     let counters = Counters()
     let logger: Logger
+    /// The handles the kernel holds for open files and directories.
+    let handles: OpenHandles
     let checkedVersions = RecentlyCheckedVersions()
     let peerLoadSources = PeerLoadSources()
 
@@ -44,17 +46,19 @@ public final class MirrorFilesystem: Sendable {
     ///   - servesPeers: whether this instance sends its blocks to peers (their checksums are then made as they load).
     ///   - blockIO: how block bytes are read from the source (tests put slow or failing sources here).
     ///   - kernelFeatures: hands wholly cached files to the kernel to read directly; nil serves every read here.
+    ///   - journal: records open handles and node IDs for a daemon taking over from this one; nil records nothing.
     public init(
         sourceRoot: PathHandle, cache: BlockCache, prefetcher: Prefetcher? = nil,
         sourceHandleLimit: Int = 4096, sourceCalls: SourceCallPool? = nil,
         sourceRootPath: String? = nil, fleet: (any BlockFleet)? = nil, servesPeers: Bool = false,
         blockIO: any SourceBlockIO = DescriptorBlockIO(), kernelFeatures: (any KernelFeatures)? = nil,
-        logger: Logger
+        journal: (any KernelStateJournal)? = nil, logger: Logger
     ) throws(Errno) {
         self.kernelFeatures = kernelFeatures
         self.logger = logger
+        handles = OpenHandles(journal: journal)
         access = try SourceAccess(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
-                                  sourceCalls: sourceCalls, logger: logger)
+                                  sourceCalls: sourceCalls, journal: journal, logger: logger)
         loader = BlockLoader(cache: cache, access: access, blockIO: blockIO, fleet: fleet, servesPeers: servesPeers,
                              stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher

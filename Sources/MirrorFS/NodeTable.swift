@@ -100,18 +100,34 @@ struct NodeTable: ~Copyable {
     private(set) var rootHandle: PathHandle
     private var entries: [UInt64: Entry] = [:]
     private var ids: [FileIdentity: UInt64] = [:]
-    private var nextID: UInt64 = NodeTable.rootID + 1
+    private(set) var nextID: UInt64 = NodeTable.rootID + 1
     /// Open O_PATH descriptors of recently used nodes (the root's is kept apart, always open).
     private var handles = LRUList<UInt64, PathHandle>()
     private let handleLimit: Int
+    /// Records how far IDs may go before more are handed out (see `KernelStateJournal`), and up to where it has.
+    private let journal: (any KernelStateJournal)?
+    private var reservedThrough: UInt64 = 0
+    static let reservationStep: UInt64 = 4096
 
-    init(root rootHandle: PathHandle, identity: FileIdentity, handleLimit: Int) {
+    init(root rootHandle: PathHandle, identity: FileIdentity, handleLimit: Int, journal: (any KernelStateJournal)? = nil) {
         precondition(handleLimit > 0)
         root = Node(id: Self.rootID, identity: identity, type: S_IFDIR, place: nil)
         self.rootHandle = rootHandle
         self.handleLimit = handleLimit
+        self.journal = journal
         entries[Self.rootID] = Entry(node: root, lookups: 1)
         ids[identity] = Self.rootID
+    }
+
+    /// The next ID, recorded as reserved first, so that a daemon taking over after a crash never
+    /// gives the kernel an ID it still holds for another file.
+    private mutating func takeID() -> UInt64 {
+        defer { nextID += 1 }
+        if nextID >= reservedThrough, let journal {
+            reservedThrough = nextID + Self.reservationStep
+            journal.reserveNodeIDs(through: reservedThrough)
+        }
+        return nextID
     }
 
     var count: Int { entries.count }
@@ -134,8 +150,7 @@ struct NodeTable: ~Copyable {
             node = entry.node
             if id != Self.rootID { node.moved(to: Node.Place(parent: parent, name: name)) }
         } else {
-            node = Node(id: nextID, identity: identity, type: type, place: Node.Place(parent: parent, name: name))
-            nextID += 1
+            node = Node(id: takeID(), identity: identity, type: type, place: Node.Place(parent: parent, name: name))
             entries[node.id] = Entry(node: node, lookups: 1)
             ids[identity] = node.id
         }
@@ -170,6 +185,25 @@ struct NodeTable: ~Copyable {
         released.append(rootHandle)
         rootHandle = handle
         while let (_, dropped) = handles.removeOldest() { released.append(dropped) }
+    }
+
+    /// Every node the kernel holds, with its lookup count.
+    var known: [(node: Node, lookups: UInt64)] { entries.values.map { ($0.node, $0.lookups) } }
+
+    /// Puts an inherited node back under its ID, with the kernel's lookup count (0: known only as a
+    /// parent). The root keeps this daemon's node.
+    mutating func restore(_ node: Node, lookups: UInt64) {
+        guard node.id != Self.rootID else { return }
+        if lookups > 0 {
+            entries[node.id] = Entry(node: node, lookups: lookups)
+            if !node.superseded { ids[node.identity] = node.id }
+        }
+        nextID = max(nextID, node.id + 1)
+    }
+
+    /// IDs start above `id` from now on (inherited: the predecessor may have handed out every one up to it).
+    mutating func startIDs(after id: UInt64) {
+        nextID = max(nextID, id + 1)
     }
 
     /// Drops `count` lookups; returns the descriptor of a node that was forgotten, for the caller to close outside any lock.

@@ -43,7 +43,11 @@ struct NodeOpens {
     var lastVersion: FileVersion?
 
     struct Passthrough {
-        var hold: VersionHold
+        /// The version the backing file holds.
+        var version: FileVersion
+        /// Keeps its memory whole; nil for an inherited open whose file the cache could not take
+        /// (the kernel keeps reading it from the backing file; this daemon never touches it).
+        var hold: VersionHold?
         var backingID: Int32
         var opens: Int
     }
@@ -64,7 +68,7 @@ extension MirrorFilesystem {
                 return OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough(backingID: backingID), versionChanged: versionChanged)
             }
             if var passthrough = opens.passthrough {
-                guard passthrough.hold.version == version else {
+                guard passthrough.version == version else {
                     node.supersede()
                     throw .staleNFSFileHandle
                 }
@@ -75,7 +79,7 @@ extension MirrorFilesystem {
             if opens.daemonServed == 0, let kernelFeatures, kernelFeatures.passthroughAvailable, let hold = cache.hold(version) {
                 do throws(Errno) {
                     let id = try kernelFeatures.register(hold.descriptor)
-                    opens.passthrough = NodeOpens.Passthrough(hold: hold, backingID: id, opens: 1)
+                    opens.passthrough = NodeOpens.Passthrough(version: version, hold: hold, backingID: id, opens: 1)
                     return passthroughOpen(backingID: id, versionChanged: versionChanged)
                 } catch {
                     cache.release(hold) // refused: this open is daemon-served (later ones too, if the refusal turned passthrough off)
@@ -111,7 +115,7 @@ extension MirrorFilesystem {
                 }
                 opens.passthrough = nil
                 kernelFeatures?.unregister(passthrough.backingID)
-                cache.release(passthrough.hold)
+                if let hold = passthrough.hold { cache.release(hold) }
             }
         }
     }

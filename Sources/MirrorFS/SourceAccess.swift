@@ -47,7 +47,8 @@ final class SourceAccess: Sendable {
         let unavailable = Atomic<UInt64>(0)
     }
 
-    init(root: PathHandle, rootPath: String?, handleLimit: Int, sourceCalls: SourceCallPool?, logger: Logger) throws(Errno) {
+    init(root: PathHandle, rootPath: String?, handleLimit: Int, sourceCalls: SourceCallPool?,
+         journal: (any KernelStateJournal)? = nil, logger: Logger) throws(Errno) {
         let attributes = try root.attributes()
         rootType = try root.fileSystemType()
         identityRule = IdentityRule(fileSystemType: rootType)
@@ -61,7 +62,7 @@ final class SourceAccess: Sendable {
         self.rootPath = rootPath
         self.sourceCalls = sourceCalls
         self.logger = logger
-        nodes = Mutex(NodeTable(root: root, identity: identityRule.identity(of: attributes, path: []), handleLimit: handleLimit))
+        nodes = Mutex(NodeTable(root: root, identity: identityRule.identity(of: attributes, path: []), handleLimit: handleLimit, journal: journal))
         logger.info("source", metadata: [
             "path": "\(rootPath ?? "-")", "type": "\(String(rootType, radix: 16))", "files named by": "\(identityRule)",
             "reads": "\(readsBypassPageCache ? "O_DIRECT" : "through the page cache")",

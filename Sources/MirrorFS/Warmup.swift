@@ -83,11 +83,14 @@ extension MirrorFilesystem {
     /// Pins these files' versions in the cache, or none if they do not fit.
     public func pin(_ files: [WarmFile]) throws(PinRefused) {
         try cache.pin(files.map(\.version))
+        handles.journal?.recordPins(cache.pinnedVersions)
     }
 
     /// Unpins every file at or beneath `path`, whatever version is pinned. Returns the files and bytes released.
     public func unpin(atRelativePath path: String) throws(Errno) -> (files: Int, bytes: Int) {
-        cache.unpin(try warmCandidates(atRelativePath: path).map(\.version.identity))
+        let released = cache.unpin(try warmCandidates(atRelativePath: path).map(\.version.identity))
+        handles.journal?.recordPins(cache.pinnedVersions)
+        return released
     }
 
     private func collect(_ handle: PathHandle, attributes: stat, path: String, into files: inout [WarmFile]) throws(Errno) {

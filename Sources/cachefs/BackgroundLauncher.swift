@@ -44,6 +44,7 @@ enum BackgroundLauncher {
         posix_spawnattr_setflags(&attributes, spawnSetSID | Int16(POSIX_SPAWN_SETSIGMASK))
 
         let arguments = ["cachefs", ServeCommand.configuration.commandName!, "--ready-fd", String(readyDescriptor)]
+            + (keepingOutput ? ["--supervised"] : [])
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
 

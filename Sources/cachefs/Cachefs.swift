@@ -13,7 +13,8 @@ struct Cachefs: ParsableCommand {
           cachefs warm /data-fast/models/base.safetensors --pin
           fusermount3 -u /data-fast
         """,
-        subcommands: [MountCommand.self, StatsCommand.self, ListCommand.self, WarmCommand.self, UnpinCommand.self, ServeCommand.self],
+        subcommands: [MountCommand.self, StatsCommand.self, ListCommand.self, WarmCommand.self, UnpinCommand.self, RestartCommand.self,
+                      ServeCommand.self, KeepMountCommand.self, HandedOverCommand.self],
         defaultSubcommand: MountCommand.self
     )
 }

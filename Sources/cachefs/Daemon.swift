@@ -15,6 +15,9 @@ import Synchronization
 import Telemetry
 import Threading
 
+// A daemon that serves a mount another daemon served (a hand-over, a restart under systemd) gets
+// its mount, node table, handles and memory files from `Succession`; everything else is the same.
+
 /// The serving process: mounts, serves FUSE on libfuse's threads, the control socket (and metrics,
 /// peers) on SwiftNIO's, and unmounts on a signal or an external unmount.
 ///
@@ -25,6 +28,10 @@ import Threading
 struct Daemon {
     let settings: MountSettings
     let readiness: ReadinessPipe?
+    /// After handing the mount over, wait for SIGTERM rather than exit: something watches this process
+    /// (the foreground, a supervisor) and would otherwise start it again.
+    var waitsAfterHandover: Bool { readiness == nil || supervised }
+    var supervised = false
 
     static let shutdownSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 
@@ -34,6 +41,8 @@ struct Daemon {
     static let listenTimeout: Duration = .seconds(30)
 
     func run() throws {
+        let kept = FileDescriptorStore.takeInherited() // before anything else is opened: they are this daemon's, not inherited ones
+        InheritedDescriptors.record()
         blockShutdownSignals()
         let systemd = SystemdNotifier.fromEnvironment()
         signal(SIGPIPE, SIG_IGN)
@@ -41,33 +50,36 @@ struct Daemon {
         if let logFile = settings.logFile { redirectStandardError(to: logFile) }
         let logger = makeLogger()
         do {
-            try serve(logger: logger, systemd: systemd)
+            try serve(logger: logger, systemd: systemd, kept: kept)
         } catch {
             readiness?.fail("\(error)")
             throw error
         }
     }
 
-    private func serve(logger: Logger, systemd: SystemdNotifier?) throws {
-        let parts = try assemble(logger: logger)
+    private func serve(logger: Logger, systemd: SystemdNotifier?, kept: [(name: String, descriptor: Int32)]) throws {
+        let parts = try assemble(logger: logger, systemd: systemd, kept: kept)
         let handler = DaemonControl(
             filesystem: parts.filesystem, settings: settings, reporters: parts.reporters, peers: parts.peers,
             kernelFeatures: parts.kernelFeatures, started: .now)
         let control: ControlListener
         do {
-            // Before mounting: a socket a running daemon answers on is refused, and nothing is mounted.
+            // Before mounting: a socket a running daemon answers on is refused, and nothing is mounted
+            // (a predecessor that handed its mount over has closed its socket by now).
             try runBlocking { [settings] in try await ControlServer.claim(socketPath: settings.controlSocket) }
             control = try ControlServer.make(socketPath: settings.controlSocket, handler: handler, onRunning: { parts.controlRunning.set() })
         } catch {
             throw UsageError("\(error)")
         }
-        try parts.server.mount(at: settings.mountpoint)
+        try parts.succession.attach(server: parts.server, cache: parts.cache, filesystem: parts.filesystem, control: handler,
+                                    settings: settings, logger: logger)
         let group = start(parts, control: control, handler: handler, logger: logger)
         let signals = startSignalListener(group: group, server: parts.server, logger: logger, systemd: systemd)
         let isReady = becomeReady(parts, group: group, handler: handler, logger: logger, systemd: systemd)
         parts.ready.open(isReady)
 
         _ = parts.groupEnded.waitUntilSet()
+        parts.handover.withLock { $0 }?.stop()
         systemd?.stopping() // also when unmounted from outside; systemd ignores a repeat
         finish(parts, signals: signals, logger: logger)
         if !isReady {
@@ -80,6 +92,8 @@ struct Daemon {
     /// shutdown wait on.
     private final class Parts: Sendable {
         let filesystem: MirrorFilesystem
+        let cache: BlockCache
+        let succession: Succession
         let prefetcher: Prefetcher?
         let sourceCalls: SourceCallPool?
         let peers: PeerNetwork?
@@ -99,15 +113,19 @@ struct Daemon {
         /// Why the group ended, if a service failed. Lock order: a leaf.
         let groupFailure = Mutex<(any Error)?>(nil)
         let ready = ReadyGate()
+        /// Hands the mount to a successor once the daemon is ready; stopped after the group ends. Lock order: a leaf.
+        let handover = Mutex<HandoverServer?>(nil)
 
-        init(filesystem: MirrorFilesystem, prefetcher: Prefetcher?, sourceCalls: SourceCallPool?, peers: PeerNetwork?,
-             kernelFeatures: FuseKernelFeatures, exporter: PrometheusExporter?, server: FuseServer, reporters: [any FigureReporter]) {
-            (self.filesystem, self.prefetcher, self.sourceCalls, self.peers) = (filesystem, prefetcher, sourceCalls, peers)
+        init(filesystem: MirrorFilesystem, cache: BlockCache, succession: Succession, prefetcher: Prefetcher?, sourceCalls: SourceCallPool?,
+             peers: PeerNetwork?, kernelFeatures: FuseKernelFeatures, exporter: PrometheusExporter?, server: FuseServer,
+             reporters: [any FigureReporter]) {
+            (self.filesystem, self.cache, self.succession) = (filesystem, cache, succession)
+            (self.prefetcher, self.sourceCalls, self.peers) = (prefetcher, sourceCalls, peers)
             (self.kernelFeatures, self.exporter, self.server, self.reporters) = (kernelFeatures, exporter, server, reporters)
         }
     }
 
-    private func assemble(logger: Logger) throws -> Parts {
+    private func assemble(logger: Logger, systemd: SystemdNotifier?, kept: [(name: String, descriptor: Int32)]) throws -> Parts {
         let descriptorLimit = raiseOpenFileLimit()
         let sourceRoot: PathHandle
         do {
@@ -115,7 +133,9 @@ struct Daemon {
         } catch {
             throw UsageError("source \(settings.source): \(error)")
         }
-        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize, logger: logger)
+        // A predecessor first (a daemon serving the mountpoint hands it over): nothing below may touch the mount before.
+        let succession = try Succession.begin(settings: settings, systemd: systemd, kept: kept, logger: logger)
+        let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize, registry: succession.registry, logger: logger)
         if settings.prefetchDepth > 0 && settings.prefetchDepth == settings.prefetchDepthLimit {
             logger.notice("the prefetch window is at its limit, a quarter of the capacity", metadata: ["blocks": "\(settings.prefetchDepth)"])
         }
@@ -129,19 +149,20 @@ struct Daemon {
             // Half the descriptors for known files' handles; the rest for open files, prefetch, sockets.
             sourceHandleLimit: max(16, min(descriptorLimit / 2, 65536)),
             sourceCalls: sourceCalls, sourceRootPath: settings.source, fleet: peers?.fleet,
-            servesPeers: settings.listen != nil, kernelFeatures: kernelFeatures, logger: logger
+            servesPeers: settings.listen != nil, kernelFeatures: kernelFeatures, journal: succession.journal, logger: logger
         )
         var fuseConfiguration = FuseConfiguration(fileSystemName: settings.source)
         fuseConfiguration.metadataTimeout = settings.metadataTimeout
         fuseConfiguration.maxThreads = settings.threads
         fuseConfiguration.allowOther = settings.allowOther
+        fuseConfiguration.autoUnmount = false // the mount keeper removes the mount once no daemon can serve it
         let exporter = settings.metrics.map { _ in PrometheusExporter() } // bootstraps swift-metrics before any metric exists
         let telemetry = ReadTelemetry(recordLatency: exporter != nil)
         let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry,
                                 kernelFeatures: kernelFeatures, logger: logger)
         let reporters: [any FigureReporter] = [filesystem, telemetry, server] + (peers.map { [$0] } ?? [])
-        return Parts(filesystem: filesystem, prefetcher: prefetcher, sourceCalls: sourceCalls, peers: peers, kernelFeatures: kernelFeatures,
-                     exporter: exporter, server: server, reporters: reporters)
+        return Parts(filesystem: filesystem, cache: cache, succession: succession, prefetcher: prefetcher, sourceCalls: sourceCalls,
+                     peers: peers, kernelFeatures: kernelFeatures, exporter: exporter, server: server, reporters: reporters)
     }
 
     /// Starts the daemon's services as one group, on the Swift concurrency pool. Started together;
@@ -194,6 +215,24 @@ struct Daemon {
         guard isReady else {
             Task { await group.triggerGracefulShutdown() }
             return false
+        }
+        let succession = parts.succession
+        succession.mounted(server: parts.server, settings: settings, logger: logger)
+        if succession.keptBySystemd {
+            let (server, cache, grace) = (parts.server, parts.cache, settings.shutdownGrace)
+            handler.restartPreparation.withLock {
+                $0 = { () throws(ControlRequestError) -> RestartAnswer in
+                    try succession.prepareRestart(server: server, cache: cache, grace: grace, logger: logger)
+                }
+            }
+        }
+        do {
+            let context = HandoverServer.Context(settings: settings, server: parts.server, cache: parts.cache, filesystem: parts.filesystem,
+                                                 succession: succession, control: handler, waitAfterwards: waitsAfterHandover)
+            let handover = try HandoverServer(context: context, logger: logger)
+            parts.handover.withLock { $0 = handover }
+        } catch {
+            logger.warning("this daemon cannot hand its mount over", metadata: ["error": "\(error)"])
         }
         parts.kernelFeatures.probe()
         let failure = ReadAheadWindow.set(mountpoint: settings.mountpoint, bytes: settings.readAhead).map { String(cString: strerror($0)) }

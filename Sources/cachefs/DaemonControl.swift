@@ -27,6 +27,13 @@ final class DaemonControl: ControlHandler {
     let metricsAddress = Mutex<String?>(nil)
     /// Set once the daemon has tried to raise the kernel's read-ahead window. Lock order: a leaf.
     let readAhead = Mutex<ReadAheadState?>(nil)
+    /// How the daemon came to serve the mount, and what it inherited. Lock order: a leaf.
+    let continuity = Mutex<ContinuityState?>(nil)
+    /// Set while the mount is being handed to another daemon: requests that change the cache are refused meanwhile.
+    let handingOver = Atomic<Bool>(false)
+    /// Prepares an exit for systemd to restart the daemon (set once the daemon serves; nil outside systemd's store).
+    /// Lock order: a leaf (the closure is called after the lock is released).
+    let restartPreparation = Mutex<(@Sendable () throws(ControlRequestError) -> RestartAnswer)?>(nil)
 
     init(filesystem: MirrorFilesystem, settings: MountSettings, reporters: [any FigureReporter], peers: PeerNetwork?,
          kernelFeatures: FuseKernelFeatures, started: ContinuousClock.Instant) {
@@ -44,12 +51,14 @@ final class DaemonControl: ControlHandler {
         report.readAhead = readAhead.withLock { $0 }
         report.passthrough = kernelFeatures.passthroughState
         report.metricsAddress = metricsAddress.withLock { $0 }
+        report.continuity = continuity.withLock { $0 }
         report.livePeers = peers?.livePeers
         for reporter in reporters { reporter.report(into: &report.figures) }
         return report
     }
 
     func planWarm(_ request: WarmPlanRequest) throws(ControlRequestError) -> WarmPlan {
+        try refuseWhileHandingOver()
         var files: [String: WarmFile] = [:]
         for path in request.paths {
             do {
@@ -70,6 +79,7 @@ final class DaemonControl: ControlHandler {
     }
 
     func warm(_ request: WarmRangeRequest) throws(ControlRequestError) -> WarmRangeResult {
+        try refuseWhileHandingOver()
         do {
             let (version, bytes) = try filesystem.warm(relativePath: request.path, offset: request.offset, length: request.length)
             return WarmRangeResult(bytes: bytes, fileSize: version.size)
@@ -79,6 +89,7 @@ final class DaemonControl: ControlHandler {
     }
 
     func unpin(_ request: UnpinRequest) throws(ControlRequestError) -> UnpinResult {
+        try refuseWhileHandingOver()
         var total = UnpinResult(files: 0, bytes: 0)
         for path in request.paths {
             do {
@@ -90,6 +101,20 @@ final class DaemonControl: ControlHandler {
             }
         }
         return total
+    }
+
+    func restart() throws(ControlRequestError) -> RestartAnswer {
+        guard let prepare = restartPreparation.withLock({ $0 }) else {
+            throw ControlRequestError(status: 409, message: "systemd keeps nothing of this daemon; `cachefs restart` starts a new daemon that takes the mount over instead")
+        }
+        try refuseWhileHandingOver()
+        return try prepare()
+    }
+
+    /// The cache is being handed to another daemon: what this one would change would be lost.
+    private func refuseWhileHandingOver() throws(ControlRequestError) {
+        guard handingOver.load(ordering: .acquiring) else { return }
+        throw ControlRequestError(status: 503, message: "the mount is being handed to a new daemon; try again in a moment")
     }
 
     static func explain(_ error: Errno, path: String) -> ControlRequestError {

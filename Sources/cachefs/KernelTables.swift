@@ -40,6 +40,8 @@ struct MountTable {
         var superOptions: String
         /// The directory of the file system mounted here (the "root" field; `/` for a whole file system).
         var root: String
+        /// The mount's device numbers, `major:minor`.
+        var device: String = ""
     }
 
     static func current() -> [Entry] {
@@ -54,7 +56,7 @@ struct MountTable {
             return Entry(
                 mountpoint: unescape(fields[4]), type: String(fields[separator + 1]),
                 superOptions: separator + 3 < fields.count ? String(fields[separator + 3]) : "",
-                root: unescape(fields[3])
+                root: unescape(fields[3]), device: String(fields[2])
             )
         }
     }

@@ -139,7 +139,8 @@ extension MountCommand {
     /// mount left at the mountpoint is removed (the path cannot be checked while it is there); then the
     /// prefetch window is held to its limit, a quarter of the capacity (the daemon's log says when it is at it).
     func mountSettings() throws -> MountSettings {
-        if let mountpoint { try MountSettings.clearStaleMount(at: MountSettings.absolute(mountpoint)) }
+        // Not when systemd kept a dead daemon's mount for this one: it is not stale, it waits for us.
+        if let mountpoint, !FileDescriptorStore.holdsAMount { try MountSettings.clearStaleMount(at: MountSettings.absolute(mountpoint)) }
         var settings = try MountSettings(self)
         settings.prefetchDepth = min(settings.prefetchDepth, settings.prefetchDepthLimit)
         return settings

@@ -20,11 +20,19 @@ extension MountSettings {
             throw UsageError("a mount needs SOURCE, MOUNTPOINT and --capacity") // MountCommand.validate says which
         }
         let source = try Self.existingDirectory(sourcePath, role: "source")
-        let mountpoint = try Self.existingDirectory(mountpointPath, role: "mountpoint")
+        let mountpoint: String
+        if FileDescriptorStore.holdsAMount {
+            // systemd kept the mount of a daemon that died: nobody answers it until this daemon does,
+            // so anything that asks the mount (stat, statfs) would wait for ever. Its path is taken as given.
+            mountpoint = Self.canonicalParent(Self.absolute(mountpointPath))
+        } else {
+            mountpoint = try Self.existingDirectory(mountpointPath, role: "mountpoint")
+        }
         if mountpoint == source || mountpoint.hasPrefix(source == "/" ? "/" : source + "/") {
             throw UsageError("mountpoint \(mountpoint) is inside the source \(source): the mirror would contain itself")
         }
-        if MountTable.current().contains(where: { $0.mountpoint == mountpoint }) {
+        // A live cachefs mount is taken over by the new daemon (Handover); any other mount is in the way.
+        if let entry = MountTable.current().last(where: { $0.mountpoint == mountpoint }), entry.type != "fuse.cachefs" {
             throw UsageError("\(mountpoint) is already a mount point; unmount it first or choose another directory")
         }
         let memory = MemoryLimit.usable()
@@ -85,8 +93,24 @@ extension MountSettings {
         }
     }
 
+    /// `path` (absolute) with its parent resolved (symlinks, `..`), without looking at the last component itself.
+    static func canonicalParent(_ path: String) -> String {
+        guard path != "/", let slash = path.lastIndex(of: "/") else { return path }
+        let parentPath = slash == path.startIndex ? "/" : String(path[..<slash])
+        guard let resolved = realpath(parentPath, nil) else { return path }
+        defer { free(resolved) }
+        let parent = String(cString: resolved)
+        return (parent == "/" ? "" : parent) + "/" + path[path.index(after: slash)...]
+    }
+
+    /// `path` made absolute and normalized (`.`, `..`, repeated slashes) by its text alone: nothing is looked
+    /// up, so a mountpoint nobody answers yet (a restart under systemd) is never asked.
     static func absolute(_ path: String) -> String {
         let joined = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        return URL(fileURLWithPath: joined).standardizedFileURL.path
+        var components: [Substring] = []
+        for component in joined.split(separator: "/") where component != "." {
+            if component == ".." { _ = components.popLast() } else { components.append(component) }
+        }
+        return "/" + components.joined(separator: "/")
     }
 }

@@ -10,6 +10,9 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "The pipe on which the daemon reports that it is ready, or why it failed.")
     var readyFD: Int32
 
+    @Flag(help: "A supervisor watches this daemon: after handing its mount over, wait for SIGTERM rather than exit.")
+    var supervised = false
+
     func run() throws {
         let readiness = ReadinessPipe(readyFD)
         let settings: MountSettings
@@ -19,6 +22,6 @@ struct ServeCommand: ParsableCommand {
             readiness.fail("cannot read the daemon's settings: \(error)")
             throw error
         }
-        try Daemon(settings: settings, readiness: readiness).run()
+        try Daemon(settings: settings, readiness: readiness, supervised: supervised).run()
     }
 }

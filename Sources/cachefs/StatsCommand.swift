@@ -33,16 +33,10 @@ struct StatsCommand: ParsableCommand {
         }
     }
 
-    /// The daemon keys its socket by its canonical mountpoint. Resolving the
-    /// parent only keeps this working when the mount itself does not answer.
+    /// The daemon keys its socket by its canonical mountpoint. Resolving the parent only keeps this
+    /// working when the mount itself does not answer (nothing here asks it).
     static func canonicalMountpoint(_ path: String) -> String {
-        let absolute = MountSettings.absolute(path)
-        let url = URL(fileURLWithPath: absolute)
-        let parent = url.deletingLastPathComponent().path
-        guard absolute != "/", let resolved = realpath(parent, nil) else { return absolute }
-        defer { free(resolved) }
-        let base = String(cString: resolved)
-        return (base == "/" ? "" : base) + "/" + url.lastPathComponent
+        MountSettings.canonicalParent(MountSettings.absolute(path))
     }
 
     static func table(_ report: StatsReport) -> String {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CLinux
 
 /// Tells systemd (Type=notify) when the mount is ready and when it is stopping,
 /// by the datagram protocol of sd_notify(3), without linking libsystemd.
@@ -22,20 +23,26 @@ struct SystemdNotifier: Sendable {
 
     func stopping() { send("STOPPING=1") }
 
-    private func send(_ message: String) {
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
+    /// Sends a notification, with descriptors attached (FDSTORE=1); returns whether it was sent.
+    @discardableResult
+    func send(_ message: String, descriptors: [Int32] = []) -> Bool {
+        let fd = socket(AF_UNIX, CACHEFS_SOCK_DGRAM_CLOEXEC, 0)
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var target = sockaddr_un()
         target.sun_family = sa_family_t(AF_UNIX)
         let pathCapacity = MemoryLayout.size(ofValue: target.sun_path)
-        guard address.count < pathCapacity else { return }
+        guard address.count < pathCapacity else { return false }
         withUnsafeMutableBytes(of: &target.sun_path) { $0.copyBytes(from: address) }
         let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
-        _ = message.withCString { text in
-            withUnsafePointer(to: &target) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, text, strlen(text), 0, $0, length) }
+        let bytes = Array(message.utf8)
+        let sent = bytes.withUnsafeBytes { raw in
+            descriptors.withUnsafeBufferPointer { fds in
+                withUnsafePointer(to: &target) {
+                    cachefs_send_with_fds(fd, UnsafeRawPointer($0), length, raw.baseAddress, raw.count, fds.baseAddress, Int32(fds.count))
+                }
             }
         }
+        return sent == bytes.count
     }
 }

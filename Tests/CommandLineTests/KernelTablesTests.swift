@@ -38,8 +38,8 @@ import Glibc
         25 22 0:22 / /sys/fs/cgroup/memory rw,nosuid shared:9 - cgroup cgroup rw,memory
         """)
         #expect(table == [
-            .init(mountpoint: "/mnt/with space", type: "ext3", superOptions: "rw,errors=continue", root: "/mnt1"),
-            .init(mountpoint: "/sys/fs/cgroup/memory", type: "cgroup", superOptions: "rw,memory", root: "/"),
+            .init(mountpoint: "/mnt/with space", type: "ext3", superOptions: "rw,errors=continue", root: "/mnt1", device: "98:0"),
+            .init(mountpoint: "/sys/fs/cgroup/memory", type: "cgroup", superOptions: "rw,memory", root: "/", device: "0:22"),
         ])
     }
 

@@ -1,3 +1,4 @@
+import ControlPlane
 import Foundation
 import Testing
 
@@ -61,5 +62,52 @@ struct ContainerImageTests {
         #expect(ended, "still running 15 s after SIGTERM")
         #expect(try container.cachefsMounts(at: "/data-fast").isEmpty, "the mount outlived SIGTERM")
         #expect(try container.exec("journalctl -u cachefs-pod -o cat | grep -q 'unmounted'").status == 0, "\(container.journal("cachefs-pod"))")
+    }
+
+    @Test("A rolling update in a Debian 12 container: a second pod (its own PID namespace) runs the same ENTRYPOINT and args beside the first, takes /data-fast over through the shared socket directory with the cache, and the first waits for its SIGTERM holding nothing",
+          .enabled(if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
+                   Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
+    func rollingUpdateHandsOver() throws {
+        let steps = try JSONDecoder().decode(Steps.self, from: Data(try shell("python3 '\(Self.checker)' steps").utf8))
+        let container = try BootedContainer { root in
+            try shell("""
+                mkdir -p data-slow data-fast etc/cachefs-token
+                head -c 20000000 /dev/urandom > data-slow/model.bin
+                echo test-token > etc/cachefs-token/token
+                """, in: root)
+            for (path, text) in steps.files {
+                try FileManager.default.createDirectory(atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: root + path, atomically: true, encoding: .utf8)
+            }
+        }
+        for command in steps.run { _ = try container.exec(command, timeout: 300) }
+        let command = (steps.entrypoint + steps.args).map { "'\($0)'" }.joined(separator: " ")
+        func stats() throws -> StatsReport {
+            try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("/usr/local/bin/cachefs stats /data-fast --json").utf8))
+        }
+        try container.check("systemd-run --unit=cachefs-pod-old \(command)")
+        #expect(try eventually(within: 20) { try container.exec("/usr/local/bin/cachefs stats /data-fast").status == 0 }, "\(container.journal("cachefs-pod-old"))")
+        try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
+        let before = try stats()
+
+        // The new pod: another PID namespace (as another container); the mount table is shared, as
+        // Bidirectional propagation shares the node's /data-fast with both pods.
+        try container.check("systemd-run --unit=cachefs-pod-new unshare --pid --fork \(command)")
+        let tookOver = eventually(within: 30) { (try? stats()).map { $0.pid != before.pid } ?? false }
+        #expect(tookOver, "the new pod did not take the mount over:\n\(container.journal("cachefs-pod-new"))\n\(container.journal("cachefs-pod-old"))")
+        let after = try stats()
+        #expect(after.continuity?.start == .handOver && after.continuity?.inheritedBytes ?? 0 >= 20_000_000, "\(String(describing: after.continuity))")
+        try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
+        #expect(try stats()[.bytesFromSource] == 0, "the new pod read the model from the source again")
+        #expect(try container.cachefsMounts(at: "/data-fast").count == 1)
+        #expect(try container.exec("systemctl is-active cachefs-pod-old").output.hasPrefix("active"), "the old pod's process exited (its kubelet would restart it)")
+
+        // The old pod is deleted: its process exits on SIGTERM and leaves the mount to the new one.
+        try container.check("systemctl kill --signal=SIGTERM cachefs-pod-old")
+        #expect(try eventually(within: 15) { try !container.exec("systemctl is-active cachefs-pod-old").output.hasPrefix("active") })
+        try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
+        #expect(try container.cachefsMounts(at: "/data-fast").count == 1, "the old pod's end took the mount with it")
+        try container.check("systemctl kill --signal=SIGTERM cachefs-pod-new")
+        #expect(try eventually(within: 15) { try container.cachefsMounts(at: "/data-fast").isEmpty }, "the mount outlived the new pod")
     }
 }

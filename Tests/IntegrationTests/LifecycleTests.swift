@@ -106,7 +106,7 @@ struct LifecycleTests {
         // The kernel's errno: ENOTCONN once the connection is gone, EIO from a page-cache read, ECONNABORTED
         // for a direct-I/O read (a cold file) that was in flight when the daemon died.
         #expect([ENOTCONN, EIO, ECONNABORTED].map { "error \($0)" }.contains(result), "the reader saw: \(result)")
-        // auto_unmount: fusermount3 removes the dead daemon's mount by itself (checked before the test's own cleanup could).
+        // The mount keeper removes the dead daemon's mount by itself (checked before the test's own cleanup could).
         #expect(eventually(within: 10) { !isMounted(mountpoint) }, "the dead daemon's mount was left behind")
         first.stop()
 
@@ -122,8 +122,8 @@ struct LifecycleTests {
         try shell("echo fresh > file", in: source)
         let mountpoint = try scratch.make("mnt")
         let first = try CachefsMount(source: source, mountpoint: mountpoint)
-        // Kill fusermount3's auto_unmount watcher first, so that nothing removes the mount.
-        try shell("pkill -KILL -f 'fusermount3 .* -- \(mountpoint)$'")
+        // Kill the mount keeper first, so that nothing removes the mount.
+        try shell("pkill -KILL -f 'cachefs keep-mount --mountpoint \(mountpoint) '")
         kill(first.pid, SIGKILL)
         #expect(eventually(within: 5) { (try? shell("stat \(mountpoint) 2>&1 || true"))?.contains("Transport endpoint is not connected") == true })
         #expect(isMounted(mountpoint))

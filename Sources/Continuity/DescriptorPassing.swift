@@ -19,14 +19,28 @@ public final class DescriptorChannel: Sendable {
 
     deinit { close(descriptor) }
 
-    /// Listens at `path` (a stale socket there is replaced), readable by the owner only.
+    /// Listens at `path` (a stale socket there is replaced), reachable by the owner only at every
+    /// moment whatever the umask: as the control socket (ControlListener), it is bound in a directory
+    /// of its own (mode 0700) beside `path`, restricted to 0600, and only then renamed to `path`.
     public static func listen(at path: String) throws(Errno) -> Int32 {
         let fd = socket(AF_UNIX, CACHEFS_SOCK_STREAM_CLOEXEC, 0)
         guard fd >= 0 else { throw Errno(rawValue: errno) }
-        unlink(path)
-        var address = try socketAddress(path)
+        let parent = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        var template = Array(((parent.isEmpty ? "" : parent) + "/.cachefs-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else {
+            let error = Errno(rawValue: errno)
+            close(fd)
+            throw error
+        }
+        let directory = String(cString: made)
+        let boundPath = directory + "/s"
+        defer {
+            unlink(boundPath) // only there if the socket never moved
+            rmdir(directory)
+        }
+        var address = try socketAddress(boundPath)
         let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard bound == 0, chmod(path, 0o600) == 0, Glibc.listen(fd, 4) == 0 else {
+        guard bound == 0, chmod(boundPath, 0o600) == 0, Glibc.listen(fd, 4) == 0, rename(boundPath, path) == 0 else {
             let error = Errno(rawValue: errno)
             close(fd)
             throw error

@@ -54,9 +54,14 @@ struct ControlSocketTests {
         #expect(!events.contains { $0.name == "c.sock" && $0.mask & UInt32(IN_CREATE) != 0 }, "bound at its path: \(events)")
         #expect(!events.contains { $0.name == "c.sock" && $0.mask & UInt32(IN_ATTRIB) != 0 }, "its mode changed at its path: \(events)")
         #expect(events.contains { $0.name == "c.sock" && $0.mask & UInt32(IN_MOVED_TO) != 0 }, "\(events)")
-        var attributes = stat()
-        #expect(stat(sockets + "/c.sock", &attributes) == 0 && attributes.st_mode & 0o777 == 0o600)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: sockets) == ["c.sock"], "the private directory was left behind")
+        // The hand-over socket beside it (it hands out the mount and the cache) follows the same rule.
+        for name in ["c.sock", "c.sock.handover"] {
+            #expect(!events.contains { $0.name == name && $0.mask & UInt32(IN_CREATE | IN_ATTRIB) != 0 }, "\(name) made at its path: \(events)")
+            var attributes = stat()
+            #expect(stat(sockets + "/" + name, &attributes) == 0 && attributes.st_mode & 0o777 == 0o600, "\(name)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: sockets).sorted() == ["c.sock", "c.sock.handover"],
+                "a private directory was left behind")
     }
 
     /// A Unix socket bound at `path` and closed without being removed: what a killed daemon leaves.

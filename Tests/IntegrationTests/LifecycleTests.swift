@@ -23,6 +23,14 @@ final class NotifySocket {
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// The next message that contains `text` (systemd takes others meanwhile: FDSTORE=1), or nil after 15 s without one.
+    func receive(containing text: String) -> String? {
+        while let message = receive() {
+            if message.contains(text) { return message }
+        }
+        return nil
+    }
+
     /// The next message, or nil after 15 s.
     func receive() -> String? {
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -55,13 +63,13 @@ struct LifecycleTests {
         let notify = try NotifySocket(path: scratch.path + "/notify.sock")
         let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"),
                                      environment: ["NOTIFY_SOCKET": notify.path])
-        let ready = notify.receive()
+        let ready = notify.receive(containing: "READY=1")
         #expect(ready?.contains("READY=1") == true, "got \(ready ?? "nothing")")
         #expect(ready?.contains("MAINPID=\(mount.pid)") == true)
         #expect(try shell("cat file", in: mount.mountpoint) == "ready\n")
 
         kill(mount.pid, SIGTERM)
-        let stopping = notify.receive()
+        let stopping = notify.receive(containing: "STOPPING=1")
         #expect(stopping?.contains("STOPPING=1") == true, "got \(stopping ?? "nothing")")
         #expect(mount.stop() == 0)
         #expect(!isMounted(mount.mountpoint))

@@ -131,7 +131,8 @@ let package = Package(
         .executableTarget(
             name: "cachefs",
             dependencies: [
-                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport", "HTTPServing",
+                "BlockCache", "Prefetch", "SourceTree", "MirrorFS", "FuseBridge", "ControlPlane", "Telemetry", "PeerTransport",
+                "HTTPServing",
                 "Continuity", "Threading", "Reporting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -155,10 +156,15 @@ let package = Package(
         ),
         .testTarget(name: "PrefetchTests", dependencies: ["Prefetch"]),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
-        .testTarget(name: "ContinuityTests", dependencies: ["Continuity", "MirrorFS", "BlockCache", "SourceTree", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "ContinuityTests",
+            dependencies: ["Continuity", "MirrorFS", "BlockCache", "SourceTree", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "MirrorFSTests",
-            dependencies: ["MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "HTTPServing", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "MirrorFS", "SourceTree", "BlockCache", "PeerTransport", "CRC32C", "CLinux", "HTTPServing", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "PeerTransportTests",

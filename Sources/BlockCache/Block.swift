@@ -1,10 +1,11 @@
+import Synchronization
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Synchronization
-import SystemPackage
 
 /// Where a block's bytes live: a range of its file version's memory file, or (for a
 /// file smaller than one block) an anonymous mapping of its own.
@@ -37,7 +38,7 @@ public final class BlockBuffer: @unchecked Sendable {
     static func anonymous(_ capacity: Int) throws(Errno) -> BlockBuffer {
         precondition(capacity > 0)
         guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
-              base != MAP_FAILED
+            base != MAP_FAILED
         else { throw Errno(rawValue: errno) }
         return BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: base, count: capacity), backing: .anonymous)
     }

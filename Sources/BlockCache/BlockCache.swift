@@ -42,8 +42,10 @@ public final class BlockCache: Sendable {
     /// - Parameters:
     ///   - registry: keeps each memory file where it outlives the process (systemd's store); nil keeps none.
     ///   - logger: where a failure to give memory back is told.
-    public convenience init(capacity: Int, blockSize: Int, registry: (any MemoryFileRegistry)? = nil,
-                            logger: Logger = Logger(label: "cachefs.cache")) {
+    public convenience init(
+        capacity: Int, blockSize: Int, registry: (any MemoryFileRegistry)? = nil,
+        logger: Logger = Logger(label: "cachefs.cache")
+    ) {
         self.init(capacity: capacity, blockSize: blockSize, registry: registry, unreturned: UnreturnedMemory(logger: logger))
     }
 
@@ -78,7 +80,7 @@ public final class BlockCache: Sendable {
         fill: (BlockBuffer) throws -> (count: Int, tier: ReadTier)
     ) throws -> (block: Block, tier: ReadTier) {
         precondition(length > 0 && length <= blockSize)
-        var evicted: [Block] = []  // given back when this scope ends, outside the lock
+        var evicted: [Block] = [] // given back when this scope ends, outside the lock
         defer { evicted.removeAll() }
         let step: Step = state.withLock { state in
             if let block = state.lookup(key, touching: true) {
@@ -181,7 +183,9 @@ public final class BlockCache: Sendable {
                     let (filled, tier) = try fill(run[position].index, claimed)
                     for (offset, buffer) in claimed.enumerated() {
                         let within = filled - offset * blockSize
-                        complete(run[position + offset], file: file, .success((buffer.seal(length: min(max(within, 0), buffer.memory.count)), tier)))
+                        complete(
+                            run[position + offset], file: file,
+                            .success((buffer.seal(length: min(max(within, 0), buffer.memory.count)), tier)))
                     }
                     position += claimed.count
                 }
@@ -202,8 +206,10 @@ public final class BlockCache: Sendable {
     }
 
     /// Ends one block's load: admits the block (or forgets the failure) and wakes its waiters.
-    private func complete(_ entry: (index: Int64, pending: PendingLoad, reserved: Bool), file: FileVersion,
-                          length: Int? = nil, _ outcome: Result<(block: Block, tier: ReadTier), any Error>) {
+    private func complete(
+        _ entry: (index: Int64, pending: PendingLoad, reserved: Bool), file: FileVersion,
+        length: Int? = nil, _ outcome: Result<(block: Block, tier: ReadTier), any Error>
+    ) {
         let key = BlockKey(file: file, index: entry.index)
         state.withLock { state in
             state.pending[key] = nil

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CLinux
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A version's memory file and its ledger, as one daemon hands them to the next.
 public struct MemoryFilePair: Sendable {
@@ -28,7 +29,9 @@ public struct SurrenderedMemory: @unchecked Sendable {
     init(_ memories: [VersionMemory]) { self.memories = memories }
 
     public var files: [MemoryFilePair] {
-        memories.compactMap { memory in memory.ledger.map { MemoryFilePair(memory: memory.descriptor, ledger: $0.descriptor, name: memory.name) } }
+        memories.compactMap { memory in
+            memory.ledger.map { MemoryFilePair(memory: memory.descriptor, ledger: $0.descriptor, name: memory.name) }
+        }
     }
 }
 
@@ -92,8 +95,10 @@ extension BlockCache {
             }
             let name = file.name ?? custody.registry?.nameForNewFile()
             do {
-                adopted.append(try VersionMemory(adopting: file.memory, ledger: ledger, version: version, blockSize: blockSize,
-                                                 name: name, custody: custody, unreturned: unreturned))
+                adopted.append(
+                    try VersionMemory(
+                        adopting: file.memory, ledger: ledger, version: version, blockSize: blockSize,
+                        name: name, custody: custody, unreturned: unreturned))
             } catch {
                 report.dropped.append("\(file.name ?? "a memory file"): its size is not its version's (\(version))")
                 continue
@@ -113,7 +118,11 @@ extension BlockCache {
             for index in 0..<blockCount(version, blockSize: blockSize) {
                 let length = Int(min(Int64(blockSize), version.size - index * Int64(blockSize)))
                 if !ledger.isResident(index) {
-                    if let last = unmarked.last, last.upperBound == index { unmarked[unmarked.count - 1] = last.lowerBound..<(index + 1) } else { unmarked.append(index..<(index + 1)) }
+                    if let last = unmarked.last, last.upperBound == index {
+                        unmarked[unmarked.count - 1] = last.lowerBound..<(index + 1)
+                    } else {
+                        unmarked.append(index..<(index + 1))
+                    }
                 } else if holds > 0 || charged + length <= usableCapacity {
                     blocks[index] = memory.adoptResident(index, length: length)
                     if holds == 0 { charged += length }
@@ -127,8 +136,9 @@ extension BlockCache {
             } else {
                 // Pages of loads cut short (a crash mid-load) are given back; a held file is never punched.
                 for range in unmarked {
-                    _ = cachefs_punch_hole(memory.descriptor, off_t(range.lowerBound * Int64(blockSize)),
-                                           off_t(min(version.size, range.upperBound * Int64(blockSize)) - range.lowerBound * Int64(blockSize)))
+                    _ = cachefs_punch_hole(
+                        memory.descriptor, off_t(range.lowerBound * Int64(blockSize)),
+                        off_t(min(version.size, range.upperBound * Int64(blockSize)) - range.lowerBound * Int64(blockSize)))
                 }
             }
             state.withLock { state in

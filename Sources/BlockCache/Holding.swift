@@ -22,7 +22,9 @@ extension BlockCache {
     /// Whether every block of `version` is in memory now (a moment later one may be evicted).
     public func isWhollyResident(_ version: FileVersion) -> Bool {
         state.withLock { state in
-            (0..<blockCount(version, blockSize: blockSize)).allSatisfy { state.lookup(BlockKey(file: version, index: $0), touching: false) != nil }
+            (0..<blockCount(version, blockSize: blockSize)).allSatisfy {
+                state.lookup(BlockKey(file: version, index: $0), touching: false) != nil
+            }
         }
     }
 
@@ -34,7 +36,7 @@ extension BlockCache {
             var memory: VersionMemory?
             for index in 0..<count {
                 guard let block = state.lookup(BlockKey(file: version, index: index), touching: false),
-                      case .file(let owner, _) = block.backing, memory == nil || memory === owner
+                    case .file(let owner, _) = block.backing, memory == nil || memory === owner
                 else { return nil }
                 memory = owner
                 block.markUsed() // a reader opened it; the kernel's reads from here on are not seen

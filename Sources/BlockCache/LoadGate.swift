@@ -1,8 +1,9 @@
+import Synchronization
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
-import SystemPackage
 
 /// Lets loads into block memory run, or stops new ones and waits for those running: a daemon
 /// handing its cache to another must not write a byte into a memory file once the other may

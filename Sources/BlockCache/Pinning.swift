@@ -38,8 +38,9 @@ extension BlockCache {
             let charged = state.pinnedBytes + state.heldBytes + state.reservedBytes
             let bound = usableCapacity // read once: the check and the eviction below must agree
             guard charged - replaced - alreadyHeld + requested <= bound else {
-                throw PinRefused(requestedBytes: requested, pinnedBytes: state.pinnedBytes + state.heldBytes,
-                                 reservedBytes: state.reservedBytes + capacity - bound, capacity: capacity)
+                throw PinRefused(
+                    requestedBytes: requested, pinnedBytes: state.pinnedBytes + state.heldBytes,
+                    reservedBytes: state.reservedBytes + capacity - bound, capacity: capacity)
             }
             for file in added {
                 if let old = state.pins[file.identity] {

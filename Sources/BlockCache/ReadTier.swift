@@ -24,4 +24,3 @@ public enum ReadTier: Int, CaseIterable, Comparable, Sendable, CustomStringConve
         if other > self { self = other }
     }
 }
-

@@ -1,7 +1,8 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// What the cache holds of one file version right now (`cachefs ls`).
 public struct Residency: Sendable, Equatable {

@@ -1,8 +1,9 @@
+import Synchronization
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
-import SystemPackage
 
 /// Buffers a load reads into before its bytes go into the blocks' memory files with pwrite(2).
 ///
@@ -38,8 +39,10 @@ public final class StagingBuffers: Sendable {
     /// With `digest`, each block's digest is computed over its bytes in the staging buffer, where they
     /// are still in the CPU's cache, and kept with the block (`BlockBuffer.noteDigest`): a peer server
     /// then sends the block without a pass of its own over memory the load left long ago.
-    public func fill(_ buffers: some Collection<BlockBuffer>, digest: ((UnsafeRawBufferPointer) -> UInt32)? = nil,
-                     read: (StagingTarget) throws(Errno) -> Int) throws(Errno) -> Int {
+    public func fill(
+        _ buffers: some Collection<BlockBuffer>, digest: ((UnsafeRawBufferPointer) -> UInt32)? = nil,
+        read: (StagingTarget) throws(Errno) -> Int
+    ) throws(Errno) -> Int {
         if buffers.count == 1, let only = buffers.first, !only.isInMemoryFile {
             // A block in anonymous memory of its own: nobody else can claim it, and it is already populated.
             let count = try read(StagingTarget(block: only))
@@ -72,7 +75,7 @@ public final class StagingBuffers: Sendable {
         }
         // MAP_POPULATE: one call allocates every page, far cheaper than a fault per page.
         guard let base = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0),
-              base != MAP_FAILED
+            base != MAP_FAILED
         else { throw Errno(rawValue: errno) }
         return UnsafeMutableRawBufferPointer(start: base, count: capacity)
     }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CLinux
 import CRC32C
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The record that travels with a version's memory file to the next daemon (a hand-over, or
 /// a restart after a crash): which file version the memory file holds, and which of its
@@ -48,7 +49,7 @@ public final class VersionLedger: @unchecked Sendable {
         let fd = cachefs_memfd_create("cachefs-block-ledger", UInt32(CACHEFS_MFD_CLOEXEC))
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         guard ftruncate(fd, off_t(total)) == 0,
-              let mapped = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED
+            let mapped = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED
         else {
             let error = Errno(rawValue: errno)
             close(fd)
@@ -107,10 +108,12 @@ public final class VersionLedger: @unchecked Sendable {
             let blocks: UInt64 = try reader.read()
             let recordLength = Int(try reader.read(UInt32.self))
             guard recordLength <= total - Self.recordOffset, headerLength >= Self.recordOffset + recordLength,
-                  blocks <= UInt64(Int64.max), headerLength + Int((blocks + 7) / 8) <= total
+                blocks <= UInt64(Int64.max), headerLength + Int((blocks + 7) / 8) <= total
             else { throw refuse("the ledger's header is out of bounds") }
             let stored = UInt32(littleEndian: mapped.loadUnaligned(fromByteOffset: 40, as: UInt32.self))
-            guard stored == Self.checksum(mapped, recordLength: recordLength) else { throw refuse("the ledger's checksum does not match (torn or altered)") }
+            guard stored == Self.checksum(mapped, recordLength: recordLength) else {
+                throw refuse("the ledger's checksum does not match (torn or altered)")
+            }
             guard ledgerBlockSize == UInt64(blockSize) else {
                 throw refuse("the ledger is of a cache with \(ledgerBlockSize)-byte blocks, this one has \(blockSize)")
             }
@@ -119,7 +122,10 @@ public final class VersionLedger: @unchecked Sendable {
             guard (version.size + Int64(blockSize) - 1) / Int64(blockSize) == Int64(blocks) else {
                 throw refuse("the ledger's block count does not match its file's size")
             }
-            return (VersionLedger(descriptor: descriptor, base: mapped, length: total, bitmapOffset: headerLength, blockCount: Int64(blocks)), version)
+            return (
+                VersionLedger(descriptor: descriptor, base: mapped, length: total, bitmapOffset: headerLength, blockCount: Int64(blocks)),
+                version
+            )
         } catch let error as Refused {
             throw error
         } catch {

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CLinux
 import Logging
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The memory of one file version's cached blocks: a memory file (memfd) as large as the
 /// file, sparse, each block at its own offset, and one shared mapping of it all through
@@ -73,23 +74,29 @@ public final class VersionMemory: @unchecked Sendable {
             close(fd)
             throw error
         }
-        try self.init(descriptor: fd, version: version, blockSize: blockSize, ledger: try? VersionLedger(version: version, blockSize: blockSize),
-                      name: custody.registry?.nameForNewFile(), custody: custody, unreturned: unreturned)
+        try self.init(
+            descriptor: fd, version: version, blockSize: blockSize, ledger: try? VersionLedger(version: version, blockSize: blockSize),
+            name: custody.registry?.nameForNewFile(), custody: custody, unreturned: unreturned)
     }
 
     /// Takes over an inherited memory file (closed on failure) whose ledger checked out.
-    convenience init(adopting fd: Int32, ledger: VersionLedger, version: FileVersion, blockSize: Int, name: String?, custody: MemoryCustody,
-                     unreturned: UnreturnedMemory) throws(Errno) {
+    convenience init(
+        adopting fd: Int32, ledger: VersionLedger, version: FileVersion, blockSize: Int, name: String?, custody: MemoryCustody,
+        unreturned: UnreturnedMemory
+    ) throws(Errno) {
         var attributes = stat()
         guard fstat(fd, &attributes) == 0, Int64(attributes.st_size) == version.size, version.size > 0 else {
             close(fd)
             throw .invalidArgument
         }
-        try self.init(descriptor: fd, version: version, blockSize: blockSize, ledger: ledger, name: name, custody: custody, unreturned: unreturned)
+        try self.init(
+            descriptor: fd, version: version, blockSize: blockSize, ledger: ledger, name: name, custody: custody, unreturned: unreturned)
     }
 
-    private init(descriptor fd: Int32, version: FileVersion, blockSize: Int, ledger: VersionLedger?, name: String?, custody: MemoryCustody,
-                 unreturned: UnreturnedMemory) throws(Errno) {
+    private init(
+        descriptor fd: Int32, version: FileVersion, blockSize: Int, ledger: VersionLedger?, name: String?, custody: MemoryCustody,
+        unreturned: UnreturnedMemory
+    ) throws(Errno) {
         let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
         let length = (Int(version.size) + pageSize - 1) / pageSize * pageSize
         guard let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0), mapped != MAP_FAILED else {
@@ -138,7 +145,8 @@ public final class VersionMemory: @unchecked Sendable {
         found = nil // released here, outside the lock
         guard let generation else { return claim(index, length: length) }
         let start = base + Int(index) * blockSize
-        return .fresh(BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: start, count: length), backing: .file(self, generation: generation)))
+        return .fresh(
+            BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: start, count: length), backing: .file(self, generation: generation)))
     }
 
     /// Records the block a claimed range became, so that a later load can take it back while it lives,
@@ -159,8 +167,9 @@ public final class VersionMemory: @unchecked Sendable {
             slots.byIndex[index] = Slot(generation: slots.next, block: nil)
             return slots.next
         }
-        let buffer = BlockBuffer(memory: UnsafeMutableRawBufferPointer(start: base + Int(index) * blockSize, count: length),
-                                 backing: .file(self, generation: generation))
+        let buffer = BlockBuffer(
+            memory: UnsafeMutableRawBufferPointer(start: base + Int(index) * blockSize, count: length),
+            backing: .file(self, generation: generation))
         return buffer.seal(length: length)
     }
 
@@ -241,8 +250,9 @@ final class UnreturnedMemory: Sendable {
     }
 
     func log(_ error: Errno, bytes: Int, at offset: Int64) {
-        logger.error("an evicted block's memory could not be given back; it stays counted against the capacity",
-                     metadata: ["error": "\(error)", "bytes": "\(bytes)", "offset": "\(offset)", "unreturned bytes": "\(self.bytes)"])
+        logger.error(
+            "an evicted block's memory could not be given back; it stays counted against the capacity",
+            metadata: ["error": "\(error)", "bytes": "\(bytes)", "offset": "\(offset)", "unreturned bytes": "\(self.bytes)"])
     }
 }
 

@@ -1,8 +1,9 @@
+import CLinux
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLinux
-import SystemPackage
 
 /// A Unix stream socket between two daemons that carries framed messages with descriptors attached
 /// (SCM_RIGHTS): the hand-over. A frame is its length (u32), its kind (u8) and its payload; its
@@ -39,7 +40,9 @@ public final class DescriptorChannel: Sendable {
             rmdir(directory)
         }
         var address = try socketAddress(boundPath)
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
         guard bound == 0, chmod(boundPath, 0o600) == 0, Glibc.listen(fd, 4) == 0, rename(boundPath, path) == 0 else {
             let error = Errno(rawValue: errno)
             close(fd)
@@ -52,7 +55,9 @@ public final class DescriptorChannel: Sendable {
         let fd = socket(AF_UNIX, CACHEFS_SOCK_STREAM_CLOEXEC, 0)
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         var address = try socketAddress(path)
-        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
         guard connected == 0 else {
             let error = Errno(rawValue: errno)
             close(fd)
@@ -82,8 +87,9 @@ public final class DescriptorChannel: Sendable {
         while sent < frame.count {
             let count = frame.withUnsafeBytes { raw in
                 descriptors.withUnsafeBufferPointer { fds in
-                    cachefs_send_with_fds(descriptor, nil, 0, raw.baseAddress! + sent, raw.count - sent,
-                                          sent == 0 ? fds.baseAddress : nil, sent == 0 ? Int32(fds.count) : 0)
+                    cachefs_send_with_fds(
+                        descriptor, nil, 0, raw.baseAddress! + sent, raw.count - sent,
+                        sent == 0 ? fds.baseAddress : nil, sent == 0 ? Int32(fds.count) : 0)
                 }
             }
             guard count > 0 else { throw Errno(rawValue: count < 0 ? errno : EPIPE) }
@@ -101,7 +107,9 @@ public final class DescriptorChannel: Sendable {
         var received: [Int32] = []
         while have < 5 {
             let count = header.withUnsafeMutableBytes { raw in
-                fds.withUnsafeMutableBufferPointer { cachefs_receive_with_fds(descriptor, raw.baseAddress! + have, 5 - have, $0.baseAddress, Int32($0.count), &fdCount) }
+                fds.withUnsafeMutableBufferPointer {
+                    cachefs_receive_with_fds(descriptor, raw.baseAddress! + have, 5 - have, $0.baseAddress, Int32($0.count), &fdCount)
+                }
             }
             received += fds.prefix(Int(fdCount))
             guard count > 0 else {

@@ -16,8 +16,10 @@ public struct MountRecord: Sendable, Equatable {
     public var initRequest: [UInt8]
     public var kernelFlags2: UInt32
 
-    public init(mountpoint: String, source: String, allowOther: Bool, blockSize: Int, deviceMajor: UInt32, deviceMinor: UInt32,
-                initRequest: [UInt8], kernelFlags2: UInt32) {
+    public init(
+        mountpoint: String, source: String, allowOther: Bool, blockSize: Int, deviceMajor: UInt32, deviceMinor: UInt32,
+        initRequest: [UInt8], kernelFlags2: UInt32
+    ) {
         self.mountpoint = mountpoint
         self.source = source
         self.allowOther = allowOther
@@ -47,14 +49,15 @@ public struct MountRecord: Sendable, Equatable {
         let decoded: MountRecord? = bytes.withUnsafeBytes { raw in
             var reader = ByteReader(raw)
             guard let mountpoint = try? reader.readLengthPrefixed(limit: 4096), let source = try? reader.readLengthPrefixed(limit: 4096),
-                  let allowOther = try? reader.read(UInt8.self), let blockSize = try? reader.read(UInt64.self),
-                  let major = try? reader.read(UInt32.self), let minor = try? reader.read(UInt32.self),
-                  let initRequest = try? reader.readLengthPrefixed(limit: 4096), let flags2 = try? reader.read(UInt32.self),
-                  blockSize > 0, blockSize <= 1 << 30
+                let allowOther = try? reader.read(UInt8.self), let blockSize = try? reader.read(UInt64.self),
+                let major = try? reader.read(UInt32.self), let minor = try? reader.read(UInt32.self),
+                let initRequest = try? reader.readLengthPrefixed(limit: 4096), let flags2 = try? reader.read(UInt32.self),
+                blockSize > 0, blockSize <= 1 << 30
             else { return nil }
-            return MountRecord(mountpoint: String(decoding: mountpoint, as: UTF8.self), source: String(decoding: source, as: UTF8.self),
-                               allowOther: allowOther != 0, blockSize: Int(blockSize), deviceMajor: major, deviceMinor: minor,
-                               initRequest: initRequest, kernelFlags2: flags2)
+            return MountRecord(
+                mountpoint: String(decoding: mountpoint, as: UTF8.self), source: String(decoding: source, as: UTF8.self),
+                allowOther: allowOther != 0, blockSize: Int(blockSize), deviceMajor: major, deviceMinor: minor,
+                initRequest: initRequest, kernelFlags2: flags2)
         }
         guard let decoded else { return nil }
         self = decoded

@@ -45,7 +45,9 @@ public enum NodeSnapshot {
             do {
                 guard try reader.read(UInt64.self) == magic else { return .failure(Refused(description: "not a node snapshot")) }
                 let found: UInt32 = try reader.read()
-                guard found == format else { return .failure(Refused(description: "node snapshot format \(found); this cachefs reads format \(format)")) }
+                guard found == format else {
+                    return .failure(Refused(description: "node snapshot format \(found); this cachefs reads format \(format)"))
+                }
                 let nextID: UInt64 = try reader.read()
                 let count: UInt64 = try reader.read()
                 let crc: UInt32 = try reader.read()
@@ -61,8 +63,10 @@ public enum NodeSnapshot {
                     let type: UInt32 = try reader.read(), lookups: UInt64 = try reader.read()
                     let superseded = try reader.read(UInt8.self) != 0
                     let lastVersion = try reader.read(UInt8.self) != 0 ? try reader.readVersion() : nil
-                    nodes.append(NodeRecord(id: id, parent: parent, name: name, identity: identity, type: type, lookups: lookups,
-                                            superseded: superseded, lastVersion: lastVersion))
+                    nodes.append(
+                        NodeRecord(
+                            id: id, parent: parent, name: name, identity: identity, type: type, lookups: lookups,
+                            superseded: superseded, lastVersion: lastVersion))
                 }
                 return .success((nodes, nextID))
             } catch {

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import CLinux
 import CRC32C
 import MirrorFS
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the kernel holds of a mount and must find again in whichever daemon serves it next,
 /// kept in a memory file that outlives the daemon (handed over, or kept in systemd's store):
@@ -90,7 +91,8 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
         let parsed: (format: UInt32, slotSize: UInt32, slots: UInt32, crc: UInt32)? = header.withUnsafeBytes { raw in
             var reader = ByteReader(raw)
             guard (try? reader.read(UInt64.self)) == Self.magic, let format = try? reader.read(UInt32.self),
-                  let slotSize = try? reader.read(UInt32.self), let slots = try? reader.read(UInt32.self) else { return nil }
+                let slotSize = try? reader.read(UInt32.self), let slots = try? reader.read(UInt32.self)
+            else { return nil }
             return (format, slotSize, slots, UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 32, as: UInt32.self)))
         }
         guard let parsed else {
@@ -102,7 +104,8 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
             throw Refused(description: "state journal format \(parsed.format); this cachefs reads format \(Self.format)")
         }
         guard parsed.crc == header.withUnsafeBytes({ cachefs_crc32c(0, $0.baseAddress!, 32) }), parsed.slotSize == UInt32(Self.slotSize),
-              parsed.slots > 0, parsed.slots <= 1 << 22 else {
+            parsed.slots > 0, parsed.slots <= 1 << 22
+        else {
             close(fd)
             throw Refused(description: "the state journal's header does not check out")
         }
@@ -157,7 +160,8 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
 
     /// A name for a new memory file, never given before by any daemon of this journal, nor of another journal.
     public func nextName() -> String {
-        let number = UInt64(bitPattern: cachefs_atomic_add_i64(UnsafeMutableRawPointer(word(Self.namesOffset)).assumingMemoryBound(to: Int64.self), 1))
+        let number = UInt64(
+            bitPattern: cachefs_atomic_add_i64(UnsafeMutableRawPointer(word(Self.namesOffset)).assumingMemoryBound(to: Int64.self), 1))
         let journalID = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
         return "cachefs-m\(String(journalID, radix: 36))-\(number)"
     }
@@ -201,8 +205,8 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
             guard cachefs_atomic_load_u32(slot.assumingMemoryBound(to: UInt32.self)) == 1 else { continue }
             let count = Int(UInt32(littleEndian: slot.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
             guard count <= Self.slotSize - 16,
-                  UInt32(littleEndian: slot.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) == cachefs_crc32c(0, slot + 8, 8 + count),
-                  let record = Self.decode(UnsafeRawBufferPointer(start: slot + 16, count: count), slot: index, generation: generation)
+                UInt32(littleEndian: slot.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) == cachefs_crc32c(0, slot + 8, 8 + count),
+                let record = Self.decode(UnsafeRawBufferPointer(start: slot + 16, count: count), slot: index, generation: generation)
             else {
                 torn += 1
                 continue
@@ -257,13 +261,15 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
             case 0: version = nil
             case 1:
                 let size: Int64 = try reader.read()
-                version = FileVersion(identity: identity, size: size, modified: Timestamp(seconds: try reader.read(), nanoseconds: try reader.read()),
-                                      changed: Timestamp(seconds: try reader.read(), nanoseconds: try reader.read()))
+                version = FileVersion(
+                    identity: identity, size: size, modified: Timestamp(seconds: try reader.read(), nanoseconds: try reader.read()),
+                    changed: Timestamp(seconds: try reader.read(), nanoseconds: try reader.read()))
             default: version = try reader.readVersion()
             }
             guard (kind == .directory) == (version == nil) else { return nil }
-            return OpenHandleRecord(handle: UInt64(generation) << 32 | UInt64(slot), kind: kind, node: node, nodeType: type,
-                                    identity: identity, path: path, version: version, backingID: backingID)
+            return OpenHandleRecord(
+                handle: UInt64(generation) << 32 | UInt64(slot), kind: kind, node: node, nodeType: type,
+                identity: identity, path: path, version: version, backingID: backingID)
         } catch {
             return nil
         }
@@ -309,7 +315,9 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
         start.storeBytes(of: UInt32(bytes.count).littleEndian, toByteOffset: 8, as: UInt32.self)
         bytes.withUnsafeBytes { raw in
             if raw.count > 0 { (start + 16).copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
-            start.storeBytes(of: cachefs_crc32c(0, raw.baseAddress ?? UnsafeRawPointer(start), raw.count).littleEndian, toByteOffset: 12, as: UInt32.self)
+            start.storeBytes(
+                of: cachefs_crc32c(0, raw.baseAddress ?? UnsafeRawPointer(start), raw.count).littleEndian, toByteOffset: 12, as: UInt32.self
+            )
         }
         cachefs_atomic_store_u64(word(offset + target * half), max(sequences[0], sequences[1]) + 1)
         return true

@@ -44,8 +44,9 @@ public struct ControlClient: Sendable {
     }
 
     private func post<Body: Encodable, Answer: Decodable>(_ target: String, _ body: Body, timeout: Duration) async throws -> Answer {
-        let request = HTTPMessage.request(.POST, target, headers: ["Content-Type": "application/json"],
-                                          body: ByteBuffer(bytes: try JSONEncoder().encode(body)))
+        let request = HTTPMessage.request(
+            .POST, target, headers: ["Content-Type": "application/json"],
+            body: ByteBuffer(bytes: try JSONEncoder().encode(body)))
         return try await send(request, timeout: timeout)
     }
 

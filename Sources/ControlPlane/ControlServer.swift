@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Dispatch
 import Foundation
 import HTTPServing
@@ -8,6 +5,10 @@ import NIOCore
 import NIOHTTP1
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The daemon's control API on a Unix socket:
 ///
@@ -29,9 +30,13 @@ public enum ControlServer {
         try createDirectories(of: socketPath)
         guard ControlSocket.isListening(socketPath) else { return }
         if let other = try? await ControlClient(socketPath: socketPath).stats() {
-            throw ControlError(description: "control socket \(socketPath) belongs to the running cachefs mount at \(other.settings.mountpoint); give this mount another --control-socket")
+            throw ControlError(
+                description:
+                    "control socket \(socketPath) belongs to the running cachefs mount at \(other.settings.mountpoint); give this mount another --control-socket"
+            )
         }
-        throw ControlError(description: "control socket \(socketPath) is in use by another process; give this mount another --control-socket")
+        throw ControlError(
+            description: "control socket \(socketPath) is in use by another process; give this mount another --control-socket")
     }
 
     /// The listener for `socketPath` (see `claim`); run it as a service.
@@ -129,8 +134,10 @@ public final class ControlListener: Service, Sendable {
         let flag = Atomic<Bool>(false)
     }
 
-    init(socketPath: String, onRunning: @escaping @Sendable () async -> Void,
-         makeHandler: @escaping @Sendable () -> any ChannelHandler) throws {
+    init(
+        socketPath: String, onRunning: @escaping @Sendable () async -> Void,
+        makeHandler: @escaping @Sendable () -> any ChannelHandler
+    ) throws {
         self.socketPath = socketPath
         let parent = (socketPath as NSString).deletingLastPathComponent
         var template = Array((parent + "/.cachefs-XXXXXX").utf8CString)
@@ -140,14 +147,17 @@ public final class ControlListener: Service, Sendable {
         bindDirectory = String(cString: made)
         boundPath = bindDirectory + "/s"
         let (boundPath, bindDirectory, published) = (self.boundPath, self.bindDirectory, self.published)
-        listener = HTTPListener(target: .unixSocket(boundPath), makeHandler: makeHandler, onRunning: { _ in
-            guard chmod(boundPath, 0o600) == 0, rename(boundPath, socketPath) == 0 else {
-                throw ControlError(description: "cannot move the control socket into place at \(socketPath): \(String(cString: strerror(errno)))")
-            }
-            rmdir(bindDirectory) // empty now
-            published.flag.store(true, ordering: .releasing)
-            await onRunning()
-        })
+        listener = HTTPListener(
+            target: .unixSocket(boundPath), makeHandler: makeHandler,
+            onRunning: { _ in
+                guard chmod(boundPath, 0o600) == 0, rename(boundPath, socketPath) == 0 else {
+                    throw ControlError(
+                        description: "cannot move the control socket into place at \(socketPath): \(String(cString: strerror(errno)))")
+                }
+                rmdir(bindDirectory) // empty now
+                published.flag.store(true, ordering: .releasing)
+                await onRunning()
+            })
     }
 
     public func run() async throws {

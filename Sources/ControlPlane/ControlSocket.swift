@@ -1,4 +1,5 @@
 import HTTPServing
+
 #if canImport(Glibc)
 import Glibc
 #endif

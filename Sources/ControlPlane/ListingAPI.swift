@@ -39,8 +39,9 @@ public struct ListAnswer: Codable, Sendable, Equatable {
         let count = paths.count
         guard [sizes.count, cachedBytes.count, pinned.count, held.count, lastRead.count].allSatisfy({ $0 == count }) else { return nil }
         let files = (0..<count).map { index in
-            Listing.File(path: paths[index], size: sizes[index], cachedBytes: cachedBytes[index],
-                         pinned: pinned[index], held: held[index], lastRead: lastRead[index])
+            Listing.File(
+                path: paths[index], size: sizes[index], cachedBytes: cachedBytes[index],
+                pinned: pinned[index], held: held[index], lastRead: lastRead[index])
         }
         return Listing(files: files, directories: directories)
     }
@@ -101,17 +102,24 @@ public struct Listing: Codable, Sendable, Equatable {
         var direct: [Substring: Directory] = [:]
         for file in self.files {
             let parent = file.path.lastIndex(of: "/").map { file.path[..<$0] } ?? ""
-            direct[parent, default: Directory(path: String(parent), files: 0, size: 0, cachedBytes: 0, pinnedFiles: 0, heldFiles: 0, lastRead: nil)]
-                .add(files: 1, size: file.size, cachedBytes: file.cachedBytes, pinned: file.pinned ? 1 : 0, held: file.held ? 1 : 0, lastRead: file.lastRead)
+            direct[
+                parent,
+                default: Directory(path: String(parent), files: 0, size: 0, cachedBytes: 0, pinnedFiles: 0, heldFiles: 0, lastRead: nil)
+            ]
+            .add(
+                files: 1, size: file.size, cachedBytes: file.cachedBytes, pinned: file.pinned ? 1 : 0, held: file.held ? 1 : 0,
+                lastRead: file.lastRead)
         }
-        var totals = Dictionary(uniqueKeysWithValues: directories.map {
-            ($0, Directory(path: $0, files: 0, size: 0, cachedBytes: 0, pinnedFiles: 0, heldFiles: 0, lastRead: nil))
-        })
+        var totals = Dictionary(
+            uniqueKeysWithValues: directories.map {
+                ($0, Directory(path: $0, files: 0, size: 0, cachedBytes: 0, pinnedFiles: 0, heldFiles: 0, lastRead: nil))
+            })
         for sum in direct.values {
             var ancestor = Substring(sum.path)
             while true {
-                totals[String(ancestor)]?.add(files: sum.files, size: sum.size, cachedBytes: sum.cachedBytes, pinned: sum.pinnedFiles,
-                                              held: sum.heldFiles, lastRead: sum.lastRead)
+                totals[String(ancestor)]?.add(
+                    files: sum.files, size: sum.size, cachedBytes: sum.cachedBytes, pinned: sum.pinnedFiles,
+                    held: sum.heldFiles, lastRead: sum.lastRead)
                 guard !ancestor.isEmpty else { break }
                 ancestor = ancestor.lastIndex(of: "/").map { ancestor[..<$0] } ?? ""
             }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CFuse
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a daemon taking over this connection needs of its INIT exchange: the kernel's request as
 /// it came (protocol version, flags offered, read-ahead) and the flags2 the kernel was told.
@@ -115,7 +116,9 @@ final class FuseChannel: Sendable {
 
     private func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ length: Int) -> Int {
         if takingOver {
-            if let request = replay.withLock({ (pending: inout [UInt8]?) -> [UInt8]? in defer { pending = nil }; return pending }) {
+            if let request = replay.withLock({ (pending: inout [UInt8]?) -> [UInt8]? in
+                defer { pending = nil }; return pending
+            }) {
                 guard request.count <= length else { return fail(EINVAL) }
                 request.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                 buffer.storeBytes(of: Self.replayedInitUnique, toByteOffset: 8, as: UInt64.self) // in_header.unique
@@ -186,9 +189,11 @@ final class FuseChannel: Sendable {
             logger.notice("the kernel cannot send again the requests a previous daemon left unanswered (FUSE_NOTIFY_RESEND, Linux 6.9+)")
             return
         }
-        var header = cachefs_fuse_out_header(len: UInt32(MemoryLayout<cachefs_fuse_out_header>.size), error: CACHEFS_FUSE_NOTIFY_RESEND, unique: 0)
+        var header = cachefs_fuse_out_header(
+            len: UInt32(MemoryLayout<cachefs_fuse_out_header>.size), error: CACHEFS_FUSE_NOTIFY_RESEND, unique: 0)
         if Glibc.write(fd, &header, MemoryLayout<cachefs_fuse_out_header>.size) < 0 {
-            logger.warning("could not ask the kernel to send unanswered requests again", metadata: ["error": "\(String(cString: strerror(errno)))"])
+            logger.warning(
+                "could not ask the kernel to send unanswered requests again", metadata: ["error": "\(String(cString: strerror(errno)))"])
         }
     }
 

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CFuse
 import CLinux
 import Logging
@@ -8,6 +5,10 @@ import MirrorFS
 import Reporting
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The kernel features cachefs uses that libfuse 3.14 predates, negotiated by the daemon itself:
 /// - FUSE passthrough: the kernel reads a wholly cached file straight from its memory file,
@@ -91,9 +92,13 @@ public final class FuseKernelFeatures: KernelFeatures {
             if offered & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 {
                 wanted |= CACHEFS_FUSE_PASSTHROUGH_FLAGS2
             } else if kernelFlags2 != nil {
-                setUnavailable("the mount was set up without passthrough (its first daemon ran with --passthrough off); a new mount is needed to turn it on")
+                setUnavailable(
+                    "the mount was set up without passthrough (its first daemon ran with --passthrough off); a new mount is needed to turn it on"
+                )
             } else {
-                setUnavailable("the kernel does not offer FUSE passthrough (protocol \(arguments.major).\(arguments.minor); Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)")
+                setUnavailable(
+                    "the kernel does not offer FUSE passthrough (protocol \(arguments.major).\(arguments.minor); Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH)"
+                )
             }
         }
         offeredFlags2.store(wanted, ordering: .relaxed)
@@ -103,8 +108,8 @@ public final class FuseKernelFeatures: KernelFeatures {
     /// the INIT, and records what the kernel is told (FuseChannel calls this for that reply only).
     func amendInitReply(_ vectors: UnsafeMutablePointer<iovec>, count: Int) {
         guard count >= 2, vectors[0].iov_len >= MemoryLayout<cachefs_fuse_out_header>.size,
-              vectors[0].iov_base.loadUnaligned(as: cachefs_fuse_out_header.self).error == 0,
-              vectors[1].iov_len >= MemoryLayout<cachefs_fuse_init_out>.size, let reply = vectors[1].iov_base
+            vectors[0].iov_base.loadUnaligned(as: cachefs_fuse_out_header.self).error == 0,
+            vectors[1].iov_len >= MemoryLayout<cachefs_fuse_init_out>.size, let reply = vectors[1].iov_base
         else { return setUnavailable("libfuse's INIT reply has no room for passthrough") }
         var arguments = reply.loadUnaligned(as: cachefs_fuse_init_out.self)
         let wanted = offeredFlags2.load(ordering: .relaxed)
@@ -125,10 +130,12 @@ public final class FuseKernelFeatures: KernelFeatures {
     /// and logs why not. Call after the mount answers (the INIT reply has been processed).
     public func probe() {
         if directIOEnabled && !directIOMayBeMapped {
-            logger.notice("the kernel cannot map direct-I/O opens (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+); cold reads go through its page cache")
+            logger.notice(
+                "the kernel cannot map direct-I/O opens (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+); cold reads go through its page cache")
         }
         guard passthroughAvailable else {
-            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(passthroughState.reason ?? "-")"])
+            logger.notice(
+                "FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(passthroughState.reason ?? "-")"])
             return
         }
         let memfd = cachefs_memfd_create("cachefs-passthrough-probe", UInt32(CACHEFS_MFD_CLOEXEC))
@@ -137,7 +144,8 @@ public final class FuseKernelFeatures: KernelFeatures {
             unregister(try register(memfd))
             logger.info("FUSE passthrough is on: the kernel reads wholly cached files from memory itself")
         } catch {
-            logger.notice("FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(passthroughState.reason ?? "-")"])
+            logger.notice(
+                "FUSE passthrough is off; every read goes through the daemon", metadata: ["reason": "\(passthroughState.reason ?? "-")"])
         }
     }
 
@@ -148,9 +156,10 @@ public final class FuseKernelFeatures: KernelFeatures {
             let error = Errno(rawValue: errno)
             // Short of memory or descriptors: this open goes through the daemon, later ones may try again.
             if [.noMemory, .tooManyOpenFiles, .tooManyOpenFilesInSystem].contains(error) { throw error }
-            setUnavailable(error == .notPermitted
-                ? "the kernel refused a backing file (EPERM): passthrough needs CAP_SYS_ADMIN in the initial user namespace"
-                : "the kernel refused a backing file: \(error)")
+            setUnavailable(
+                error == .notPermitted
+                    ? "the kernel refused a backing file (EPERM): passthrough needs CAP_SYS_ADMIN in the initial user namespace"
+                    : "the kernel refused a backing file: \(error)")
             throw error
         }
         return id

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CFuse
 import Logging
 import MirrorFS
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// How the mount is presented to the kernel.
 public struct FuseConfiguration: Sendable {
@@ -70,8 +71,10 @@ public final class FuseServer: @unchecked Sendable {
     public private(set) var descriptor: Int32 = -1
 
     /// - Parameter kernelFeatures: the same object the filesystem registers backing files with.
-    public init(filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil,
-                kernelFeatures: FuseKernelFeatures? = nil, logger: Logger) {
+    public init(
+        filesystem: MirrorFilesystem, configuration: FuseConfiguration, readObserver: (any ReadObserver)? = nil,
+        kernelFeatures: FuseKernelFeatures? = nil, logger: Logger
+    ) {
         self.filesystem = filesystem
         self.configuration = configuration
         self.readObserver = readObserver
@@ -117,7 +120,8 @@ public final class FuseServer: @unchecked Sendable {
         return session
     }
 
-    private func start(_ session: OpaquePointer, descriptor: Int32, replaying: FuseNegotiation?, mountpoint path: String) throws(MountError) {
+    private func start(_ session: OpaquePointer, descriptor: Int32, replaying: FuseNegotiation?, mountpoint path: String) throws(MountError)
+    {
         channel = FuseChannel(kernelFeatures: kernelFeatures, replaying: replaying, logger: logger)
         guard channel.install(on: session, descriptor: descriptor) else {
             fuse_session_destroy(session)
@@ -169,7 +173,6 @@ public final class FuseServer: @unchecked Sendable {
         _ = waitpid(pid, &status, 0)
     }
 }
-
 
 extension FuseServer {
     /// The INIT exchange of this connection, for a daemon taking it over.

@@ -40,9 +40,11 @@ extension FuseServer: FigureReporter {
     /// the node it named, the errno and its meaning (a lookup of a missing name is an answer, not a fault).
     func fail(_ req: fuse_req_t?, _ operation: FuseOperation, node: UInt64, _ error: Errno) {
         failures.count(operation)
-        logger.debug("request failed", metadata: [
-            "operation": "\(operation.rawValue)", "node": "\(node)", "errno": "\(error.rawValue)", "cause": "\(error)",
-        ])
+        logger.debug(
+            "request failed",
+            metadata: [
+                "operation": "\(operation.rawValue)", "node": "\(node)", "errno": "\(error.rawValue)", "cause": "\(error)",
+            ])
         fuse_reply_err(req, error.rawValue)
     }
 }

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import CFuse
 import MirrorFS
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // The low-level operations table: each callback finds the FuseServer through
 // the request's user data, makes one MirrorFilesystem call, and replies.
@@ -49,7 +50,9 @@ extension FuseServer {
             server(req).reply(req, .readlink, node: node) { fs throws(Errno) in
                 var target = try fs.filesystem.linkTarget(of: node)
                 target.append(0)
-                target.withUnsafeBufferPointer { _ = fuse_reply_readlink(req, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self)) }
+                target.withUnsafeBufferPointer {
+                    _ = fuse_reply_readlink(req, UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self))
+                }
             }
         }
         ops.open = { req, node, info in
@@ -177,8 +180,10 @@ extension FuseServer {
         return entry
     }
 
-    fileprivate func readDirectory(_ req: fuse_req_t?, node: fuse_ino_t, size: Int, offset: off_t,
-                                   info: UnsafeMutablePointer<fuse_file_info>, withAttributes: Bool) {
+    fileprivate func readDirectory(
+        _ req: fuse_req_t?, node: fuse_ino_t, size: Int, offset: off_t,
+        info: UnsafeMutablePointer<fuse_file_info>, withAttributes: Bool
+    ) {
         let directory: OpenDirectory
         do {
             directory = try filesystem.directory(forHandle: cachefs_file_info_handle(info))
@@ -205,7 +210,7 @@ extension FuseServer {
                 used += needed
                 return true
             }
-        } catch where used == 0 {
+        } catch  where used == 0 {
             fail(req, withAttributes ? .readdirplus : .readdir, node: node, error)
             return
         } catch {
@@ -226,12 +231,14 @@ extension FuseServer {
     /// Called by libfuse before the first request; see the kernel's FUSE_INIT.
     fileprivate func negotiate(_ connection: UnsafeMutablePointer<fuse_conn_info>) {
         let conn = connection.pointee
-        logger.debug("kernel connection", metadata: [
-            "protocol": "\(conn.proto_major).\(conn.proto_minor)",
-            "max_read": "\(conn.max_read)", "max_write": "\(conn.max_write)",
-            "max_readahead": "\(conn.max_readahead)", "capable": "\(String(conn.capable, radix: 16))",
-            "want": "\(String(conn.want, radix: 16))",
-        ])
+        logger.debug(
+            "kernel connection",
+            metadata: [
+                "protocol": "\(conn.proto_major).\(conn.proto_minor)",
+                "max_read": "\(conn.max_read)", "max_write": "\(conn.max_write)",
+                "max_readahead": "\(conn.max_readahead)", "capable": "\(String(conn.capable, radix: 16))",
+                "want": "\(String(conn.want, radix: 16))",
+            ])
     }
 }
 

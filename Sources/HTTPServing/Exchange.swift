@@ -13,7 +13,8 @@ public struct HTTPMessage: Sendable {
     public var headers: HTTPHeaders
     public var body: ByteBuffer
 
-    public static func request(_ method: HTTPMethod, _ target: String, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) -> Self {
+    public static func request(_ method: HTTPMethod, _ target: String, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) -> Self
+    {
         Self(method: method, target: target, status: .ok, headers: headers, body: body)
     }
 

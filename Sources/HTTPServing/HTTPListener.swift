@@ -128,14 +128,18 @@ extension ChannelHandlerContext {
 
     /// The same with any body, a file region included (sent with sendfile(2)); `written` runs once the
     /// response has been written or has failed, when the body's memory may be let go.
-    public func sendResponse(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: IOData?, keepAlive: Bool,
-                             written: (@Sendable () -> Void)? = nil) {
+    public func sendResponse(
+        _ status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: IOData?, keepAlive: Bool,
+        written: (@Sendable () -> Void)? = nil
+    ) {
         sendResponse(status, headers: headers, bodyParts: body.map { [$0] } ?? [], keepAlive: keepAlive, written: written)
     }
 
     /// The same with a body in parts, sent one after another (buffers and file regions alike).
-    public func sendResponse(_ status: HTTPResponseStatus, headers: HTTPHeaders = [:], bodyParts: [IOData], keepAlive: Bool,
-                             written: (@Sendable () -> Void)? = nil) {
+    public func sendResponse(
+        _ status: HTTPResponseStatus, headers: HTTPHeaders = [:], bodyParts: [IOData], keepAlive: Bool,
+        written: (@Sendable () -> Void)? = nil
+    ) {
         var headers = headers
         headers.replaceOrAdd(name: "Content-Length", value: String(bodyParts.reduce(0) { $0 + $1.readableBytes }))
         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }

@@ -24,7 +24,7 @@ public struct HostPort: Hashable, Sendable, Codable, CustomStringConvertible {
             portPart = text[text.index(after: colon)...]
         }
         guard !hostPart.isEmpty, !hostPart.contains(where: { $0 == "/" || $0 == "[" || $0 == "]" || $0 == " " }),
-              portPart.allSatisfy({ $0.isASCII && $0.isNumber }), let port = Int(portPart), (0...65535).contains(port)
+            portPart.allSatisfy({ $0.isASCII && $0.isNumber }), let port = Int(portPart), (0...65535).contains(port)
         else { return nil }
         self.host = String(hostPart)
         self.port = port

@@ -17,7 +17,8 @@ public protocol SourceBlockIO: Sendable {
     /// itself, or a prefetch lane's own opening of it); returns the bytes read, fewer only at
     /// the end of the file.
     /// - Throws: the read's errno; `ESTALE` if the file's content changed while it was read.
-    func read(_ file: SourceFile, through opened: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int
+    func read(_ file: SourceFile, through opened: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno)
+        -> Int
 }
 
 /// The production source I/O: `pread` through the descriptor, then `fstat` to check that the
@@ -26,7 +27,9 @@ public protocol SourceBlockIO: Sendable {
 public struct DescriptorBlockIO: SourceBlockIO {
     public init() {}
 
-    public func read(_ file: SourceFile, through opened: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
+    public func read(_ file: SourceFile, through opened: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64)
+        throws(Errno) -> Int
+    {
         let count = try opened.descriptor.readFully(into: buffer, at: offset)
         guard file.version.isContent(of: try opened.descriptor.attributes()) else { throw .staleNFSFileHandle }
         return count
@@ -67,8 +70,10 @@ final class BlockLoader: Sendable {
     /// - Parameter stagedAtOnce: the bytes loads may stage at once (the prefetch lanes' chunks); the
     ///   staging pool keeps that many idle, at least its default.
     /// - Parameter servesPeers: whether peers are sent these blocks: their checksums are then computed as they load.
-    init(cache: BlockCache, access: SourceAccess, blockIO: any SourceBlockIO, fleet: (any BlockFleet)?,
-         servesPeers: Bool, stagedAtOnce: Int, logger: Logger) {
+    init(
+        cache: BlockCache, access: SourceAccess, blockIO: any SourceBlockIO, fleet: (any BlockFleet)?,
+        servesPeers: Bool, stagedAtOnce: Int, logger: Logger
+    ) {
         staging = StagingBuffers(idleLimit: max(StagingBuffers.defaultIdleLimit, stagedAtOnce))
         peerChecksum = servesPeers ? Self.checksum : nil
         self.cache = cache
@@ -93,7 +98,9 @@ final class BlockLoader: Sendable {
 
     /// The block of `file` at `span`, loaded through `opened` (the file itself by default) on a miss.
     /// - Parameter askingFleet: false for a load on behalf of a peer, which reads only this instance's source.
-    func block(_ span: BlockSpan, of file: SourceFile, through opened: SourceFile? = nil, askingFleet: Bool = true) throws(Errno) -> (block: Block, tier: ReadTier) {
+    func block(_ span: BlockSpan, of file: SourceFile, through opened: SourceFile? = nil, askingFleet: Bool = true) throws(Errno) -> (
+        block: Block, tier: ReadTier
+    ) {
         let key = BlockKey(file: file.version, index: span.index)
         let name = askingFleet ? fleetName(of: file) : nil
         do {
@@ -109,7 +116,9 @@ final class BlockLoader: Sendable {
     /// cache can lay them side by side in memory: what a prefetch lane asks, so that the fleet gets one
     /// request for a run and a source reading ahead per handle (rclone, s3fs) sees long reads.
     /// - Returns: how many blocks from `first` are now loaded (0: none could be run; load `first` alone).
-    func blockRun(from first: Int64, count: Int, of file: SourceFile, through opened: SourceFile, askingFleet: Bool = true) throws(Errno) -> Int {
+    func blockRun(from first: Int64, count: Int, of file: SourceFile, through opened: SourceFile, askingFleet: Bool = true) throws(Errno)
+        -> Int
+    {
         let name = askingFleet ? fleetName(of: file) : nil
         // Claims only what one exchange with the fleet serves (see `BlockFleet.segment`); the lane asks again for the rest.
         let count = name.flatMap { name in fleet?.segment(of: name.blocks(first, count: count)) } ?? count
@@ -124,8 +133,10 @@ final class BlockLoader: Sendable {
 
     /// Fills adjacent blocks from `start`: what the fleet sends, the rest from the source. Returns the
     /// bytes filled from the first block on (fewer only where the source ended early), and the slowest tier.
-    private func load(_ buffers: [BlockBuffer], from start: Int64, of file: SourceFile, through opened: SourceFile,
-                      name: PeerFile?) throws(Errno) -> (count: Int, tier: ReadTier) {
+    private func load(
+        _ buffers: [BlockBuffer], from start: Int64, of file: SourceFile, through opened: SourceFile,
+        name: PeerFile?
+    ) throws(Errno) -> (count: Int, tier: ReadTier) {
         var position = 0, filled = 0, tier = ReadTier.peer
         while position < buffers.count {
             let index = start + Int64(position)
@@ -160,13 +171,16 @@ final class BlockLoader: Sendable {
     /// How the fleet names a file: its path below the source root and its version (none without a path).
     private func fleetName(of file: SourceFile) -> PeerFile? {
         guard fleet != nil, !file.relativePath.isEmpty else { return nil }
-        return PeerFile(path: file.relativePath, size: file.version.size, modifiedNanoseconds: file.version.modified.nanosecondsSinceEpoch,
-                        blockSize: cache.blockSize)
+        return PeerFile(
+            path: file.relativePath, size: file.version.size, modifiedNanoseconds: file.version.modified.nanosecondsSinceEpoch,
+            blockSize: cache.blockSize)
     }
 
     /// Reads the source into `target` under the source timeout. The call owns the target and the
     /// opened file, so a read that outlives the timeout writes only to memory nobody else sees.
-    private func readSource(_ file: SourceFile, through opened: SourceFile, into target: StagingTarget, at offset: Int64) throws(Errno) -> Int {
+    private func readSource(_ file: SourceFile, through opened: SourceFile, into target: StagingTarget, at offset: Int64) throws(Errno)
+        -> Int
+    {
         try access.call(.read) { [blockIO] () throws(Errno) in
             try blockIO.read(file, through: opened, into: target.memory, at: offset)
         }
@@ -180,7 +194,9 @@ final class BlockLoader: Sendable {
             logger.error("source read failed", metadata: ["block": "\(blocks)", "error": "\(error)"])
             return .ioError
         }
-        let cause = error == .staleNFSFileHandle ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
+        let cause =
+            error == .staleNFSFileHandle
+            ? "the file changed while it was read" : error.meansSourceGone ? "the source's mount is gone" : "\(error)"
         logger.warning("source read failed", metadata: ["block": "\(blocks)", "cause": "\(cause)"])
         return error.meansSourceGone ? .ioError : error
     }
@@ -202,7 +218,8 @@ extension BlockBuffer {
 extension Timestamp {
     init(nanosecondsSinceEpoch value: Int64) {
         let (seconds, nanoseconds) = value.quotientAndRemainder(dividingBy: 1_000_000_000)
-        self.init(seconds: nanoseconds < 0 ? seconds - 1 : seconds, nanoseconds: nanoseconds < 0 ? nanoseconds + 1_000_000_000 : nanoseconds)
+        self.init(
+            seconds: nanoseconds < 0 ? seconds - 1 : seconds, nanoseconds: nanoseconds < 0 ? nanoseconds + 1_000_000_000 : nanoseconds)
     }
 
     var nanosecondsSinceEpoch: Int64 { seconds &* 1_000_000_000 &+ nanoseconds }

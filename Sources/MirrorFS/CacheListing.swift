@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import SourceTree
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A regular source file under a listed path, with what the cache holds of its current version.
 public struct ListedFile: Sendable {
@@ -36,8 +37,10 @@ extension MirrorFilesystem {
         return (files, directories)
     }
 
-    private func walk(_ directory: PathHandle, path: String, files: inout [(path: String, version: FileVersion)],
-                      directories: inout [String]) throws(Errno) {
+    private func walk(
+        _ directory: PathHandle, path: String, files: inout [(path: String, version: FileVersion)],
+        directories: inout [String]
+    ) throws(Errno) {
         directories.append(path)
         // Names first, then one entry at a time: descriptors stay few however deep the tree.
         var entries: [(name: String, type: UInt8)] = []

@@ -31,8 +31,9 @@ extension MirrorFilesystem {
         let node = try access.node(id)
         let directory = try openDirectory(node: id)
         return try handles.insert(.directory(directory)) { handle in
-            OpenHandleRecord(handle: handle, kind: .directory, node: id, nodeType: UInt32(node.type), identity: node.identity,
-                             path: node.relativePath, version: nil, backingID: 0)
+            OpenHandleRecord(
+                handle: handle, kind: .directory, node: id, nodeType: UInt32(node.type), identity: node.identity,
+                path: node.relativePath, version: nil, backingID: 0)
         }
     }
 
@@ -58,7 +59,8 @@ extension MirrorFilesystem {
         case .passthrough(let id): (kind, backingID) = (.passthroughFile, id)
         case .daemonServed: (kind, backingID) = (.daemonServedFile, 0)
         }
-        return OpenHandleRecord(handle: handle, kind: kind, node: file.opened.id, nodeType: UInt32(file.opened.type),
-                                identity: file.opened.identity, path: file.source.relativePath, version: file.version, backingID: backingID)
+        return OpenHandleRecord(
+            handle: handle, kind: kind, node: file.opened.id, nodeType: UInt32(file.opened.type),
+            identity: file.opened.identity, path: file.source.relativePath, version: file.version, backingID: backingID)
     }
 }

@@ -1,8 +1,9 @@
+import BlockCache
+import SourceTree
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCache
-import SourceTree
 
 /// How a source's files are told apart: decided once per source, at mount, from the
 /// type of file system the source directory is on.
@@ -48,7 +49,10 @@ extension FileVersion {
     /// rewritten is refused. Under the path rule the descriptor is known to be this file.
     func isContent(of attributes: stat) -> Bool {
         if case .inode(let device, let inode) = identity,
-           device != UInt64(attributes.st_dev) || inode != UInt64(attributes.st_ino) { return false }
+            device != UInt64(attributes.st_dev) || inode != UInt64(attributes.st_ino)
+        {
+            return false
+        }
         return size == Int64(attributes.st_size)
             && modified == Timestamp(seconds: Int64(attributes.st_mtim.tv_sec), nanoseconds: Int64(attributes.st_mtim.tv_nsec))
     }

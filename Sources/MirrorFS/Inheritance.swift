@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import CLinux
 import SourceTree
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A node as the kernel knows it, for the daemon that takes over from this one.
 public struct NodeRecord: Sendable, Equatable {
@@ -21,8 +22,10 @@ public struct NodeRecord: Sendable, Equatable {
     /// The version last opened (whether the kernel's page cache of it may be kept).
     public var lastVersion: FileVersion?
 
-    public init(id: UInt64, parent: UInt64, name: [UInt8], identity: FileIdentity, type: UInt32, lookups: UInt64,
-                superseded: Bool, lastVersion: FileVersion?) {
+    public init(
+        id: UInt64, parent: UInt64, name: [UInt8], identity: FileIdentity, type: UInt32, lookups: UInt64,
+        superseded: Bool, lastVersion: FileVersion?
+    ) {
         self.id = id
         self.parent = parent
         self.name = name
@@ -66,10 +69,11 @@ extension MirrorFilesystem {
             emitted.insert(node.id)
             let place = node.location
             if let place { emit(place.parent) }
-            records.append(NodeRecord(
-                id: node.id, parent: place?.parent.id ?? 0, name: place.map { $0.name.dropLast().map { UInt8(bitPattern: $0) } } ?? [],
-                identity: node.identity, type: UInt32(node.type), lookups: lookups[node.id] ?? 0, superseded: node.superseded,
-                lastVersion: node.opens.withLock { $0.lastVersion }))
+            records.append(
+                NodeRecord(
+                    id: node.id, parent: place?.parent.id ?? 0, name: place.map { $0.name.dropLast().map { UInt8(bitPattern: $0) } } ?? [],
+                    identity: node.identity, type: UInt32(node.type), lookups: lookups[node.id] ?? 0, superseded: node.superseded,
+                    lastVersion: node.opens.withLock { $0.lastVersion }))
         }
         for (node, _) in known { emit(node) }
         return (records, nextID)
@@ -80,8 +84,10 @@ extension MirrorFilesystem {
     /// - Parameters:
     ///   - nextNodeID: IDs from here on are free (the predecessor may have used every one below).
     ///   - generations: the generation each journal slot last had, so new handles never repeat one.
-    public func inherit(nodes: [NodeRecord]?, nextNodeID: UInt64, handles records: [OpenHandleRecord],
-                        generations: [Int: UInt32]) -> InheritanceReport {
+    public func inherit(
+        nodes: [NodeRecord]?, nextNodeID: UInt64, handles records: [OpenHandleRecord],
+        generations: [Int: UInt32]
+    ) -> InheritanceReport {
         var report = InheritanceReport()
         let root = access.nodes.withLock { $0.root }
         var byID: [UInt64: Node] = [NodeTable.rootID: root]
@@ -135,9 +141,11 @@ extension MirrorFilesystem {
                 }
             }
             // The kernel was answered at open by the predecessor: the mode's flags are only what it recorded.
-            let mode: OpenMode = passthrough ? .passthrough(backingID: record.backingID) : .daemonServed(keepKernelCache: false, directIO: false)
-            let file = OpenFile(node: node, source: source, prefetch: !passthrough && available ? prefetchStream(for: source) : nil,
-                                mode: mode, versionChanged: false)
+            let mode: OpenMode =
+                passthrough ? .passthrough(backingID: record.backingID) : .daemonServed(keepKernelCache: false, directIO: false)
+            let file = OpenFile(
+                node: node, source: source, prefetch: !passthrough && available ? prefetchStream(for: source) : nil,
+                mode: mode, versionChanged: false)
             restored.append((record.handle, .file(file)))
         }
         handles.restore(restored, generations: generations)
@@ -158,7 +166,8 @@ extension MirrorFilesystem {
             parent = Node(id: 0, identity: identity, type: S_IFDIR, place: Node.Place(parent: parent, name: name))
         }
         let name = (components.last.map(Array.init) ?? []).map { CChar(bitPattern: $0) } + [0]
-        return Node(id: record.node, identity: record.identity, type: mode_t(record.nodeType), place: Node.Place(parent: parent, name: name))
+        return Node(
+            id: record.node, identity: record.identity, type: mode_t(record.nodeType), place: Node.Place(parent: parent, name: name))
     }
 }
 
@@ -176,7 +185,8 @@ extension SourceAccess {
     /// size and identity never match `version`, so every block not in memory is refused with ESTALE.
     func unavailable(_ version: FileVersion, relativePath: [UInt8]) -> SourceFile {
         let placeholder = cachefs_memfd_create("cachefs-unavailable-source", UInt32(CACHEFS_MFD_CLOEXEC))
-        return SourceFile(handle: nodes.withLock { $0.rootHandle }, descriptor: FileDescriptor(rawValue: placeholder), version: version,
-                          relativePath: relativePath)
+        return SourceFile(
+            handle: nodes.withLock { $0.rootHandle }, descriptor: FileDescriptor(rawValue: placeholder), version: version,
+            relativePath: relativePath)
     }
 }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Logging
 import PeerTransport
@@ -9,6 +6,10 @@ import Reporting
 import SourceTree
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The read-only mirror of a source directory, with file data served through a block cache.
 ///
@@ -57,10 +58,12 @@ public final class MirrorFilesystem: Sendable {
         self.kernelFeatures = kernelFeatures
         self.logger = logger
         handles = OpenHandles(journal: journal)
-        access = try SourceAccess(root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
-                                  sourceCalls: sourceCalls, journal: journal, logger: logger)
-        loader = BlockLoader(cache: cache, access: access, blockIO: blockIO, fleet: fleet, servesPeers: servesPeers,
-                             stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
+        access = try SourceAccess(
+            root: sourceRoot, rootPath: sourceRootPath, handleLimit: sourceHandleLimit,
+            sourceCalls: sourceCalls, journal: journal, logger: logger)
+        loader = BlockLoader(
+            cache: cache, access: access, blockIO: blockIO, fleet: fleet, servesPeers: servesPeers,
+            stagedAtOnce: (prefetcher?.blocksLoadingAtMost ?? 0) * cache.blockSize, logger: logger)
         self.prefetcher = prefetcher
     }
 
@@ -91,16 +94,20 @@ public final class MirrorFilesystem: Sendable {
     /// A listed entry's lookup (readdirplus): its attributes only, with no descriptor opened.
     /// `ls -l` of a large tree lists thousands of files it never opens, each of which would
     /// cost an open and a close at the source (on rclone, a tenth of the walk).
-    private func lookupListed(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?) throws(Errno) -> (node: UInt64, attributes: stat) {
+    private func lookupListed(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?) throws(Errno) -> (
+        node: UInt64, attributes: stat
+    ) {
         let attributes = try access.recovering { () throws(Errno) in try self.access.handle(of: parent).childAttributes(named: name) }
         return (remember(name, in: parent, parentPath: parentPath, attributes: attributes, handle: nil).id, presented(attributes))
     }
 
-    private func remember(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?, attributes: stat, handle: PathHandle?) -> Node {
+    private func remember(_ name: UnsafePointer<CChar>, in parent: Node, parentPath: [UInt8]?, attributes: stat, handle: PathHandle?)
+        -> Node
+    {
         let name = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
         let identity = access.identityRule.identity(
             of: attributes, path: parentPath.map { Node.path(from: $0, appending: name) } ?? Node.path(of: parent, appending: name))
-        var released: [PathHandle] = []  // closed when this scope ends, outside the lock
+        var released: [PathHandle] = [] // closed when this scope ends, outside the lock
         return access.nodes.withLock {
             $0.remember(identity, type: attributes.st_mode & S_IFMT, in: parent, name: name, handle: handle, released: &released)
         }
@@ -138,7 +145,9 @@ public final class MirrorFilesystem: Sendable {
     /// The named extended attribute, passed through exactly. On a source without extended
     /// attributes this is ENOSYS, which tells the kernel to stop asking for the rest of the
     /// mount (it then answers EOPNOTSUPP itself): `ls -l` asks two per file, each a round trip.
-    public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+    public func extendedAttribute(of id: UInt64, named name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno)
+        -> Int
+    {
         counters.extendedAttributeRequests.add(1, ordering: .relaxed)
         guard access.extendedAttributesSupported else { throw .noFunction }
         return try onNode(id) { (handle) throws(Errno) in try handle.extendedAttribute(named: name, into: buffer) }
@@ -189,11 +198,13 @@ public final class MirrorFilesystem: Sendable {
                     lane.context = opened
                     laneFile = opened
                 }
-                guard let loaded = try? loader.blockRun(from: blocks.lowerBound, count: blocks.count, of: source, through: laneFile) else { return 0 }
+                guard let loaded = try? loader.blockRun(from: blocks.lowerBound, count: blocks.count, of: source, through: laneFile) else {
+                    return 0
+                }
                 if loaded > 0 { return loaded }
                 // Not a run the cache can lay side by side (a small file, a block it would not keep): this block alone.
                 guard let span = loader.spans(from: blocks.lowerBound * blockSize, to: blocks.lowerBound * blockSize + 1, size: size).first,
-                      (try? loader.block(span, of: source, through: laneFile)) != nil
+                    (try? loader.block(span, of: source, through: laneFile)) != nil
                 else { return 0 }
                 return 1
             }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import SourceTree
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A source file the kernel knows by a node ID.
 ///

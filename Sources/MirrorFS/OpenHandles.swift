@@ -25,8 +25,10 @@ public struct OpenHandleRecord: Sendable, Equatable {
     /// The kernel's backing id of a passthrough open; 0 otherwise.
     public var backingID: Int32
 
-    public init(handle: UInt64, kind: Kind, node: UInt64, nodeType: UInt32, identity: FileIdentity, path: [UInt8],
-                version: FileVersion?, backingID: Int32) {
+    public init(
+        handle: UInt64, kind: Kind, node: UInt64, nodeType: UInt32, identity: FileIdentity, path: [UInt8],
+        version: FileVersion?, backingID: Int32
+    ) {
         self.handle = handle
         self.kind = kind
         self.node = node
@@ -136,7 +138,8 @@ final class OpenHandles: Sendable {
         let slot = Int(handle & 0xFFFF_FFFF), generation = UInt32(handle >> 32)
         let target: HandleTarget? = table.withLock { table in
             guard slot < table.slots.count, table.slots[slot].generation == generation, !table.slots[slot].busy,
-                  let target = table.slots[slot].target else { return nil }
+                let target = table.slots[slot].target
+            else { return nil }
             table.slots[slot].target = nil
             table.slots[slot].busy = true
             return target

@@ -65,7 +65,8 @@ extension MirrorFilesystem {
             let versionChanged = previous != nil && previous != version
             func passthroughOpen(backingID: Int32, versionChanged: Bool) -> OpenFile {
                 counters.passthroughOpens.add(1, ordering: .relaxed)
-                return OpenFile(node: node, source: source, prefetch: nil, mode: .passthrough(backingID: backingID), versionChanged: versionChanged)
+                return OpenFile(
+                    node: node, source: source, prefetch: nil, mode: .passthrough(backingID: backingID), versionChanged: versionChanged)
             }
             if var passthrough = opens.passthrough {
                 guard passthrough.version == version else {
@@ -93,8 +94,9 @@ extension MirrorFilesystem {
             let directIO = opens.daemonServed == 0 && kernelFeatures?.directIOMayBeMapped == true && !cache.isWhollyResident(version)
             opens.daemonServed += 1
             if directIO { counters.directIOOpens.add(1, ordering: .relaxed) }
-            return OpenFile(node: node, source: source, prefetch: prefetchStream(for: source),
-                            mode: .daemonServed(keepKernelCache: previous == version, directIO: directIO), versionChanged: versionChanged)
+            return OpenFile(
+                node: node, source: source, prefetch: prefetchStream(for: source),
+                mode: .daemonServed(keepKernelCache: previous == version, directIO: directIO), versionChanged: versionChanged)
         }
     }
 

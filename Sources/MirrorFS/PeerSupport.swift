@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import PeerTransport
 import SourceTree
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The mirror's side of the peer server: blocks in memory, holdings, and loads as owner.
 ///
@@ -55,7 +56,9 @@ extension MirrorFilesystem: PeerBlockProvider {
             bytesFromSource = range.prefix(loaded).byteCount
         }
         var blocks: [Block] = []
-        for span in loader.spans(from: range.first * Int64(cache.blockSize), to: range.indices.upperBound * Int64(cache.blockSize), size: version.size) {
+        for span in loader.spans(
+            from: range.first * Int64(cache.blockSize), to: range.indices.upperBound * Int64(cache.blockSize), size: version.size)
+        {
             do {
                 let (block, _) = try loader.block(span, of: source, askingFleet: false)
                 guard block.count == span.length else { break } // the source ended early
@@ -75,17 +78,19 @@ extension MirrorFilesystem: PeerBlockProvider {
     func version(of file: PeerFile, checkingSource: Bool) -> PeerResidency<FileVersion> {
         guard file.blockSize == cache.blockSize else { return .otherVersion }
         if let recent = checkedVersions.version(of: file.path), recent.size == file.size,
-           recent.modified.nanosecondsSinceEpoch == file.modifiedNanoseconds {
+            recent.modified.nanosecondsSinceEpoch == file.modifiedNanoseconds
+        {
             return .current(recent)
         }
         guard checkingSource else { return .undetermined }
         guard let root = try? access.currentRoot(), // reopened if the source's mount came back
-              let (_, attributes) = try? root.descendant(atRelativePath: file.path),
-              attributes.st_mode & S_IFMT == S_IFREG
+            let (_, attributes) = try? root.descendant(atRelativePath: file.path),
+            attributes.st_mode & S_IFMT == S_IFREG
         else { return .otherVersion }
         let version = access.identityRule.version(of: attributes, path: file.path)
         checkedVersions.record(version, of: file.path)
-        return version.size == file.size && version.modified.nanosecondsSinceEpoch == file.modifiedNanoseconds ? .current(version) : .otherVersion
+        return version.size == file.size && version.modified.nanosecondsSinceEpoch == file.modifiedNanoseconds
+            ? .current(version) : .otherVersion
     }
 }
 
@@ -144,7 +149,9 @@ final class PeerLoadSources: Sendable {
         if let kept = files.withLock({ files -> SourceFile? in
             files[version]?.lastUse = now
             return files[version]?.file
-        }) { return kept }
+        }) {
+            return kept
+        }
         let opened = try open()
         var dropped: SourceFile? // closed outside the lock
         defer { _ = dropped }

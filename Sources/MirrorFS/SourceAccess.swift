@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Logging
 import Reporting
 import SourceTree
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The source as this daemon reaches it: the node table (kernel node IDs and the
 /// source files behind them, with a bounded cache of O_PATH descriptors), the one
@@ -47,8 +48,10 @@ final class SourceAccess: Sendable {
         let unavailable = Atomic<UInt64>(0)
     }
 
-    init(root: PathHandle, rootPath: String?, handleLimit: Int, sourceCalls: SourceCallPool?,
-         journal: (any KernelStateJournal)? = nil, logger: Logger) throws(Errno) {
+    init(
+        root: PathHandle, rootPath: String?, handleLimit: Int, sourceCalls: SourceCallPool?,
+        journal: (any KernelStateJournal)? = nil, logger: Logger
+    ) throws(Errno) {
         let attributes = try root.attributes()
         rootType = try root.fileSystemType()
         identityRule = IdentityRule(fileSystemType: rootType)
@@ -62,12 +65,16 @@ final class SourceAccess: Sendable {
         self.rootPath = rootPath
         self.sourceCalls = sourceCalls
         self.logger = logger
-        nodes = Mutex(NodeTable(root: root, identity: identityRule.identity(of: attributes, path: []), handleLimit: handleLimit, journal: journal))
-        logger.info("source", metadata: [
-            "path": "\(rootPath ?? "-")", "type": "\(String(rootType, radix: 16))", "files named by": "\(identityRule)",
-            "reads": "\(readsBypassPageCache ? "O_DIRECT" : "through the page cache")",
-            "extended attributes": "\(extendedAttributesSupported ? "passed through" : "not supported (the kernel is told once, ENOSYS)")",
-        ])
+        nodes = Mutex(
+            NodeTable(root: root, identity: identityRule.identity(of: attributes, path: []), handleLimit: handleLimit, journal: journal))
+        logger.info(
+            "source",
+            metadata: [
+                "path": "\(rootPath ?? "-")", "type": "\(String(rootType, radix: 16))", "files named by": "\(identityRule)",
+                "reads": "\(readsBypassPageCache ? "O_DIRECT" : "through the page cache")",
+                "extended attributes":
+                    "\(extendedAttributesSupported ? "passed through" : "not supported (the kernel is told once, ENOSYS)")",
+            ])
     }
 
     func node(_ id: UInt64) throws(Errno) -> Node {
@@ -94,7 +101,8 @@ final class SourceAccess: Sendable {
             try parent.child(named: name.baseAddress!)
         }
         guard identityRule.identity(of: attributes, path: node.relativePath) == node.identity,
-              attributes.st_mode & S_IFMT == node.type else { throw .staleNFSFileHandle }
+            attributes.st_mode & S_IFMT == node.type
+        else { throw .staleNFSFileHandle }
         var released: [PathHandle] = []
         nodes.withLock { $0.cache(handle, for: node.id, released: &released) }
         counters.handleReopens.add(1, ordering: .relaxed)
@@ -115,8 +123,9 @@ final class SourceAccess: Sendable {
                 throw error
             }
         }
-        return SourceFile(handle: handle, descriptor: descriptor, version: identityRule.version(of: attributes, path: relativePath),
-                          relativePath: relativePath)
+        return SourceFile(
+            handle: handle, descriptor: descriptor, version: identityRule.version(of: attributes, path: relativePath),
+            relativePath: relativePath)
     }
 
     /// What a source call was doing, for its log line.
@@ -177,8 +186,9 @@ final class SourceAccess: Sendable {
             handle = try PathHandle.openRoot(rootPath)
             let type = try handle.fileSystemType()
             guard type == rootType else {
-                logger.warning("source is gone; its path now holds another file system, waiting for the source to come back",
-                               metadata: ["source": "\(rootPath)", "type": "\(String(type, radix: 16))"])
+                logger.warning(
+                    "source is gone; its path now holds another file system, waiting for the source to come back",
+                    metadata: ["source": "\(rootPath)", "type": "\(String(type, radix: 16))"])
                 return false
             }
             _ = try handle.fileSystemStatistics()

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import SourceTree
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A regular source file found for warm-up, by its path relative to the source root.
 public struct WarmFile: Sendable, Equatable {
@@ -65,12 +66,14 @@ extension MirrorFilesystem {
         while position < spans.count {
             // A run of blocks at once where the cache keeps them side by side (one request to a peer, one
             // source read); a block it would not keep, alone.
-            let run = try loader.blockRun(from: spans[position].index, count: min(Self.warmRunBlocks, spans.count - position), of: source, through: source)
+            let run = try loader.blockRun(
+                from: spans[position].index, count: min(Self.warmRunBlocks, spans.count - position), of: source, through: source)
             let loaded = run > 0 ? cache.residentRun(of: source.version, from: spans[position].index, count: run) : []
             let blocks = loaded.count == run && run > 0 ? loaded : [try loader.block(spans[position], of: source).block]
             for block in blocks {
                 covered = spans[position].start + Int64(block.count)
-                if block.count < spans[position].length { return (source.version, max(0, min(end, covered) - start)) } // the source ended early
+                // The source ended early.
+                if block.count < spans[position].length { return (source.version, max(0, min(end, covered) - start)) }
                 position += 1
             }
         }

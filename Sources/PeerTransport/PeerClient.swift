@@ -53,24 +53,35 @@ public final class PeerClient: Sendable {
     /// Asks `peer` for the blocks of `range` and receives those it sends into `targets` (one per
     /// block, in order), each checked for length and CRC-32C before this returns. With `ownerLoad`,
     /// the peer is asked as the blocks' owner, to load from its source those it lacks.
-    public func fetch(_ range: PeerBlockRange, ownerLoad: Bool, from peer: PeerAddress, into targets: ArraySlice<ReceiveTarget>) -> PeerFetchOutcome {
+    public func fetch(_ range: PeerBlockRange, ownerLoad: Bool, from peer: PeerAddress, into targets: ArraySlice<ReceiveTarget>)
+        -> PeerFetchOutcome
+    {
         precondition(targets.count >= range.count && range.count > 0)
         counters.requests.add(1, ordering: .relaxed)
         let transfer = configuration.blockTimeout * range.count
-        let outcome = exchange(.blocks(range, ownerLoad: ownerLoad), with: peer,
-                               answerWithin: ownerLoad ? configuration.ownerTimeout + transfer : transfer) { (socket, head, leftover) throws(PeerExchangeError) in
+        let outcome = exchange(
+            .blocks(range, ownerLoad: ownerLoad), with: peer,
+            answerWithin: ownerLoad ? configuration.ownerTimeout + transfer : transfer
+        ) { (socket, head, leftover) throws(PeerExchangeError) in
             guard head.status == 200 else { return Self.unsuccessful(head.status) }
             let sent = head[PeerResponseHeaders.blockCount].map { Int($0) } ?? 1 // a server before runs sends one block
-            guard let sent, (1...range.count).contains(sent) else { throw .failed("block count \(head[PeerResponseHeaders.blockCount] ?? "")") }
+            guard let sent, (1...range.count).contains(sent) else {
+                throw .failed("block count \(head[PeerResponseHeaders.blockCount] ?? "")")
+            }
             let blocks = range.prefix(sent)
-            guard let checksums = head[PeerResponseHeaders.checksums].flatMap(PeerResponseHeaders.parseChecksumList), checksums.count == sent else {
+            guard let checksums = head[PeerResponseHeaders.checksums].flatMap(PeerResponseHeaders.parseChecksumList),
+                checksums.count == sent
+            else {
                 throw .failed("no X-Cachefs-CRC32C for \(sent) blocks")
             }
-            guard head.contentLength == blocks.byteCount else { throw .failed("length \(head.contentLength.map(String.init) ?? "missing"), expected \(blocks.byteCount)") }
+            guard head.contentLength == blocks.byteCount else {
+                throw .failed("length \(head.contentLength.map(String.init) ?? "missing"), expected \(blocks.byteCount)")
+            }
             let deadline = ContinuousClock.now + configuration.blockTimeout * sent
             for (offset, index) in blocks.indices.enumerated() {
-                let received = try socket.receiveBlock(into: targets[targets.startIndex + offset], length: range.file.length(ofBlock: index),
-                                                       leftover: &leftover, deadline: deadline)
+                let received = try socket.receiveBlock(
+                    into: targets[targets.startIndex + offset], length: range.file.length(ofBlock: index),
+                    leftover: &leftover, deadline: deadline)
                 guard received == checksums[offset] else { throw .failed("CRC-32C mismatch in block \(index)") }
             }
             return .blocks(count: sent, checksums: checksums.map(\.value))
@@ -88,16 +99,20 @@ public final class PeerClient: Sendable {
         counters.holdingsQueries.add(1, ordering: .relaxed)
         let outcome: PeerFetchOutcome
         var bitmap = BlockBitmap(blockCount: file.blockCount)
-        outcome = exchange(.holdings(file), with: peer, answerWithin: configuration.blockTimeout) { (socket, head, leftover) throws(PeerExchangeError) in
+        outcome = exchange(.holdings(file), with: peer, answerWithin: configuration.blockTimeout) {
+            (socket, head, leftover) throws(PeerExchangeError) in
             guard head.status == 200 else { return head.status == 400 ? .notFound : Self.unsuccessful(head.status) }
-            guard let length = head.contentLength, length == bitmap.bytes.count else { throw .failed("holdings of \(head.contentLength ?? -1) bytes") }
+            guard let length = head.contentLength, length == bitmap.bytes.count else {
+                throw .failed("holdings of \(head.contentLength ?? -1) bytes")
+            }
             var bytes = [UInt8](repeating: 0, count: length)
             let fromLeftover = min(length, leftover.count)
             bytes.replaceSubrange(0..<fromLeftover, with: leftover.prefix(fromLeftover))
             leftover = leftover.dropFirst(fromLeftover)
             try bytes.withUnsafeMutableBytes { buffer in
                 Result { () throws(PeerExchangeError) in
-                    try socket.receiveAll(into: UnsafeMutableRawBufferPointer(rebasing: buffer[fromLeftover...]), deadline: .now + configuration.blockTimeout)
+                    try socket.receiveAll(
+                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[fromLeftover...]), deadline: .now + configuration.blockTimeout)
                 }
             }.get()
             bitmap = BlockBitmap(bytes: bytes, blockCount: file.blockCount)!

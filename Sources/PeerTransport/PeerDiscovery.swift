@@ -1,10 +1,11 @@
+import Dispatch
 import HTTPServing
+import Logging
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
-import Logging
-import Synchronization
 
 /// The live set of peers: the `--peers` names resolved again every `interval`
 /// on a background queue, so instances behind a DNS name (a Kubernetes headless

@@ -100,7 +100,8 @@ public enum PeerRequest: Equatable, Sendable {
         switch self {
         case .blocks(let range, let ownerLoad):
             let file = range.file
-            var target = Self.blockPrefix + "\(file.blockSize)/\(range.first)/\(file.size)/\(file.modifiedNanoseconds)/" + Self.encoded(file.path)
+            var target =
+                Self.blockPrefix + "\(file.blockSize)/\(range.first)/\(file.size)/\(file.modifiedNanoseconds)/" + Self.encoded(file.path)
             var query: [String] = []
             if range.count != 1 { query.append("count=\(range.count)") }
             if ownerLoad { query.append("load=owner") }
@@ -118,10 +119,13 @@ public enum PeerRequest: Equatable, Sendable {
         let parts = bytes.split(separator: UInt8(ascii: "?"), maxSplits: 1, omittingEmptySubsequences: false)
         let path = parts[0], query = parts.count > 1 ? parts[1] : []
         if path.starts(with: Self.blockPrefix.utf8) {
-            let fields = path.dropFirst(Self.blockPrefix.utf8.count).split(separator: UInt8(ascii: "/"), maxSplits: 4, omittingEmptySubsequences: false)
+            let fields = path.dropFirst(Self.blockPrefix.utf8.count).split(
+                separator: UInt8(ascii: "/"), maxSplits: 4, omittingEmptySubsequences: false)
             guard fields.count == 5 else { throw .malformed("expected block size, index, file size, mtime and path") }
             let file = try Self.file(blockSize: fields[0], size: fields[2], modified: fields[3], path: fields[4])
-            guard let first = Self.decimal(fields[1]), first < max(1, file.blockCount) else { throw .malformed("block index beyond the end of the file") }
+            guard let first = Self.decimal(fields[1]), first < max(1, file.blockCount) else {
+                throw .malformed("block index beyond the end of the file")
+            }
             var count = 1, ownerLoad = false
             for parameter in query.split(separator: UInt8(ascii: "&")) {
                 let pair = parameter.split(separator: UInt8(ascii: "="), maxSplits: 1, omittingEmptySubsequences: false)
@@ -138,7 +142,8 @@ public enum PeerRequest: Equatable, Sendable {
             self = .blocks(file.blocks(first, count: count), ownerLoad: ownerLoad)
         } else if path.starts(with: Self.holdingsPrefix.utf8) {
             guard query.isEmpty else { throw .malformed("a holdings query takes no parameters") }
-            let fields = path.dropFirst(Self.holdingsPrefix.utf8.count).split(separator: UInt8(ascii: "/"), maxSplits: 3, omittingEmptySubsequences: false)
+            let fields = path.dropFirst(Self.holdingsPrefix.utf8.count).split(
+                separator: UInt8(ascii: "/"), maxSplits: 3, omittingEmptySubsequences: false)
             guard fields.count == 4 else { throw .malformed("expected block size, file size, mtime and path") }
             self = .holdings(try Self.file(blockSize: fields[0], size: fields[1], modified: fields[2], path: fields[3]))
         } else {
@@ -146,11 +151,13 @@ public enum PeerRequest: Equatable, Sendable {
         }
     }
 
-    private static func file(blockSize: ArraySlice<UInt8>, size: ArraySlice<UInt8>, modified: ArraySlice<UInt8>,
-                             path: ArraySlice<UInt8>) throws(PeerRequestError) -> PeerFile {
+    private static func file(
+        blockSize: ArraySlice<UInt8>, size: ArraySlice<UInt8>, modified: ArraySlice<UInt8>,
+        path: ArraySlice<UInt8>
+    ) throws(PeerRequestError) -> PeerFile {
         guard let blockSize = decimal(blockSize), blockSize > 0, blockSize <= 1 << 30,
-              let size = decimal(size),
-              let modified = modified.first == UInt8(ascii: "-") ? decimal(modified.dropFirst()).map(-) : decimal(modified)
+            let size = decimal(size),
+            let modified = modified.first == UInt8(ascii: "-") ? decimal(modified.dropFirst()).map(-) : decimal(modified)
         else { throw .malformed("expected decimal numbers (only the mtime may be negative)") }
         let decoded = try percentDecoded(path)
         try checkRelative(decoded)
@@ -194,7 +201,7 @@ public enum PeerRequest: Equatable, Sendable {
     private static func isUnreserved(_ byte: UInt8) -> Bool {
         switch byte {
         case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
             return true
         default:
             return false

@@ -76,8 +76,10 @@ public final class PeerFleet: BlockFleet {
     /// Lock order: a leaf.
     private let ownersByFile = Mutex<[OwnersKey: [PeerAddress]]>([:])
 
-    public init(client: PeerClient, discovery: PeerDiscovery, ownAddress: PeerAddress?, holdingsFreshness: Duration = .seconds(1),
-                ownerReadAhead: Int = 16, logger: Logger) {
+    public init(
+        client: PeerClient, discovery: PeerDiscovery, ownAddress: PeerAddress?, holdingsFreshness: Duration = .seconds(1),
+        ownerReadAhead: Int = 16, logger: Logger
+    ) {
         self.client = client
         self.discovery = discovery
         fallbackOwnAddress = ownAddress
@@ -237,7 +239,9 @@ public final class PeerFleet: BlockFleet {
 
     /// The blocks from the first of `range` that one owner serves (they end where a stripe with
     /// another owner starts), and that owner; nil for this instance.
-    private func ownerSegment(of range: PeerBlockRange, ring: (instances: [PeerAddress], own: PeerAddress?)) -> (range: PeerBlockRange, owner: PeerAddress?) {
+    private func ownerSegment(of range: PeerBlockRange, ring: (instances: [PeerAddress], own: PeerAddress?)) -> (
+        range: PeerBlockRange, owner: PeerAddress?
+    ) {
         let stripeBlocks = Rendezvous.stripeBlocks(blockSize: range.file.blockSize)
         var stripe = range.first / stripeBlocks
         let owner = owner(of: range.file, stripe: stripe, ring: ring)

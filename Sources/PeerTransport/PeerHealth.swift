@@ -18,8 +18,10 @@ public final class PeerHealth: Sendable {
         var skipUntil: ContinuousClock.Instant
     }
 
-    public init(backoff: Duration = .seconds(10), maximumBackoff: Duration = .seconds(60),
-                clock: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
+    public init(
+        backoff: Duration = .seconds(10), maximumBackoff: Duration = .seconds(60),
+        clock: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }
+    ) {
         self.backoff = backoff
         self.maximumBackoff = maximumBackoff
         self.clock = clock

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import HTTPServing
 import Logging
@@ -9,6 +6,10 @@ import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the peer server needs from the mirror: blocks in memory, which ones, and loads for peers.
 /// Only `loadForPeer` reads the source's data; nothing here ever asks another peer.
@@ -84,7 +85,8 @@ public struct PeerServer: Service {
         lookupThreads: Int = PeerServer.defaultLookupThreads,
         idleTimeout: Duration = .seconds(60), onRunning: @escaping @Sendable (Int) async -> Void = { _ in }, logger: Logger
     ) {
-        let pools = PeerServerPools(lookups: NIOThreadPool(numberOfThreads: lookupThreads), loads: NIOThreadPool(numberOfThreads: loadThreads))
+        let pools = PeerServerPools(
+            lookups: NIOThreadPool(numberOfThreads: lookupThreads), loads: NIOThreadPool(numberOfThreads: loadThreads))
         let responder = PeerResponder(
             token: token.map { Array($0.utf8) }, instanceID: instanceID, counters: counters,
             provider: provider, fleet: fleet, pools: pools, logger: logger
@@ -220,7 +222,7 @@ final class PeerRequestHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head): self.head = head
-        case .body: break  // a GET has none; anything else is refused by its head
+        case .body: break // a GET has none; anything else is refused by its head
         case .end:
             guard let head else { return }
             self.head = nil
@@ -255,7 +257,11 @@ final class PeerRequestHandler: ChannelInboundHandler {
         }
         let quick = provider.residentBlocks(range, checkingSource: false)
         guard case .undetermined = quick else { return answer(quick, self, context) }
-        on(responder.pools.lookups, context: context) { provider.residentBlocks(range, checkingSource: true) } then: { answer($0, $1, $2) }
+        on(responder.pools.lookups, context: context) {
+            provider.residentBlocks(range, checkingSource: true)
+        } then: {
+            answer($0, $1, $2)
+        }
     }
 
     /// Loads the blocks from this instance's source for the asker, which named this instance their owner.
@@ -266,7 +272,9 @@ final class PeerRequestHandler: ChannelInboundHandler {
             return send(.conflict, keepAlive: head.isKeepAlive, context: context)
         }
         let responder = responder
-        on(responder.pools.loads, context: context) { responder.provider.loadForPeer(range) } then: { loaded, handler, context in
+        on(responder.pools.loads, context: context) {
+            responder.provider.loadForPeer(range)
+        } then: { loaded, handler, context in
             switch loaded {
             case .blocks(let blocks, let bytesFromSource) where !blocks.isEmpty:
                 responder.counters.countLoaded(bytes: bytesFromSource, blockSize: range.file.blockSize)
@@ -292,7 +300,11 @@ final class PeerRequestHandler: ChannelInboundHandler {
         }
         let quick = provider.holdings(of: file, checkingSource: false)
         guard case .undetermined = quick else { return answer(quick, self, context) }
-        on(responder.pools.lookups, context: context) { provider.holdings(of: file, checkingSource: true) } then: { answer($0, $1, $2) }
+        on(responder.pools.lookups, context: context) {
+            provider.holdings(of: file, checkingSource: true)
+        } then: {
+            answer($0, $1, $2)
+        }
     }
 
     /// Runs `work` on one of the server's pools and `then` back on this connection's event loop.

@@ -1,7 +1,8 @@
+import CLinux
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLinux
 
 /// Where one received block goes: its memory, readable once received, and, when that memory
 /// maps a range of a file (a version's memory file), the file and offset the bytes are
@@ -56,8 +57,8 @@ struct ResponseHead: Equatable {
         }
         while lines.last?.isEmpty == true { lines.removeLast() }
         guard let statusLine = lines.first, statusLine.hasPrefix("HTTP/1."),
-              case let parts = statusLine.split(separator: " ", maxSplits: 2), parts.count >= 2,
-              parts[1].count == 3, let status = Int(parts[1])
+            case let parts = statusLine.split(separator: " ", maxSplits: 2), parts.count >= 2,
+            parts[1].count == 3, let status = Int(parts[1])
         else { return nil }
         self.status = status
         headers = []
@@ -116,11 +117,16 @@ final class PeerSocket: @unchecked Sendable {
         defer { freeaddrinfo(found) }
         var storage = sockaddr_storage()
         let length = entry.pointee.ai_addrlen
-        withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: entry.pointee.ai_addr, count: Int(length))) }
-        let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        withUnsafeMutableBytes(of: &storage) {
+            $0.copyMemory(from: UnsafeRawBufferPointer(start: entry.pointee.ai_addr, count: Int(length)))
+        }
+        let fd = socket(
+            Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .system("socket") }
         let socket = PeerSocket(descriptor: fd, peer: peer) // closes fd on every exit below
-        let started = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+        let started = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
+        }
         if started != 0 {
             guard errno == EINPROGRESS else { throw .system("connect") }
             var poll = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
@@ -193,8 +199,10 @@ final class PeerSocket: @unchecked Sendable {
 
     /// Receives `length` bytes into `target` (the leftover of the head first, then the socket),
     /// and returns their CRC-32C, computed over the memory once the bytes are in place.
-    func receiveBlock(into target: ReceiveTarget, length: Int, leftover: inout ArraySlice<UInt8>,
-                      deadline: ContinuousClock.Instant) throws(PeerExchangeError) -> CRC32CChecksum {
+    func receiveBlock(
+        into target: ReceiveTarget, length: Int, leftover: inout ArraySlice<UInt8>,
+        deadline: ContinuousClock.Instant
+    ) throws(PeerExchangeError) -> CRC32CChecksum {
         precondition(length <= target.memory.count)
         var received = min(leftover.count, length)
         if received > 0 {
@@ -250,15 +258,18 @@ final class PeerSocket: @unchecked Sendable {
     /// Moves `length` bytes from the socket into `file` at `offset` through the pipe: the socket's
     /// pages go into the pipe by reference, and from there into the file with one copy.
     /// Returns the bytes moved; 0 if splice(2) is refused here before any byte moved (the caller receives them).
-    private func splice(_ length: Int, into file: Int32, at offset: Int64, deadline: ContinuousClock.Instant) throws(PeerExchangeError) -> Int {
+    private func splice(_ length: Int, into file: Int32, at offset: Int64, deadline: ContinuousClock.Instant) throws(PeerExchangeError)
+        -> Int
+    {
         guard let pipe = try pipeForSplice() else { return 0 }
         var moved = 0
         var position = offset
         while moved < length {
             try setTimeout(SO_RCVTIMEO, until: deadline, waitingFor: "body")
             wakeWhen(bytesArrived: min(length - moved, Self.wakeEvery, pipe.capacity))
-            let count = cachefs_splice(descriptor, nil, pipe.write, nil, min(length - moved, pipe.capacity),
-                                       CACHEFS_SPLICE_F_MOVE | CACHEFS_SPLICE_F_MORE)
+            let count = cachefs_splice(
+                descriptor, nil, pipe.write, nil, min(length - moved, pipe.capacity),
+                CACHEFS_SPLICE_F_MOVE | CACHEFS_SPLICE_F_MORE)
             if count < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN || errno == EWOULDBLOCK { throw .timedOut("body") }

@@ -18,7 +18,8 @@ public enum Rendezvous {
     /// Instances from first (the owner) to last for a stripe of `file`.
     public static func rank(_ instances: [PeerAddress], file: PeerFile, stripe: Int64) -> [PeerAddress] {
         let key = hash(of: file, stripe: stripe)
-        return instances
+        return
+            instances
             .map { (instance: $0, score: mix(hash(of: $0) ^ key)) }
             .sorted { $0.score != $1.score ? $0.score > $1.score : $0.instance < $1.instance }
             .map(\.instance)

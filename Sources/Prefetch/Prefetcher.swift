@@ -190,8 +190,10 @@ public final class PrefetchStream: @unchecked Sendable {
     /// unprefetched, and a fifth of the file was read block by block on demand.
     static let maximumRuns = 4
 
-    fileprivate init(prefetcher: Prefetcher, blockSize: Int, blockCount: Int64,
-                     isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Range<Int64>, PrefetchLane) -> Int) {
+    fileprivate init(
+        prefetcher: Prefetcher, blockSize: Int, blockCount: Int64,
+        isResident: @escaping @Sendable (Int64) -> Bool, load: @escaping @Sendable (Range<Int64>, PrefetchLane) -> Int
+    ) {
         self.prefetcher = prefetcher
         self.blockSize = Int64(blockSize)
         self.blockCount = blockCount
@@ -224,7 +226,8 @@ public final class PrefetchStream: @unchecked Sendable {
                 position = continued
                 // Back in a run after reading another one: this reader alternates between regions.
                 if runs[..<continued].contains(where: { $0.detector.isSequential }) { runs[continued].revisited = true }
-            } else if runs.first?.windowAhead(blockSize: blockSize).contains(block) == true { // not an older run's: a random read landing there is not that reader moving on
+                // Not an older run's: a random read landing there is not that reader moving on.
+            } else if runs.first?.windowAhead(blockSize: blockSize).contains(block) == true {
                 position = 0
                 skippedAhead = true
             } else if let behind = runs.firstIndex(where: { $0.trails(block, by: depth, blockSize: blockSize) }) {
@@ -237,7 +240,8 @@ public final class PrefetchStream: @unchecked Sendable {
             runs.insert(runs.remove(at: position), at: 0)
             runs[0].lastRead = blocksRead
             dropStaleWindows()
-            let sequential = skippedAhead
+            let sequential =
+                skippedAhead
                 ? runs[0].detector.recordSkip(offset: offset, length: length)
                 : runs[0].detector.record(offset: offset, length: length)
             guard sequential else { return [] }

@@ -62,15 +62,20 @@ public enum Figure: String, CaseIterable, Hashable, Sendable {
         case .reservedBytes: Definition(.gauge, .bytes, .cache, "Capacity held by block loads in flight.")
         case .hits: Definition(.counter, .count, .cache, "Block lookups answered from memory.")
         case .misses: Definition(.counter, .count, .cache, "Block lookups that loaded the block.")
-        case .coalescedMisses: Definition(.counter, .count, .cache, "Block lookups that waited for another reader's load of the same block.")
+        case .coalescedMisses:
+            Definition(.counter, .count, .cache, "Block lookups that waited for another reader's load of the same block.")
         case .evictions: Definition(.counter, .count, .cache, "Blocks evicted to make room.")
         case .evictedBytes: Definition(.counter, .bytes, .cache, "Bytes of the blocks evicted.")
         case .pinnedBytes: Definition(.gauge, .bytes, .cache, "Capacity held by pinned files: their full sizes.")
         case .pinnedFiles: Definition(.gauge, .count, .cache, "Pinned files.")
         case .pinnedCachedBytes: Definition(.gauge, .bytes, .cache, "Bytes of pinned files loaded so far.")
         case .unreturnedBytes:
-            Definition(.gauge, .bytes, .cache, "Memory of evicted blocks that could not be given back to the system (a failed hole punch), still counted against the capacity.")
-        case .holePunchFailures: Definition(.counter, .count, .cache, "Evicted blocks whose memory could not be given back (fallocate PUNCH_HOLE failed).")
+            Definition(
+                .gauge, .bytes, .cache,
+                "Memory of evicted blocks that could not be given back to the system (a failed hole punch), still counted against the capacity."
+            )
+        case .holePunchFailures:
+            Definition(.counter, .count, .cache, "Evicted blocks whose memory could not be given back (fallocate PUNCH_HOLE failed).")
 
         case .readRequests: Definition(.counter, .count, .reads, "Read requests from the kernel.")
         case .bytesRead: Definition(.counter, .bytes, .reads, "Bytes returned to the kernel's read requests.")
@@ -78,47 +83,67 @@ public enum Figure: String, CaseIterable, Hashable, Sendable {
         case .memoryReadBytes: Definition(.counter, .bytes, .reads, "Bytes of those reads.")
         case .peerReads: Definition(.counter, .count, .reads, "Reads that needed a block from a peer, none from the source.")
         case .peerReadBytes: Definition(.counter, .bytes, .reads, "Bytes of those reads.")
-        case .sourceReads: Definition(.counter, .count, .reads, "Reads that needed a block from the source (or waited for another reader's load).")
+        case .sourceReads:
+            Definition(.counter, .count, .reads, "Reads that needed a block from the source (or waited for another reader's load).")
         case .sourceReadBytes: Definition(.counter, .bytes, .reads, "Bytes of those reads.")
         case .extendedAttributeRequests:
-            Definition(.counter, .count, .reads, "getxattr and listxattr requests from the kernel (one at most when the source has no extended attributes).")
+            Definition(
+                .counter, .count, .reads,
+                "getxattr and listxattr requests from the kernel (one at most when the source has no extended attributes).")
         case .directIOOpens:
-            Definition(.counter, .count, .reads, "Opens of files with blocks still to load, read with direct I/O: each reply goes straight into the reader's buffer, not through the mount's page cache.")
+            Definition(
+                .counter, .count, .reads,
+                "Opens of files with blocks still to load, read with direct I/O: each reply goes straight into the reader's buffer, not through the mount's page cache."
+            )
         case .failedOperations:
-            Definition(.counter, .count, .reads, "Requests from the kernel answered with an error, by FUSE operation (a lookup of a name that does not exist counts too).", label: "operation")
+            Definition(
+                .counter, .count, .reads,
+                "Requests from the kernel answered with an error, by FUSE operation (a lookup of a name that does not exist counts too).",
+                label: "operation")
 
         case .passthroughOpens:
-            Definition(.counter, .count, .passthrough, "Opens handed to the kernel, which reads the file from memory itself (no read request reaches the daemon).")
+            Definition(
+                .counter, .count, .passthrough,
+                "Opens handed to the kernel, which reads the file from memory itself (no read request reaches the daemon).")
         case .passthroughFiles: Definition(.gauge, .count, .passthrough, "Files held in memory for passthrough opens.")
         case .passthroughBytes: Definition(.gauge, .bytes, .passthrough, "Bytes of those files.")
 
         case .bytesFromSource: Definition(.counter, .bytes, .source, "Bytes of blocks loaded from the source.")
         case .bytesFromPeers: Definition(.counter, .bytes, .source, "Bytes of blocks loaded from peers.")
         case .sourceErrors: Definition(.counter, .count, .source, "Block loads that failed, whatever the cause.")
-        case .sourceTimeouts: Definition(.counter, .count, .source, "Source opens and reads given up after --source-timeout (the reader got EIO).")
-        case .sourceReattaches: Definition(.counter, .count, .source, "Times the source root was opened again after its mount went away and came back.")
-        case .sourceUnavailable: Definition(.counter, .count, .source, "Source calls that found its mount gone and could not reopen it (the reader got EIO).")
+        case .sourceTimeouts:
+            Definition(.counter, .count, .source, "Source opens and reads given up after --source-timeout (the reader got EIO).")
+        case .sourceReattaches:
+            Definition(.counter, .count, .source, "Times the source root was opened again after its mount went away and came back.")
+        case .sourceUnavailable:
+            Definition(.counter, .count, .source, "Source calls that found its mount gone and could not reopen it (the reader got EIO).")
         case .knownNodes: Definition(.gauge, .count, .source, "Source files and directories the kernel holds a reference to.")
         case .sourceHandles: Definition(.gauge, .count, .source, "Source descriptors kept open for known files.")
-        case .sourceHandleReopens: Definition(.counter, .count, .source, "Known files found again by name after their descriptor was let go.")
+        case .sourceHandleReopens:
+            Definition(.counter, .count, .source, "Known files found again by name after their descriptor was let go.")
 
         case .prefetchQueuedBlocks: Definition(.counter, .count, .prefetch, "Blocks queued ahead of sequential readers.")
         case .prefetchedBlocks: Definition(.counter, .count, .prefetch, "Blocks loaded ahead of sequential readers.")
-        case .prefetchSkippedBlocks: Definition(.counter, .count, .prefetch, "Queued blocks skipped: already cached, or their reader went away.")
+        case .prefetchSkippedBlocks:
+            Definition(.counter, .count, .prefetch, "Queued blocks skipped: already cached, or their reader went away.")
 
         case .peerRequests: Definition(.counter, .count, .peers, "Block requests this instance sent to peers (holders and owners).")
         case .blocksFromPeers: Definition(.counter, .count, .peers, "Blocks peers sent, verified.")
         case .blocksFromHolders: Definition(.counter, .count, .peers, "Of those, blocks from a peer that listed them in its holdings.")
         case .blocksFromOwners:
-            Definition(.counter, .count, .peers, "Of those, blocks from their owner (loaded there for this instance, or already in its memory).")
+            Definition(
+                .counter, .count, .peers, "Of those, blocks from their owner (loaded there for this instance, or already in its memory).")
         case .holdingsQueries: Definition(.counter, .count, .peers, "Holdings queries sent: which blocks of a file a peer holds.")
         case .holdersFound: Definition(.counter, .count, .peers, "Holdings answers that listed at least one block.")
-        case .ownerRequests: Definition(.counter, .count, .peers, "Requests asking a block's owner to load it, each a wait on the owner's load.")
+        case .ownerRequests:
+            Definition(.counter, .count, .peers, "Requests asking a block's owner to load it, each a wait on the owner's load.")
         case .ownerDeadlinesMissed: Definition(.counter, .count, .peers, "Owner requests not answered within the owner timeout.")
         case .peerNotFound: Definition(.counter, .count, .peers, "Requests a holder could not answer from memory.")
-        case .peerFailures: Definition(.counter, .count, .peers, "Exchanges that failed (timeout, refused, bad length or checksum, wrong token).")
+        case .peerFailures:
+            Definition(.counter, .count, .peers, "Exchanges that failed (timeout, refused, bad length or checksum, wrong token).")
         case .peerFallbacks:
-            Definition(.counter, .count, .peers, "Blocks read from this instance's source because their owner failed, declined or was too slow.")
+            Definition(
+                .counter, .count, .peers, "Blocks read from this instance's source because their owner failed, declined or was too slow.")
         case .peersInBackoff: Definition(.gauge, .count, .peers, "Peers skipped for now after failures.")
         case .servedBlocks: Definition(.counter, .count, .peers, "Blocks this instance sent to peers.")
         case .servedBytes: Definition(.counter, .bytes, .peers, "Bytes of those blocks.")
@@ -127,7 +152,9 @@ public enum Figure: String, CaseIterable, Hashable, Sendable {
         case .servedRefused: Definition(.counter, .count, .peers, "Peer requests refused: malformed, unsafe path, wrong token, not GET.")
         case .holdingsServed: Definition(.counter, .count, .peers, "Holdings queries this instance answered.")
         case .blocksLoadedForPeers:
-            Definition(.counter, .count, .peers, "Blocks this instance loaded from its source as their owner, for peers (asked, or ahead of them).")
+            Definition(
+                .counter, .count, .peers, "Blocks this instance loaded from its source as their owner, for peers (asked, or ahead of them)."
+            )
         case .bytesLoadedForPeers: Definition(.counter, .bytes, .peers, "Bytes of those blocks.")
         }
     }

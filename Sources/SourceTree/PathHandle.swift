@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CLinux
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A reference to one file in the source tree: an `O_PATH` descriptor, which
 /// pins the file (not its name) without opening it for I/O.
@@ -90,7 +91,7 @@ public final class PathHandle: Sendable {
         if bypassingPageCache {
             do throws(Errno) {
                 return FileDescriptor(rawValue: try syscall { open(procPath, O_RDONLY | O_CLOEXEC | CACHEFS_O_DIRECT) })
-            } catch where error == .invalidArgument {
+            } catch  where error == .invalidArgument {
                 // A file system without direct I/O refuses the flag at open.
             }
         }
@@ -113,7 +114,9 @@ public final class PathHandle: Sendable {
         while true {
             var target = [UInt8](repeating: 0, count: capacity)
             let length = try syscall {
-                target.withUnsafeMutableBytes { readlinkat(descriptor.rawValue, "", $0.baseAddress!.assumingMemoryBound(to: CChar.self), capacity) }
+                target.withUnsafeMutableBytes {
+                    readlinkat(descriptor.rawValue, "", $0.baseAddress!.assumingMemoryBound(to: CChar.self), capacity)
+                }
             }
             if length < capacity { return Array(target[..<length]) }
             capacity *= 2

@@ -1,7 +1,8 @@
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import SystemPackage
 
 /// Runs a system call that returns -1 and sets errno on failure, retrying on EINTR.
 @inline(__always)
@@ -37,5 +38,7 @@ extension FileDescriptor {
 }
 
 // Linux ABI values that Glibc's module hides behind _GNU_SOURCE.
+// swift-format-ignore: AlwaysUseLowerCamelCase
 let O_PATH: Int32 = 0o10000000
+// swift-format-ignore: AlwaysUseLowerCamelCase
 let AT_EMPTY_PATH: Int32 = 0x1000

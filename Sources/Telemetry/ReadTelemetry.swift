@@ -51,11 +51,12 @@ public final class ReadTelemetry: ReadObserver {
 extension ReadTelemetry: FigureReporter {
     public func report(into figures: inout FigureValues) {
         for total in totals {
-            let (reads, bytes): (Figure, Figure) = switch total.tier {
-            case .memory: (.memoryReads, .memoryReadBytes)
-            case .peer: (.peerReads, .peerReadBytes)
-            case .source: (.sourceReads, .sourceReadBytes)
-            }
+            let (reads, bytes): (Figure, Figure) =
+                switch total.tier {
+                case .memory: (.memoryReads, .memoryReadBytes)
+                case .peer: (.peerReads, .peerReadBytes)
+                case .source: (.sourceReads, .sourceReadBytes)
+                }
             figures[reads] = total.reads
             figures[bytes] = total.bytes
         }

@@ -54,7 +54,8 @@ public final class Condition<State>: @unchecked Sendable {
 
     /// Waits until `ready` returns a value, and returns it; nil if `deadline` came first.
     /// `ready` runs with the lock held: at once, then each time the state is updated.
-    public func wait<Result>(until deadline: ContinuousClock.Instant? = nil, for ready: (inout State) throws -> Result?) rethrows -> Result? {
+    public func wait<Result>(until deadline: ContinuousClock.Instant? = nil, for ready: (inout State) throws -> Result?) rethrows -> Result?
+    {
         let wakeAt = deadline.map(Self.monotonicTime)
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }

@@ -1,8 +1,9 @@
+import CLinux
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLinux
-import Synchronization
 
 /// A thread with an owner: started by its owner, stopped by it (each owner has its own way of
 /// telling its thread to return: a flag and a wake-up, a closed queue), and joined by it, so that
@@ -28,12 +29,14 @@ public final class OwnedThread: Sendable {
         }
         var thread = pthread_t()
         let context = Unmanaged.passRetained(start).toOpaque()
-        let result = pthread_create(&thread, nil, { context in
-            let start = Unmanaged<ThreadStart>.fromOpaque(context!).takeRetainedValue()
-            cachefs_set_thread_name(start.name)
-            start.body()
-            return nil
-        }, context)
+        let result = pthread_create(
+            &thread, nil,
+            { context in
+                let start = Unmanaged<ThreadStart>.fromOpaque(context!).takeRetainedValue()
+                cachefs_set_thread_name(start.name)
+                start.body()
+                return nil
+            }, context)
         precondition(result == 0, "cannot start thread \(name): \(String(cString: strerror(result)))")
         self.thread = thread
         Self.registry.withLock { $0[ObjectIdentifier(self)] = name }

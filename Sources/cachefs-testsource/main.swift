@@ -1,3 +1,9 @@
+import ArgumentParser
+import CFuse
+import Foundation
+import Synchronization
+import Threading
+
 // cachefs-testsource: a read-only FUSE mirror that behaves like a slow object
 // store, for benchmarks and fault tests. Every read pays a fixed latency (like a
 // range GET) while requests run concurrently, the page cache is bypassed
@@ -11,11 +17,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
-import CFuse
-import Threading
-import Foundation
-import Synchronization
 
 struct TestSource: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -31,9 +32,13 @@ struct TestSource: ParsableCommand {
     @Option(help: "Reads of files matching this glob (relative to ROOT) fail with EIO.") var failFile: [String] = []
     @Option(help: "With --fail-file: only reads reaching this offset or beyond fail.") var failOffset: Int64 = 0
     @Option(help: "Reads of files matching this glob stall first (until --stall-seconds pass or SIGUSR2).") var stallFile: [String] = []
-    @Option(help: "Opens of files matching this glob stall first (until --stall-seconds pass or SIGUSR2), as on a hard-mounted NAS or an object-store client fetching metadata.") var stallOpen: [String] = []
+    @Option(
+        help:
+            "Opens of files matching this glob stall first (until --stall-seconds pass or SIGUSR2), as on a hard-mounted NAS or an object-store client fetching metadata."
+    ) var stallOpen: [String] = []
     @Option(help: "How long a stalled read or open waits.") var stallSeconds: Double = 30
-    @Flag(help: "Give a file a new node ID and inode number each time the kernel forgets it and looks it up again, as s3fs does.") var unstableInodes = false
+    @Flag(help: "Give a file a new node ID and inode number each time the kernel forgets it and looks it up again, as s3fs does.")
+    var unstableInodes = false
 
     func run() throws {
         var signals = sigset_t()
@@ -114,7 +119,7 @@ final class Source: Sendable {
         var operations = Self.operations
         let userData = Unmanaged.passRetained(self).toOpaque() // lives as long as the process
         guard let session = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userData),
-              fuse_session_mount(session, mountpoint) == 0
+            fuse_session_mount(session, mountpoint) == 0
         else { throw ValidationError("cannot mount at \(mountpoint)") }
         return session
     }
@@ -204,7 +209,9 @@ final class Source: Sendable {
         ops.getattr = { req, node, _ in
             let source = Source.of(req)
             var attributes = stat()
-            guard let path = source.path(node), lstat(source.full(path), &attributes) == 0 else { fuse_reply_err(req, errno == 0 ? ESTALE : errno); return }
+            guard let path = source.path(node), lstat(source.full(path), &attributes) == 0 else {
+                fuse_reply_err(req, errno == 0 ? ESTALE : errno); return
+            }
             source.setInodeNumber(of: &attributes, node: node)
             fuse_reply_attr(req, &attributes, 1)
         }
@@ -242,10 +249,14 @@ final class Source: Sendable {
         }
         ops.opendir = { req, node, info in
             let source = Source.of(req)
-            guard let path = source.path(node), let directory = opendir(source.full(path)) else { fuse_reply_err(req, errno == 0 ? ESTALE : errno); return }
+            guard let path = source.path(node), let directory = opendir(source.full(path)) else {
+                fuse_reply_err(req, errno == 0 ? ESTALE : errno); return
+            }
             var entries: [Listing.Entry] = []
             while let entry = readdir(directory) {
-                let name = withUnsafePointer(to: &entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+                let name = withUnsafePointer(to: &entry.pointee.d_name) {
+                    String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
+                }
                 entries.append(Listing.Entry(name: name, inode: ino_t(entry.pointee.d_ino), type: entry.pointee.d_type))
             }
             closedir(directory)
@@ -253,7 +264,8 @@ final class Source: Sendable {
             fuse_reply_open(req, info)
         }
         ops.readdir = { req, _, size, offset, info in
-            let listing = Unmanaged<Listing>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(cachefs_file_info_handle(info)))!).takeUnretainedValue()
+            let listing = Unmanaged<Listing>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(cachefs_file_info_handle(info)))!)
+                .takeUnretainedValue()
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
             defer { buffer.deallocate() }
             var used = 0
@@ -322,7 +334,8 @@ final class BufferPool: Sendable {
             defer { buffer.deallocate() }
             return body(buffer)
         }
-        let buffer = free.withLock { $0.popLast() }.flatMap { UnsafeMutableRawPointer(bitPattern: $0) }
+        let buffer =
+            free.withLock { $0.popLast() }.flatMap { UnsafeMutableRawPointer(bitPattern: $0) }
             ?? UnsafeMutableRawPointer.allocate(byteCount: Self.capacity, alignment: 4096)
         defer { free.withLock { $0.append(UInt(bitPattern: buffer)) } }
         body(buffer)

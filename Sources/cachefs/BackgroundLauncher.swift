@@ -1,8 +1,9 @@
+import ControlPlane
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import ControlPlane
-import Foundation
 
 /// Starts the daemon as a detached copy of this program (`cachefs serve`) and waits
 /// until it reports that the mount answers, so that `cachefs SRC DST` returns only
@@ -43,7 +44,8 @@ enum BackgroundLauncher {
         posix_spawnattr_setsigmask(&attributes, &noSignals)
         posix_spawnattr_setflags(&attributes, spawnSetSID | Int16(POSIX_SPAWN_SETSIGMASK))
 
-        let arguments = ["cachefs", ServeCommand.configuration.commandName!, "--ready-fd", String(readyDescriptor)]
+        let arguments =
+            ["cachefs", ServeCommand.configuration.commandName!, "--ready-fd", String(readyDescriptor)]
             + (keepingOutput ? ["--supervised"] : [])
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }

@@ -15,7 +15,8 @@ struct ByteCount: Equatable, ExpressibleByArgument, CustomStringConvertible {
     /// For options: explains a bad size instead of only rejecting it.
     init(parsing text: String) throws {
         guard let bytes = Self.parse(text) else {
-            throw ValidationError("'\(text)' is not a size; use a positive number with an optional K, M, G or T suffix, e.g. 20G, 512M, 1.5G")
+            throw ValidationError(
+                "'\(text)' is not a size; use a positive number with an optional K, M, G or T suffix, e.g. 20G, 512M, 1.5G")
         }
         self.bytes = bytes
     }
@@ -32,7 +33,7 @@ struct ByteCount: Equatable, ExpressibleByArgument, CustomStringConvertible {
             return nil // "5iB"
         }
         guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
-              let value = Double(number), value.isFinite, value > 0
+            let value = Double(number), value.isFinite, value > 0
         else { return nil }
         let bytes = (value * Double(1 << shift)).rounded(.down)
         guard bytes >= 1, bytes < Double(Int.max / 2) else { return nil }

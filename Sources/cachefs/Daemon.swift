@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import ControlPlane
 import Foundation
@@ -14,6 +11,10 @@ import SourceTree
 import Synchronization
 import Telemetry
 import Threading
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // A daemon that serves a mount another daemon served (a hand-over, a restart under systemd) gets
 // its mount, node table, handles and memory files from `Succession`; everything else is the same.
@@ -67,12 +68,14 @@ struct Daemon {
             // Before mounting: a socket a running daemon answers on is refused, and nothing is mounted
             // (a predecessor that handed its mount over has closed its socket by now).
             try runBlocking { [settings] in try await ControlServer.claim(socketPath: settings.controlSocket) }
-            control = try ControlServer.make(socketPath: settings.controlSocket, handler: handler, onRunning: { parts.controlRunning.set() })
+            control = try ControlServer.make(
+                socketPath: settings.controlSocket, handler: handler, onRunning: { parts.controlRunning.set() })
         } catch {
             throw UsageError("\(error)")
         }
-        try parts.succession.attach(server: parts.server, cache: parts.cache, filesystem: parts.filesystem, control: handler,
-                                    settings: settings, logger: logger)
+        try parts.succession.attach(
+            server: parts.server, cache: parts.cache, filesystem: parts.filesystem, control: handler,
+            settings: settings, logger: logger)
         let group = start(parts, control: control, handler: handler, logger: logger)
         let signals = startSignalListener(group: group, server: parts.server, logger: logger, systemd: systemd)
         let isReady = becomeReady(parts, group: group, handler: handler, logger: logger, systemd: systemd)
@@ -116,9 +119,11 @@ struct Daemon {
         /// Hands the mount to a successor once the daemon is ready; stopped after the group ends. Lock order: a leaf.
         let handover = Mutex<HandoverServer?>(nil)
 
-        init(filesystem: MirrorFilesystem, cache: BlockCache, succession: Succession, prefetcher: Prefetcher?, sourceCalls: SourceCallPool?,
-             peers: PeerNetwork?, kernelFeatures: FuseKernelFeatures, exporter: PrometheusExporter?, server: FuseServer,
-             reporters: [any FigureReporter]) {
+        init(
+            filesystem: MirrorFilesystem, cache: BlockCache, succession: Succession, prefetcher: Prefetcher?, sourceCalls: SourceCallPool?,
+            peers: PeerNetwork?, kernelFeatures: FuseKernelFeatures, exporter: PrometheusExporter?, server: FuseServer,
+            reporters: [any FigureReporter]
+        ) {
             (self.filesystem, self.cache, self.succession) = (filesystem, cache, succession)
             (self.prefetcher, self.sourceCalls, self.peers) = (prefetcher, sourceCalls, peers)
             (self.kernelFeatures, self.exporter, self.server, self.reporters) = (kernelFeatures, exporter, server, reporters)
@@ -137,9 +142,11 @@ struct Daemon {
         let succession = try Succession.begin(settings: settings, systemd: systemd, kept: kept, logger: logger)
         let cache = BlockCache(capacity: settings.capacity, blockSize: settings.blockSize, registry: succession.registry, logger: logger)
         if settings.prefetchDepth > 0 && settings.prefetchDepth == settings.prefetchDepthLimit {
-            logger.notice("the prefetch window is at its limit, a quarter of the capacity", metadata: ["blocks": "\(settings.prefetchDepth)"])
+            logger.notice(
+                "the prefetch window is at its limit, a quarter of the capacity", metadata: ["blocks": "\(settings.prefetchDepth)"])
         }
-        let prefetcher = settings.prefetchDepth > 0
+        let prefetcher =
+            settings.prefetchDepth > 0
             ? Prefetcher(workers: settings.prefetchThreads, depth: settings.prefetchDepth, chunkBlocks: settings.prefetchChunk) : nil
         let sourceCalls = settings.sourceTimeout.map { SourceCallPool(timeout: .milliseconds(Int64($0 * 1000))) }
         let peers = try PeerNetwork(settings: settings, logger: logger)
@@ -158,11 +165,13 @@ struct Daemon {
         fuseConfiguration.autoUnmount = false // the mount keeper removes the mount once no daemon can serve it
         let exporter = settings.metrics.map { _ in PrometheusExporter() } // bootstraps swift-metrics before any metric exists
         let telemetry = ReadTelemetry(recordLatency: exporter != nil)
-        let server = FuseServer(filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry,
-                                kernelFeatures: kernelFeatures, logger: logger)
+        let server = FuseServer(
+            filesystem: filesystem, configuration: fuseConfiguration, readObserver: telemetry,
+            kernelFeatures: kernelFeatures, logger: logger)
         let reporters: [any FigureReporter] = [filesystem, telemetry, server] + (peers.map { [$0] } ?? [])
-        return Parts(filesystem: filesystem, cache: cache, succession: succession, prefetcher: prefetcher, sourceCalls: sourceCalls,
-                     peers: peers, kernelFeatures: kernelFeatures, exporter: exporter, server: server, reporters: reporters)
+        return Parts(
+            filesystem: filesystem, cache: cache, succession: succession, prefetcher: prefetcher, sourceCalls: sourceCalls,
+            peers: peers, kernelFeatures: kernelFeatures, exporter: exporter, server: server, reporters: reporters)
     }
 
     /// Starts the daemon's services as one group, on the Swift concurrency pool. Started together;
@@ -185,12 +194,17 @@ struct Daemon {
         if let exporter = parts.exporter { services.append(.init(service: makeMetricsService(exporter, handler: handler, logger: logger))) }
         services.append(.init(service: control))
         let grace = Duration.milliseconds(Int(settings.shutdownGrace * 1000))
-        services.append(.init(service: FuseService(server: parts.server, grace: grace, threads: parts.threads, logger: logger),
-                              successTerminationBehavior: .gracefullyShutdownGroup))
+        services.append(
+            .init(
+                service: FuseService(server: parts.server, grace: grace, threads: parts.threads, logger: logger),
+                successTerminationBehavior: .gracefullyShutdownGroup))
         // A preload that is done (or has nothing to do) leaves the others running.
-        services.append(.init(service: PreloadService(patterns: settings.preload, pin: settings.preloadPin, filesystem: parts.filesystem,
-                                                      ready: parts.ready, threads: parts.threads, logger: logger),
-                              successTerminationBehavior: .ignore))
+        services.append(
+            .init(
+                service: PreloadService(
+                    patterns: settings.preload, pin: settings.preloadPin, filesystem: parts.filesystem,
+                    ready: parts.ready, threads: parts.threads, logger: logger),
+                successTerminationBehavior: .ignore))
         if peerServer == nil { parts.peerServerRunning.set() } // nothing to wait for
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: logger))
         Task {
@@ -204,7 +218,8 @@ struct Daemon {
 
     /// Waits until the servers listen and the mount answers, then tells the launcher (and systemd)
     /// so; if that fails, shuts the group down. Returns whether the daemon is ready.
-    private func becomeReady(_ parts: Parts, group: ServiceGroup, handler: DaemonControl, logger: Logger, systemd: SystemdNotifier?) -> Bool {
+    private func becomeReady(_ parts: Parts, group: ServiceGroup, handler: DaemonControl, logger: Logger, systemd: SystemdNotifier?) -> Bool
+    {
         let deadline = ContinuousClock.now + Self.listenTimeout
         var isReady = parts.controlRunning.waitUntilSet(until: deadline) && parts.peerServerRunning.waitUntilSet(until: deadline)
         if let failure = parts.groupFailure.withLock({ $0 }) {
@@ -227,8 +242,9 @@ struct Daemon {
             }
         }
         do {
-            let context = HandoverServer.Context(settings: settings, server: parts.server, cache: parts.cache, filesystem: parts.filesystem,
-                                                 succession: succession, control: handler, waitAfterwards: waitsAfterHandover)
+            let context = HandoverServer.Context(
+                settings: settings, server: parts.server, cache: parts.cache, filesystem: parts.filesystem,
+                succession: succession, control: handler, waitAfterwards: waitsAfterHandover)
             let handover = try HandoverServer(context: context, logger: logger)
             parts.handover.withLock { $0 = handover }
         } catch {
@@ -239,13 +255,16 @@ struct Daemon {
         let state = ReadAheadState(windowBytes: ReadAheadWindow.current(mountpoint: settings.mountpoint), error: failure)
         handler.readAhead.withLock { $0 = state }
         if let failure {
-            logger.notice("could not set the kernel's read-ahead window; sequential reads may be slower",
-                          metadata: ["error": "\(failure)", "window": "\(state.windowBytes.map(ByteCount.format) ?? "unknown")"])
+            logger.notice(
+                "could not set the kernel's read-ahead window; sequential reads may be slower",
+                metadata: ["error": "\(failure)", "window": "\(state.windowBytes.map(ByteCount.format) ?? "unknown")"])
         }
-        logger.info("ready", metadata: [
-            "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
-            "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
-        ])
+        logger.info(
+            "ready",
+            metadata: [
+                "source": "\(settings.source)", "mountpoint": "\(settings.mountpoint)",
+                "capacity": "\(ByteCount.format(settings.capacity))", "control": "\(settings.controlSocket)",
+            ])
         readiness?.succeed()
         systemd?.ready(status: "serving \(settings.source) at \(settings.mountpoint)")
         return true
@@ -266,7 +285,8 @@ struct Daemon {
         if unjoined.isEmpty {
             logger.info("every owned thread joined")
         } else {
-            logger.warning("threads still busy at exit, left to end with the process", metadata: ["threads": "\(unjoined.joined(separator: ", "))"])
+            logger.warning(
+                "threads still busy at exit, left to end with the process", metadata: ["threads": "\(unjoined.joined(separator: ", "))"])
         }
     }
 
@@ -286,7 +306,8 @@ struct Daemon {
                 var received: Int32 = 0
                 guard sigwait(&signals, &received) == 0 else { continue }
                 if stopping.withLock({ $0 }) { return } // woken by `SignalListener.stop`
-                logger.notice("signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
+                logger.notice(
+                    "signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
                 systemd?.stopping()
                 Task { await group.triggerGracefulShutdown() }
             }
@@ -349,6 +370,7 @@ struct Daemon {
     }
 }
 
+// swift-format-ignore: AlwaysUseLowerCamelCase
 private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 
 /// The write end of the pipe a background launcher waits on: one line, "ok" or the reason for failing.

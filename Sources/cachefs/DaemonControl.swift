@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import ControlPlane
 import FuseBridge
@@ -9,6 +6,10 @@ import Reporting
 import Synchronization
 import SystemPackage
 import Telemetry
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The daemon's answers to control requests: stats, warm-up and pinning.
 ///
@@ -35,8 +36,10 @@ final class DaemonControl: ControlHandler {
     /// Lock order: a leaf (the closure is called after the lock is released).
     let restartPreparation = Mutex<(@Sendable () throws(ControlRequestError) -> RestartAnswer)?>(nil)
 
-    init(filesystem: MirrorFilesystem, settings: MountSettings, reporters: [any FigureReporter], peers: PeerNetwork?,
-         kernelFeatures: FuseKernelFeatures, started: ContinuousClock.Instant) {
+    init(
+        filesystem: MirrorFilesystem, settings: MountSettings, reporters: [any FigureReporter], peers: PeerNetwork?,
+        kernelFeatures: FuseKernelFeatures, started: ContinuousClock.Instant
+    ) {
         self.filesystem = filesystem
         self.settings = settings
         self.reporters = reporters
@@ -105,7 +108,9 @@ final class DaemonControl: ControlHandler {
 
     func restart() throws(ControlRequestError) -> RestartAnswer {
         guard let prepare = restartPreparation.withLock({ $0 }) else {
-            throw ControlRequestError(status: 409, message: "systemd keeps nothing of this daemon; `cachefs restart` starts a new daemon that takes the mount over instead")
+            throw ControlRequestError(
+                status: 409,
+                message: "systemd keeps nothing of this daemon; `cachefs restart` starts a new daemon that takes the mount over instead")
         }
         try refuseWhileHandingOver()
         return try prepare()

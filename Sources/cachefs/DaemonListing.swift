@@ -9,10 +9,13 @@ extension DaemonControl {
         for path in request.paths {
             do {
                 let (found, walked) = try filesystem.cacheListing(atRelativePath: path)
-                for file in found where request.paths.count == 1 || listed.insert(file.path).inserted { // overlapping paths list a file once
+                // Overlapping paths list a file once.
+                for file in found where request.paths.count == 1 || listed.insert(file.path).inserted {
                     let residency = file.residency
-                    answer.append(Listing.File(path: file.path, size: file.version.size, cachedBytes: Int64(residency.cachedBytes),
-                                               pinned: residency.pinned, held: residency.held, lastRead: residency.lastUsed))
+                    answer.append(
+                        Listing.File(
+                            path: file.path, size: file.version.size, cachedBytes: Int64(residency.cachedBytes),
+                            pinned: residency.pinned, held: residency.held, lastRead: residency.lastUsed))
                 }
                 directories.formUnion(walked)
             } catch {

@@ -1,8 +1,9 @@
+import BlockCache
+import Continuity
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCache
-import Continuity
 
 /// systemd's file descriptor store (sd_notify FDSTORE=1; FileDescriptorStoreMax= in the unit): what
 /// keeps the mount and the cache while systemd restarts a daemon that died (Restart=on-failure).
@@ -54,8 +55,11 @@ final class FileDescriptorStore: MemoryFileRegistry, @unchecked Sendable {
             for variable in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] { unsetenv(variable) }
         }
         guard let pid = getenv("LISTEN_PID").flatMap({ Int32(String(cString: $0)) }), pid == getpid(),
-              let count = getenv("LISTEN_FDS").flatMap({ Int(String(cString: $0)) }), count > 0 else { return [] }
-        let names = getenv("LISTEN_FDNAMES").map { String(cString: $0).split(separator: ":", omittingEmptySubsequences: false).map(String.init) } ?? []
+            let count = getenv("LISTEN_FDS").flatMap({ Int(String(cString: $0)) }), count > 0
+        else { return [] }
+        let names =
+            getenv("LISTEN_FDNAMES").map { String(cString: $0).split(separator: ":", omittingEmptySubsequences: false).map(String.init) }
+            ?? []
         return (0..<count).map { index in
             let descriptor = Int32(3 + index)
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
@@ -66,14 +70,15 @@ final class FileDescriptorStore: MemoryFileRegistry, @unchecked Sendable {
     /// Whether systemd passed this process a mount's channel (before `takeInherited`).
     static var holdsAMount: Bool {
         guard let pid = getenv("LISTEN_PID").flatMap({ Int32(String(cString: $0)) }), pid == getpid(),
-              let names = getenv("LISTEN_FDNAMES").map({ String(cString: $0) }) else { return false }
+            let names = getenv("LISTEN_FDNAMES").map({ String(cString: $0) })
+        else { return false }
         return names.split(separator: ":").contains { $0 == fuseName }
     }
 
     /// Whether a memory file is a ledger (`VersionLedger`) or block memory, from the name it was made with.
     static func isLedger(_ descriptor: Int32) -> Bool {
-        var target = [CChar](repeating: 0, count: 256)
+        var target = [UInt8](repeating: 0, count: 256)
         let count = readlink("/proc/self/fd/\(descriptor)", &target, target.count - 1)
-        return count > 0 && String(cString: target).contains("cachefs-block-ledger")
+        return count > 0 && String(decoding: target[..<count], as: UTF8.self).contains("cachefs-block-ledger")
     }
 }

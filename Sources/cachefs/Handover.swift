@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Continuity
 import ControlPlane
@@ -9,6 +6,10 @@ import FuseBridge
 import Logging
 import MirrorFS
 import Threading
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The hand-over: a daemon started on a mountpoint another daemon serves takes the mount over
 /// through a Unix socket beside the control socket, and the other exits.
@@ -60,7 +61,9 @@ enum Handover {
 
     static func encode<Value: Encodable>(_ value: Value) -> [UInt8] { Array((try? JSONEncoder().encode(value)) ?? Data()) }
 
-    static func decode<Value: Decodable>(_ type: Value.Type, _ bytes: [UInt8]) -> Value? { try? JSONDecoder().decode(type, from: Data(bytes)) }
+    static func decode<Value: Decodable>(_ type: Value.Type, _ bytes: [UInt8]) -> Value? {
+        try? JSONDecoder().decode(type, from: Data(bytes))
+    }
 
     /// Why the mount cannot go to a daemon with `new` settings (one line), or nil.
     static func refusal(of new: MountSettings, by old: MountSettings, record: MountRecord?) -> String? {
@@ -68,7 +71,8 @@ enum Handover {
             return "\(old.mountpoint) mirrors \(old.source); a hand-over keeps the source (unmount to mirror \(new.source))"
         }
         if new.blockSize != old.blockSize {
-            return "--block-size \(ByteCount.format(new.blockSize)) needs a new mount (\(old.mountpoint) has \(ByteCount.format(old.blockSize)) blocks); the running daemon serves on"
+            return
+                "--block-size \(ByteCount.format(new.blockSize)) needs a new mount (\(old.mountpoint) has \(ByteCount.format(old.blockSize)) blocks); the running daemon serves on"
         }
         if new.allowOther != old.allowOther {
             return "--allow-other \(new.allowOther ? "on" : "off") needs a new mount (it is a mount option); the running daemon serves on"
@@ -140,7 +144,8 @@ final class HandoverServer: @unchecked Sendable {
 
     private func serve(_ channel: DescriptorChannel) {
         guard let message = try? channel.receive(), message.kind == Handover.Message.hello.rawValue,
-              let hello = Handover.decode(Handover.Hello.self, message.payload) else { return }
+            let hello = Handover.decode(Handover.Hello.self, message.payload)
+        else { return }
         message.descriptors.forEach { close($0) }
         let settings = context.settings
         func refuse(_ reason: String) {
@@ -151,20 +156,26 @@ final class HandoverServer: @unchecked Sendable {
             return refuse(reason)
         }
         guard hello.journalFormat == StateJournal.format, hello.nodeFormat == NodeSnapshot.format else {
-            return refuse("the running daemon keeps its state in format \(StateJournal.format)/\(NodeSnapshot.format), which this cachefs cannot read; unmount and mount again to upgrade")
+            return refuse(
+                "the running daemon keeps its state in format \(StateJournal.format)/\(NodeSnapshot.format), which this cachefs cannot read; unmount and mount again to upgrade"
+            )
         }
         let started = ContinuousClock.now
-        logger.notice("handing the mount over", metadata: ["to pid": "\(hello.pid)", "requests in flight": "\(context.server.requestsInFlight)"])
+        logger.notice(
+            "handing the mount over", metadata: ["to pid": "\(hello.pid)", "requests in flight": "\(context.server.requestsInFlight)"])
         context.control.handingOver.store(true, ordering: .releasing)
         defer { context.control.handingOver.store(false, ordering: .releasing) }
         let grace = Duration.milliseconds(Int(max(settings.shutdownGrace, 1) * 1000))
         guard context.server.pauseReading(until: .now + grace) else {
             context.server.resumeReading()
-            return refuse("requests still in progress after \(max(settings.shutdownGrace, 1)) s (a stalled source?); the running daemon serves on, try again")
+            return refuse(
+                "requests still in progress after \(max(settings.shutdownGrace, 1)) s (a stalled source?); the running daemon serves on, try again"
+            )
         }
         guard let surrendered = context.cache.surrender(waitingUntil: .now + grace) else {
             context.server.resumeReading()
-            return refuse("loads into the cache still in progress after \(max(settings.shutdownGrace, 1)) s; the running daemon serves on, try again")
+            return refuse(
+                "loads into the cache still in progress after \(max(settings.shutdownGrace, 1)) s; the running daemon serves on, try again")
         }
         func resume(_ why: String) {
             context.cache.resumeCustody()
@@ -183,15 +194,19 @@ final class HandoverServer: @unchecked Sendable {
         }
         // From here on this daemon never serves again, whatever happens.
         try? channel.send(kind: Handover.Message.released.rawValue, [])
-        logger.notice("handed the mount over", metadata: [
-            "to pid": "\(hello.pid)", "paused for": "\(ContinuousClock.now - started)",
-            "then": "\(context.waitAfterwards ? "waiting for SIGTERM" : "exiting")",
-        ])
+        logger.notice(
+            "handed the mount over",
+            metadata: [
+                "to pid": "\(hello.pid)", "paused for": "\(ContinuousClock.now - started)",
+                "then": "\(context.waitAfterwards ? "waiting for SIGTERM" : "exiting")",
+            ])
         withExtendedLifetime(surrendered) { Self.leave(waiting: context.waitAfterwards, mountpoint: settings.mountpoint) }
     }
 
     private func send(_ surrendered: SurrenderedMemory, through channel: DescriptorChannel) throws {
-        var entries: [(role: String, descriptor: Int32)] = [("fuse", context.server.descriptor), ("journal", context.succession.journal.descriptor)]
+        var entries: [(role: String, descriptor: Int32)] = [
+            ("fuse", context.server.descriptor), ("journal", context.succession.journal.descriptor),
+        ]
         if let keeper = context.succession.keeperSocket { entries.append(("keeper", keeper)) }
         for file in surrendered.files {
             entries.append(("memory \(file.name ?? "-")", file.memory))
@@ -202,8 +217,9 @@ final class HandoverServer: @unchecked Sendable {
             var end = min(entries.count, start + DescriptorChannel.maximumDescriptors)
             if end < entries.count, entries[end].role == "ledger" { end -= 1 } // a memory file and its ledger travel together
             let batch = entries[start..<end]
-            try channel.send(kind: Handover.Message.descriptors.rawValue, Handover.encode(Handover.Roles(roles: batch.map(\.role))),
-                             descriptors: batch.map(\.descriptor))
+            try channel.send(
+                kind: Handover.Message.descriptors.rawValue, Handover.encode(Handover.Roles(roles: batch.map(\.role))),
+                descriptors: batch.map(\.descriptor))
             start = end
         }
         let (nodes, nextID) = context.filesystem.exportNodes()

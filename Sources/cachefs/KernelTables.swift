@@ -1,7 +1,8 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
 
 // What the daemon reads of the kernel's own tables: the mount table, the memory
 // limit of its cgroup and the read-ahead window of its mount. Files in /proc and
@@ -150,7 +151,8 @@ enum ReadAheadWindow {
     /// The window in force, in bytes.
     static func current(mountpoint: String) -> Int? {
         guard let path = sysfsPath(mountpoint: mountpoint), let text = readKernelFile(path),
-              let kib = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+            let kib = Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        else { return nil }
         return kib * 1024
     }
 

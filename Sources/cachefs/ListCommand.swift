@@ -1,23 +1,24 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import ControlPlane
 import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
         abstract: "Show which files under a cachefs mount are in its memory, and how much of each.",
         discussion: """
-        Per file: its size, the bytes of it in this instance's memory and their share, whether it is pinned \
-        or held for readers the kernel serves from memory (passthrough), and when a block of it was last used; \
-        each directory gets a line with its totals. The daemon answers from its index: no file is read, \
-        nothing is loaded, and the order in which blocks are evicted does not change.
-        Examples:
-          cachefs ls /data-fast/models
-          cachefs ls /data-fast/models/Lora --json
-        """
+            Per file: its size, the bytes of it in this instance's memory and their share, whether it is pinned \
+            or held for readers the kernel serves from memory (passthrough), and when a block of it was last used; \
+            each directory gets a line with its totals. The daemon answers from its index: no file is read, \
+            nothing is loaded, and the order in which blocks are evicted does not change.
+            Examples:
+              cachefs ls /data-fast/models
+              cachefs ls /data-fast/models/Lora --json
+            """
     )
 
     @Argument(help: "Files or directories inside a cachefs mount.")
@@ -55,8 +56,10 @@ struct ListCommand: ParsableCommand {
         var rows: [[String]] = [["size", "cached", "%", "flags", "last read", "path"]]
         rows.reserveCapacity(listing.files.count + listing.directories.count + 1)
         func row(size: Int64, cached: Int64, flags: String, lastRead: Int64?, path: String) -> [String] {
-            [ByteCount.format(Int(size)), ByteCount.format(Int(cached)), percent(cached, of: size), flags,
-             lastRead.map { age(now - $0) } ?? "-", path]
+            [
+                ByteCount.format(Int(size)), ByteCount.format(Int(cached)), percent(cached, of: size), flags,
+                lastRead.map { age(now - $0) } ?? "-", path,
+            ]
         }
         // Files and directories in one walk: a directory's line opens before the first path beneath it
         // (its key is its path with a slash) and is written once a path outside it comes, like du's.
@@ -64,11 +67,15 @@ struct ListCommand: ParsableCommand {
         func closeDirectories(notHolding path: String?) {
             while let innermost = open.last, path.map({ !$0.hasPrefix(directoryKey(innermost.path)) }) ?? true {
                 open.removeLast()
-                let flags = [innermost.pinnedFiles > 0 ? "\(innermost.pinnedFiles) pinned" : nil,
-                             innermost.heldFiles > 0 ? "\(innermost.heldFiles) held" : nil].compactMap { $0 }
-                rows.append(row(size: innermost.size, cached: innermost.cachedBytes, flags: flags.isEmpty ? "-" : flags.joined(separator: ", "),
-                                lastRead: innermost.lastRead,
-                                path: directoryKey(innermost.path) + " (\(innermost.files) file\(innermost.files == 1 ? "" : "s"))"))
+                let flags = [
+                    innermost.pinnedFiles > 0 ? "\(innermost.pinnedFiles) pinned" : nil,
+                    innermost.heldFiles > 0 ? "\(innermost.heldFiles) held" : nil,
+                ].compactMap { $0 }
+                rows.append(
+                    row(
+                        size: innermost.size, cached: innermost.cachedBytes, flags: flags.isEmpty ? "-" : flags.joined(separator: ", "),
+                        lastRead: innermost.lastRead,
+                        path: directoryKey(innermost.path) + " (\(innermost.files) file\(innermost.files == 1 ? "" : "s"))"))
             }
         }
         var directories = listing.directories.map { (key: directoryKey($0.path), directory: $0) }.sorted { $0.key < $1.key }
@@ -82,8 +89,10 @@ struct ListCommand: ParsableCommand {
             }
             closeDirectories(notHolding: file.path)
             let flags = [file.pinned ? "pinned" : nil, file.held ? "held" : nil].compactMap { $0 }
-            rows.append(row(size: file.size, cached: file.cachedBytes, flags: flags.isEmpty ? "-" : flags.joined(separator: ","),
-                            lastRead: file.lastRead, path: file.path))
+            rows.append(
+                row(
+                    size: file.size, cached: file.cachedBytes, flags: flags.isEmpty ? "-" : flags.joined(separator: ","),
+                    lastRead: file.lastRead, path: file.path))
         }
         while let directory = nextDirectory {
             closeDirectories(notHolding: directory.path)

@@ -8,13 +8,13 @@ struct MountCommand: ParsableCommand {
         commandName: "mount",
         abstract: "Mount SOURCE read-only at MOUNTPOINT, caching file data in memory (the default command).",
         discussion: """
-        Without -f the command returns once the mount answers, and the daemon keeps serving in the \
-        background. Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`, or send the daemon \
-        SIGTERM or SIGINT.
-        With --spec FILE, a PAI-EAS service JSON (or its storage list) names the mounts instead: each \
-        storage entry with a cache object is mounted (cache.path at mount_path, cache.capacity), with the \
-        other options given here; with -f one process runs them all until SIGTERM.
-        """
+            Without -f the command returns once the mount answers, and the daemon keeps serving in the \
+            background. Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`, or send the daemon \
+            SIGTERM or SIGINT.
+            With --spec FILE, a PAI-EAS service JSON (or its storage list) names the mounts instead: each \
+            storage entry with a cache object is mounted (cache.path at mount_path, cache.capacity), with the \
+            other options given here; with -f one process runs them all until SIGTERM.
+            """
     )
 
     @Argument(help: "The directory to mirror: an object-store FUSE mount, a NAS, or any directory.")
@@ -23,10 +23,17 @@ struct MountCommand: ParsableCommand {
     @Argument(help: "An existing directory where the read-only mirror appears.")
     var mountpoint: String?
 
-    @Option(parsing: .unconditional, help: "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024). Required, unless --spec gives it.", transform: ByteCount.init(parsing:))
+    @Option(
+        parsing: .unconditional,
+        help:
+            "Memory for cached file data: 20G, 20GiB, 512M, 1.5G or bytes (K/M/G/T are powers of 1024). Required, unless --spec gives it.",
+        transform: ByteCount.init(parsing:))
     var capacity: ByteCount?
 
-    @Option(help: ArgumentHelp("Mount every cache entry of this PAI-EAS service JSON (or its storage list) instead of SOURCE MOUNTPOINT --capacity.", valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "Mount every cache entry of this PAI-EAS service JSON (or its storage list) instead of SOURCE MOUNTPOINT --capacity.",
+            valueName: "file"))
     var spec: String?
 
     @Flag(name: .shortAndLong, help: "Stay in the foreground (for systemd and containers); logs go to standard error.")
@@ -53,16 +60,24 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Adjacent blocks one prefetch lane loads in order before the next chunk is handed out.")
     var prefetchChunk = MountSettings.defaults.prefetchChunk
 
-    @Option(help: "Threads that load prefetched blocks: at most this many prefetch reads reach the source at once, and at most this many lanes serve one file.")
+    @Option(
+        help:
+            "Threads that load prefetched blocks: at most this many prefetch reads reach the source at once, and at most this many lanes serve one file."
+    )
     var prefetchThreads = MountSettings.defaults.prefetchThreads
 
     @Option(parsing: .unconditional, help: "The kernel's read-ahead window on the mount.", transform: ByteCount.init(parsing:))
     var readAhead = ByteCount(bytes: MountSettings.defaults.readAhead)
 
-    @Option(help: ArgumentHelp("Let the kernel read wholly cached files from memory itself (FUSE passthrough): on or off.", valueName: "on|off"))
+    @Option(
+        help: ArgumentHelp("Let the kernel read wholly cached files from memory itself (FUSE passthrough): on or off.", valueName: "on|off")
+    )
     var passthrough = Switch(MountSettings.defaults.passthrough)
 
-    @Option(help: ArgumentHelp("Read files not yet wholly cached with direct I/O, each reply straight into the reader's buffer: on or off (off: through the page cache, faster for readers of cold files in small pieces such as 4 KiB).", valueName: "on|off"))
+    @Option(
+        help: ArgumentHelp(
+            "Read files not yet wholly cached with direct I/O, each reply straight into the reader's buffer: on or off (off: through the page cache, faster for readers of cold files in small pieces such as 4 KiB).",
+            valueName: "on|off"))
     var directIO = Switch(MountSettings.defaults.directIO)
 
     @Flag(help: "Accept a capacity larger than this machine's (or container's) memory.")
@@ -77,10 +92,16 @@ struct MountCommand: ParsableCommand {
     @Option(help: "Append the daemon's log to this file (in the background, logs are discarded otherwise).")
     var logFile: String?
 
-    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, shown by `cachefs stats`).", valueName: "host:port"))
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, shown by `cachefs stats`).",
+            valueName: "host:port"))
     var metrics: String?
 
-    @Option(help: ArgumentHelp("Warm source files matching this glob (relative to SOURCE; * also matches /) in the background at start. Repeatable.", valueName: "glob"))
+    @Option(
+        help: ArgumentHelp(
+            "Warm source files matching this glob (relative to SOURCE; * also matches /) in the background at start. Repeatable.",
+            valueName: "glob"))
     var preload: [String] = []
 
     @Flag(help: "Pin the --preload files, so they are never evicted (refused, with a log line, if they do not fit the capacity).")
@@ -88,10 +109,14 @@ struct MountCommand: ParsableCommand {
 
     @Option(help: "On SIGTERM or SIGINT, wait up to this many seconds for reads in progress before unmounting.")
     var shutdownGrace = MountSettings.defaults.shutdownGrace
-    @Option(help: ArgumentHelp("Serve this instance's cached blocks to peers on HOST:PORT (TCP), e.g. 0.0.0.0:7070.", valueName: "host:port"))
+    @Option(
+        help: ArgumentHelp("Serve this instance's cached blocks to peers on HOST:PORT (TCP), e.g. 0.0.0.0:7070.", valueName: "host:port"))
     var listen: String?
 
-    @Option(help: ArgumentHelp("Peers to ask for missing blocks: HOST:PORT,HOST:PORT or dns:NAME:PORT (every address of NAME, re-resolved every 10 s).", valueName: "peers"))
+    @Option(
+        help: ArgumentHelp(
+            "Peers to ask for missing blocks: HOST:PORT,HOST:PORT or dns:NAME:PORT (every address of NAME, re-resolved every 10 s).",
+            valueName: "peers"))
     var peers: String?
 
     @Option(help: ArgumentHelp("A file holding the shared secret peers must present (Authorization: Bearer).", valueName: "path"))
@@ -102,7 +127,9 @@ struct MountCommand: ParsableCommand {
         guard (0...4096).contains(prefetchDepth) else { throw ValidationError("--prefetch-depth must be between 0 and 4096") }
         guard (1...1024).contains(prefetchChunk) else { throw ValidationError("--prefetch-chunk must be between 1 and 1024") }
         guard (1...256).contains(prefetchThreads) else { throw ValidationError("--prefetch-threads must be between 1 and 256") }
-        guard metadataTimeout >= 0, metadataTimeout.isFinite else { throw ValidationError("--metadata-timeout must be zero or more seconds") }
+        guard metadataTimeout >= 0, metadataTimeout.isFinite else {
+            throw ValidationError("--metadata-timeout must be zero or more seconds")
+        }
         guard shutdownGrace >= 0, shutdownGrace <= 600 else { throw ValidationError("--shutdown-grace must be between 0 and 600 seconds") }
         if preloadPin && preload.isEmpty { throw ValidationError("--preload-pin needs at least one --preload GLOB") }
         guard sourceTimeout >= 0, sourceTimeout <= 86_400 else { throw ValidationError("--source-timeout must be from 0 to 86400 seconds") }

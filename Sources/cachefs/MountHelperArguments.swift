@@ -39,4 +39,3 @@ enum MountHelperArguments {
         return translated
     }
 }
-

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import CLinux
 import FuseBridge
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Removes a mount once no daemon can serve it any more: cachefs's own auto_unmount. libfuse's
 /// (a fusermount3 helper that unmounts when the one daemon that mounted dies) cannot let the mount
@@ -73,7 +74,7 @@ struct KeepMountCommand: ParsableCommand {
         var all = sigset_t()
         sigfillset(&all)
         pthread_sigmask(SIG_BLOCK, &all, nil) // only the end of the socket ends a keeper (or SIGKILL)
-        cachefs_set_thread_name("cachefs-keeper")  // the keeper is single-threaded: its process name
+        cachefs_set_thread_name("cachefs-keeper") // the keeper is single-threaded: its process name
         chdir("/")
         var byte: UInt8 = 0
         while true {
@@ -87,7 +88,8 @@ struct KeepMountCommand: ParsableCommand {
         }
         // No daemon and no store holds the mount's channel: nobody can serve it again.
         guard let entry = MountTable.current().last(where: { $0.mountpoint == mountpoint }),
-              entry.type == "fuse.cachefs", entry.device == device else { return }
+            entry.type == "fuse.cachefs", entry.device == device
+        else { return }
         FuseServer.detach(mountpoint)
     }
 }

@@ -1,8 +1,9 @@
+import ControlPlane
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import ControlPlane
-import Foundation
 
 /// A path given to `cachefs warm`/`unpin`, found inside a running cachefs mount.
 struct PathInMount: Equatable {
@@ -22,14 +23,17 @@ enum MountLocator {
         let canonical = String(cString: resolved)
         let mounts = MountTable.current()
         // The innermost mount holding the path decides: a cachefs mount below another filesystem counts, one hidden under a newer mount does not.
-        guard let innermost = mounts.enumerated()
-            .filter({ contains($0.element.mountpoint, canonical) })
-            .max(by: { ($0.element.mountpoint.count, $0.offset) < ($1.element.mountpoint.count, $1.offset) })?.element,
+        guard
+            let innermost = mounts.enumerated()
+                .filter({ contains($0.element.mountpoint, canonical) })
+                .max(by: { ($0.element.mountpoint.count, $0.offset) < ($1.element.mountpoint.count, $1.offset) })?.element,
             innermost.type == "fuse.cachefs"
         else {
             throw UsageError("\(path) is not inside a cachefs mount")
         }
-        let relative = canonical == innermost.mountpoint ? "" : String(canonical.dropFirst(innermost.mountpoint == "/" ? 1 : innermost.mountpoint.count + 1))
+        let relative =
+            canonical == innermost.mountpoint
+            ? "" : String(canonical.dropFirst(innermost.mountpoint == "/" ? 1 : innermost.mountpoint.count + 1))
         return PathInMount(mountpoint: innermost.mountpoint, relativePath: relative)
     }
 

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ControlPlane
 import Foundation
 import FuseBridge
 import HTTPServing
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct UsageError: Error, CustomStringConvertible {
     let description: String
@@ -37,7 +38,8 @@ extension MountSettings {
         }
         let memory = MemoryLimit.usable()
         if capacity.bytes > memory && !command.force {
-            throw UsageError("--capacity \(capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
+            throw UsageError(
+                "--capacity \(capacity) exceeds this machine's memory (\(ByteCount.format(memory))); pass --force to use it anyway")
         }
         self.init(source: source, mountpoint: mountpoint, capacity: capacity.bytes)
         blockSize = command.blockSize.bytes

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ControlPlane
 import Foundation
 import HTTPServing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `--listen`, `--peers` and `--peer-token-file`, checked: every address parses and the token is readable.
 enum PeerOptions {

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ControlPlane
 import HTTPServing
 import Logging
@@ -9,6 +6,10 @@ import PeerTransport
 import Reporting
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// This daemon's part in the fleet: the client side that finds holders and owners for its
 /// missing blocks, and the server that answers other instances from memory or as owner.
@@ -43,7 +44,8 @@ final class PeerNetwork: FigureReporter {
     /// the listening address, or on any local address when listening on all of them.
     static func selfTest(listen: HostPort?) -> @Sendable (PeerAddress) -> Bool {
         guard let listen else { return { _ in false } }
-        let own: Set<String> = isWildcard(listen)
+        let own: Set<String> =
+            isWildcard(listen)
             ? PeerDiscovery.localAddresses()
             : Set(PeerDiscovery.addresses(of: listen)?.map(\.host) ?? [listen.host])
         return { peer in peer.port == listen.port && own.contains(peer.host) }
@@ -81,7 +83,8 @@ final class PeerNetwork: FigureReporter {
         if let fleet {
             let (client, counters) = (fleet.client.counters, fleet.counters)
             for (figure, value) in [
-                (Figure.peerRequests, client.requests.relaxedValue), (.blocksFromPeers, client.blocks.relaxedValue), (.holdingsQueries, client.holdingsQueries.relaxedValue),
+                (Figure.peerRequests, client.requests.relaxedValue), (.blocksFromPeers, client.blocks.relaxedValue),
+                (.holdingsQueries, client.holdingsQueries.relaxedValue),
                 (.blocksFromHolders, counters.blocksFromHolders.relaxedValue), (.blocksFromOwners, counters.blocksFromOwners.relaxedValue),
                 (.holdersFound, counters.holdersFound.relaxedValue), (.ownerRequests, counters.ownerRequests.relaxedValue),
                 (.ownerDeadlinesMissed, counters.ownerDeadlinesMissed.relaxedValue), (.peerNotFound, counters.notFound.relaxedValue),
@@ -95,7 +98,8 @@ final class PeerNetwork: FigureReporter {
             for (figure, value) in [
                 (Figure.servedBlocks, serverCounters.servedBlocks.relaxedValue), (.servedBytes, serverCounters.servedBytes.relaxedValue),
                 (.servedNotResident, serverCounters.notResident.relaxedValue), (.servedRefused, serverCounters.refused.relaxedValue),
-                (.holdingsServed, serverCounters.holdingsServed.relaxedValue), (.blocksLoadedForPeers, serverCounters.blocksLoadedForPeers.relaxedValue),
+                (.holdingsServed, serverCounters.holdingsServed.relaxedValue),
+                (.blocksLoadedForPeers, serverCounters.blocksLoadedForPeers.relaxedValue),
                 (.bytesLoadedForPeers, serverCounters.bytesLoadedForPeers.relaxedValue),
             ] {
                 report[figure] = value

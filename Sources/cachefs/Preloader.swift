@@ -1,5 +1,5 @@
-import Foundation
 import BlockCache
+import Foundation
 import Logging
 import MirrorFS
 
@@ -30,7 +30,8 @@ enum Preloader {
                 logger.error("preload: not pinned", metadata: ["reason": "\(DaemonControl.explain(error, fileCount: files.count))"])
             }
         }
-        logger.info("preload: starting", metadata: ["files": "\(files.count)", "bytes": "\(ByteCount.format(Int(total)))", "pin": "\(pin)"])
+        logger.info(
+            "preload: starting", metadata: ["files": "\(files.count)", "bytes": "\(ByteCount.format(Int(total)))", "pin": "\(pin)"])
         var loaded: Int64 = 0
         for file in files {
             if stop() {
@@ -44,8 +45,10 @@ enum Preloader {
             }
         }
         let elapsed = ContinuousClock.now - begun
-        logger.info("preload: done", metadata: [
-            "files": "\(files.count)", "bytes": "\(ByteCount.format(Int(loaded)))", "seconds": "\(elapsed)",
-        ])
+        logger.info(
+            "preload: done",
+            metadata: [
+                "files": "\(files.count)", "bytes": "\(ByteCount.format(Int(loaded)))", "seconds": "\(elapsed)",
+            ])
     }
 }

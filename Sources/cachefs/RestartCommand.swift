@@ -11,9 +11,9 @@ struct RestartCommand: ParsableCommand {
         commandName: "restart",
         abstract: "Start a new daemon for a mount, which takes the mount and its cache over from the running one.",
         discussion: """
-        The new daemon runs the cachefs binary installed now, with the running daemon's settings; \
-        readers see no error. To change settings, run `cachefs mount SOURCE MOUNTPOINT ...` with them instead.
-        """
+            The new daemon runs the cachefs binary installed now, with the running daemon's settings; \
+            readers see no error. To change settings, run `cachefs mount SOURCE MOUNTPOINT ...` with them instead.
+            """
     )
 
     @Argument(help: "The mountpoint of a running cachefs daemon.")
@@ -23,7 +23,8 @@ struct RestartCommand: ParsableCommand {
     var controlSocket: String?
 
     func run() throws {
-        let socket = controlSocket.map(MountSettings.absolute)
+        let socket =
+            controlSocket.map(MountSettings.absolute)
             ?? ControlSocket.defaultPath(forMountpoint: StatsCommand.canonicalMountpoint(mountpoint))
         let report: StatsReport
         do {
@@ -42,6 +43,7 @@ struct RestartCommand: ParsableCommand {
             if let now = try? runBlocking({ try await ControlClient(socketPath: socket).stats() }), now.pid != answer.pid { return }
             usleep(100_000)
         }
-        throw UsageError("the daemon exited for systemd to restart it, but no new daemon answers for \(mountpoint) after 60 s (see journalctl)")
+        throw UsageError(
+            "the daemon exited for systemd to restart it, but no new daemon answers for \(mountpoint) after 60 s (see journalctl)")
     }
 }

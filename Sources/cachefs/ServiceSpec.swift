@@ -1,8 +1,9 @@
+import ControlPlane
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import ControlPlane
-import Foundation
 
 /// The cache mounts of a PAI-EAS service description (`cachefs mount --spec FILE`), read as the
 /// reference product's users already write them: the whole service JSON, or just its `storage`
@@ -67,13 +68,16 @@ struct ServiceSpec: Equatable {
                 let kinds = entry.keys.filter { $0 != "mount_path" }.sorted().map { kind in
                     ((entry[kind] as? [String: Any])?["path"] as? String).map { "\(kind) \($0)" } ?? kind
                 }
-                skipped.append("skipping \(label): no cache object (\(kinds.isEmpty ? "nothing else" : kinds.joined(separator: ", "))); "
-                               + "cachefs mounts only cache entries")
+                skipped.append(
+                    "skipping \(label): no cache object (\(kinds.isEmpty ? "nothing else" : kinds.joined(separator: ", "))); "
+                        + "cachefs mounts only cache entries")
                 continue
             }
             guard let cache = cacheValue as? [String: Any] else { throw refuse("\(label): cache is not an object") }
             if let unknown = cache.keys.sorted().first(where: { !Self.cacheFields.contains($0) }) {
-                throw refuse("\(label): unknown field \"\(unknown)\" in cache (cachefs knows \(Self.cacheFields.sorted().joined(separator: " and ")))")
+                throw refuse(
+                    "\(label): unknown field \"\(unknown)\" in cache (cachefs knows \(Self.cacheFields.sorted().joined(separator: " and ")))"
+                )
             }
             guard let mountPath, mountPath.hasPrefix("/") else { throw refuse("\(label): mount_path must be an absolute path") }
             guard let source = cache["path"] as? String, source.hasPrefix("/") else {

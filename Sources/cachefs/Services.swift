@@ -22,7 +22,9 @@ struct FuseService: Service {
             await withGracefulShutdownHandler {
                 // libfuse's loop blocks its thread until the session ends (and joins its workers).
                 await withCheckedContinuation { (ended: CheckedContinuation<Void, Never>) in
-                    threads.start(name: "fuse-loop") { server.run(); ended.resume() }
+                    threads.start(name: "fuse-loop") {
+                        server.run(); ended.resume()
+                    }
                 }
             } onGracefulShutdown: {
                 drainAndUnmount()
@@ -36,7 +38,8 @@ struct FuseService: Service {
         let (server, grace, logger) = (self.server, self.grace, self.logger)
         threads.start(name: "fuse-drain") {
             if !server.waitForReadsToDrain(grace: grace) {
-                logger.warning("reads still in progress after the shutdown grace; unmounting anyway", metadata: ["reads": "\(server.activeReads)"])
+                logger.warning(
+                    "reads still in progress after the shutdown grace; unmounting anyway", metadata: ["reads": "\(server.activeReads)"])
             }
             server.requestExit()
         }
@@ -75,7 +78,8 @@ struct PreloadService: Service {
         await withGracefulShutdownHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 threads.start(name: "preload") {
-                    Preloader.run(patterns: patterns, pin: pin, filesystem: filesystem, logger: logger, stop: { shuttingDown.withLock { $0 } })
+                    Preloader.run(
+                        patterns: patterns, pin: pin, filesystem: filesystem, logger: logger, stop: { shuttingDown.withLock { $0 } })
                     done.resume()
                 }
             }

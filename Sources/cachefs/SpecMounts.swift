@@ -1,8 +1,9 @@
+import ControlPlane
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import ControlPlane
-import Foundation
 
 /// `cachefs mount --spec FILE`: each cache entry of a service description mounted as
 /// `cachefs SOURCE MOUNTPOINT --capacity SIZE` with the other options given, all or none.
@@ -29,7 +30,8 @@ enum SpecMounts {
     /// Each entry's settings, checked as its own command line would be.
     static func check(_ spec: ServiceSpec, options: MountCommand) throws -> [MountSettings] {
         if spec.mounts.count > 1, options.controlSocket != nil {
-            throw UsageError("--control-socket is one daemon's socket; with \(spec.mounts.count) cache entries leave it out (each mount gets its own)")
+            throw UsageError(
+                "--control-socket is one daemon's socket; with \(spec.mounts.count) cache entries leave it out (each mount gets its own)")
         }
         var all: [MountSettings] = []
         for entry in spec.mounts {
@@ -48,13 +50,15 @@ enum SpecMounts {
         if all.count > 1 {
             for (name, address) in [("--listen", all[0].listen), ("--metrics", all[0].metrics)] {
                 guard let address, address.port != 0 else { continue }
-                throw UsageError("\(name) \(address) is one port, for one of the \(all.count) cache mounts; give port 0, or one cache entry per spec")
+                throw UsageError(
+                    "\(name) \(address) is one port, for one of the \(all.count) cache mounts; give port 0, or one cache entry per spec")
             }
         }
         let total = all.reduce(0) { $0 + $1.capacity }, memory = MemoryLimit.usable()
         if all.count > 1, total > memory, !options.force {
-            throw UsageError("the caches' capacities add up to \(ByteCount.format(total)), more than this machine's memory "
-                             + "(\(ByteCount.format(memory))); pass --force to use them anyway")
+            throw UsageError(
+                "the caches' capacities add up to \(ByteCount.format(total)), more than this machine's memory "
+                    + "(\(ByteCount.format(memory))); pass --force to use them anyway")
         }
         return all
     }
@@ -121,7 +125,8 @@ enum SpecMounts {
                 guard let mountpoint = running.removeValue(forKey: pid) else { continue }
                 let (exited, code) = (status & 0x7f == 0, (status >> 8) & 0xff)
                 guard !(exited && code == 0), !stopping else { continue }
-                failure = "the daemon serving \(mountpoint) " + (exited ? "exited with status \(code)" : "was killed by signal \(status & 0x7f)")
+                failure =
+                    "the daemon serving \(mountpoint) " + (exited ? "exited with status \(code)" : "was killed by signal \(status & 0x7f)")
                 note(failure! + "; stopping the others")
                 stopAll()
             }

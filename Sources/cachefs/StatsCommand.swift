@@ -21,7 +21,8 @@ struct StatsCommand: ParsableCommand {
     var controlSocket: String?
 
     func run() throws {
-        let socket = controlSocket.map(MountSettings.absolute)
+        let socket =
+            controlSocket.map(MountSettings.absolute)
             ?? ControlSocket.defaultPath(forMountpoint: Self.canonicalMountpoint(mountpoint))
         let report = try runBlocking { try await ControlClient(socketPath: socket).stats() }
         if json {
@@ -50,7 +51,11 @@ struct StatsCommand: ParsableCommand {
         if let address = report.metricsAddress { rows.append(("metrics", "http://\(address)/metrics")) }
         if let readAhead = report.readAhead {
             let window = readAhead.windowBytes.map(ByteCount.format) ?? "unknown"
-            rows.append(("read-ahead", window + (readAhead.error.map { " (raising it to \(ByteCount.format(settings.readAhead)) failed: \($0))" } ?? "")))
+            rows.append(
+                (
+                    "read-ahead",
+                    window + (readAhead.error.map { " (raising it to \(ByteCount.format(settings.readAhead)) failed: \($0))" } ?? "")
+                ))
         }
         if let passthrough = report.passthrough {
             rows.append(("passthroughState", passthrough.available ? "on" : "off" + (passthrough.reason.map { " (\($0))" } ?? "")))
@@ -63,7 +68,8 @@ struct StatsCommand: ParsableCommand {
         }
         let width = sections.flatMap(\.rows).map(\.0.count).max()! + 2
         return sections.map { section in
-            (section.title.map { [$0] } ?? []) + section.rows.map { "  " + $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + $0.1 }
+            (section.title.map { [$0] } ?? [])
+                + section.rows.map { "  " + $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + $0.1 }
         }.map { $0.joined(separator: "\n") }.joined(separator: "\n\n")
     }
 

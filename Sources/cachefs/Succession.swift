@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Continuity
 import ControlPlane
@@ -10,6 +7,10 @@ import Logging
 import MirrorFS
 import SystemPackage
 import Threading
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// How this daemon comes to serve its mount, and what it keeps for the one after it.
 ///
@@ -57,18 +58,23 @@ final class Succession: @unchecked Sendable {
     /// Finds out how the mount is to be had: from what systemd kept (a restart), from a daemon serving
     /// the mountpoint (a hand-over), or by mounting it.
     /// - Parameter kept: the descriptors systemd passed back (`FileDescriptorStore.takeInherited`).
-    static func begin(settings: MountSettings, systemd: SystemdNotifier?, kept: [(name: String, descriptor: Int32)],
-                      logger: Logger) throws -> Succession {
+    static func begin(
+        settings: MountSettings, systemd: SystemdNotifier?, kept: [(name: String, descriptor: Int32)],
+        logger: Logger
+    ) throws -> Succession {
         if let (journal, inheritance) = restore(kept, settings: settings, logger: logger) {
-            return Succession(journal: journal, inheritance: inheritance, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
+            return Succession(
+                journal: journal, inheritance: inheritance, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
         }
         if let entry = MountTable.current().last(where: { $0.mountpoint == settings.mountpoint }), entry.type == "fuse.cachefs" {
             let (journal, inheritance) = try takeOver(settings, logger: logger)
-            return Succession(journal: journal, inheritance: inheritance, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
+            return Succession(
+                journal: journal, inheritance: inheritance, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
         }
         do {
             let journal = try StateJournal.create()
-            return Succession(journal: journal, inheritance: nil, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
+            return Succession(
+                journal: journal, inheritance: nil, store: systemd.map { FileDescriptorStore(notifier: $0, journal: journal) })
         } catch {
             throw UsageError("cannot create the state journal: \(error)")
         }
@@ -76,8 +82,10 @@ final class Succession: @unchecked Sendable {
 
     /// Mounts, or takes the inherited mount over: the cache adopts the memory files, the mirror the
     /// nodes and handles, the FUSE session the kernel's channel. Call before the session runs.
-    func attach(server: FuseServer, cache: BlockCache, filesystem: MirrorFilesystem, control: DaemonControl,
-                settings: MountSettings, logger: Logger) throws {
+    func attach(
+        server: FuseServer, cache: BlockCache, filesystem: MirrorFilesystem, control: DaemonControl,
+        settings: MountSettings, logger: Logger
+    ) throws {
         guard let inheritance else {
             try server.mount(at: settings.mountpoint)
             var state = ContinuityState(start: .mounted)
@@ -92,17 +100,21 @@ final class Succession: @unchecked Sendable {
             do {
                 try cache.pin(pins)
             } catch {
-                logger.warning("the inherited pins do not fit the capacity; files are not pinned", metadata: ["pins": "\(pins.count)", "reason": "\(error)"])
+                logger.warning(
+                    "the inherited pins do not fit the capacity; files are not pinned",
+                    metadata: ["pins": "\(pins.count)", "reason": "\(error)"])
             }
         }
         var handles: (records: [OpenHandleRecord], generations: [Int: UInt32], torn: Int) = ([], [:], 0)
         var report = InheritanceReport()
         if let fuse = inheritance.fuse, let record = inheritance.record {
             handles = journal.openHandles()
-            report = filesystem.inherit(nodes: inheritance.nodes?.nodes, nextNodeID: max(inheritance.nodes?.nextID ?? 0, journal.nodeIDsReserved + 1),
-                                        handles: handles.records, generations: handles.generations)
-            try server.adopt(descriptor: fuse, negotiation: FuseNegotiation(initRequest: record.initRequest, kernelFlags2: record.kernelFlags2),
-                             mountpoint: settings.mountpoint)
+            report = filesystem.inherit(
+                nodes: inheritance.nodes?.nodes, nextNodeID: max(inheritance.nodes?.nextID ?? 0, journal.nodeIDsReserved + 1),
+                handles: handles.records, generations: handles.generations)
+            try server.adopt(
+                descriptor: fuse, negotiation: FuseNegotiation(initRequest: record.initRequest, kernelFlags2: record.kernelFlags2),
+                mountpoint: settings.mountpoint)
         }
         var state = ContinuityState(start: inheritance.start)
         state.predecessorPid = inheritance.predecessorPid
@@ -118,13 +130,15 @@ final class Succession: @unchecked Sendable {
         state.keptBySystemd = keptBySystemd
         control.continuity.withLock { $0 = state }
         for reason in adoption.dropped { logger.warning("an inherited memory file was not used", metadata: ["reason": "\(reason)"]) }
-        logger.notice("took over the mount", metadata: [
-            "from": "\(inheritance.start.rawValue)\(inheritance.predecessorPid.map { " of pid \($0)" } ?? "")",
-            "cached": "\(ByteCount.format(adoption.bytes)) in \(adoption.files) files (\(adoption.heldFiles) held)",
-            "dropped": "\(adoption.dropped.count) files, \(adoption.blocksOverCapacity) blocks over capacity",
-            "nodes": "\(report.nodes)", "handles": "\(report.handles) (\(report.filesUnavailable) unavailable, \(handles.torn) torn)",
-            "seconds": "\(String(format: "%.3f", state.takeoverSeconds ?? 0))",
-        ])
+        logger.notice(
+            "took over the mount",
+            metadata: [
+                "from": "\(inheritance.start.rawValue)\(inheritance.predecessorPid.map { " of pid \($0)" } ?? "")",
+                "cached": "\(ByteCount.format(adoption.bytes)) in \(adoption.files) files (\(adoption.heldFiles) held)",
+                "dropped": "\(adoption.dropped.count) files, \(adoption.blocksOverCapacity) blocks over capacity",
+                "nodes": "\(report.nodes)", "handles": "\(report.handles) (\(report.filesUnavailable) unavailable, \(handles.torn) torn)",
+                "seconds": "\(String(format: "%.3f", state.takeoverSeconds ?? 0))",
+            ])
     }
 
     /// Once the mount answers: a new mount's record goes into the journal, and the mount gets a
@@ -135,9 +149,10 @@ final class Succession: @unchecked Sendable {
         if mountedHere {
             let numbers = device.split(separator: ":").compactMap { UInt32($0) }
             if let negotiation = server.negotiation, numbers.count == 2 {
-                let record = MountRecord(mountpoint: settings.mountpoint, source: settings.source, allowOther: settings.allowOther,
-                                         blockSize: settings.blockSize, deviceMajor: numbers[0], deviceMinor: numbers[1],
-                                         initRequest: negotiation.initRequest, kernelFlags2: negotiation.kernelFlags2)
+                let record = MountRecord(
+                    mountpoint: settings.mountpoint, source: settings.source, allowOther: settings.allowOther,
+                    blockSize: settings.blockSize, deviceMajor: numbers[0], deviceMinor: numbers[1],
+                    initRequest: negotiation.initRequest, kernelFlags2: negotiation.kernelFlags2)
                 if !journal.writeMountRecord(record.encoded()) { logger.warning("could not record the mount for a successor") }
             } else {
                 logger.warning("the mount's INIT or device is unknown; it cannot be handed over", metadata: ["device": "\(device)"])
@@ -151,7 +166,8 @@ final class Succession: @unchecked Sendable {
         do {
             keeperSocket = try MountKeeper.start(mountpoint: settings.mountpoint, device: journal.mount?.device ?? device)
         } catch {
-            logger.warning("no mount keeper: if this daemon dies, its mount stays until the next mount removes it", metadata: ["error": "\(error)"])
+            logger.warning(
+                "no mount keeper: if this daemon dies, its mount stays until the next mount removes it", metadata: ["error": "\(error)"])
         }
         guard let keeperSocket else { return }
         store?.store([keeperSocket], name: FileDescriptorStore.keeperPrefix + "\(getpid())")
@@ -171,11 +187,14 @@ final class Succession: @unchecked Sendable {
         let deadline = ContinuousClock.now + .milliseconds(Int(max(grace, 1) * 1000))
         guard server.pauseReading(until: deadline) else {
             server.resumeReading()
-            throw ControlRequestError(status: 503, message: "requests still in progress after \(max(grace, 1)) s (a stalled source?); the daemon serves on, try again")
+            throw ControlRequestError(
+                status: 503,
+                message: "requests still in progress after \(max(grace, 1)) s (a stalled source?); the daemon serves on, try again")
         }
         guard let surrendered = cache.surrender(waitingUntil: deadline) else {
             server.resumeReading()
-            throw ControlRequestError(status: 503, message: "loads into the cache still in progress after \(max(grace, 1)) s; the daemon serves on, try again")
+            throw ControlRequestError(
+                status: 503, message: "loads into the cache still in progress after \(max(grace, 1)) s; the daemon serves on, try again")
         }
         logger.notice("exiting for systemd to restart this daemon; it keeps the mount and the cache")
         // Never joined: it ends the process.
@@ -193,12 +212,17 @@ final class Succession: @unchecked Sendable {
 
     /// What systemd kept of the previous daemon, if anything: the journal, the mount's channel (if the
     /// mount is still there and this daemon may serve it), the keepers, the memory files and ledgers.
-    private static func restore(_ kept: [(name: String, descriptor: Int32)], settings: MountSettings,
-                                logger: Logger) -> (StateJournal, Inheritance)? {
+    private static func restore(
+        _ kept: [(name: String, descriptor: Int32)], settings: MountSettings,
+        logger: Logger
+    ) -> (StateJournal, Inheritance)? {
         guard !kept.isEmpty else { return nil }
         guard let journalFD = kept.last(where: { $0.name == FileDescriptorStore.journalName })?.descriptor,
-              let old = try? StateJournal.adopt(dup(journalFD)) else {
-            logger.warning("systemd passed descriptors but no state journal that checks out; mounting anew", metadata: ["descriptors": "\(kept.count)"])
+            let old = try? StateJournal.adopt(dup(journalFD))
+        else {
+            logger.warning(
+                "systemd passed descriptors but no state journal that checks out; mounting anew", metadata: ["descriptors": "\(kept.count)"]
+            )
             kept.forEach { close($0.descriptor) }
             return nil
         }
@@ -213,7 +237,9 @@ final class Succession: @unchecked Sendable {
             let ledger = FileDescriptorStore.isLedger(pair[0]) ? pair[0] : pair[1]
             memory.append(MemoryFilePair(memory: ledger == pair[0] ? pair[1] : pair[0], ledger: ledger, name: name))
         }
-        let keepers = kept.filter { $0.name.hasPrefix(FileDescriptorStore.keeperPrefix) }.map { (name: Optional($0.name), descriptor: $0.descriptor) }
+        let keepers = kept.filter { $0.name.hasPrefix(FileDescriptorStore.keeperPrefix) }.map {
+            (name: Optional($0.name), descriptor: $0.descriptor)
+        }
         let fuse = kept.last(where: { $0.name == FileDescriptorStore.fuseName })?.descriptor
         kept.filter { $0.name == FileDescriptorStore.fuseName && $0.descriptor != fuse }.forEach { close($0.descriptor) }
         let record = old.mount
@@ -229,7 +255,10 @@ final class Succession: @unchecked Sendable {
             lost = "the mount is no longer at \(settings.mountpoint)"
         }
         guard let lost else {
-            return (old, Inheritance(start: .restart, predecessorPid: nil, fuse: fuse, keepers: keepers, memory: memory, nodes: nil, record: record))
+            return (
+                old,
+                Inheritance(start: .restart, predecessorPid: nil, fuse: fuse, keepers: keepers, memory: memory, nodes: nil, record: record)
+            )
         }
         // The mount cannot be kept; the cache can. A mount of the old channel still there is detached
         // (its keepers, no longer stored, let go of it), and a new journal starts with the old pins.
@@ -237,8 +266,12 @@ final class Succession: @unchecked Sendable {
         if let fuse { close(fuse) }
         if let record, current?.device == record.device { FuseServer.detach(settings.mountpoint) }
         guard let journal = try? StateJournal.create() else { return nil }
-        return (journal, Inheritance(start: .restart, predecessorPid: nil, fuse: nil, keepers: keepers, memory: memory, nodes: nil,
-                                     record: nil, pins: old.pins()))
+        return (
+            journal,
+            Inheritance(
+                start: .restart, predecessorPid: nil, fuse: nil, keepers: keepers, memory: memory, nodes: nil,
+                record: nil, pins: old.pins())
+        )
     }
 
     // MARK: The new daemon's side of a hand-over
@@ -249,7 +282,9 @@ final class Succession: @unchecked Sendable {
         do {
             channel = try DescriptorChannel.connect(to: path)
         } catch {
-            throw UsageError("\(settings.mountpoint) is already a mount point, and no cachefs daemon takes a hand-over at \(path) (\(error)); unmount it first, or pass the --control-socket its daemon was started with")
+            throw UsageError(
+                "\(settings.mountpoint) is already a mount point, and no cachefs daemon takes a hand-over at \(path) (\(error)); unmount it first, or pass the --control-socket its daemon was started with"
+            )
         }
         var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(channel.descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -257,8 +292,11 @@ final class Succession: @unchecked Sendable {
         func closeAll() { received.forEach { close($0.descriptor) } }
         func hungUp(_ error: Error) -> UsageError { UsageError("the running daemon stopped the hand-over (\(error)); it serves on") }
         do {
-            try channel.send(kind: Handover.Message.hello.rawValue, Handover.encode(Handover.Hello(
-                settings: settings, pid: getpid(), journalFormat: StateJournal.format, nodeFormat: NodeSnapshot.format)))
+            try channel.send(
+                kind: Handover.Message.hello.rawValue,
+                Handover.encode(
+                    Handover.Hello(
+                        settings: settings, pid: getpid(), journalFormat: StateJournal.format, nodeFormat: NodeSnapshot.format)))
         } catch {
             throw hungUp(error)
         }
@@ -276,7 +314,8 @@ final class Succession: @unchecked Sendable {
             case .refused:
                 message.descriptors.forEach { close($0) }
                 closeAll()
-                throw UsageError(Handover.decode(Handover.Refusal.self, message.payload)?.reason ?? "the running daemon refused the hand-over")
+                throw UsageError(
+                    Handover.decode(Handover.Refusal.self, message.payload)?.reason ?? "the running daemon refused the hand-over")
             case .descriptors:
                 let roles = Handover.decode(Handover.Roles.self, message.payload)?.roles ?? []
                 received += zip(roles, message.descriptors).map { ($0, $1) }
@@ -294,7 +333,8 @@ final class Succession: @unchecked Sendable {
         let inheritance: Inheritance, journal: StateJournal
         do {
             guard let fuse = received.first(where: { $0.role == "fuse" })?.descriptor,
-                  let journalFD = received.first(where: { $0.role == "journal" })?.descriptor else {
+                let journalFD = received.first(where: { $0.role == "journal" })?.descriptor
+            else {
                 throw UsageError("the state is missing the mount's channel or journal")
             }
             journal = try StateJournal.adopt(dup(journalFD))
@@ -306,14 +346,16 @@ final class Succession: @unchecked Sendable {
             for (index, entry) in received.enumerated() where entry.role.hasPrefix("memory ") {
                 guard index + 1 < received.count, received[index + 1].role == "ledger" else { continue }
                 let name = String(entry.role.dropFirst("memory ".count))
-                memory.append(MemoryFilePair(memory: entry.descriptor, ledger: received[index + 1].descriptor, name: name == "-" ? nil : name))
+                memory.append(
+                    MemoryFilePair(memory: entry.descriptor, ledger: received[index + 1].descriptor, name: name == "-" ? nil : name))
             }
             let kept = Set(memory.flatMap { [$0.memory, $0.ledger] } + [fuse] + received.filter { $0.role == "keeper" }.map(\.descriptor))
             received.filter { !kept.contains($0.descriptor) }.forEach { close($0.descriptor) }
             received = received.filter { kept.contains($0.descriptor) }
-            inheritance = Inheritance(start: .handOver, predecessorPid: state?.pid, fuse: fuse,
-                                      keepers: received.filter { $0.role == "keeper" }.map { (nil, $0.descriptor) }, memory: memory,
-                                      nodes: (nodes.nodes, nodes.nextID), record: record)
+            inheritance = Inheritance(
+                start: .handOver, predecessorPid: state?.pid, fuse: fuse,
+                keepers: received.filter { $0.role == "keeper" }.map { (nil, $0.descriptor) }, memory: memory,
+                nodes: (nodes.nodes, nodes.nextID), record: record)
         } catch {
             try? channel.send(kind: Handover.Message.failed.rawValue, Handover.encode(Handover.Refusal(reason: "\(error)")))
             closeAll()

@@ -1,7 +1,8 @@
+import CLinux
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLinux
 
 /// Tells systemd (Type=notify) when the mount is ready and when it is stopping,
 /// by the datagram protocol of sd_notify(3), without linking libsystemd.

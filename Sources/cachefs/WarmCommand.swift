@@ -1,22 +1,23 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import ControlPlane
 import Foundation
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct WarmCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warm",
         abstract: "Load files or whole directories under a cachefs mount into its cache ahead of readers.",
         discussion: """
-        With --pin the files also stay resident: they are never evicted, and their sizes count against \
-        the capacity until `cachefs unpin`. A pin that does not fit is refused before anything is loaded.
-        Examples:
-          cachefs warm /data-fast/models/Stable-diffusion/base.safetensors --pin
-          cachefs warm /data-fast/models/Lora
-        """
+            With --pin the files also stay resident: they are never evicted, and their sizes count against \
+            the capacity until `cachefs unpin`. A pin that does not fit is refused before anything is loaded.
+            Examples:
+              cachefs warm /data-fast/models/Stable-diffusion/base.safetensors --pin
+              cachefs warm /data-fast/models/Lora
+            """
     )
 
     @Argument(help: "Files or directories inside a cachefs mount.")
@@ -148,8 +149,10 @@ final class WarmProgress: Sendable {
         let seconds = elapsed / .seconds(1)
         let rate = seconds > 0 ? ByteCount.format(Int(Double(done) / seconds)) + "/s" : "-"
         let verb = pinned ? "warmed and pinned" : "warmed"
-        write((terminal ? "\r\u{1B}[K" : "")
-              + "\(verb) \(files) file\(files == 1 ? "" : "s"), \(ByteCount.format(Int(done))) in \(String(format: "%.1f", seconds)) s (\(rate)) at \(mountpoint)\n")
+        write(
+            (terminal ? "\r\u{1B}[K" : "")
+                + "\(verb) \(files) file\(files == 1 ? "" : "s"), \(ByteCount.format(Int(done))) in \(String(format: "%.1f", seconds)) s (\(rate)) at \(mountpoint)\n"
+        )
     }
 
     private func bar(done: Int64, elapsed: Duration) -> String {

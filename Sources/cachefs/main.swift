@@ -1,7 +1,8 @@
+import ArgumentParser
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
 
 // Errors are one line on standard error with a non-zero exit; --help prints in full.
 // `-o key=value` options, as mount(8) passes them, are read as the long options they name.

@@ -1,10 +1,11 @@
-@testable import BlockCache
 import Dispatch
 import Foundation
 import Synchronization
 import SystemPackage
-import Testing
 import TestSupport
+import Testing
+
+@testable import BlockCache
 
 // MARK: Helpers
 
@@ -65,7 +66,9 @@ private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) 
     let done = DispatchGroup()
     for number in 0..<count {
         done.enter()
-        Thread { body(number); done.leave() }.start()
+        Thread {
+            body(number); done.leave()
+        }.start()
     }
     return done
 }
@@ -136,12 +139,12 @@ struct RecencyTests {
     @Test("1,000 distinct blocks through a 10-block cache: resident bytes stay within capacity")
     func boundOneThread() throws {
         let cache = BlockCache(capacity: 10 * 4096, blockSize: 4096)
-        var overshoots: [Int] = []     // loads after which resident bytes exceeded the capacity
+        var overshoots: [Int] = [] // loads after which resident bytes exceeded the capacity
         var wrongBlocks: [Int] = []
         var leftReservations: [Int] = []
         for index in 0..<1000 {
-            let length = index % 7 == 0 ? 1000 : 4096             // a file's short last block
-            let returned = index % 5 == 0 ? length / 3 : length   // the source ended early
+            let length = index % 7 == 0 ? 1000 : 4096 // a file's short last block
+            let returned = index % 5 == 0 ? length / 3 : length // the source ended early
             let block = try cache.block(for: key(Int64(index)), length: length) { buffer in
                 pattern(index % 100, count: returned).withUnsafeBytes { buffer.copyMemory(from: $0) }
                 return returned
@@ -340,11 +343,13 @@ struct ConcurrentLoadTests {
         let errors = Mutex<[Errno?]>([])
         let done = onThreads(8) { _ in
             do {
-                _ = try cache.block(for: key(1), length: 4096, load: { _ in
-                    loads.add(1, ordering: .relaxed)
-                    _ = release.wait(timeout: .now() + 5)
-                    throw Errno.ioError
-                })
+                _ = try cache.block(
+                    for: key(1), length: 4096,
+                    load: { _ in
+                        loads.add(1, ordering: .relaxed)
+                        _ = release.wait(timeout: .now() + 5)
+                        throw Errno.ioError
+                    })
                 errors.withLock { $0.append(nil) }
             } catch {
                 errors.withLock { $0.append(error as? Errno) }

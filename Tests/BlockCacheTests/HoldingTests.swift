@@ -1,15 +1,18 @@
+import SystemPackage
+import Testing
+
+@testable import BlockCache
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import BlockCache
-import SystemPackage
-import Testing
 
 private let blockSize = 4096
 
 private func version(_ inode: UInt64, blocks: Int, extra: Int = 0) -> FileVersion {
-    FileVersion(identity: .inode(device: 9, inode: inode), size: Int64(blocks * blockSize + extra),
-                modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
+    FileVersion(
+        identity: .inode(device: 9, inode: inode), size: Int64(blocks * blockSize + extra),
+        modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
 }
 
 private func bytes(_ file: FileVersion, _ index: Int64, count: Int) -> [UInt8] {
@@ -163,7 +166,9 @@ struct RunTests {
             let block = try #require(cache.residentBlock(for: BlockKey(file: file, index: index)))
             #expect(withExtendedLifetime(block) { Array(block.bytes) } == bytes(file, index, count: blockSize))
         }
-        #expect(try cache.loadRun(of: file, from: 5, count: 3) { _, buffers in (buffers.count * blockSize, .source) } == 0, "a resident first block makes no run")
+        #expect(
+            try cache.loadRun(of: file, from: 5, count: 3) { _, buffers in (buffers.count * blockSize, .source) } == 0,
+            "a resident first block makes no run")
         // The last, shorter block ends the file: the run is cut to the bytes the file has.
         let last = try cache.loadRun(of: file, from: 6, count: 10) { start, buffers in
             #expect(start == 6 && buffers.map(\.memory.count) == [blockSize, blockSize, 300])
@@ -232,10 +237,12 @@ struct RunTests {
         let half = bytes(file, 0, count: 2 * blockSize + blockSize / 2)
         let sum: @Sendable (UnsafeRawBufferPointer) -> UInt32 = { bytes in bytes.reduce(UInt32(7)) { $0 &* 31 &+ UInt32($1) } }
         _ = try cache.loadRun(of: file, from: 0, count: 3) { _, buffers in
-            (try staging.fill(buffers, digest: sum) { (target) throws(Errno) in
-                half.withUnsafeBytes { target.memory.copyMemory(from: $0) }
-                return half.count
-            }, .source)
+            (
+                try staging.fill(buffers, digest: sum) { (target) throws(Errno) in
+                    half.withUnsafeBytes { target.memory.copyMemory(from: $0) }
+                    return half.count
+                }, .source
+            )
         }
         for index in 0..<3 {
             let block = try #require(cache.residentBlock(for: BlockKey(file: file, index: Int64(index))))

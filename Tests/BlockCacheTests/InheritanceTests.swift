@@ -1,15 +1,18 @@
+import SystemPackage
+import Testing
+
+@testable import BlockCache
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import BlockCache
-import SystemPackage
-import Testing
 
 private let blockSize = 4096
 
 private func version(_ inode: UInt64, blocks: Int, extra: Int = 0) -> FileVersion {
-    FileVersion(identity: .inode(device: 7, inode: inode), size: Int64(blocks * blockSize + extra),
-                modified: Timestamp(seconds: 5, nanoseconds: 6), changed: Timestamp(seconds: 5, nanoseconds: 6))
+    FileVersion(
+        identity: .inode(device: 7, inode: inode), size: Int64(blocks * blockSize + extra),
+        modified: Timestamp(seconds: 5, nanoseconds: 6), changed: Timestamp(seconds: 5, nanoseconds: 6))
 }
 
 private func bytes(_ file: FileVersion, _ index: Int64, count: Int) -> [UInt8] {

@@ -1,6 +1,7 @@
-@testable import BlockCache
 import Dispatch
 import Testing
+
+@testable import BlockCache
 
 // Small blocks keep these tests fast; the cache works the same at any block size.
 private let blockSize = 4096

@@ -1,14 +1,17 @@
+import Testing
+
+@testable import BlockCache
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import BlockCache
-import Testing
 
 private let blockSize = 4096
 
 private func version(_ inode: UInt64, size: Int) -> FileVersion {
-    FileVersion(identity: .inode(device: 9, inode: inode), size: Int64(size),
-                modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
+    FileVersion(
+        identity: .inode(device: 9, inode: inode), size: Int64(size),
+        modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
 }
 
 private func load(_ cache: BlockCache, _ file: FileVersion, _ indexes: Range<Int64>) throws {

@@ -1,12 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-@testable import BlockCache
 import Logging
 import Reporting
 import Synchronization
 import SystemPackage
 import Testing
+
+@testable import BlockCache
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Giving an evicted block's memory back (a hole punched in its memory file) can fail. The cache
 /// must then say so, and must not count that memory as returned: it stays counted against the
@@ -20,8 +22,9 @@ struct UnreturnedMemoryTests {
     }
 
     private func version(blocks: Int) -> FileVersion {
-        FileVersion(identity: .inode(device: 9, inode: 77), size: Int64(blocks * blockSize),
-                    modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
+        FileVersion(
+            identity: .inode(device: 9, inode: 77), size: Int64(blocks * blockSize),
+            modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
     }
 
     private func load(_ cache: BlockCache, _ file: FileVersion, _ index: Int64) throws {
@@ -73,8 +76,9 @@ struct UnreturnedMemoryTests {
         }
         let cache = BlockCache(capacity: 3 * blockSize, blockSize: blockSize, unreturned: unreturned)
         func file(_ inode: UInt64) -> FileVersion {
-            FileVersion(identity: .inode(device: 9, inode: inode), size: Int64(2 * blockSize),
-                        modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
+            FileVersion(
+                identity: .inode(device: 9, inode: inode), size: Int64(2 * blockSize),
+                modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
         }
         let (first, second, third) = (file(1), file(2), file(3))
         try load(cache, first, 0)

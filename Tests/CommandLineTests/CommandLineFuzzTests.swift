@@ -2,16 +2,18 @@ import ArgumentParser
 import Foundation
 import PropertyBased
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
 @testable import cachefs
 
 /// Fuzzing of everything the command line parses: any input is either accepted
 /// with a sane value or refused with a message, never a crash or a wrong size.
 @Suite struct CommandLineFuzzTests {
     static let unitNames = ["", "K", "M", "G", "T", "k", "m", "g", "t", "KB", "MiB", "gib", "B", "iB", "TiB", "X", "KK"]
-    static let sizeCharacters = Gen.oneOf(Gen.character(in: "0"..."9"), Gen.always("."), Gen.always("-"), Gen.always("e"),
-                                          Gen.always("K"), Gen.always("i"), Gen.always("B"), Gen.always(" "), Gen.always("G"))
+    static let sizeCharacters = Gen.oneOf(
+        Gen.character(in: "0"..."9"), Gen.always("."), Gen.always("-"), Gen.always("e"),
+        Gen.always("K"), Gen.always("i"), Gen.always("B"), Gen.always(" "), Gen.always("G"))
 
     @Test func anyStringIsASizeOrRefused() async {
         await propertyCheck(count: 2000, input: Gen.oneOf(Gen.ascii.string(of: 0...12), Self.sizeCharacters.string(of: 0...12))) { text in
@@ -24,7 +26,9 @@ import TestSupport
     }
 
     @Test func wholeSizesParseExactly() async {
-        await propertyCheck(count: 2000, input: Gen.int(in: 1...(1 << 20)), Gen.int(in: 0...4), Gen.oneOf(Gen.always(""), Gen.always("B"), Gen.always("iB"))) { number, unit, suffix in
+        await propertyCheck(
+            count: 2000, input: Gen.int(in: 1...(1 << 20)), Gen.int(in: 0...4), Gen.oneOf(Gen.always(""), Gen.always("B"), Gen.always("iB"))
+        ) { number, unit, suffix in
             let letter = unit == 0 ? "" : String(Array("KMGT")[unit - 1])
             let text = "\(number)\(letter)\(unit == 0 && suffix == "iB" ? "" : suffix)"
             #expect(ByteCount.parse(text) == number << (10 * unit), "\(text)")
@@ -48,10 +52,12 @@ import TestSupport
         }
     }
 
-    static let words = ["-o", "-ocapacity=1G", "capacity=64M,allow_other", "ro,nodev,_netdev", "x-systemd.automount",
-                        "--capacity", "1G", "-f", "--block-size", "4M", "=", ",", "a=b=c", "block_size=", "--", "-", "",
-                        "/src", "/mnt", "stats", "--json", "--threads", "0", "99999999999999999999", "--prefetch-depth",
-                        "-1", "--source-timeout", "nan", "inf", "--metadata-timeout", "1e308", "--log-level", "verbose", "-o,,,"]
+    static let words = [
+        "-o", "-ocapacity=1G", "capacity=64M,allow_other", "ro,nodev,_netdev", "x-systemd.automount",
+        "--capacity", "1G", "-f", "--block-size", "4M", "=", ",", "a=b=c", "block_size=", "--", "-", "",
+        "/src", "/mnt", "stats", "--json", "--threads", "0", "99999999999999999999", "--prefetch-depth",
+        "-1", "--source-timeout", "nan", "inf", "--metadata-timeout", "1e308", "--log-level", "verbose", "-o,,,",
+    ]
 
     /// Found by the fuzzer below: an option without a name crashed the translation.
     @Test(arguments: [["-o", "="], ["-o", "=5"], ["-o=,a"], ["/s", "/m", "-o", "capacity=1G,=x"]])
@@ -108,7 +114,9 @@ import TestSupport
     }
 
     @Test func anyArgumentListParsesOrIsRefused() async {
-        await propertyCheck(count: 300, input: Gen.oneOf(Gen.element(of: Self.words).map { $0 ?? "" }, Gen.ascii.string(of: 0...8)).array(of: 0...8)) { arguments in
+        await propertyCheck(
+            count: 300, input: Gen.oneOf(Gen.element(of: Self.words).map { $0 ?? "" }, Gen.ascii.string(of: 0...8)).array(of: 0...8)
+        ) { arguments in
             let translated = MountHelperArguments.translate(arguments)
             if !arguments.contains(where: { $0.hasPrefix("-o") }) {
                 #expect(translated == arguments, "only -o options are rewritten")
@@ -145,7 +153,8 @@ struct MountCase {
         let roll = Double.random(in: 0..<1, using: &random)
         let number: Int
         if roll < 0.05 {
-            number = [range.lowerBound - 1, range.upperBound + 1, range.upperBound + Int.random(in: 2...100_000, using: &random)].randomElement(using: &random)!
+            number = [range.lowerBound - 1, range.upperBound + 1, range.upperBound + Int.random(in: 2...100_000, using: &random)]
+                .randomElement(using: &random)!
         } else if roll < 0.38 {
             number = Bool.random(using: &random) ? range.lowerBound : range.upperBound
         } else {
@@ -164,7 +173,9 @@ struct MountCase {
         if roll < 0.08, let limit {
             return Value(text: "\(limit + 1)", valid: false, check: { _ in false })
         }
-        let value: Double = roll < 0.38 ? (Bool.random(using: &random) ? 0 : (limit ?? 1e6))
+        let value: Double =
+            roll < 0.38
+            ? (Bool.random(using: &random) ? 0 : (limit ?? 1e6))
             : Double(Int.random(in: 0...Int((limit ?? 1e6) * 1000), using: &random)) / 1000
         let text = value == value.rounded() && Bool.random(using: &random) ? "\(Int(value))" : "\(value)"
         return Value(text: text, valid: true, check: { field($0) == value })
@@ -196,9 +207,11 @@ struct MountCase {
             }
         }
         if maybe(0.03) {
-            options.append(("capacity", Value(text: ["0", "-5G", "lots", "1.5X"].randomElement(using: &random)!, valid: false, check: { _ in false })))
+            options.append(
+                ("capacity", Value(text: ["0", "-5G", "lots", "1.5X"].randomElement(using: &random)!, valid: false, check: { _ in false })))
         } else {
-            let capacity = Bool.random(using: &random) ? Int.random(in: 1...64, using: &random) << 30 : Int.random(in: 1...4096, using: &random) << 16
+            let capacity =
+                Bool.random(using: &random) ? Int.random(in: 1...64, using: &random) << 30 : Int.random(in: 1...4096, using: &random) << 16
             let text = size(capacity, &random)
             options.append(("capacity", Value(text: text, valid: capacity >= blockBytes, check: { $0.capacity?.bytes == capacity })))
         }
@@ -211,29 +224,36 @@ struct MountCase {
         if maybe() { options.append(("shutdown-grace", seconds(upTo: 600, &random, \.shutdownGrace))) }
         if maybe() {
             if maybe(0.05) {
-                options.append(("read-ahead", Value(text: ["0", "x", "-1M"].randomElement(using: &random)!, valid: false, check: { _ in false })))
+                options.append(
+                    ("read-ahead", Value(text: ["0", "x", "-1M"].randomElement(using: &random)!, valid: false, check: { _ in false })))
             } else {
                 let bytes = Int.random(in: 4...65_536, using: &random) << 10
                 options.append(("read-ahead", Value(text: size(bytes, &random), valid: true, check: { $0.readAhead.bytes == bytes })))
             }
         }
         if maybe() {
-            let (text, isOn): (String, Bool?) = [("on", true), ("off", false), ("yes", true), ("no", false), ("1", true), ("0", false),
-                                                 ("true", true), ("false", false), ("maybe", nil)].randomElement(using: &random)!
+            let (text, isOn): (String, Bool?) = [
+                ("on", true), ("off", false), ("yes", true), ("no", false), ("1", true), ("0", false),
+                ("true", true), ("false", false), ("maybe", nil),
+            ].randomElement(using: &random)!
             options.append(("passthrough", Value(text: text, valid: isOn != nil, check: { $0.passthrough.isOn == isOn })))
         }
         if maybe() {
-            let (text, isOn): (String, Bool?) = [("on", true), ("off", false), ("no", false), ("1", true), ("nope", nil)].randomElement(using: &random)!
+            let (text, isOn): (String, Bool?) = [("on", true), ("off", false), ("no", false), ("1", true), ("nope", nil)].randomElement(
+                using: &random)!
             options.append(("direct-io", Value(text: text, valid: isOn != nil, check: { $0.directIO.isOn == isOn })))
         }
         if maybe() {
             let level = ["trace", "debug", "info", "notice", "warning", "error", "critical", "verbose"].randomElement(using: &random)!
             options.append(("log-level", Value(text: level, valid: level != "verbose", check: { $0.logLevel.rawValue == level })))
         }
-        for (flag, field) in [("foreground", \MountCommand.foreground), ("allow-other", \.allowOther), ("force", \.force)] where maybe(0.3) {
+        for (flag, field) in [("foreground", \MountCommand.foreground), ("allow-other", \.allowOther), ("force", \.force)] where maybe(0.3)
+        {
             options.append((flag, Value(text: "", valid: true, check: { $0[keyPath: field] })))
         }
-        if maybe(0.3) { options.append((["ro", "nodev", "_netdev", "x-systemd.automount", "noatime"].randomElement(using: &random)!, nil)) }
+        if maybe(0.3) {
+            options.append((["ro", "nodev", "_netdev", "x-systemd.automount", "noatime"].randomElement(using: &random)!, nil))
+        }
         options.shuffle(using: &random)
 
         // Spell each option one of three ways; -o options go into one or two -o groups.
@@ -244,7 +264,7 @@ struct MountCase {
             let form = value == nil ? 2 : Int.random(in: 0...3, using: &random)
             let group = Int.random(in: 0...1, using: &random)
             switch (form, value?.text ?? "") {
-            case (0...1, ""): arguments.append("--" + name)                  // a flag
+            case (0...1, ""): arguments.append("--" + name) // a flag
             case (0, let text): arguments += ["--" + name, text]
             case (1, let text): arguments.append("--\(name)=\(text)")
             case (_, ""): groups[group].append(value == nil ? name : helperName) // a flag, or a generic mount option
@@ -252,10 +272,15 @@ struct MountCase {
             }
         }
         for group in groups where !group.isEmpty {
-            if maybe(0.5) { arguments += ["-o", group.joined(separator: ",")] } else { arguments.append("-o" + group.joined(separator: ",")) }
+            if maybe(0.5) {
+                arguments += ["-o", group.joined(separator: ",")]
+            } else {
+                arguments.append("-o" + group.joined(separator: ","))
+            }
         }
         let values = options.compactMap { option in option.value.map { (option.name, $0) } }
-        return MountCase(arguments: arguments, valid: values.allSatisfy(\.1.valid),
-                         checks: values.map { ($0.0, $0.1.check) })
+        return MountCase(
+            arguments: arguments, valid: values.allSatisfy(\.1.valid),
+            checks: values.map { ($0.0, $0.1.check) })
     }
 }

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
+
 @testable import cachefs
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,24 +35,27 @@ import Glibc
     }
 
     @Test func mountinfoFieldsAreParsed() {
-        let table = MountTable.parse("""
-        36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-        25 22 0:22 / /sys/fs/cgroup/memory rw,nosuid shared:9 - cgroup cgroup rw,memory
-        """)
-        #expect(table == [
-            .init(mountpoint: "/mnt/with space", type: "ext3", superOptions: "rw,errors=continue", root: "/mnt1", device: "98:0"),
-            .init(mountpoint: "/sys/fs/cgroup/memory", type: "cgroup", superOptions: "rw,memory", root: "/", device: "0:22"),
-        ])
+        let table = MountTable.parse(
+            """
+            36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+            25 22 0:22 / /sys/fs/cgroup/memory rw,nosuid shared:9 - cgroup cgroup rw,memory
+            """)
+        #expect(
+            table == [
+                .init(mountpoint: "/mnt/with space", type: "ext3", superOptions: "rw,errors=continue", root: "/mnt1", device: "98:0"),
+                .init(mountpoint: "/sys/fs/cgroup/memory", type: "cgroup", superOptions: "rw,memory", root: "/", device: "0:22"),
+            ])
     }
 
     @Test func cgroupV2LimitFilesWalkUpToTheRoot() {
         let mounts = [MountTable.Entry(mountpoint: "/sys/fs/cgroup", type: "cgroup2", superOptions: "rw,nsdelegate", root: "/")]
         let files = MemoryLimit.cgroupLimitFiles(cgroups: "0::/system.slice/cachefs@models.service\n", mounts: mounts)
-        #expect(files == [
-            "/sys/fs/cgroup/system.slice/cachefs@models.service/memory.max",
-            "/sys/fs/cgroup/system.slice/memory.max",
-            "/sys/fs/cgroup/memory.max",
-        ])
+        #expect(
+            files == [
+                "/sys/fs/cgroup/system.slice/cachefs@models.service/memory.max",
+                "/sys/fs/cgroup/system.slice/memory.max",
+                "/sys/fs/cgroup/memory.max",
+            ])
     }
 
     @Test func cgroupV1MemoryControllerIsFound() {
@@ -62,19 +67,23 @@ import Glibc
         ]
         let cgroups = "12:memory:/machine.slice/pod\n4:cpu,cpuacct:/machine.slice/pod\n0::/machine.slice/pod\n"
         let files = MemoryLimit.cgroupLimitFiles(cgroups: cgroups, mounts: mounts)
-        #expect(files.prefix(3) == [
-            "/sys/fs/cgroup/memory/machine.slice/pod/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/machine.slice/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-        ])
+        #expect(
+            files.prefix(3) == [
+                "/sys/fs/cgroup/memory/machine.slice/pod/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/machine.slice/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ])
         #expect(files.contains("/sys/fs/cgroup/unified/machine.slice/pod/memory.max"))
     }
 
     @Test func cgroupInsideAContainerReadsTheMountRoot() {
         // A container sees its own cgroup as the hierarchy's root, mounted from a subtree.
-        let mounts = [MountTable.Entry(mountpoint: "/sys/fs/cgroup/memory", type: "cgroup", superOptions: "ro,memory", root: "/machine.slice/c1")]
-        #expect(MemoryLimit.cgroupLimitFiles(cgroups: "9:memory:/machine.slice/c1\n", mounts: mounts)
-            == ["/sys/fs/cgroup/memory/memory.limit_in_bytes"])
+        let mounts = [
+            MountTable.Entry(mountpoint: "/sys/fs/cgroup/memory", type: "cgroup", superOptions: "ro,memory", root: "/machine.slice/c1")
+        ]
+        #expect(
+            MemoryLimit.cgroupLimitFiles(cgroups: "9:memory:/machine.slice/c1\n", mounts: mounts)
+                == ["/sys/fs/cgroup/memory/memory.limit_in_bytes"])
         #expect(MemoryLimit.cgroupLimitFiles(cgroups: "9:memory:/\n", mounts: mounts) == ["/sys/fs/cgroup/memory/memory.limit_in_bytes"])
     }
 

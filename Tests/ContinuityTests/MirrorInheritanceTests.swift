@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Continuity
 import Foundation
@@ -10,6 +7,10 @@ import SourceTree
 import Synchronization
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 private let blockSize = 64 << 10
 
@@ -47,7 +48,8 @@ private final class Source {
     func mirror(cache: BlockCache, journal: StateJournal, backing: FakeBackingFiles) throws -> MirrorFilesystem {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return try MirrorFilesystem(sourceRoot: try PathHandle.openRoot(root), cache: cache, kernelFeatures: backing, journal: journal, logger: logger)
+        return try MirrorFilesystem(
+            sourceRoot: try PathHandle.openRoot(root), cache: cache, kernelFeatures: backing, journal: journal, logger: logger)
     }
 }
 
@@ -76,7 +78,9 @@ private func copies(_ surrendered: SurrenderedMemory) -> [MemoryFilePair] {
 
 @Suite("Handing the mirror to another daemon: handles, nodes, the journal")
 struct MirrorInheritanceTests {
-    @Test("A successor given the node table answers the same node IDs and handles: a daemon-served open reads on, a passthrough open keeps its backing id and hold, a listing goes on")
+    @Test(
+        "A successor given the node table answers the same node IDs and handles: a daemon-served open reads on, a passthrough open keeps its backing id and hold, a listing goes on"
+    )
     func handOverWithNodes() throws {
         let source = try Source()
         let journal = try StateJournal.create(slots: 64)
@@ -103,10 +107,13 @@ struct MirrorInheritanceTests {
         #expect(secondCache.adopt(copies(surrendered)).heldFiles == 1)
         let second = try source.mirror(cache: secondCache, journal: journal, backing: backing)
         let handles = journal.openHandles()
-        let report = second.inherit(nodes: snapshot.nodes, nextNodeID: snapshot.nextID, handles: handles.records, generations: handles.generations)
+        let report = second.inherit(
+            nodes: snapshot.nodes, nextNodeID: snapshot.nextID, handles: handles.records, generations: handles.generations)
         #expect(report.handles == 3 && report.filesUnavailable == 0 && report.passthroughWithoutMemory == 0, "\(report)")
 
-        let readAfter = try read(second, second.file(forHandle: handleA), at: Int64(blockSize), count: 2 * blockSize) == Array(source.a.suffix(2 * blockSize))
+        let readAfter =
+            try read(second, second.file(forHandle: handleA), at: Int64(blockSize), count: 2 * blockSize)
+            == Array(source.a.suffix(2 * blockSize))
         #expect(readAfter, "the inherited open did not read on")
         #expect(try second.file(forHandle: handleA).node == a)
         #expect(try names(second, second.directory(forHandle: directory), parent: models) == ["a", "b"])
@@ -126,7 +133,9 @@ struct MirrorInheritanceTests {
         withExtendedLifetime(surrendered) {}
     }
 
-    @Test("After a crash (no node table), open handles bring their nodes back from their recorded paths, other nodes are ESTALE, and new node IDs start above the reservation")
+    @Test(
+        "After a crash (no node table), open handles bring their nodes back from their recorded paths, other nodes are ESTALE, and new node IDs start above the reservation"
+    )
     func crashKeepsOpenHandles() throws {
         let source = try Source()
         let journal = try StateJournal.create(slots: 64)
@@ -155,7 +164,9 @@ struct MirrorInheritanceTests {
         withExtendedLifetime(surrendered) {}
     }
 
-    @Test("An open file changed or removed at the source since: what was cached of its version is served, a miss is ESTALE, never the new bytes")
+    @Test(
+        "An open file changed or removed at the source since: what was cached of its version is served, a miss is ESTALE, never the new bytes"
+    )
     func changedSourceIsStale() throws {
         for change in ["rewrite", "remove"] {
             let source = try Source()
@@ -176,12 +187,15 @@ struct MirrorInheritanceTests {
             _ = secondCache.adopt(copies(surrendered))
             let second = try source.mirror(cache: secondCache, journal: journal, backing: backing)
             let handles = journal.openHandles()
-            let report = second.inherit(nodes: nil, nextNodeID: journal.nodeIDsReserved + 1, handles: handles.records, generations: handles.generations)
+            let report = second.inherit(
+                nodes: nil, nextNodeID: journal.nodeIDsReserved + 1, handles: handles.records, generations: handles.generations)
             #expect(report.filesUnavailable == (change == "remove" ? 1 : 0), "\(change): \(report)")
             let file = try second.file(forHandle: handleA)
             let cached = try read(second, file, at: 0, count: blockSize) == Array(source.a.prefix(blockSize))
             #expect(cached, "\(change): the cached block of the opened version was not served")
-            #expect(throws: Errno.staleNFSFileHandle, "\(change)") { _ = try read(second, file, at: Int64(blockSize), count: blockSize).count }
+            #expect(throws: Errno.staleNFSFileHandle, "\(change)") {
+                _ = try read(second, file, at: Int64(blockSize), count: blockSize).count
+            }
             withExtendedLifetime(surrendered) {}
         }
     }
@@ -189,10 +203,12 @@ struct MirrorInheritanceTests {
     @Test("A handle slot altered after it was written is skipped; a torn newer mount record leaves the older one")
     func tornRecordsAreSkipped() throws {
         let journal = try StateJournal.create(slots: 8)
-        let record = OpenHandleRecord(handle: 1 << 32 | 3, kind: .daemonServedFile, node: 9, nodeType: UInt32(S_IFREG),
-                                      identity: .inode(device: 1, inode: 2), path: Array("models/a".utf8),
-                                      version: FileVersion(identity: .inode(device: 1, inode: 2), size: 10, modified: Timestamp(seconds: 3, nanoseconds: 4),
-                                                           changed: Timestamp(seconds: 5, nanoseconds: 6)), backingID: 0)
+        let record = OpenHandleRecord(
+            handle: 1 << 32 | 3, kind: .daemonServedFile, node: 9, nodeType: UInt32(S_IFREG),
+            identity: .inode(device: 1, inode: 2), path: Array("models/a".utf8),
+            version: FileVersion(
+                identity: .inode(device: 1, inode: 2), size: 10, modified: Timestamp(seconds: 3, nanoseconds: 4),
+                changed: Timestamp(seconds: 5, nanoseconds: 6)), backingID: 0)
         #expect(journal.recordHandle(record))
         #expect(journal.openHandles().records == [record])
         let offset = 4096 + 2 * (64 << 10) + 2 * (16 << 20) + 3 * 4608 + 20 // a byte of slot 3's body
@@ -214,8 +230,11 @@ struct MirrorInheritanceTests {
 
     @Test("A node snapshot altered in transit, or of another format, is refused whole")
     func nodeSnapshotChecksItself() throws {
-        let nodes = [NodeRecord(id: 2, parent: 1, name: Array("models".utf8), identity: .inode(device: 1, inode: 5), type: UInt32(S_IFDIR),
-                                lookups: 3, superseded: false, lastVersion: nil)]
+        let nodes = [
+            NodeRecord(
+                id: 2, parent: 1, name: Array("models".utf8), identity: .inode(device: 1, inode: 5), type: UInt32(S_IFDIR),
+                lookups: 3, superseded: false, lastVersion: nil)
+        ]
         var encoded = NodeSnapshot.encode(nodes, nextID: 3)
         #expect(try NodeSnapshot.decode(encoded).nodes == nodes)
         encoded[encoded.count - 3] ^= 1

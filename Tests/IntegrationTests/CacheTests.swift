@@ -52,7 +52,9 @@ struct CacheTests {
         print(stat[0] * os.sysconf("SC_PAGE_SIZE"))
         """#
 
-    @Test("A cold read bypasses the mount's page cache (direct I/O, one copy per reply); once the file is wholly cached, reads fill the page cache again; --direct-io off reads through it from the start")
+    @Test(
+        "A cold read bypasses the mount's page cache (direct I/O, one copy per reply); once the file is wholly cached, reads fill the page cache again; --direct-io off reads through it from the start"
+    )
     func coldReadsBypassPageCache() throws {
         // Passthrough off, so that the warm open is daemon-served too and its use of the page cache shows.
         let tree = try MountedTree("head -c 12000000 /dev/urandom > model.bin", extra: ["--passthrough", "off"])
@@ -67,7 +69,8 @@ struct CacheTests {
 
         let cached = try MountedTree("head -c 12000000 /dev/urandom > model.bin", extra: ["--direct-io", "off"])
         defer { cached.stop() }
-        let read = try run("python3", ["-c", Self.pageCacheAfterRead, cached.mount.mountpoint + "/model.bin", cached.source + "/model.bin"])
+        let read = try run(
+            "python3", ["-c", Self.pageCacheAfterRead, cached.mount.mountpoint + "/model.bin", cached.source + "/model.bin"])
         #expect(read.status == 0 && (Int(read.output.dropLast()) ?? 0) >= 12_000_000, "--direct-io off, cold: \(read.output)\(read.error)")
         #expect(try cached.mount.stats()[.directIOOpens] == 0)
     }

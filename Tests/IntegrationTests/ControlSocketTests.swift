@@ -1,6 +1,7 @@
 import ControlPlane
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +15,8 @@ struct ControlSocketTests {
         let tree = try MountedTree("echo one > file")
         defer { tree.stop() }
         let second = try tree.scratch.make("second")
-        let result = try run(cachefsBinary, [tree.source, second, "--capacity", "64M", "--control-socket", tree.mount.controlSocket], timeout: 30)
+        let result = try run(
+            cachefsBinary, [tree.source, second, "--capacity", "64M", "--control-socket", tree.mount.controlSocket], timeout: 30)
         #expect(result.status != 0)
         #expect(result.error.split(separator: "\n").count == 1 && result.error.contains(tree.mount.mountpoint), "\(result.error)")
         #expect(!isMounted(second), "the refused mount was left mounted")
@@ -46,8 +48,12 @@ struct ControlSocketTests {
         defer { close(watch) }
         #expect(inotify_add_watch(watch, sockets, UInt32(IN_CREATE | IN_MOVED_TO | IN_ATTRIB)) >= 0)
         // A permissive umask: a socket bound at its path would be created 0777.
-        let started = try run("/bin/sh", ["-c", "umask 0; exec \"$0\" \"$@\"", cachefsBinary, source, mountpoint, "--capacity", "64M",
-                                          "--control-socket", sockets + "/c.sock"], timeout: 30)
+        let started = try run(
+            "/bin/sh",
+            [
+                "-c", "umask 0; exec \"$0\" \"$@\"", cachefsBinary, source, mountpoint, "--capacity", "64M",
+                "--control-socket", sockets + "/c.sock",
+            ], timeout: 30)
         defer { _ = try? run("/bin/fusermount3", ["-u", mountpoint]) }
         #expect(started.status == 0, "\(started.error)")
         let events = Self.events(watch)
@@ -56,12 +62,14 @@ struct ControlSocketTests {
         #expect(events.contains { $0.name == "c.sock" && $0.mask & UInt32(IN_MOVED_TO) != 0 }, "\(events)")
         // The hand-over socket beside it (it hands out the mount and the cache) follows the same rule.
         for name in ["c.sock", "c.sock.handover"] {
-            #expect(!events.contains { $0.name == name && $0.mask & UInt32(IN_CREATE | IN_ATTRIB) != 0 }, "\(name) made at its path: \(events)")
+            #expect(
+                !events.contains { $0.name == name && $0.mask & UInt32(IN_CREATE | IN_ATTRIB) != 0 }, "\(name) made at its path: \(events)")
             var attributes = stat()
             #expect(stat(sockets + "/" + name, &attributes) == 0 && attributes.st_mode & 0o777 == 0o600, "\(name)")
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: sockets).sorted() == ["c.sock", "c.sock.handover"],
-                "a private directory was left behind")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: sockets).sorted() == ["c.sock", "c.sock.handover"],
+            "a private directory was left behind")
     }
 
     /// A Unix socket bound at `path` and closed without being removed: what a killed daemon leaves.

@@ -18,7 +18,8 @@ struct ExtendedAttributeIntegrationTests {
                     print(name, 'errno', error.errno)
         """
 
-    @Test("A source without extended attributes: the kernel asks once per call kind for the whole mount, and every file reads as unsupported")
+    @Test(
+        "A source without extended attributes: the kernel asks once per call kind for the whole mount, and every file reads as unsupported")
     func unsupportedSourceIsAnsweredOnce() throws {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
@@ -37,7 +38,8 @@ struct ExtendedAttributeIntegrationTests {
 
     @Test("A source with extended attributes: values and lists pass through byte for byte, on every file")
     func supportedSourcePassesThrough() throws {
-        let tree = try MountedTree("""
+        let tree = try MountedTree(
+            """
             for i in 1 2 3; do echo $i > file-$i; done
             python3 -c "import os; [os.setxattr('file-%d' % i, 'user.model', bytes(range(i * 40))) for i in (1, 2, 3)]"
             """)

@@ -19,7 +19,9 @@ struct FaultTests {
 
     private func timedRead(_ path: String) throws -> (outcome: String, seconds: Double) {
         let words = try run("python3", ["-c", Self.timedReader, path], timeout: 60).output.split(separator: " ")
-        return (words.dropLast().joined(separator: " "), Double(words.last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? .infinity)
+        return (
+            words.dropLast().joined(separator: " "), Double(words.last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? .infinity
+        )
     }
 
     @Test("A stalled source read is EIO after --source-timeout; other files keep being served")
@@ -27,8 +29,9 @@ struct FaultTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 4000000 /dev/urandom > stalled.bin && head -c 4000000 /dev/urandom > fine.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "60"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "60"])
         defer { source.stop() }
         let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"), extra: ["--source-timeout", "1"])
         defer { mount.stop() }
@@ -86,9 +89,10 @@ struct FaultTests {
 
         let restarted = try TestSourceMount(root: data, mountpoint: slow, arguments: [])
         defer { restarted.stop() }
-        #expect(try eventually(within: 5) {
-            try run("/usr/bin/cmp", [data + "/models/model.bin", file]).status == 0
-        }, "reads did not recover: \(mount.log)")
+        #expect(
+            try eventually(within: 5) {
+                try run("/usr/bin/cmp", [data + "/models/model.bin", file]).status == 0
+            }, "reads did not recover: \(mount.log)")
         #expect(try run("/bin/ls", [mount.mountpoint + "/models"]).output == "model.bin\n")
         #expect(try mount.stats()[.cachedBytes] > 0)
     }
@@ -121,14 +125,21 @@ struct FaultTests {
         print(outcome)
         """
 
-    @Test("A file truncated, rewritten in place or replaced while it is read gives the opened version's bytes or an errno, never others",
-          arguments: ["truncate", "rewrite", "replace"])
+    @Test(
+        "A file truncated, rewritten in place or replaced while it is read gives the opened version's bytes or an errno, never others",
+        arguments: ["truncate", "rewrite", "replace"])
     func fileChangedWhileRead(how: String) throws {
-        let tree = try MountedTree("head -c 67108864 /dev/urandom > model.bin && cp model.bin /tmp/cachefs-fault-original-$$ && mv /tmp/cachefs-fault-original-$$ ../original.bin")
+        let tree = try MountedTree(
+            "head -c 67108864 /dev/urandom > model.bin && cp model.bin /tmp/cachefs-fault-original-$$ && mv /tmp/cachefs-fault-original-$$ ../original.bin"
+        )
         defer { tree.stop() }
         let original = (tree.source as NSString).deletingLastPathComponent + "/original.bin"
-        let result = try run("python3", ["-c", Self.readerDuringChange, tree.mount.mountpoint + "/model.bin",
-                                         tree.source + "/model.bin", original, how], timeout: 120)
+        let result = try run(
+            "python3",
+            [
+                "-c", Self.readerDuringChange, tree.mount.mountpoint + "/model.bin",
+                tree.source + "/model.bin", original, how,
+            ], timeout: 120)
         #expect(result.status == 0, "\(result.output)\(result.error)")
         let outcome = result.output.trimmingCharacters(in: .whitespacesAndNewlines)
         if how == "replace" {
@@ -137,8 +148,9 @@ struct FaultTests {
             #expect(["complete", "errno ESTALE", "errno EIO"].contains(outcome), "\(outcome)")
         }
         // A fresh open sees the new content exactly (after the metadata timeout).
-        #expect(try eventually(within: 5) {
-            try run("/usr/bin/cmp", [tree.source + "/model.bin", tree.mount.mountpoint + "/model.bin"]).status == 0
-        })
+        #expect(
+            try eventually(within: 5) {
+                try run("/usr/bin/cmp", [tree.source + "/model.bin", tree.mount.mountpoint + "/model.bin"]).status == 0
+            })
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Reporting
 import TestSupport
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,9 +17,11 @@ struct FigureTests {
         // With --listen and --peers, so that the peer figures apply too (the peer is a port nobody listens on).
         let (unanswered, peerPort) = try loopbackSocket(listening: false)
         defer { close(unanswered) }
-        let tree = try MountedTree("head -c 3000000 /dev/urandom > model.bin", capacity: "64M", extra: [
-            "--metrics", "127.0.0.1:0", "--listen", "127.0.0.1:\(try freeLoopbackPort())", "--peers", "127.0.0.1:\(peerPort)",
-        ])
+        let tree = try MountedTree(
+            "head -c 3000000 /dev/urandom > model.bin", capacity: "64M",
+            extra: [
+                "--metrics", "127.0.0.1:0", "--listen", "127.0.0.1:\(try freeLoopbackPort())", "--peers", "127.0.0.1:\(peerPort)",
+            ])
         defer { tree.stop() }
         let mount = tree.mount
         // A read, and a lookup that fails: every kind of figure has something to count.

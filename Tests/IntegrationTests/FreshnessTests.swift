@@ -12,7 +12,8 @@ struct FreshnessTests {
     init() throws {
         scratch = try ScratchDirectory()
         source = try scratch.make("src")
-        try shell("""
+        try shell(
+            """
             head -c 3000000 /dev/urandom > rewritten && head -c 2000000 /dev/urandom > replaced
             echo doomed > deleted && echo same-size-1 > same-size && mkdir dir
             """, in: source)

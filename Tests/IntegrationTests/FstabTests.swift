@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,7 +32,7 @@ private func unmountAndWait(_ mountpoint: String, pid: Int32?) {
 
 private func daemonPid(_ mountpoint: String) -> Int32? {
     guard let result = try? run(cachefsBinary, ["stats", mountpoint, "--json"], timeout: 30), result.status == 0,
-          let object = try? JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
+        let object = try? JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
     else { return nil }
     return (object["pid"] as? NSNumber)?.int32Value
 }
@@ -45,7 +46,8 @@ struct FstabTests {
         let mountpoint = try scratch.make("mnt")
         try shell("head -c 3000000 /dev/urandom > model.bin", in: source)
         try withCachefsOnStandardPath {
-            let mounted = try run("/bin/mount", ["-t", "fuse.cachefs", source, mountpoint, "-o", "capacity=64M,block_size=2M"], timeout: 60)
+            let mounted = try run(
+                "/bin/mount", ["-t", "fuse.cachefs", source, mountpoint, "-o", "capacity=64M,block_size=2M"], timeout: 60)
             let pid = daemonPid(mountpoint)
             defer { unmountAndWait(mountpoint, pid: pid) }
             #expect(mounted.status == 0, "\(mounted.error)")

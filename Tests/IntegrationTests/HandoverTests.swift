@@ -2,6 +2,7 @@ import ControlPlane
 import Foundation
 import Synchronization
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -72,7 +73,9 @@ private func ledgerDescriptors(of pid: Int32) -> [String] {
 
 @Suite("Hand-over: a new daemon takes a live mount over", .serialized)
 struct HandoverTests {
-    @Test("A reader verifying every byte of a 1 GiB file reads on while `cachefs mount` runs again with another --capacity; the new daemon keeps the cache: a cached file opens in passthrough with nothing from the source")
+    @Test(
+        "A reader verifying every byte of a 1 GiB file reads on while `cachefs mount` runs again with another --capacity; the new daemon keeps the cache: a cached file opens in passthrough with nothing from the source"
+    )
     func handOverDuringARead() throws {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("src")
@@ -86,8 +89,12 @@ struct HandoverTests {
         let reader = VerifyingReader(mounted: mountpoint + "/big", source: source + "/big")
         #expect(eventually(within: 30) { reader.bytesVerified >= 128 << 20 || reader.finished })
         let log = scratch.path + "/new.log"
-        let handOver = try run(cachefsBinary, ["mount", source, mountpoint, "--capacity", "1600M", "--control-socket", old.controlSocket,
-                                               "--log-file", log])
+        let handOver = try run(
+            cachefsBinary,
+            [
+                "mount", source, mountpoint, "--capacity", "1600M", "--control-socket", old.controlSocket,
+                "--log-file", log,
+            ])
         var newPid: Int32 = 0
         defer { stopBackground(newPid, mountpoint: mountpoint) }
         #expect(handOver.status == 0, "\(handOver.error)")
@@ -100,15 +107,20 @@ struct HandoverTests {
         newPid = after.pid
         #expect(after.pid != old.pid)
         #expect(after.settings.capacity == 1600 << 20, "capacity \(after.settings.capacity)")
-        #expect(after.continuity?.start == .handOver && after.continuity?.predecessorPid == old.pid, "\(String(describing: after.continuity))")
-        #expect(after.continuity?.inheritedBytes ?? 0 >= 32 << 20 && after.continuity?.droppedFiles == [], "\(String(describing: after.continuity))")
+        #expect(
+            after.continuity?.start == .handOver && after.continuity?.predecessorPid == old.pid, "\(String(describing: after.continuity))")
+        #expect(
+            after.continuity?.inheritedBytes ?? 0 >= 32 << 20 && after.continuity?.droppedFiles == [],
+            "\(String(describing: after.continuity))")
         #expect(after[.cachedBytes] >= before[.cachedBytes], "cached bytes went from \(before[.cachedBytes]) to \(after[.cachedBytes])")
 
         // The file cached before is a memory hit: opened in passthrough, nothing from the source.
         let fromSource = after[.bytesFromSource]
         try shell("cmp \(source)/cached \(mountpoint)/cached")
         let hit = try CachefsMount.stats(mountpoint: mountpoint, controlSocket: old.controlSocket)
-        #expect(hit[.bytesFromSource] == fromSource, "reading the cached file loaded \(hit[.bytesFromSource] - fromSource) bytes from the source")
+        #expect(
+            hit[.bytesFromSource] == fromSource,
+            "reading the cached file loaded \(hit[.bytesFromSource] - fromSource) bytes from the source")
         #expect(hit[.passthroughOpens] == after[.passthroughOpens] + 1, "the cached file was not opened in passthrough")
 
         // The old foreground daemon waits for SIGTERM, holding no memory file of the cache.
@@ -117,7 +129,9 @@ struct HandoverTests {
         #expect(old.log.contains("handed the mount over"))
     }
 
-    @Test("A change that needs a new mount (--block-size, --allow-other, another source) is refused with one line; the old daemon serves on with its cache")
+    @Test(
+        "A change that needs a new mount (--block-size, --allow-other, another source) is refused with one line; the old daemon serves on with its cache"
+    )
     func refusedChangesLeaveTheOldDaemon() throws {
         let tree = try MountedTree("head -c 8388608 /dev/urandom > model.bin")
         defer { tree.stop() }
@@ -125,12 +139,17 @@ struct HandoverTests {
         try shell("cat model.bin > /dev/null", in: tree.mount.mountpoint)
         let before = try tree.mount.stats()
         for (arguments, expected) in [(["--block-size", "2M"], "--block-size"), (["--allow-other"], "--allow-other")] {
-            let result = try run(cachefsBinary, ["mount", tree.source, tree.mount.mountpoint, "--capacity", "128M",
-                                                 "--control-socket", tree.mount.controlSocket] + arguments)
+            let result = try run(
+                cachefsBinary,
+                [
+                    "mount", tree.source, tree.mount.mountpoint, "--capacity", "128M",
+                    "--control-socket", tree.mount.controlSocket,
+                ] + arguments)
             #expect(result.status != 0, "\(arguments) was accepted")
             #expect(result.error.split(separator: "\n").count == 1 && result.error.contains(expected), "\(result.error)")
         }
-        let moved = try run(cachefsBinary, ["mount", other, tree.mount.mountpoint, "--capacity", "128M", "--control-socket", tree.mount.controlSocket])
+        let moved = try run(
+            cachefsBinary, ["mount", other, tree.mount.mountpoint, "--capacity", "128M", "--control-socket", tree.mount.controlSocket])
         #expect(moved.status != 0 && moved.error.contains("keeps the source"), "\(moved.error)")
         let after = try tree.mount.stats()
         #expect(after.pid == tree.mount.pid && after.continuity?.start == .mounted)
@@ -139,7 +158,9 @@ struct HandoverTests {
         #expect(try tree.mount.stats()[.bytesFromSource] == before[.bytesFromSource], "the old daemon lost its cache")
     }
 
-    @Test("A ledger altered before the hand-over is detected: that file's cache is dropped and read again from the source, the others are kept, every byte right")
+    @Test(
+        "A ledger altered before the hand-over is detected: that file's cache is dropped and read again from the source, the others are kept, every byte right"
+    )
     func corruptedLedgerIsDropped() throws {
         let tree = try MountedTree("head -c 8388608 /dev/urandom > a.bin && head -c 8388608 /dev/urandom > b.bin")
         var newPid: Int32 = 0
@@ -158,12 +179,15 @@ struct HandoverTests {
         pwrite(descriptor, &byte, 1, 70)
         close(descriptor)
 
-        let result = try run(cachefsBinary, ["mount", tree.source, tree.mount.mountpoint, "--capacity", "256M", "--control-socket", tree.mount.controlSocket])
+        let result = try run(
+            cachefsBinary,
+            ["mount", tree.source, tree.mount.mountpoint, "--capacity", "256M", "--control-socket", tree.mount.controlSocket])
         #expect(result.status == 0, "\(result.error)")
         let after = try CachefsMount.stats(mountpoint: tree.mount.mountpoint, controlSocket: tree.mount.controlSocket)
         newPid = after.pid
-        #expect(after.continuity?.droppedFiles.count == 1 && after.continuity?.droppedFiles.first?.contains("checksum") == true,
-                "\(String(describing: after.continuity))")
+        #expect(
+            after.continuity?.droppedFiles.count == 1 && after.continuity?.droppedFiles.first?.contains("checksum") == true,
+            "\(String(describing: after.continuity))")
         #expect(after[.cachedBytes] == 8 << 20, "cached \(after[.cachedBytes])")
         try dropKernelCaches()
         try shell("cmp \(tree.source)/a.bin \(tree.mount.mountpoint)/a.bin && cmp \(tree.source)/b.bin \(tree.mount.mountpoint)/b.bin")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -61,8 +62,9 @@ struct LifecycleTests {
         let source = try scratch.make("src")
         try shell("echo ready > file", in: source)
         let notify = try NotifySocket(path: scratch.path + "/notify.sock")
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"),
-                                     environment: ["NOTIFY_SOCKET": notify.path])
+        let mount = try CachefsMount(
+            source: source, mountpoint: try scratch.make("mnt"),
+            environment: ["NOTIFY_SOCKET": notify.path])
         let ready = notify.receive(containing: "READY=1")
         #expect(ready?.contains("READY=1") == true, "got \(ready ?? "nothing")")
         #expect(ready?.contains("MAINPID=\(mount.pid)") == true)
@@ -88,7 +90,9 @@ struct LifecycleTests {
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let outcome = scratch.path + "/reader.out"
         let reading = scratch.path + "/reader.reading"
-        reader.arguments = ["python3", "-c", """
+        reader.arguments = [
+            "python3", "-c",
+            """
             import os, sys, time
             fd = os.open(sys.argv[1], os.O_RDONLY)
             os.read(fd, 4096)
@@ -102,10 +106,13 @@ struct LifecycleTests {
             except OSError as error:
                 result = 'error %d' % error.errno
             open(sys.argv[2], 'w').write(result)
-            """, mountpoint + "/model.bin", outcome, reading]
+            """, mountpoint + "/model.bin", outcome, reading,
+        ]
         try reader.run()
         try #require(eventually(within: 30) { FileManager.default.fileExists(atPath: reading) || !reader.isRunning })
-        try #require(reader.isRunning, "the reader ended before the daemon was killed: \((try? String(contentsOfFile: outcome, encoding: .utf8)) ?? "no outcome")")
+        try #require(
+            reader.isRunning,
+            "the reader ended before the daemon was killed: \((try? String(contentsOfFile: outcome, encoding: .utf8)) ?? "no outcome")")
         kill(first.pid, SIGKILL)
         let killed = Date()
         #expect(eventually(within: 5) { !reader.isRunning }, "the reader hung after the daemon died")
@@ -133,7 +140,10 @@ struct LifecycleTests {
         // Kill the mount keeper first, so that nothing removes the mount.
         try shell("pkill -KILL -f 'cachefs keep-mount --mountpoint \(mountpoint) '")
         kill(first.pid, SIGKILL)
-        #expect(eventually(within: 5) { (try? shell("stat \(mountpoint) 2>&1 || true"))?.contains("Transport endpoint is not connected") == true })
+        #expect(
+            eventually(within: 5) {
+                (try? shell("stat \(mountpoint) 2>&1 || true"))?.contains("Transport endpoint is not connected") == true
+            })
         #expect(isMounted(mountpoint))
 
         let second = try CachefsMount(source: source, mountpoint: mountpoint)

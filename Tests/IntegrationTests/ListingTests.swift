@@ -1,7 +1,8 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,13 +22,18 @@ struct ListingTests {
 
     /// Blocks of the files stay where they are (no load, no LRU move), so only what readers do changes these.
     private func cacheFigures(_ stats: StatsReport) -> [UInt64] {
-        [stats[.cachedBytes], stats[.cachedBlocks], stats[.hits], stats[.misses], stats[.coalescedMisses],
-         stats[.bytesFromSource], stats[.readRequests], stats[.evictions]]
+        [
+            stats[.cachedBytes], stats[.cachedBlocks], stats[.hits], stats[.misses], stats[.coalescedMisses],
+            stats[.bytesFromSource], stats[.readRequests], stats[.evictions],
+        ]
     }
 
-    @Test("ls shows a wholly read file at 100%, a half-read one at about 50%, an unread one at 0%, pinned and held files marked, directory totals, the same in --json; the cache is unchanged")
+    @Test(
+        "ls shows a wholly read file at 100%, a half-read one at about 50%, an unread one at 0%, pinned and held files marked, directory totals, the same in --json; the cache is unchanged"
+    )
     func residencyPerFile() throws {
-        let tree = try MountedTree("""
+        let tree = try MountedTree(
+            """
             mkdir sub
             head -c 6000000 /dev/urandom > whole.bin
             head -c 8388608 /dev/urandom > half.bin
@@ -66,11 +72,13 @@ struct ListingTests {
         #expect(held.held && held.cachedBytes == held.size && !held.pinned)
         let now = Int64(time(nil))
         for file in [whole, half, pinned, held] {
-            #expect(file.lastRead.map { now - 120 ... now + 1 ~= $0 } == true, "\(file.path) last read \(String(describing: file.lastRead))")
+            #expect(file.lastRead.map { now - 120...now + 1 ~= $0 } == true, "\(file.path) last read \(String(describing: file.lastRead))")
         }
         let totals = Dictionary(uniqueKeysWithValues: listed.directories.map { ($0.path, $0) })
         let top = try #require(totals[root]), sub = try #require(totals[root + "/sub"])
-        #expect(top.files == 5 && top.size == listed.files.map(\.size).reduce(0, +) && top.cachedBytes == listed.files.map(\.cachedBytes).reduce(0, +))
+        #expect(
+            top.files == 5 && top.size == listed.files.map(\.size).reduce(0, +)
+                && top.cachedBytes == listed.files.map(\.cachedBytes).reduce(0, +))
         #expect(top.pinnedFiles == 1 && top.heldFiles == 1)
         #expect(sub.files == 1 && sub.cachedBytes == held.cachedBytes && sub.heldFiles == 1 && sub.pinnedFiles == 0)
 
@@ -103,8 +111,9 @@ struct ListingTests {
 
     @Test("Listing moves no block in the LRU order: the file read first is still the one evicted next")
     func listingKeepsTheEvictionOrder() throws {
-        let tree = try MountedTree("for name in first second third; do head -c 6291456 /dev/urandom > $name.bin; done",
-                                   capacity: "16M", extra: ["--prefetch-depth", "0"])
+        let tree = try MountedTree(
+            "for name in first second third; do head -c 6291456 /dev/urandom > $name.bin; done",
+            capacity: "16M", extra: ["--prefetch-depth", "0"])
         defer { tree.stop() }
         let mount = tree.mount, root = mount.mountpoint
         try shell("cat \(root)/first.bin > /dev/null")
@@ -117,7 +126,8 @@ struct ListingTests {
 
         // 18 MiB through a 16 MiB cache: the third file's room comes from the least recently used blocks.
         try shell("cat \(root)/third.bin > /dev/null")
-        let files = Dictionary(uniqueKeysWithValues: try listing([root], mount).listing.files.map { (($0.path as NSString).lastPathComponent, $0) })
+        let files = Dictionary(
+            uniqueKeysWithValues: try listing([root], mount).listing.files.map { (($0.path as NSString).lastPathComponent, $0) })
         let first = try #require(files["first.bin"]), second = try #require(files["second.bin"]), third = try #require(files["third.bin"])
         #expect(third.cachedBytes == third.size)
         #expect(second.cachedBytes == second.size, "second.bin lost blocks: listing first.bin made it look recently used")

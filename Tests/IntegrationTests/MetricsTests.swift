@@ -1,6 +1,6 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
 
 /// Parses Prometheus text into "name{labels}" -> value.
@@ -15,7 +15,8 @@ func prometheusSamples(_ text: String) -> [String: Double] {
 
 /// Whether a scrape holds the figure's metric: its one sample, or a sample per label.
 func prometheusHas(_ figure: Figure, in samples: [String: Double]) -> Bool {
-    figure.label == nil ? samples[figure.prometheusName] != nil : samples.keys.contains { $0.hasPrefix(figure.prometheusName + "{\(figure.label!)=") }
+    figure.label == nil
+        ? samples[figure.prometheusName] != nil : samples.keys.contains { $0.hasPrefix(figure.prometheusName + "{\(figure.label!)=") }
 }
 
 @Suite("Metrics and stats output", .serialized)
@@ -25,9 +26,10 @@ struct MetricsTests {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("src")
         try shell("head -c 6000000 /dev/urandom > model.bin", in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "64M",
-                                     // Passthrough off: the warm read must reach the daemon to move its tier histogram.
-                                     extra: ["--metrics", "127.0.0.1:0", "--passthrough", "off"])
+        let mount = try CachefsMount(
+            source: source, mountpoint: try scratch.make("mnt"), capacity: "64M",
+            // Passthrough off: the warm read must reach the daemon to move its tier histogram.
+            extra: ["--metrics", "127.0.0.1:0", "--passthrough", "off"])
         defer { mount.stop() }
         let address = try #require(try mount.stats().metricsAddress)
         func scrape() throws -> [String: Double] {
@@ -68,14 +70,18 @@ struct MetricsTests {
             #expect((after["cachefs_read_duration_seconds_sum{tier=\"\(tier)\"}"] ?? 0) > 0)
         }
         // Every memory read of a 1 MiB block is under ten seconds: the finite buckets fill too.
-        #expect(after["cachefs_read_duration_seconds_bucket{tier=\"memory\",le=\"10.0\"}"] == after["cachefs_read_duration_seconds_count{tier=\"memory\"}"])
+        #expect(
+            after["cachefs_read_duration_seconds_bucket{tier=\"memory\",le=\"10.0\"}"]
+                == after["cachefs_read_duration_seconds_count{tier=\"memory\"}"])
     }
 
     @Test("A bad --metrics address is refused with one line")
     func badMetricsAddress() throws {
         let scratch = try ScratchDirectory()
-        let result = try run(cachefsBinary, [try scratch.make("src"), try scratch.make("mnt"), "--capacity", "64M", "--metrics", "nowhere"])
-        #expect(result.status != 0 && result.error.split(separator: "\n").count == 1 && result.error.contains("HOST:PORT"), "\(result.error)")
+        let result = try run(
+            cachefsBinary, [try scratch.make("src"), try scratch.make("mnt"), "--capacity", "64M", "--metrics", "nowhere"])
+        #expect(
+            result.status != 0 && result.error.split(separator: "\n").count == 1 && result.error.contains("HOST:PORT"), "\(result.error)")
         #expect(mountedPaths(under: scratch.path).isEmpty)
     }
 

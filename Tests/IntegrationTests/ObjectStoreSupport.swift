@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +25,8 @@ extension ForegroundMount: SourceMount {
     /// `rclone mount` of the local directory `data`, read-only and without rclone's file cache: the
     /// object-store client most users stack cachefs on (rclone serves a bucket the same way).
     static func rclone(data: String, mountpoint: String) throws -> ForegroundMount {
-        try ForegroundMount("/usr/bin/rclone", ["mount", data, mountpoint, "--read-only", "--vfs-cache-mode", "off"], mountpoint: mountpoint)
+        try ForegroundMount(
+            "/usr/bin/rclone", ["mount", data, mountpoint, "--read-only", "--vfs-cache-mode", "off"], mountpoint: mountpoint)
     }
 }
 
@@ -127,21 +129,21 @@ enum PageCachedClient: String, CaseIterable, CustomTestStringConvertible, Sendab
 /// anything else, since a FUSE open may drop the file's cached pages), after `cmp EXPECTED MIRROR`
 /// and then after reading SOURCE itself: "mirror-read BYTES" and "source-read BYTES".
 let sourcePageCacheProbe = #"""
-import ctypes, os, subprocess, sys
-source, expected, mirror = sys.argv[1:4]
-libc = ctypes.CDLL(None, use_errno=True)
-def cached(fd):
-    span, stat = (ctypes.c_uint64 * 2)(0, 0), (ctypes.c_uint64 * 5)()
-    if libc.syscall(451, fd, span, stat, 0) != 0:  # cachestat(2)
-        raise OSError(ctypes.get_errno(), "cachestat")
-    return stat[0] * os.sysconf("SC_PAGE_SIZE")
-fd = os.open(source, os.O_RDONLY)
-subprocess.run(["cmp", expected, mirror], check=True)
-print("mirror-read", cached(fd))
-while os.read(fd, 1 << 20):
-    pass
-print("source-read", cached(fd))
-"""#
+    import ctypes, os, subprocess, sys
+    source, expected, mirror = sys.argv[1:4]
+    libc = ctypes.CDLL(None, use_errno=True)
+    def cached(fd):
+        span, stat = (ctypes.c_uint64 * 2)(0, 0), (ctypes.c_uint64 * 5)()
+        if libc.syscall(451, fd, span, stat, 0) != 0:  # cachestat(2)
+            raise OSError(ctypes.get_errno(), "cachestat")
+        return stat[0] * os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(source, os.O_RDONLY)
+    subprocess.run(["cmp", expected, mirror], check=True)
+    print("mirror-read", cached(fd))
+    while os.read(fd, 1 << 20):
+        pass
+    print("source-read", cached(fd))
+    """#
 
 /// Drops the kernel's caches so that both FUSE layers forget their files: the first drop
 /// makes the kernel forget cachefs's nodes, upon which cachefs closes its descriptors on the

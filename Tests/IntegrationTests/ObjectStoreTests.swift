@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,8 +13,9 @@ import Glibc
 struct ObjectStoreTests {
     /// Guards issue 16: a model read again after the kernel forgot it must come from memory,
     /// not from the object store, even though the source renumbered the file.
-    @Test("A file read three times, the kernel's caches dropped before each read, is read from the source once",
-          arguments: ObjectStoreKind.allCases)
+    @Test(
+        "A file read three times, the kernel's caches dropped before each read, is read from the source once",
+        arguments: ObjectStoreKind.allCases)
     func readFromSourceOnceDespiteNewInodes(kind: ObjectStoreKind) throws {
         let size = 64 << 20 // a second's worth of moto_server
         let scratch = try ScratchDirectory()
@@ -34,14 +36,17 @@ struct ObjectStoreTests {
         // Otherwise this test would not test anything: the source must really renumber the file.
         #expect(Set(sourceInodes).count == 3, "the source kept its inode numbers: \(sourceInodes)")
         let fromSource = try mount.stats()[.bytesFromSource]
-        #expect(Double(fromSource) <= 1.05 * Double(size),
-                "\(fromSource) bytes read from the source for a \(size)-byte file read 3 times (\(String(format: "%.2f", Double(fromSource) / Double(size)))x); source inodes \(sourceInodes)")
+        #expect(
+            Double(fromSource) <= 1.05 * Double(size),
+            "\(fromSource) bytes read from the source for a \(size)-byte file read 3 times (\(String(format: "%.2f", Double(fromSource) / Double(size)))x); source inodes \(sourceInodes)"
+        )
     }
 
     /// Every byte cachefs caches would otherwise sit in memory once more, in the source mount's
     /// page cache, and reading through it cost the daemon about twice the CPU (see SourceAccess).
-    @Test("Over an object-store client's mount, a file reads exactly and leaves none of its bytes in the source's page cache (O_DIRECT)",
-          arguments: PageCachedClient.allCases)
+    @Test(
+        "Over an object-store client's mount, a file reads exactly and leaves none of its bytes in the source's page cache (O_DIRECT)",
+        arguments: PageCachedClient.allCases)
     func sourcePageCacheStaysEmpty(client: PageCachedClient) throws {
         let size = 32 << 20
         let scratch = try ScratchDirectory()
@@ -52,12 +57,15 @@ struct ObjectStoreTests {
         let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"))
         defer { mount.stop() }
         try dropKernelCaches()
-        let probe = try run("python3", ["-c", sourcePageCacheProbe, source.mountpoint + "/model.bin", data + "/model.bin", mount.mountpoint + "/model.bin"])
+        let probe = try run(
+            "python3", ["-c", sourcePageCacheProbe, source.mountpoint + "/model.bin", data + "/model.bin", mount.mountpoint + "/model.bin"])
         #expect(probe.status == 0, "the mirror's bytes differ, or the probe failed: \(probe.output)\(probe.error)")
-        let cached = Dictionary(probe.output.split(separator: "\n").compactMap { line -> (String, Int)? in
-            let words = line.split(separator: " ")
-            return words.count == 2 ? (String(words[0]), Int(words[1]) ?? -1) : nil
-        }) { $1 }
+        let cached = Dictionary(
+            probe.output.split(separator: "\n").compactMap { line -> (String, Int)? in
+                let words = line.split(separator: " ")
+                return words.count == 2 ? (String(words[0]), Int(words[1]) ?? -1) : nil
+            }
+        ) { $1 }
         #expect(try mount.stats()[.bytesFromSource] >= UInt64(size), "the bytes did not come from the source")
         #expect(cached["mirror-read"] == 0, "bytes of the source's page cache after reading the mirror")
         // Otherwise this test would not test anything: a plain read of the source does fill its page cache.
@@ -67,8 +75,9 @@ struct ObjectStoreTests {
     /// Guards the identity change against staleness: with the inode out of the identity, a
     /// replaced object must still be told by its new mtime (size unchanged), promptly, and each
     /// version must still be read from the source only once.
-    @Test("A replaced file is served with its new bytes within --metadata-timeout, never its old ones after, each version read from the source once",
-          arguments: ObjectStoreKind.allCases)
+    @Test(
+        "A replaced file is served with its new bytes within --metadata-timeout, never its old ones after, each version read from the source once",
+        arguments: ObjectStoreKind.allCases)
     func replacedFileIsFreshAndReadOnce(kind: ObjectStoreKind) throws {
         let size = 16 << 20
         let metadataTimeout = 0.5
@@ -80,8 +89,9 @@ struct ObjectStoreTests {
         let newBytes = try Data(contentsOf: URL(fileURLWithPath: newFile))
         let source = try kind.mount(data: data, at: try scratch.make("source"))
         defer { source.stop() }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--metadata-timeout", "\(metadataTimeout)"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: ["--metadata-timeout", "\(metadataTimeout)"])
         defer { mount.stop() }
         let mirrored = mount.mountpoint + "/models/model.bin", sourceFile = source.mountpoint + "/models/model.bin"
 
@@ -90,8 +100,9 @@ struct ObjectStoreTests {
         try source.replace("models/model.bin", with: newFile)
         // cachefs answers for freshness from the moment its source shows the change
         // (s3fs: after its attribute timeout and its stat cache, about 2 s).
-        try #require(try eventually(within: 10) { try modificationTime(sourceFile) != oldModified },
-                     "the source never showed the new mtime")
+        try #require(
+            try eventually(within: 10) { try modificationTime(sourceFile) != oldModified },
+            "the source never showed the new mtime")
         let sourceChanged = Date()
 
         var firstNewRead: Double?
@@ -104,15 +115,19 @@ struct ObjectStoreTests {
                 usleep(50_000)
             }
         }
-        #expect(firstNewRead.map { $0 <= metadataTimeout + 1 } == true,
-                "new bytes \(firstNewRead.map { String(format: "%.2f s", $0) } ?? "never seen") after the source showed them, with --metadata-timeout \(metadataTimeout)")
+        #expect(
+            firstNewRead.map { $0 <= metadataTimeout + 1 } == true,
+            "new bytes \(firstNewRead.map { String(format: "%.2f s", $0) } ?? "never seen") after the source showed them, with --metadata-timeout \(metadataTimeout)"
+        )
         for read in 1...3 {
             try dropKernelCachesOfBothLayers()
             #expect(try Data(contentsOf: URL(fileURLWithPath: mirrored)) == newBytes, "read \(read) after the change: old bytes")
         }
         let fromSource = try mount.stats()[.bytesFromSource]
-        #expect(Double(fromSource) <= 1.05 * Double(2 * size),
-                "\(fromSource) bytes read from the source for two versions of \(size) bytes (\(String(format: "%.2f", Double(fromSource) / Double(size)))x one version)")
+        #expect(
+            Double(fromSource) <= 1.05 * Double(2 * size),
+            "\(fromSource) bytes read from the source for two versions of \(size) bytes (\(String(format: "%.2f", Double(fromSource) / Double(size)))x one version)"
+        )
     }
 
     /// Guards the warm-up's open against a source that never answers it (a hard-mounted NAS,
@@ -124,8 +139,9 @@ struct ObjectStoreTests {
         let data = try scratch.make("data")
         try shell("head -c 4000000 /dev/urandom > stalled.bin", in: data)
         let stallSeconds = 10
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-open", "stalled.bin", "--stall-seconds", "\(stallSeconds)"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-open", "stalled.bin", "--stall-seconds", "\(stallSeconds)"])
         defer { source.stop() }
         let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"), extra: ["--source-timeout", "1"])
         defer { mount.stop() }
@@ -135,8 +151,9 @@ struct ObjectStoreTests {
         // An open through the mount already has the deadline (and shows --stall-open stalls opens).
         let opened = try run("python3", ["-c", FaultTests.timedReader, file], timeout: 60).output
         #expect(opened.hasPrefix("errno \(EIO) "), "open through the mount: \(opened)")
-        #expect((Double(opened.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? .infinity) < 2.5,
-                "open through the mount: \(opened)")
+        #expect(
+            (Double(opened.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? .infinity) < 2.5,
+            "open through the mount: \(opened)")
 
         let start = Date()
         let warmed = try run(cachefsBinary, ["warm", file, "--control-socket", mount.controlSocket], timeout: 60)

@@ -1,8 +1,9 @@
 import ControlPlane
-import Reporting
 import Foundation
-import Testing
+import Reporting
 import TestSupport
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,11 +74,13 @@ struct OptionTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("for i in 1 2 3 4; do head -c 100000 /dev/urandom > s$i.bin; done", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "s*.bin", "--stall-seconds", "1.5"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "s*.bin", "--stall-seconds", "1.5"])
         defer { source.stop() }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--threads", "2", "--prefetch-depth", "0"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: ["--threads", "2", "--prefetch-depth", "0"])
         defer { mount.stop() }
         var statuses: [Int32?] = []
         let elapsed = try seconds {
@@ -119,13 +122,16 @@ struct OptionTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 3000000 /dev/urandom > stalled.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "2.5"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "2.5"])
         defer { source.stop() }
         let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"), extra: ["--source-timeout", "0"])
         defer { mount.stop() }
         var result: CommandResult?
-        let elapsed = try seconds { result = try run("/usr/bin/cmp", [data + "/stalled.bin", mount.mountpoint + "/stalled.bin"], timeout: 60) }
+        let elapsed = try seconds {
+            result = try run("/usr/bin/cmp", [data + "/stalled.bin", mount.mountpoint + "/stalled.bin"], timeout: 60)
+        }
         #expect(result?.status == 0, "\(result?.error ?? "")")
         #expect(elapsed >= 2.4, "the read took \(elapsed) s: the source did not stall")
         let stats = try mount.stats()
@@ -154,8 +160,9 @@ struct OptionTests {
     /// 256 KiB with --block-size 256K (1 MiB with the default).
     @Test("--block-size is the unit of source reads")
     func blockSize() throws {
-        let tree = try MountedTree("head -c 5000000 /dev/urandom > f.bin",
-                                   extra: ["--block-size", "256K", "--prefetch-depth", "0", "--read-ahead", "128K"])
+        let tree = try MountedTree(
+            "head -c 5000000 /dev/urandom > f.bin",
+            extra: ["--block-size", "256K", "--prefetch-depth", "0", "--read-ahead", "128K"])
         defer { tree.stop() }
         let reader = try HeldReader(tree.mount.mountpoint, files: ["f.bin"])
         defer { reader.close() }
@@ -165,8 +172,9 @@ struct OptionTests {
     /// --prefetch-depth: a sequential reader gets that many blocks queued ahead of it, at most a
     /// quarter of the capacity's blocks; 0 turns prefetching off. The queue is filled inside the
     /// read request, so once the reader's first read has returned the count is final.
-    @Test("--prefetch-depth sets the window, at most a quarter of the capacity; 0 turns prefetching off",
-          arguments: [("5", "256M", 5), ("16", "16M", 4), ("0", "256M", 0)])
+    @Test(
+        "--prefetch-depth sets the window, at most a quarter of the capacity; 0 turns prefetching off",
+        arguments: [("5", "256M", 5), ("16", "16M", 4), ("0", "256M", 0)])
     func prefetchDepth(depth: String, capacity: String, queued: Int) throws {
         let tree = try MountedTree("truncate -s 40M f.bin", capacity: capacity, extra: ["--prefetch-depth", depth, "--read-ahead", "128K"])
         defer { tree.stop() }
@@ -191,8 +199,9 @@ struct OptionTests {
         try shell("for i in 1 2 3 4; do truncate -s 17M f$i.bin; done", in: data)
         let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"), arguments: ["--latency-ms", "40"])
         defer { source.stop() }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--prefetch-threads", "1", "--prefetch-depth", "16", "--read-ahead", "128K"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: ["--prefetch-threads", "1", "--prefetch-depth", "16", "--read-ahead", "128K"])
         defer { mount.stop() }
         let started = Date()
         let reader = try HeldReader(mount.mountpoint, files: (1...4).map { "f\($0).bin" })
@@ -212,12 +221,16 @@ struct OptionTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 20000000 /dev/urandom > fail.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--fail-file", "fail.bin", "--fail-offset", "1048576"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--fail-file", "fail.bin", "--fail-offset", "1048576"])
         defer { source.stop() }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--prefetch-chunk", "8", "--prefetch-depth", "16", "--prefetch-threads", "1",
-                                             "--read-ahead", "128K"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: [
+                "--prefetch-chunk", "8", "--prefetch-depth", "16", "--prefetch-threads", "1",
+                "--read-ahead", "128K",
+            ])
         defer { mount.stop() }
         // A sequential reader of block 0: blocks 1…16 are queued. The file stays open until the test has counted.
         let reader = try HeldReader(mount.mountpoint, files: ["fail.bin"])
@@ -228,7 +241,8 @@ struct OptionTests {
             return stats[.prefetchQueuedBlocks] == 16 && stats[.prefetchedBlocks] + stats[.prefetchSkippedBlocks] == 16
         }
         let stats = try mount.stats()
-        #expect(settled, "queued \(stats[.prefetchQueuedBlocks]), loaded \(stats[.prefetchedBlocks]), skipped \(stats[.prefetchSkippedBlocks])")
+        #expect(
+            settled, "queued \(stats[.prefetchQueuedBlocks]), loaded \(stats[.prefetchedBlocks]), skipped \(stats[.prefetchSkippedBlocks])")
         #expect(stats[.sourceErrors] == 2, "\(stats[.sourceErrors]) chunks were tried for a 16-block window with --prefetch-chunk 8")
         #expect(stats[.bytesFromSource] == 1 << 20, "only block 0 loaded")
     }
@@ -243,13 +257,18 @@ struct OptionTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 2097152 /dev/urandom > stall-2m.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "stall-*", "--stall-seconds", "60"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "stall-*", "--stall-seconds", "60"])
         defer { source.stop() }
         let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"))
         defer { mount.stop() }
-        let warming = try start(cachefsBinary, ["warm", mount.mountpoint + "/stall-2m.bin", "--chunk", "1M",
-                                                "--control-socket", mount.controlSocket])
+        let warming = try start(
+            cachefsBinary,
+            [
+                "warm", mount.mountpoint + "/stall-2m.bin", "--chunk", "1M",
+                "--control-socket", mount.controlSocket,
+            ])
         defer { finish(warming, timeout: 0) }
         let bothLoading = try eventually(within: 15) {
             let stats = try mount.stats()
@@ -294,7 +313,8 @@ struct OptionTests {
         let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"))
         defer { mount.stop() }
         let expected = try shell("sha256sum < model.bin", in: data)
-        let sums = try shell("""
+        let sums = try shell(
+            """
             for i in $(seq 1 16); do sha256sum < '\(mount.mountpoint)/model.bin' > sum.$i & done
             wait
             cat sum.*
@@ -311,12 +331,14 @@ struct OptionTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 2000000 /dev/urandom > stalled.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "60"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "60"])
         defer { source.stop() }
         defer { source.signal(SIGUSR2) }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--shutdown-grace", "1", "--prefetch-depth", "0"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: ["--shutdown-grace", "1", "--prefetch-depth", "0"])
         defer { mount.stop() }
         let reader = try start("/bin/cat", [mount.mountpoint + "/stalled.bin"])
         defer { finish(reader, timeout: 0) }
@@ -377,7 +399,8 @@ struct OptionTests {
     /// (fifos too; they are also in FidelityTests' tree).
     @Test("FIFOs, sockets, character and block devices mirror their type and device numbers")
     func specialFiles() throws {
-        let tree = try MountedTree("""
+        let tree = try MountedTree(
+            """
             mkfifo -m 640 fifo
             python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.bind("sock")'
             mknod -m 600 null-like c 1 3
@@ -387,7 +410,8 @@ struct OptionTests {
         defer { tree.stop() }
         let listing = "stat -c '%n %F %t:%T %a %u:%g %h' fifo sock null-like loop-like"
         let expected = try shell(listing, in: tree.source)
-        #expect(expected.contains("socket") && expected.contains("character special file 1:3")
+        #expect(
+            expected.contains("socket") && expected.contains("character special file 1:3")
                 && expected.contains("block special file 7:0") && expected.contains("fifo"), "\(expected)")
         #expect(try shell(listing, in: tree.mount.mountpoint) == expected)
     }
@@ -417,7 +441,8 @@ final class HeldReader {
         // The readiness marker, waited for with a deadline (poll), never a blocking read that could hang.
         var marker = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
         guard poll(&marker, 1, Int32(timeout * 1000)) == 1,
-              String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).hasPrefix("read") else {
+            String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).hasPrefix("read")
+        else {
             close()
             throw TestFailure("the reader of \(files) did not finish its first reads within \(timeout) s")
         }

@@ -1,7 +1,8 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,7 +32,9 @@ struct PassthroughTests {
         return result.status == 0 && result.output.hasPrefix("ok ")
     }
 
-    @Test("A file opened cold is daemon-served; once it is wholly cached, the next open is passthrough: no read request reaches the daemon, and every byte is right")
+    @Test(
+        "A file opened cold is daemon-served; once it is wholly cached, the next open is passthrough: no read request reaches the daemon, and every byte is right"
+    )
     func residentFileIsOpenedInPassthrough() throws {
         let tree = try MountedTree("head -c 48000000 /dev/urandom > model.bin")
         defer { tree.stop() }
@@ -46,7 +49,9 @@ struct PassthroughTests {
         #expect(try readsOK(mirror, source), "passthrough read")
         let afterResident = try tree.mount.stats()
         #expect(afterResident[.passthroughOpens] == 1)
-        #expect(afterResident[.readRequests] == afterCold[.readRequests], "the daemon served \(afterResident[.readRequests] - afterCold[.readRequests]) reads of a passthrough open")
+        #expect(
+            afterResident[.readRequests] == afterCold[.readRequests],
+            "the daemon served \(afterResident[.readRequests] - afterCold[.readRequests]) reads of a passthrough open")
         #expect(afterResident[.passthroughFiles] == 0, "the hold ends with the last release")
     }
 
@@ -56,7 +61,8 @@ struct PassthroughTests {
         defer { tree.stop() }
         let model = tree.source + "/model.safetensors"
         #expect(try run("python3", ["-c", RealClientTests.makeModel, model]).status == 0)
-        let warm = try run(cachefsBinary, ["warm", tree.mount.mountpoint + "/model.safetensors", "--control-socket", tree.mount.controlSocket])
+        let warm = try run(
+            cachefsBinary, ["warm", tree.mount.mountpoint + "/model.safetensors", "--control-socket", tree.mount.controlSocket])
         #expect(warm.status == 0, "\(warm.error)")
         try dropKernelCaches()
         let before = try tree.mount.stats()
@@ -70,7 +76,8 @@ struct PassthroughTests {
     @Test("A passthrough reader verifying every byte under eviction pressure never sees a wrong byte")
     func evictionPressureNeverShowsWrongBytes() throws {
         // 24 MB held by the reader, 80 MB of other files read through a 48 MiB cache meanwhile.
-        let tree = try MountedTree("""
+        let tree = try MountedTree(
+            """
             head -c 24000000 /dev/urandom > held.bin
             for i in 1 2 3 4; do head -c 20000000 /dev/urandom > other-$i.bin; done
             """, capacity: "48M")
@@ -81,7 +88,9 @@ struct PassthroughTests {
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let outcome = tree.scratch.path + "/reader.out"
         // Re-reads the held file for as long as the pressure lasts, through one open, comparing each pass.
-        reader.arguments = ["python3", "-c", """
+        reader.arguments = [
+            "python3", "-c",
+            """
             import os, sys, time
             mirror, source, out, stop = sys.argv[1:5]
             expected = open(source, 'rb').read()
@@ -93,7 +102,8 @@ struct PassthroughTests {
                         open(out, 'w').write('wrong bytes in pass %d' % passes); sys.exit(1)
                     passes += 1
             open(out, 'w').write('ok %d' % passes)
-            """, mirror + "/held.bin", tree.source + "/held.bin", outcome, tree.scratch.path + "/stop"]
+            """, mirror + "/held.bin", tree.source + "/held.bin", outcome, tree.scratch.path + "/stop",
+        ]
         try reader.run()
         defer { if reader.isRunning { reader.terminate() } }
         #expect(eventually(within: 10) { ((try? tree.mount.stats()[.passthroughFiles]) ?? 0) == 1 }, "the reader's open is not passthrough")
@@ -111,8 +121,9 @@ struct PassthroughTests {
 
     @Test("A source rewrite while a passthrough reader is open: the old reader keeps the old bytes, a fresh open gets the new ones")
     func rewriteWhilePassthroughReaderIsOpen() throws {
-        let tree = try MountedTree("head -c 16000000 /dev/urandom > model.bin && cp model.bin ../old.bin",
-                                   extra: ["--metadata-timeout", "0.3"])
+        let tree = try MountedTree(
+            "head -c 16000000 /dev/urandom > model.bin && cp model.bin ../old.bin",
+            extra: ["--metadata-timeout", "0.3"])
         defer { tree.stop() }
         let (mirror, scratch) = (tree.mount.mountpoint + "/model.bin", tree.scratch.path)
         #expect(try run(cachefsBinary, ["warm", mirror, "--control-socket", tree.mount.controlSocket]).status == 0)
@@ -121,7 +132,9 @@ struct PassthroughTests {
         // reader that never ends fails the test instead of hanging it.
         let reader = Process()
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        reader.arguments = ["python3", "-c", """
+        reader.arguments = [
+            "python3", "-c",
+            """
             import os, sys, time
             mirror, old, ready, go, out = sys.argv[1:6]
             with open(mirror, 'rb') as f:
@@ -130,17 +143,20 @@ struct PassthroughTests {
                 while not os.path.exists(go): time.sleep(0.01)
                 data = first + f.read()
             open(out, 'w').write('old' if data == open(old, 'rb').read() else 'changed (%d bytes)' % len(data))
-            """, mirror, scratch + "/old.bin", scratch + "/ready", scratch + "/go", scratch + "/reader.out"]
+            """, mirror, scratch + "/old.bin", scratch + "/ready", scratch + "/go", scratch + "/reader.out",
+        ]
         try reader.run()
         defer { if reader.isRunning { reader.terminate() } }
         try #require(eventually(within: 10) { FileManager.default.fileExists(atPath: scratch + "/ready") }, "the reader did not start")
         #expect(try tree.mount.stats()[.passthroughFiles] == 1, "the reader's open is not passthrough")
 
         // Rewritten in place (same inode), new bytes, new mtime.
-        try shell("head -c 16000000 /dev/urandom > ../new.bin && cat ../new.bin > model.bin && touch -d '2031-01-01' model.bin", in: tree.source)
+        try shell(
+            "head -c 16000000 /dev/urandom > ../new.bin && cat ../new.bin > model.bin && touch -d '2031-01-01' model.bin", in: tree.source)
         usleep(400_000) // past --metadata-timeout
-        #expect(try run("/usr/bin/cmp", [scratch + "/new.bin", mirror], timeout: 30).status == 0,
-                "a new open after the rewrite did not get the new bytes")
+        #expect(
+            try run("/usr/bin/cmp", [scratch + "/new.bin", mirror], timeout: 30).status == 0,
+            "a new open after the rewrite did not get the new bytes")
         _ = FileManager.default.createFile(atPath: scratch + "/go", contents: nil)
         #expect(eventually(within: 30) { !reader.isRunning }, "the old reader never finished")
         let outcome = (try? String(contentsOfFile: scratch + "/reader.out", encoding: .utf8)) ?? "no outcome"
@@ -182,7 +198,9 @@ struct PassthroughTests {
             '\(cachefsBinary)' stats '\(mountpoint)' --json --control-socket '\(scratch.path)/c.sock'
             fusermount3 -u '\(mountpoint)' 2>/dev/null || umount '\(mountpoint)'
             """
-        let result = try run("/usr/bin/unshare", ["--user", "--map-root-user", "--mount", "--propagation", "private", "/bin/bash", "-c", script], timeout: 60)
+        let result = try run(
+            "/usr/bin/unshare", ["--user", "--map-root-user", "--mount", "--propagation", "private", "/bin/bash", "-c", script], timeout: 60
+        )
         try #require(result.status == 0, "\(result.error)")
         let json = String(result.output[result.output.firstIndex(of: "{")!...])
         let report = try JSONDecoder().decode(StatsReport.self, from: Data(json.utf8))

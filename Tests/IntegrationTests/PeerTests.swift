@@ -1,10 +1,11 @@
 import ControlPlane
-import Reporting
 import Dispatch
 import Foundation
+import Reporting
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,8 +34,10 @@ final class PeerCluster {
     ///   - sourceOverrides: instances that mirror a directory below `data` (made by the script) instead of `data`.
     ///   - loners: instances given only their own address as peers: they ask no one, and serve.
     ///   - launcher: a command that runs each instance (see `CachefsMount`).
-    init(_ script: String, count: Int = 3, tokens: [String?]? = nil, extra: [[String]]? = nil, sourceArguments: [String]? = nil,
-         ownSources: [[String]]? = nil, sourceOverrides: [Int: String] = [:], loners: Set<Int> = [], launcher: [String] = []) throws {
+    init(
+        _ script: String, count: Int = 3, tokens: [String?]? = nil, extra: [[String]]? = nil, sourceArguments: [String]? = nil,
+        ownSources: [[String]]? = nil, sourceOverrides: [Int: String] = [:], loners: Set<Int> = [], launcher: [String] = []
+    ) throws {
         scratch = try ScratchDirectory("cachefs-peers")
         data = try scratch.make("data")
         try shell(script, in: data)
@@ -61,7 +64,8 @@ final class PeerCluster {
                     try token.write(toFile: file, atomically: true, encoding: .utf8)
                     arguments += ["--peer-token-file", file]
                 }
-                mounts.append(try CachefsMount(source: source, mountpoint: try scratch.make("mnt\(index)"), extra: arguments, launcher: launcher))
+                mounts.append(
+                    try CachefsMount(source: source, mountpoint: try scratch.make("mnt\(index)"), extra: arguments, launcher: launcher))
             }
         } catch {
             stop()
@@ -128,8 +132,9 @@ struct PeerTests {
     @Test("Without CAP_NET_ADMIN (root in a container), peers connect and serve, and /metrics answers")
     func peersAndMetricsWithoutNetAdmin() throws {
         // 40 MB: 10 stripes, so that every instance owns some (one owning all: about 1 in 20,000).
-        let cluster = try PeerCluster("head -c 40000000 /dev/urandom > model.bin", extra: [["--metrics", "127.0.0.1:0"], [], []],
-                                      launcher: ["/usr/bin/setpriv", "--bounding-set", "-net_admin"])
+        let cluster = try PeerCluster(
+            "head -c 40000000 /dev/urandom > model.bin", extra: [["--metrics", "127.0.0.1:0"], [], []],
+            launcher: ["/usr/bin/setpriv", "--bounding-set", "-net_admin"])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         #expect(try cluster.sha256(cluster.a.mountpoint + "/model.bin") == expected)
@@ -146,7 +151,8 @@ struct PeerTests {
         let cluster = try PeerCluster("head -c 48000000 /dev/urandom > pinned.bin")
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/pinned.bin")
-        let warm = try run(cachefsBinary, ["warm", cluster.a.mountpoint + "/pinned.bin", "--pin", "--control-socket", cluster.a.controlSocket])
+        let warm = try run(
+            cachefsBinary, ["warm", cluster.a.mountpoint + "/pinned.bin", "--pin", "--control-socket", cluster.a.controlSocket])
         #expect(warm.status == 0, "\(warm.error)")
         #expect(try cluster.a.stats()[.pinnedCachedBytes] == 48_000_000)
         #expect(try cluster.total(.bytesFromSource) == 48_000_000, "warming read each block from the fleet's sources once")
@@ -156,8 +162,9 @@ struct PeerTests {
 
     @Test("A cold fleet reads each block from the source once; B then reads from memory: every byte right")
     func secondInstanceReadsFromThePeer() throws {
-        let cluster = try PeerCluster("mkdir -p 'models/v 1' && head -c 40000000 /dev/urandom > 'models/v 1/weights.bin'",
-                                      extra: [[], ["--metrics", "127.0.0.1:0"], []])
+        let cluster = try PeerCluster(
+            "mkdir -p 'models/v 1' && head -c 40000000 /dev/urandom > 'models/v 1/weights.bin'",
+            extra: [[], ["--metrics", "127.0.0.1:0"], []])
         defer { cluster.stop() }
         let file = "models/v 1/weights.bin"
         let expected = try cluster.sha256(cluster.data + "/" + file)
@@ -172,12 +179,16 @@ struct PeerTests {
         let before = try cluster.b.stats()
         #expect(try cluster.sha256(cluster.b.mountpoint + "/" + file) == expected)
         let b = try cluster.b.stats()
-        #expect(b[.bytesFromSource] == before[.bytesFromSource], "B read \(b[.bytesFromSource] - before[.bytesFromSource]) more bytes from the source")
+        #expect(
+            b[.bytesFromSource] == before[.bytesFromSource],
+            "B read \(b[.bytesFromSource] - before[.bytesFromSource]) more bytes from the source")
         #expect(b[.cachedBytes] == 40_000_000 && b[.peerFailures] == 0)
         #expect(b[.blocksFromHolders] > 0 && b[.holdersFound] > 0)
         // The Prometheus counters agree with the stats.
         let metrics = try run("/usr/bin/curl", ["-sf", "http://\(try #require(b.metricsAddress))/metrics"], timeout: 30)
-        #expect(prometheusSamples(metrics.output)["cachefs_bytes_from_source_total"] == Double(b[.bytesFromSource]), "\(metrics.output.prefix(2000))")
+        #expect(
+            prometheusSamples(metrics.output)["cachefs_bytes_from_source_total"] == Double(b[.bytesFromSource]),
+            "\(metrics.output.prefix(2000))")
         #expect(prometheusSamples(metrics.output)["cachefs_blocks_from_holders_total"] == Double(b[.blocksFromHolders]))
 
         // C finds every block in memory somewhere, and a second read on B is from B's own memory.
@@ -195,8 +206,9 @@ struct PeerTests {
     func peerKilledDuringRead() throws {
         // A reads the file alone (it knows no peer), so B then finds every block at A; a slow source
         // (2 ms a request) makes the part read after the kill visibly come from it.
-        let cluster = try PeerCluster("head -c 64000000 /dev/urandom > model.bin", extra: [[], ["--prefetch-depth", "2"], []],
-                                      sourceArguments: ["--latency-ms", "2"], loners: [0])
+        let cluster = try PeerCluster(
+            "head -c 64000000 /dev/urandom > model.bin", extra: [[], ["--prefetch-depth", "2"], []],
+            sourceArguments: ["--latency-ms", "2"], loners: [0])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         #expect(try cluster.sha256(cluster.a.mountpoint + "/model.bin") == expected)
@@ -223,13 +235,16 @@ struct PeerTests {
     func ownerKilledDuringLoad() throws {
         // C's own link to the store is slow, so the stripes it owns are still loading when it dies.
         // 96 MB: 23 stripes, so that C owns some (none: about 1 in 10,000).
-        let cluster = try PeerCluster("head -c 96000000 /dev/urandom > model.bin",
-                                      ownSources: [["--latency-ms", "1"], ["--latency-ms", "1"], ["--latency-ms", "5", "--bandwidth", "40000000"]])
+        let cluster = try PeerCluster(
+            "head -c 96000000 /dev/urandom > model.bin",
+            ownSources: [["--latency-ms", "1"], ["--latency-ms", "1"], ["--latency-ms", "5", "--bandwidth", "40000000"]])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         let (mountpoint, socket, pid) = (cluster.c.mountpoint, cluster.c.controlSocket, cluster.c.pid)
         let killer = Thread {
-            while (try? CachefsMount.stats(mountpoint: mountpoint, controlSocket: socket)[.blocksLoadedForPeers]) ?? 0 < 2 { usleep(20_000) }
+            while (try? CachefsMount.stats(mountpoint: mountpoint, controlSocket: socket)[.blocksLoadedForPeers]) ?? 0 < 2 {
+                usleep(20_000)
+            }
             kill(pid, SIGKILL)
         }
         killer.start()
@@ -244,8 +259,9 @@ struct PeerTests {
     @Test("An owner whose source fails sends its askers to their own sources")
     func ownerWithAFailingSource() throws {
         // 96 MB: 23 stripes, so that C owns some (none: about 1 in 10,000).
-        let cluster = try PeerCluster("head -c 96000000 /dev/urandom > model.bin",
-                                      ownSources: [[], [], ["--fail-file", "model.bin"]])
+        let cluster = try PeerCluster(
+            "head -c 96000000 /dev/urandom > model.bin",
+            ownSources: [[], [], ["--fail-file", "model.bin"]])
         defer { cluster.stop() }
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         #expect(try cluster.sha256(cluster.a.mountpoint + "/model.bin") == expected)
@@ -264,7 +280,8 @@ struct PeerTests {
         let expected = try cluster.sha256(cluster.data + "/model.bin")
         #expect(try cluster.readTogether("model.bin", on: [0, 1, 2]) == [expected, expected, expected])
         let sourced = try cluster.total(.bytesFromSource)
-        #expect(sourced >= 64_000_000 && sourced <= 64_000_000 + 3 << 20, "the fleet read \(sourced) bytes of a 64 MB file from its sources")
+        #expect(
+            sourced >= 64_000_000 && sourced <= 64_000_000 + 3 << 20, "the fleet read \(sourced) bytes of a 64 MB file from its sources")
         #expect(try cluster.total(.blocksLoadedForPeers) > 0, "owners loaded blocks for the others")
     }
 
@@ -280,14 +297,19 @@ struct PeerTests {
         #expect(c[.peerFailures] >= 1)
         let before = try cluster.b.stats()
         #expect(try cluster.sha256(cluster.b.mountpoint + "/f.bin") == expected)
-        #expect(try cluster.b.stats()[.bytesFromSource] == before[.bytesFromSource], "B, with the right token, read from A (or held the blocks)")
+        #expect(
+            try cluster.b.stats()[.bytesFromSource] == before[.bytesFromSource], "B, with the right token, read from A (or held the blocks)"
+        )
 
-        let url = cluster.blockURL(instance: 0, path: "f.bin", size: 5_000_000, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/f.bin"))
+        let url = cluster.blockURL(
+            instance: 0, path: "f.bin", size: 5_000_000, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/f.bin"))
         #expect(try cluster.status(url) == 401)
         #expect(try cluster.status(url, token: "wrong-token") == 403)
         #expect(try cluster.status(url, token: "right-token") == 200)
-        #expect(try cluster.status(url.replacingOccurrences(of: "/v1/block/1048576/0/", with: "/v1/holdings/1048576/"), token: "wrong-token") == 403,
-                "holdings queries need the token too")
+        #expect(
+            try cluster.status(url.replacingOccurrences(of: "/v1/block/1048576/0/", with: "/v1/holdings/1048576/"), token: "wrong-token")
+                == 403,
+            "holdings queries need the token too")
     }
 
     @Test("Requests for ../ or absolute paths, and for files not resident, are refused with 4xx")
@@ -298,15 +320,20 @@ struct PeerTests {
         let outside = cluster.scratch.path + "/outside.txt"
         try "outside the source\n".write(toFile: outside, atomically: true, encoding: .utf8)
         let mtime = try cluster.modifiedNanoseconds(outside)
-        for path in ["..%2Foutside.txt", "%2F" + outside.dropFirst().replacingOccurrences(of: "/", with: "%2F"),
-                     "a%2F..%2F..%2Foutside.txt", "../outside.txt", "..", "%00"] {
+        for path in [
+            "..%2Foutside.txt", "%2F" + outside.dropFirst().replacingOccurrences(of: "/", with: "%2F"),
+            "a%2F..%2F..%2Foutside.txt", "../outside.txt", "..", "%00",
+        ] {
             let status = try cluster.status(cluster.blockURL(instance: 0, path: path, size: 19, mtimeNanoseconds: mtime))
             #expect((400..<500).contains(status), "\(path): \(status)")
         }
         // Well-formed but never read here: 404, and the source is not read for the peer (not asked as owner).
-        let inside = cluster.blockURL(instance: 0, path: "inside.txt", size: 7, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/inside.txt"))
+        let inside = cluster.blockURL(
+            instance: 0, path: "inside.txt", size: 7, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/inside.txt"))
         #expect(try cluster.status(inside) == 404)
-        let fb = cluster.blockURL(instance: 0, path: "f.bin", size: 3_000_000, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/f.bin"), index: 2)
+        let fb = cluster.blockURL(
+            instance: 0, path: "f.bin", size: 3_000_000, mtimeNanoseconds: try cluster.modifiedNanoseconds(cluster.data + "/f.bin"),
+            index: 2)
         #expect(try cluster.status(fb) == 200)
         #expect(try run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", fb]).output == "405")
         #expect(try cluster.total(.bytesFromSource) == 3_000_000, "nothing more was read from the source")
@@ -315,7 +342,8 @@ struct PeerTests {
     @Test("A peer holding another version of the file is never used, as holder or as owner")
     func otherVersionIsNeverTakenFromAPeer() throws {
         // A mirrors its own copy of the store, where f.bin is an older version: same size, other bytes and mtime.
-        let script = "head -c 3000000 /dev/urandom > f.bin && mkdir old && head -c 3000000 /dev/urandom > old/f.bin"
+        let script =
+            "head -c 3000000 /dev/urandom > f.bin && mkdir old && head -c 3000000 /dev/urandom > old/f.bin"
             + " && touch -d '2020-01-01 00:00:00.5' old/f.bin"
         let cluster = try PeerCluster(script, sourceOverrides: [0: "old"])
         defer { cluster.stop() }
@@ -374,8 +402,9 @@ struct PeerTests {
         for (extra, fragment) in cases {
             let result = try run(cachefsBinary, base + extra, timeout: 60)
             #expect(result.status != 0, "\(extra) succeeded")
-            #expect(result.error.split(separator: "\n").count == 1 && result.error.hasPrefix("cachefs: ") && result.error.contains(fragment),
-                    "\(extra): \(result.error)")
+            #expect(
+                result.error.split(separator: "\n").count == 1 && result.error.hasPrefix("cachefs: ") && result.error.contains(fragment),
+                "\(extra): \(result.error)")
             #expect(!isMounted(mountpoint), "\(extra) left a mount")
         }
     }

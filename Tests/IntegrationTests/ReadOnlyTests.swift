@@ -4,34 +4,34 @@ import Testing
 @Suite("Read-only", .serialized)
 struct ReadOnlyTests {
     static let attempts = #"""
-    import errno, os, sys
-    m = sys.argv[1]
-    attempts = {
-        'create': lambda: os.open(m + '/new', os.O_CREAT | os.O_WRONLY, 0o644),
-        'open-write': lambda: os.open(m + '/file', os.O_WRONLY),
-        'open-rdwr': lambda: os.open(m + '/file', os.O_RDWR),
-        'open-trunc': lambda: os.open(m + '/file', os.O_RDONLY | os.O_TRUNC),
-        'truncate': lambda: os.truncate(m + '/file', 0),
-        'unlink': lambda: os.unlink(m + '/file'),
-        'rename': lambda: os.rename(m + '/file', m + '/renamed'),
-        'mkdir': lambda: os.mkdir(m + '/newdir'),
-        'rmdir': lambda: os.rmdir(m + '/dir'),
-        'symlink': lambda: os.symlink('file', m + '/newlink'),
-        'link': lambda: os.link(m + '/file', m + '/newhard'),
-        'mknod': lambda: os.mkfifo(m + '/newfifo'),
-        'chmod': lambda: os.chmod(m + '/file', 0o777),
-        'chown': lambda: os.chown(m + '/file', 1, 1),
-        'utimens': lambda: os.utime(m + '/file', (0, 0)),
-        'setxattr': lambda: os.setxattr(m + '/file', 'user.new', b'1'),
-        'removexattr': lambda: os.removexattr(m + '/file', 'user.kept'),
-    }
-    for name, attempt in attempts.items():
-        try:
-            attempt()
-            print(name, 'SUCCEEDED')
-        except OSError as error:
-            print(name, errno.errorcode.get(error.errno, error.errno))
-    """#
+        import errno, os, sys
+        m = sys.argv[1]
+        attempts = {
+            'create': lambda: os.open(m + '/new', os.O_CREAT | os.O_WRONLY, 0o644),
+            'open-write': lambda: os.open(m + '/file', os.O_WRONLY),
+            'open-rdwr': lambda: os.open(m + '/file', os.O_RDWR),
+            'open-trunc': lambda: os.open(m + '/file', os.O_RDONLY | os.O_TRUNC),
+            'truncate': lambda: os.truncate(m + '/file', 0),
+            'unlink': lambda: os.unlink(m + '/file'),
+            'rename': lambda: os.rename(m + '/file', m + '/renamed'),
+            'mkdir': lambda: os.mkdir(m + '/newdir'),
+            'rmdir': lambda: os.rmdir(m + '/dir'),
+            'symlink': lambda: os.symlink('file', m + '/newlink'),
+            'link': lambda: os.link(m + '/file', m + '/newhard'),
+            'mknod': lambda: os.mkfifo(m + '/newfifo'),
+            'chmod': lambda: os.chmod(m + '/file', 0o777),
+            'chown': lambda: os.chown(m + '/file', 1, 1),
+            'utimens': lambda: os.utime(m + '/file', (0, 0)),
+            'setxattr': lambda: os.setxattr(m + '/file', 'user.new', b'1'),
+            'removexattr': lambda: os.removexattr(m + '/file', 'user.kept'),
+        }
+        for name, attempt in attempts.items():
+            try:
+                attempt()
+                print(name, 'SUCCEEDED')
+            except OSError as error:
+                print(name, errno.errorcode.get(error.errno, error.errno))
+        """#
 
     @Test("Every modifying call fails with EROFS and the source is untouched")
     func modifyingCallsFail() throws {

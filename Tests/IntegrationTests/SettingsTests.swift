@@ -1,7 +1,8 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,14 +34,15 @@ struct SettingsTests {
         let mountpoint = try scratch.make("mnt")
         let socket = scratch.path + "/control.sock"
         let log = scratch.path + "/daemon.log"
-        let pid = try backgroundMount([
-            source, mountpoint, "--capacity", "96M", "--block-size", "256K", "--metadata-timeout", "0.5",
-            "--source-timeout", "7", "--threads", "5", "--prefetch-depth", "6", "--prefetch-threads", "3",
-            "--prefetch-chunk", "2", "--read-ahead", "2M", "--allow-other", "--log-level", "debug", "--log-file", log,
-            "--metrics", "127.0.0.1:0", "--preload", "*.bin", "--preload-pin", "--shutdown-grace", "2",
-            "--listen", "127.0.0.1:0", "--peers", "127.0.0.1:9", "--peer-token-file", scratch.path + "/token",
-            "--passthrough", "off", "--direct-io", "off",
-        ], controlSocket: socket)
+        let pid = try backgroundMount(
+            [
+                source, mountpoint, "--capacity", "96M", "--block-size", "256K", "--metadata-timeout", "0.5",
+                "--source-timeout", "7", "--threads", "5", "--prefetch-depth", "6", "--prefetch-threads", "3",
+                "--prefetch-chunk", "2", "--read-ahead", "2M", "--allow-other", "--log-level", "debug", "--log-file", log,
+                "--metrics", "127.0.0.1:0", "--preload", "*.bin", "--preload-pin", "--shutdown-grace", "2",
+                "--listen", "127.0.0.1:0", "--peers", "127.0.0.1:9", "--peer-token-file", scratch.path + "/token",
+                "--passthrough", "off", "--direct-io", "off",
+            ], controlSocket: socket)
         defer { unmount(mountpoint, pid: pid) }
         let stats = try run(cachefsBinary, ["stats", mountpoint, "--json", "--control-socket", socket])
         let settings = try JSONDecoder().decode(StatsReport.self, from: Data(stats.output.utf8)).settings
@@ -82,13 +84,15 @@ struct SettingsTests {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 2000000 /dev/urandom > stall.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "stall*", "--stall-seconds", "20"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "stall*", "--stall-seconds", "20"])
         defer { source.stop() }
         defer { source.signal(SIGUSR2) }
         let mountpoint = try scratch.make("mnt")
-        let pid = try backgroundMount([source.mountpoint, mountpoint, "--capacity", "64M", "--source-timeout", "1"],
-                                      controlSocket: scratch.path + "/control.sock")
+        let pid = try backgroundMount(
+            [source.mountpoint, mountpoint, "--capacity", "64M", "--source-timeout", "1"],
+            controlSocket: scratch.path + "/control.sock")
         defer { unmount(mountpoint, pid: pid) }
         let started = Date()
         let read = try run("/bin/dd", ["if=\(mountpoint)/stall.bin", "of=/dev/null", "bs=1M"], timeout: 30)

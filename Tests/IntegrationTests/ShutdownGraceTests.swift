@@ -1,21 +1,26 @@
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
 @Suite("Shutdown grace", .serialized)
 struct ShutdownGraceTests {
-    @Test("SIGTERM during a read waiting on the source: the mount stays through the grace, the read finishes with the right bytes, then the mount goes")
+    @Test(
+        "SIGTERM during a read waiting on the source: the mount stays through the grace, the read finishes with the right bytes, then the mount goes"
+    )
     func readInFlightFinishes() throws {
         let scratch = try ScratchDirectory()
         let data = try scratch.make("data")
         try shell("head -c 2000000 /dev/urandom > stalled.bin", in: data)
-        let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                         arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "2"])
+        let source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--stall-file", "stalled.bin", "--stall-seconds", "2"])
         defer { source.stop() }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--shutdown-grace", "10", "--prefetch-depth", "0"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: ["--shutdown-grace", "10", "--prefetch-depth", "0"])
         defer { mount.stop() }
 
         let reader = Process()

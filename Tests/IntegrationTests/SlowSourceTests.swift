@@ -13,9 +13,11 @@ struct SlowSourceTests {
     init() throws {
         scratch = try ScratchDirectory()
         data = try scratch.make("data")
-        try shell("head -c 40000000 /dev/urandom > model.bin && echo healthy > ok.txt && head -c 3000000 /dev/urandom > broken.bin", in: data)
-        source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"),
-                                     arguments: ["--latency-ms", "3", "--fail-file", "broken.bin", "--fail-offset", "2000000"])
+        try shell(
+            "head -c 40000000 /dev/urandom > model.bin && echo healthy > ok.txt && head -c 3000000 /dev/urandom > broken.bin", in: data)
+        source = try TestSourceMount(
+            root: data, mountpoint: try scratch.make("slow"),
+            arguments: ["--latency-ms", "3", "--fail-file", "broken.bin", "--fail-offset", "2000000"])
         mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"))
     }
 
@@ -46,16 +48,21 @@ struct SlowSourceTests {
     @Test("A source read error reaches the reader as EIO; the rest of the file and other files still read")
     func sourceErrorIsEIO() throws {
         defer { mount.stop(); source.stop() }
-        let failed = try run("python3", ["-c", """
-            import os, sys
-            fd = os.open(sys.argv[1], os.O_RDONLY)
-            head = os.pread(fd, 4096, 0)
-            try:
-                os.pread(fd, 4096, 2_500_000)
-                print('no error')
-            except OSError as error:
-                print('errno', error.errno)
-            """, mount.mountpoint + "/broken.bin"])
+        let failed = try run(
+            "python3",
+            [
+                "-c",
+                """
+                import os, sys
+                fd = os.open(sys.argv[1], os.O_RDONLY)
+                head = os.pread(fd, 4096, 0)
+                try:
+                    os.pread(fd, 4096, 2_500_000)
+                    print('no error')
+                except OSError as error:
+                    print('errno', error.errno)
+                """, mount.mountpoint + "/broken.bin",
+            ])
         #expect(failed.output == "errno \(EIO)\n", "\(failed.output)\(failed.error)")
         #expect(try shell("cat ok.txt", in: mount.mountpoint) == "healthy\n")
         #expect(try mount.stats()[.sourceErrors] > 0)

@@ -1,7 +1,8 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,7 +22,9 @@ struct SpecTests {
         _ = eventually(within: 10) { mountpoints.allSatisfy { !isMounted($0) } }
     }
 
-    @Test("The documented single-entry form (cache.path, cache.capacity, mount_path) mounts in the background and serves reads; so does the bare storage list")
+    @Test(
+        "The documented single-entry form (cache.path, cache.capacity, mount_path) mounts in the background and serves reads; so does the bare storage list"
+    )
     func singleEntry() throws {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("data-slow"), mountpoint = try scratch.make("data-fast")
@@ -61,11 +64,15 @@ struct SpecTests {
             """#
     }
 
-    @Test("A full service JSON: the oss entry skipped with one line, each cache beneath its mount_path mounted with the options given after --spec, in the background and under -f until SIGTERM")
+    @Test(
+        "A full service JSON: the oss entry skipped with one line, each cache beneath its mount_path mounted with the options given after --spec, in the background and under -f until SIGTERM"
+    )
     func fullService() throws {
         let scratch = try ScratchDirectory()
         let oss = try scratch.make("data-oss") // stands in for the bucket the platform mounts
-        try shell("mkdir -p models/sd models/lora && head -c 5000000 /dev/urandom > models/sd/base.safetensors && head -c 700000 /dev/urandom > models/lora/a.safetensors", in: oss)
+        try shell(
+            "mkdir -p models/sd models/lora && head -c 5000000 /dev/urandom > models/sd/base.safetensors && head -c 700000 /dev/urandom > models/lora/a.safetensors",
+            in: oss)
         let sd = try scratch.make("data-fast"), lora = try scratch.make("lora-fast")
         let spec = scratch.path + "/service.json"
         try service(oss: oss, caches: [(oss + "/models/sd", sd, "64M"), (oss + "/models/lora", lora, "32M")])
@@ -77,8 +84,10 @@ struct SpecTests {
 
         let mounted = try run(cachefsBinary, ["mount", "--spec", spec, "--metadata-timeout", "3", "--block-size", "2M"], timeout: 60)
         #expect(mounted.status == 0, "\(mounted.error)")
-        #expect(mounted.error == "cachefs: skipping storage entry 1 (mount_path \(oss)): no cache object (oss oss://examplebucket/data-oss); cachefs mounts only cache entries\n",
-                "\(mounted.error)")
+        #expect(
+            mounted.error
+                == "cachefs: skipping storage entry 1 (mount_path \(oss)): no cache object (oss oss://examplebucket/data-oss); cachefs mounts only cache entries\n",
+            "\(mounted.error)")
         #expect(try serves())
         for (mountpoint, capacity, source) in [(sd, 64 << 20, oss + "/models/sd"), (lora, 32 << 20, oss + "/models/lora")] {
             let settings = try stats(mountpoint).settings
@@ -109,7 +118,9 @@ struct SpecTests {
         #expect(!isMounted(sd) && !isMounted(lora), "a mount outlived the SIGTERM")
     }
 
-    @Test("A spec with no cache entry, a missing source, a bad capacity or an unknown field inside cache: one line, a non-zero exit, nothing mounted")
+    @Test(
+        "A spec with no cache entry, a missing source, a bad capacity or an unknown field inside cache: one line, a non-zero exit, nothing mounted"
+    )
     func refusedSpecs() throws {
         let scratch = try ScratchDirectory()
         let oss = try scratch.make("data-oss"), good = try scratch.make("good-fast"), other = try scratch.make("other-fast")
@@ -118,10 +129,20 @@ struct SpecTests {
         let cases: [(String, String, String)] = [
             ("no cache entry", service(oss: oss, caches: []), "no storage entry has a cache object"),
             ("missing source", service(oss: oss, caches: [first, (oss + "/models/absent", other, "32M")]), "No such file or directory"),
-            ("bad capacity", service(oss: oss, caches: [first, (oss + "/models/lora", other, "32X")]), #"cache.capacity "32X" is not a size"#),
-            ("zero capacity", service(oss: oss, caches: [first, (oss + "/models/lora", other, "0")]), #"cache.capacity "0" is not a size"#),
-            ("unknown field in cache", service(oss: oss, caches: [first, (oss + "/models/lora", other, "32M")])
-                .replacingOccurrences(of: #""capacity": "32M""#, with: #""capacity": "32M", "ttl": 600"#), #"unknown field "ttl" in cache"#),
+            (
+                "bad capacity", service(oss: oss, caches: [first, (oss + "/models/lora", other, "32X")]),
+                #"cache.capacity "32X" is not a size"#
+            ),
+            (
+                "zero capacity", service(oss: oss, caches: [first, (oss + "/models/lora", other, "0")]),
+                #"cache.capacity "0" is not a size"#
+            ),
+            (
+                "unknown field in cache",
+                service(oss: oss, caches: [first, (oss + "/models/lora", other, "32M")])
+                    .replacingOccurrences(of: #""capacity": "32M""#, with: #""capacity": "32M", "ttl": 600"#),
+                #"unknown field "ttl" in cache"#
+            ),
             ("not JSON", "storage:\n  - cache: {}", "not JSON"),
         ]
         for (name, json, reason) in cases {
@@ -129,8 +150,9 @@ struct SpecTests {
             try json.write(toFile: spec, atomically: true, encoding: .utf8)
             let result = try run(cachefsBinary, ["mount", "--spec", spec], timeout: 60)
             #expect(result.status != 0, "\(name): accepted")
-            #expect(result.error.split(separator: "\n").count == 1 && result.error.hasPrefix("cachefs: ") && result.error.contains(reason),
-                    "\(name): \(result.error)")
+            #expect(
+                result.error.split(separator: "\n").count == 1 && result.error.hasPrefix("cachefs: ") && result.error.contains(reason),
+                "\(name): \(result.error)")
             #expect(mountedPaths(under: scratch.path).isEmpty, "\(name): left \(mountedPaths(under: scratch.path)) mounted")
             unmount(mountedPaths(under: scratch.path))
         }

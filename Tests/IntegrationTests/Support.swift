@@ -1,8 +1,9 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Synchronization
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -184,8 +185,10 @@ final class CachefsMount {
     var isRunning: Bool { process.isRunning }
 
     /// - Parameter launcher: a command that runs cachefs (e.g. `prlimit --nofile=256:256`), exec'ing it in place.
-    init(source: String, mountpoint: String, capacity: String = "256M", extra: [String] = [],
-         environment: [String: String] = [:], launcher: [String] = []) throws {
+    init(
+        source: String, mountpoint: String, capacity: String = "256M", extra: [String] = [],
+        environment: [String: String] = [:], launcher: [String] = []
+    ) throws {
         self.source = source
         self.mountpoint = mountpoint
         let scratch = (mountpoint as NSString).deletingLastPathComponent
@@ -193,8 +196,11 @@ final class CachefsMount {
         controlSocket = "\(scratch)/control-\(tag).sock"
         logFile = "\(scratch)/cachefs-\(tag).log"
         process = Process()
-        let command = launcher + [cachefsBinary, source, mountpoint, "--capacity", capacity, "--foreground",
-                                  "--control-socket", controlSocket, "--log-file", logFile] + extra
+        let command =
+            launcher + [
+                cachefsBinary, source, mountpoint, "--capacity", capacity, "--foreground",
+                "--control-socket", controlSocket, "--log-file", logFile,
+            ] + extra
         process.executableURL = URL(fileURLWithPath: command[0])
         process.arguments = Array(command.dropFirst())
         process.standardInput = FileHandle.nullDevice
@@ -228,7 +234,7 @@ final class CachefsMount {
     func peakResidentBytes() throws -> Int {
         guard let status = readToEnd("/proc/\(pid)/status") else { throw TestFailure("cannot read /proc/\(pid)/status") }
         guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-              let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
+            let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
         else { throw TestFailure("no VmHWM in /proc/\(pid)/status") }
         return kib * 1024
     }
@@ -241,10 +247,11 @@ final class CachefsMount {
 
 /// The rows of `cachefs stats` (without --json): "  name  value", names as in the JSON.
 func statsRows(_ table: String) -> [String: String] {
-    Dictionary(table.split(separator: "\n").filter { $0.hasPrefix("  ") }.map { line in
-        let words = line.split(separator: " ", maxSplits: 1)
-        return (String(words[0]), words.count > 1 ? words[1].trimmingCharacters(in: .whitespaces) : "")
-    }, uniquingKeysWith: { first, _ in first })
+    Dictionary(
+        table.split(separator: "\n").filter { $0.hasPrefix("  ") }.map { line in
+            let words = line.split(separator: " ", maxSplits: 1)
+            return (String(words[0]), words.count > 1 ? words[1].trimmingCharacters(in: .whitespaces) : "")
+        }, uniquingKeysWith: { first, _ in first })
 }
 
 /// Drops the kernel's page cache, so the next read through a FUSE mount reaches the daemon.
@@ -274,8 +281,9 @@ final class MountedTree {
         scratch = try ScratchDirectory()
         source = try scratch.make("src")
         try shell(script, in: source)
-        mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: capacity,
-                                 extra: extra, launcher: launcher)
+        mount = try CachefsMount(
+            source: source, mountpoint: try scratch.make("mnt"), capacity: capacity,
+            extra: extra, launcher: launcher)
     }
 
     func stop() { mount.stop() }

@@ -1,7 +1,8 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -42,8 +43,9 @@ final class BootedContainer {
         scratch = try ScratchDirectory("cachefs-test-container")
         root = scratch.path + "/root"
         console = scratch.path + "/console.log"
-        try shell("cp -a --reflink=auto \"$0\" \"$1\" && cp -a \"$2/.\" \"$1/\"",
-                  arguments: [environment["CACHEFS_CONTAINER_BASE"]!, root, environment["CACHEFS_INSTALL_STAGE"]!])
+        try shell(
+            "cp -a --reflink=auto \"$0\" \"$1\" && cp -a \"$2/.\" \"$1/\"",
+            arguments: [environment["CACHEFS_CONTAINER_BASE"]!, root, environment["CACHEFS_INSTALL_STAGE"]!])
         try Self.padMountTable(root: root)
         try prepare(root)
         try boot()
@@ -74,13 +76,16 @@ final class BootedContainer {
         let units = root + "/etc/systemd/system"
         try unit.write(toFile: units + "/cachefs-test-padding.service", atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: units + "/local-fs.target.wants", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: units + "/local-fs.target.wants/cachefs-test-padding.service",
-                                                   withDestinationPath: "../cachefs-test-padding.service")
+        try FileManager.default.createSymbolicLink(
+            atPath: units + "/local-fs.target.wants/cachefs-test-padding.service",
+            withDestinationPath: "../cachefs-test-padding.service")
     }
 
     private func boot() throws {
-        let pids = try shell("source \"$0\"; container_boot \"$1\" \"$2\"", arguments: [ContainerPrerequisites.library, root, console], timeout: 180)
-            .split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let pids = try shell(
+            "source \"$0\"; container_boot \"$1\" \"$2\"", arguments: [ContainerPrerequisites.library, root, console], timeout: 180
+        )
+        .split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         guard pids.count == 2 else { throw TestFailure("container_boot printed no PIDs") }
         (nspawnPid, initPid) = (pids[0], pids[1])
         // For Scripts/test's cleanup, should this process die before deinit.
@@ -90,8 +95,12 @@ final class BootedContainer {
     /// Runs a bash script inside the container, as root with a clean environment.
     @discardableResult
     func exec(_ script: String, timeout: Double = 120) throws -> CommandResult {
-        try run("/bin/bash", ["-c", "source \"$0\"; container_exec \"$@\"", ContainerPrerequisites.library,
-                              "\(initPid)", "bash", "-euo", "pipefail", "-c", script], timeout: timeout)
+        try run(
+            "/bin/bash",
+            [
+                "-c", "source \"$0\"; container_exec \"$@\"", ContainerPrerequisites.library,
+                "\(initPid)", "bash", "-euo", "pipefail", "-c", script,
+            ], timeout: timeout)
     }
 
     /// Runs a bash script inside the container; throws with its standard error unless it succeeds.
@@ -135,7 +144,8 @@ final class BootedContainer {
 /// Whether a process exists and is not a zombie (a container's systemd-nspawn is not our child).
 private func isAlive(_ pid: Int32) -> Bool {
     guard kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let state = stat.split(separator: ")").last?.split(separator: " ").first else { return false }
+        let state = stat.split(separator: ")").last?.split(separator: " ").first
+    else { return false }
     return state != "Z"
 }
 
@@ -150,16 +160,20 @@ private func shell(_ script: String, arguments: [String], timeout: Double = 300)
 /// The source every test mirrors, written into the root before the first boot.
 private let modelSize = 48 << 20
 private func writeModels(root: String) throws {
-    try shell("mkdir -p \"$0/srv/models\" \"$0/mnt/models\" \"$0/mnt/fstab\" \"$0/etc/cachefs\" && head -c \(modelSize) /dev/urandom > \"$0/srv/models/model.bin\"",
-              arguments: [root])
+    try shell(
+        "mkdir -p \"$0/srv/models\" \"$0/mnt/models\" \"$0/mnt/fstab\" \"$0/etc/cachefs\" && head -c \(modelSize) /dev/urandom > \"$0/srv/models/model.bin\"",
+        arguments: [root])
     try "SOURCE=/srv/models\nMOUNTPOINT=/mnt/models\nCAPACITY=256M\n"
         .write(toFile: root + "/etc/cachefs/models.conf", atomically: true, encoding: .utf8)
 }
 
-@Suite("Under a booted systemd (Debian 12 in systemd-nspawn)", .serialized,
-       .enabled(if: ContainerPrerequisites.missing == nil, ContainerPrerequisites.skipComment))
+@Suite(
+    "Under a booted systemd (Debian 12 in systemd-nspawn)", .serialized,
+    .enabled(if: ContainerPrerequisites.missing == nil, ContainerPrerequisites.skipComment))
 struct SystemdTests {
-    @Test("cachefs@models: active on READY=1, found by warm and stats, a second mount refused, back within 10 s of a SIGKILL, no mount after stop")
+    @Test(
+        "cachefs@models: active on READY=1, found by warm and stats, a second mount refused, back within 10 s of a SIGKILL, no mount after stop"
+    )
     func unitLifecycle() throws {
         let container = try BootedContainer(prepare: writeModels)
         let unit = "cachefs@models.service"
@@ -211,9 +225,13 @@ struct SystemdTests {
         // mount keeper survived the crash (it unmounts once systemd empties the store) or not (all killed:
         // ExecStopPost detaches the mount).
         try container.check("pid=$(systemctl show -P MainPID \(unit)) && [ \"$pid\" -gt 0 ] && kill -9 \"$pid\" && systemctl stop \(unit)")
-        #expect(try eventually(within: 5) { try container.cachefsMounts(at: "/mnt/models").isEmpty }, "a mount outlived a stop after SIGKILL of the daemon")
+        #expect(
+            try eventually(within: 5) { try container.cachefsMounts(at: "/mnt/models").isEmpty },
+            "a mount outlived a stop after SIGKILL of the daemon")
         try container.check("systemctl start \(unit) && systemctl kill --signal=SIGKILL \(unit) && systemctl stop \(unit)")
-        #expect(try eventually(within: 5) { try container.cachefsMounts(at: "/mnt/models").isEmpty }, "a mount outlived a stop after SIGKILL of the whole unit")
+        #expect(
+            try eventually(within: 5) { try container.cachefsMounts(at: "/mnt/models").isEmpty },
+            "a mount outlived a stop after SIGKILL of the whole unit")
 
         try container.check("systemctl start \(unit)")
         let stopped = try container.exec("systemctl stop \(unit)")
@@ -229,14 +247,17 @@ struct SystemdTests {
         #expect(gone, "processes outlived systemctl stop: \(survivors)")
     }
 
-    @Test("SIGKILL of the daemon while a loop reads a cached file, 5 times: the mount never leaves the mount table, no read fails or differs, and each restarted daemon serves the file from the memory it inherited (nothing from the source)")
+    @Test(
+        "SIGKILL of the daemon while a loop reads a cached file, 5 times: the mount never leaves the mount table, no read fails or differs, and each restarted daemon serves the file from the memory it inherited (nothing from the source)"
+    )
     func crashKeepsMountAndCache() throws {
         let container = try BootedContainer(prepare: writeModels)
         let unit = "cachefs@models.service"
         let started = try container.exec("systemctl enable --now \(unit) && cachefs warm /mnt/models")
         try #require(started.status == 0, "\(started.error)\n\(container.journal(unit))")
         // The reader: opens and compares the whole file in a loop; the watcher: the mount table every 20 ms.
-        try container.check("""
+        try container.check(
+            """
             setsid sh -c 'while :; do if cmp -s /srv/models/model.bin /mnt/models/model.bin; then echo ok; else echo FAIL $?; fi; done' >/run/reader.log 2>&1 </dev/null &
             echo $! > /run/reader.pid
             setsid sh -c 'while :; do grep -q " /mnt/models fuse.cachefs " /proc/self/mounts || echo GONE; sleep 0.02; done' >/run/watcher.log 2>&1 </dev/null &
@@ -249,16 +270,23 @@ struct SystemdTests {
             let okBefore = Int(try container.check("grep -c ok /run/reader.log || true")) ?? 0
             try container.check("kill -9 \(pid)")
             let back = try eventually(within: 15) {
-                try !["0", pid].contains(container.property(unit, "MainPID")) && container.exec("cachefs stats /mnt/models --json").status == 0
+                try !["0", pid].contains(container.property(unit, "MainPID"))
+                    && container.exec("cachefs stats /mnt/models --json").status == 0
             }
             #expect(back, "round \(round): no daemon serving again within 15 s:\n\(container.journal(unit))")
             // Reads go on through the new daemon.
-            #expect(try eventually(within: 15) { (Int(try container.check("grep -c ok /run/reader.log || true")) ?? 0) > okBefore + 2 },
-                    "round \(round): the reader did not read on")
+            #expect(
+                try eventually(within: 15) { (Int(try container.check("grep -c ok /run/reader.log || true")) ?? 0) > okBefore + 2 },
+                "round \(round): the reader did not read on")
             let stats = try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("cachefs stats /mnt/models --json").utf8))
-            #expect(stats.continuity?.start == .restart && stats.continuity?.keptBySystemd == true, "round \(round): \(String(describing: stats.continuity))")
-            #expect(stats.continuity?.inheritedBytes ?? 0 >= modelSize, "round \(round): inherited \(stats.continuity?.inheritedBytes ?? 0) bytes")
-            #expect(stats[.bytesFromSource] == 0, "round \(round): the restarted daemon read \(stats[.bytesFromSource]) bytes from the source")
+            #expect(
+                stats.continuity?.start == .restart && stats.continuity?.keptBySystemd == true,
+                "round \(round): \(String(describing: stats.continuity))")
+            #expect(
+                stats.continuity?.inheritedBytes ?? 0 >= modelSize,
+                "round \(round): inherited \(stats.continuity?.inheritedBytes ?? 0) bytes")
+            #expect(
+                stats[.bytesFromSource] == 0, "round \(round): the restarted daemon read \(stats[.bytesFromSource]) bytes from the source")
         }
         let failures = try container.check("grep -v '^ok$' /run/reader.log | head -5 || true")
         #expect(failures.isEmpty, "reads failed or differed: \(failures)")
@@ -267,23 +295,26 @@ struct SystemdTests {
         print("crash loop: \(try container.check("grep -c ok /run/reader.log")) whole-file reads, all right")
     }
 
-    @Test("cachefs@svc with SPEC=a service JSON: its two cache entries mounted by one unit with CACHEFS_OPTIONS, the oss entry skipped; back after a daemon's SIGKILL; nothing left after stop")
+    @Test(
+        "cachefs@svc with SPEC=a service JSON: its two cache entries mounted by one unit with CACHEFS_OPTIONS, the oss entry skipped; back after a daemon's SIGKILL; nothing left after stop"
+    )
     func specUnit() throws {
         let container = try BootedContainer { root in
-            try shell("""
+            try shell(
+                """
                 mkdir -p "$0/srv/oss/sd" "$0/srv/oss/lora" "$0/mnt/sd" "$0/mnt/lora" "$0/etc/cachefs"
                 head -c 20000000 /dev/urandom > "$0/srv/oss/sd/base.safetensors"
                 head -c 6000000 /dev/urandom > "$0/srv/oss/lora/style.safetensors"
                 """, arguments: [root])
             // The reference product's form: an oss mount (the node's to make) and caches of directories beneath it.
             try """
-                {"metadata": {"name": "sdwebui", "instance": 1},
-                 "containers": [{"image": "example/sdwebui:latest", "port": 8000}],
-                 "storage": [
-                   {"oss": {"path": "oss://examplebucket/models/", "readOnly": true}, "mount_path": "/srv/oss"},
-                   {"cache": {"capacity": "128M", "path": "/srv/oss/sd"}, "mount_path": "/mnt/sd"},
-                   {"cache": {"capacity": "64M", "path": "/srv/oss/lora"}, "mount_path": "/mnt/lora"}]}
-                """.write(toFile: root + "/etc/cachefs/svc.json", atomically: true, encoding: .utf8)
+            {"metadata": {"name": "sdwebui", "instance": 1},
+             "containers": [{"image": "example/sdwebui:latest", "port": 8000}],
+             "storage": [
+               {"oss": {"path": "oss://examplebucket/models/", "readOnly": true}, "mount_path": "/srv/oss"},
+               {"cache": {"capacity": "128M", "path": "/srv/oss/sd"}, "mount_path": "/mnt/sd"},
+               {"cache": {"capacity": "64M", "path": "/srv/oss/lora"}, "mount_path": "/mnt/lora"}]}
+            """.write(toFile: root + "/etc/cachefs/svc.json", atomically: true, encoding: .utf8)
             try "SPEC=/etc/cachefs/svc.json\nCACHEFS_OPTIONS=--metadata-timeout 2\n"
                 .write(toFile: root + "/etc/cachefs/svc.conf", atomically: true, encoding: .utf8)
         }
@@ -294,13 +325,16 @@ struct SystemdTests {
         #expect(try container.property(unit, "StatusText") == "serving /mnt/lora, /mnt/sd")
         func serving() throws -> Bool {
             try container.cachefsMounts(at: "/mnt/sd").count == 1 && container.cachefsMounts(at: "/mnt/lora").count == 1
-                && container.exec("cmp /srv/oss/sd/base.safetensors /mnt/sd/base.safetensors && cmp /srv/oss/lora/style.safetensors /mnt/lora/style.safetensors").status == 0
+                && container.exec(
+                    "cmp /srv/oss/sd/base.safetensors /mnt/sd/base.safetensors && cmp /srv/oss/lora/style.safetensors /mnt/lora/style.safetensors"
+                ).status == 0
         }
         #expect(try serving(), "\(container.journal(unit))")
         let stats = try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("cachefs stats /mnt/sd --json").utf8))
         #expect(stats.settings.capacity == 128 << 20 && stats.settings.metadataTimeout == 2 && stats.settings.source == "/srv/oss/sd")
-        #expect(try container.exec("journalctl -u \(unit) -o cat | grep -q 'skipping storage entry 1 (mount_path /srv/oss)'").status == 0,
-                "\(container.journal(unit))")
+        #expect(
+            try container.exec("journalctl -u \(unit) -o cat | grep -q 'skipping storage entry 1 (mount_path /srv/oss)'").status == 0,
+            "\(container.journal(unit))")
 
         // One daemon killed: the unit fails as a whole and systemd starts every mount again.
         let firstPid = try container.property(unit, "MainPID")
@@ -312,7 +346,9 @@ struct SystemdTests {
         #expect(back, "not serving both again within 15 s of a daemon's SIGKILL:\n\(container.journal(unit))")
 
         try container.check("systemctl stop \(unit)")
-        #expect(try container.cachefsMounts(at: "/mnt/sd").isEmpty && container.cachefsMounts(at: "/mnt/lora").isEmpty, "a mount outlived systemctl stop")
+        #expect(
+            try container.cachefsMounts(at: "/mnt/sd").isEmpty && container.cachefsMounts(at: "/mnt/lora").isEmpty,
+            "a mount outlived systemctl stop")
         let left = try container.exec("cat /proc/[0-9]*/comm 2>/dev/null | grep -x -e cachefs -e fusermount3")
         #expect(left.status != 0, "processes outlived systemctl stop: \(left.output)")
     }
@@ -320,7 +356,8 @@ struct SystemdTests {
     @Test("After a reboot, an /etc/fstab line (fuse.cachefs, _netdev,nofail) and the enabled unit are mounted and serve the source's bytes")
     func fstabAfterReboot() throws {
         let container = try BootedContainer(prepare: writeModels)
-        try container.check("""
+        try container.check(
+            """
             echo '/srv/models /mnt/fstab fuse.cachefs capacity=128M,_netdev,nofail 0 0' >> /etc/fstab
             systemctl enable cachefs@models.service
             """)
@@ -329,8 +366,9 @@ struct SystemdTests {
         #expect(mounted, "the fstab line did not mount:\n\(container.journal("mnt-fstab.mount"))")
         #expect(try container.cachefsMounts(at: "/mnt/fstab").allSatisfy { $0 > 4096 })
         #expect(try container.exec("cmp /srv/models/model.bin /mnt/fstab/model.bin").status == 0)
-        #expect(try container.property("cachefs@models.service", "ActiveState") == "active",
-                "\(container.journal("cachefs@models.service"))")
+        #expect(
+            try container.property("cachefs@models.service", "ActiveState") == "active",
+            "\(container.journal("cachefs@models.service"))")
         #expect(try container.exec("cmp /srv/models/model.bin /mnt/models/model.bin").status == 0)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,8 +24,10 @@ struct ThreadOwnershipTests {
         // The threads the daemon owns are there while it serves (a source-call thread is started per call
         // that finds none idle; prefetch threads from the start), so the check at exit is not an empty one.
         let serving = Self.threadNames(mount.pid)
-        #expect(serving.contains("prefetch-0") && serving.contains("source-call") && serving.contains("fuse-loop") && serving.contains("signals"),
-                "\(serving)")
+        #expect(
+            serving.contains("prefetch-0") && serving.contains("source-call") && serving.contains("fuse-loop")
+                && serving.contains("signals"),
+            "\(serving)")
 
         let unmounted = ContinuousClock.now
         try run("/bin/fusermount3", ["-u", mount.mountpoint])
@@ -43,8 +46,9 @@ struct ThreadOwnershipTests {
         try shell("head -c 4000000 /dev/urandom > model.bin", in: data)
         let source = try TestSourceMount(root: data, mountpoint: try scratch.make("slow"), arguments: [])
         defer { source.stop() }
-        let mount = try CachefsMount(source: source.mountpoint, mountpoint: try scratch.make("mnt"),
-                                     extra: ["--source-timeout", "1", "--shutdown-grace", "2", "--prefetch-depth", "0"])
+        let mount = try CachefsMount(
+            source: source.mountpoint, mountpoint: try scratch.make("mnt"),
+            extra: ["--source-timeout", "1", "--shutdown-grace", "2", "--prefetch-depth", "0"])
         defer {
             source.signal(SIGUSR2) // the source answers again: the stuck read returns, and the process can go
             mount.stop()

@@ -1,6 +1,6 @@
 import ControlPlane
-import Reporting
 import Foundation
+import Reporting
 import Testing
 
 /// `cachefs warm`/`unpin` against a mount started by the test, through its control socket.
@@ -14,7 +14,8 @@ struct WarmupTests {
     func pinnedDirectorySurvivesPressure() throws {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("src")
-        try shell("""
+        try shell(
+            """
             mkdir -p models/base models/other
             head -c 16000000 /dev/urandom > models/base/unet.safetensors
             head -c 8000000 /dev/urandom > models/base/vae.safetensors
@@ -53,7 +54,8 @@ struct WarmupTests {
         // More than the capacity left is refused whole, with one line and a non-zero exit.
         let refused = try cachefs(["warm", mount.mountpoint + "/models/other", "--pin"], mount)
         #expect(refused.status != 0)
-        #expect(refused.error.split(separator: "\n").count == 1 && refused.error.hasPrefix("cachefs: cannot pin 3 files"), "\(refused.error)")
+        #expect(
+            refused.error.split(separator: "\n").count == 1 && refused.error.hasPrefix("cachefs: cannot pin 3 files"), "\(refused.error)")
         let afterRefusal = try mount.stats()
         #expect(afterRefusal[.pinnedBytes] == 24_000_000 && afterRefusal[.pinnedFiles] == 2)
 
@@ -97,15 +99,17 @@ struct WarmupTests {
     func preloadAtStart() throws {
         let scratch = try ScratchDirectory()
         let source = try scratch.make("src")
-        try shell("""
+        try shell(
+            """
             mkdir -p models/sd other
             head -c 3000000 /dev/urandom > models/sd/base.safetensors
             head -c 2000000 /dev/urandom > models/sd/refiner.safetensors
             head -c 1000000 /dev/urandom > models/sd/notes.txt
             head -c 4000000 /dev/urandom > other/big.safetensors
             """, in: source)
-        let mount = try CachefsMount(source: source, mountpoint: try scratch.make("mnt"), capacity: "64M",
-                                     extra: ["--preload", "models/*.safetensors", "--preload", "absent/*", "--preload-pin"])
+        let mount = try CachefsMount(
+            source: source, mountpoint: try scratch.make("mnt"), capacity: "64M",
+            extra: ["--preload", "models/*.safetensors", "--preload", "absent/*", "--preload-pin"])
         defer { mount.stop() }
         #expect(try eventually(within: 20) { try mount.stats()[.cachedBytes] == 5_000_000 }, "\(mount.log)")
         let stats = try mount.stats()

@@ -1,15 +1,17 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Dispatch
 import Foundation
-@testable import MirrorFS
 import Prefetch
 import SourceTree
 import Synchronization
 import SystemPackage
 import Testing
+
+@testable import MirrorFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A source under the mirror with the behaviour a test wants: latency per read, reads
 /// served one at a time (a bandwidth-bound source), stalls, and failures, around the
@@ -41,7 +43,9 @@ final class ScriptedReader: SourceBlockIO {
 
     func release() { for _ in 0..<64 { released.signal() } }
 
-    func read(_ file: SourceFile, through reader: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
+    func read(_ file: SourceFile, through reader: SourceFile, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno)
+        -> Int
+    {
         let index = offset / blockSize
         if stalling.withLock({ $0.contains(index) }) {
             released.wait()
@@ -77,9 +81,12 @@ final class ScriptedReader: SourceBlockIO {
 struct BlockReaderTests {
     static let blockSize = 64 << 10
 
-    private func fixture(blocks: Int, reader: ScriptedReader, prefetcher: Prefetcher? = nil, timeout: Duration? = nil) throws -> (SourceFixture, [UInt8]) {
-        let fixture = try SourceFixture(blockSize: Self.blockSize, cacheBlocks: blocks * 2, sourceCallTimeout: timeout,
-                                        prefetcher: prefetcher, blockIO: reader)
+    private func fixture(blocks: Int, reader: ScriptedReader, prefetcher: Prefetcher? = nil, timeout: Duration? = nil) throws -> (
+        SourceFixture, [UInt8]
+    ) {
+        let fixture = try SourceFixture(
+            blockSize: Self.blockSize, cacheBlocks: blocks * 2, sourceCallTimeout: timeout,
+            prefetcher: prefetcher, blockIO: reader)
         let bytes = randomBytes(blocks * Self.blockSize, seed: 7)
         try fixture.write("model.bin", bytes)
         return (fixture, bytes)
@@ -136,7 +143,9 @@ struct BlockReaderTests {
         #expect(throws: Errno.ioError) { try fixture.read(file, at: Int64(3 * Self.blockSize), count: Self.blockSize) }
         #expect(fixture.filesystem.figures[.sourceErrors] == 2)
         reader.failing.withLock { $0 = [] }
-        #expect(try fixture.read(file, at: Int64(3 * Self.blockSize), count: Self.blockSize) == Array(bytes[(3 * Self.blockSize)..<(4 * Self.blockSize)]))
+        #expect(
+            try fixture.read(file, at: Int64(3 * Self.blockSize), count: Self.blockSize)
+                == Array(bytes[(3 * Self.blockSize)..<(4 * Self.blockSize)]))
     }
 
     @Test("A stalled block read gives EIO after the source timeout, counted as a timeout; the stall ending does not poison the cache")
@@ -153,7 +162,8 @@ struct BlockReaderTests {
         #expect(fixture.filesystem.figures[.sourceTimeouts] == 1)
         reader.stalling.withLock { $0 = [] }
         reader.release() // the abandoned read finishes into memory nobody sees
-        #expect(try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == Array(bytes[Self.blockSize..<(2 * Self.blockSize)]))
+        #expect(
+            try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == Array(bytes[Self.blockSize..<(2 * Self.blockSize)]))
     }
 
     @Test("A read that answers after its timeout writes nothing into the cache, not even into the range a newer load of its block filled")
@@ -172,7 +182,8 @@ struct BlockReaderTests {
         reader.release()
         #expect(reader.lateAnswered.wait(timeout: .now() + 5) == .success)
         Thread.sleep(forTimeInterval: 0.2) // what the abandoned call does after its read returns
-        let unchanged = try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == second // a Bool: a failure prints no bytes
+        // A Bool: a failure prints no bytes.
+        let unchanged = try fixture.read(file, at: Int64(Self.blockSize), count: Self.blockSize) == second
         #expect(unchanged, "the late answer reached the cached block")
     }
 

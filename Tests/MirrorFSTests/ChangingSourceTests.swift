@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Foundation
 import Logging
@@ -8,6 +5,10 @@ import MirrorFS
 import SourceTree
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Source files that change under an open file, or end before their stated size: reads never return bytes the file did not hold.
 @Suite("Mirror: sources changing under open files")
@@ -101,8 +102,9 @@ struct ChangingSourceTests {
         #expect(try fixture.read(oldAgain, at: 0, count: 150_000) == old)
     }
 
-    @Test("A source that ends before its stated size (a sysfs file) gives only its bytes and no reads past the short block",
-          .enabled(if: FileManager.default.isReadableFile(atPath: "/sys/devices/system/cpu/online")))
+    @Test(
+        "A source that ends before its stated size (a sysfs file) gives only its bytes and no reads past the short block",
+        .enabled(if: FileManager.default.isReadableFile(atPath: "/sys/devices/system/cpu/online")))
     func sourceEndsEarly() throws {
         let expected = Array(try Data(contentsOf: URL(fileURLWithPath: "/sys/devices/system/cpu/online")))
         let filesystem = try MirrorFilesystem(

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import SourceTree
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Paths from outside the kernel (warm-up requests, peers) must not escape the source root.
 @Suite struct ConfinedPathTests {

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import MirrorFS
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One listed entry, copied out of the `emit` call (its name is valid only during the call).
 private struct Listed: Equatable {
@@ -105,8 +106,9 @@ struct DirectoryListingTests {
         #expect(second == first)
     }
 
-    @Test("A listing cut short resumes after the last accepted entry, without duplicates or leaked lookups",
-          arguments: [false, true], [1, 7])
+    @Test(
+        "A listing cut short resumes after the last accepted entry, without duplicates or leaked lookups",
+        arguments: [false, true], [1, 7])
     func resumedListing(withAttributes: Bool, batch: Int) throws {
         let (fixture, names) = try makeTree()
         let whole = try listAll(fixture, withAttributes: false).map(\.name)
@@ -120,7 +122,8 @@ struct DirectoryListingTests {
         while calls < 200 {
             calls += 1
             var accepted = 0
-            try fixture.filesystem.readDirectory(directory, from: offset, withAttributes: withAttributes, parent: MirrorFilesystem.rootNode) { entry in
+            try fixture.filesystem.readDirectory(directory, from: offset, withAttributes: withAttributes, parent: MirrorFilesystem.rootNode)
+            { entry in
                 guard accepted < batch else { return false } // a small kernel buffer
                 accepted += 1
                 seen.append(copy(entry))
@@ -157,7 +160,8 @@ struct DirectoryListingTests {
         var refused: [String] = []
         var refusedNode: UInt64 = 0
         for _ in 0..<3 {
-            try fixture.filesystem.readDirectory(directory, from: offset, withAttributes: true, parent: MirrorFilesystem.rootNode) { entry in
+            try fixture.filesystem.readDirectory(directory, from: offset, withAttributes: true, parent: MirrorFilesystem.rootNode) {
+                entry in
                 refused.append(String(cString: entry.name))
                 refusedNode = entry.node
                 return false

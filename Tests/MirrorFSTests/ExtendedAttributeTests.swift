@@ -1,13 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CLinux
 import Foundation
 import MirrorFS
-@testable import SourceTree
 import Synchronization
 import SystemPackage
 import Testing
+
+@testable import SourceTree
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Mirror: extended attributes", .enabled(if: userExtendedAttributesSupported(), "the temporary directory takes no user xattrs"))
 struct ExtendedAttributeTests {
@@ -19,7 +21,8 @@ struct ExtendedAttributeTests {
     /// Asks for the size with an empty buffer, then reads the value into a buffer of that size.
     private func attribute(_ fixture: SourceFixture, of node: UInt64, _ name: String) throws -> [UInt8] {
         try name.withCString { name in
-            let size = try fixture.filesystem.extendedAttribute(of: node, named: name, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            let size = try fixture.filesystem.extendedAttribute(
+                of: node, named: name, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
             var value = [UInt8](repeating: 0, count: size)
             let count = try value.withUnsafeMutableBytes { try fixture.filesystem.extendedAttribute(of: node, named: name, into: $0) }
             #expect(count == size)

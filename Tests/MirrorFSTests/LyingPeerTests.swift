@@ -1,18 +1,20 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import CRC32C
 import Dispatch
 import Foundation
 import HTTPServing
 import Logging
-@testable import MirrorFS
 import PeerTransport
 import Synchronization
 import SystemPackage
-import Testing
 import TestSupport
+import Testing
+
+@testable import MirrorFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A peer that claims to hold every block of every file and lies about the bytes; the mirror asks it
 /// through the real fleet client (HTTP over loopback) and must never hand its bytes to a reader.
@@ -64,7 +66,9 @@ import TestSupport
                 var answer: [UInt8]
                 if target.hasPrefix(PeerRequest.holdingsPrefix) {
                     let blocks = (content.count + blockSize - 1) / blockSize
-                    answer = Array("HTTP/1.1 200 OK\r\nContent-Length: \((blocks + 7) / 8)\r\n\r\n".utf8) + [UInt8](repeating: 0xFF, count: (blocks + 7) / 8)
+                    answer =
+                        Array("HTTP/1.1 200 OK\r\nContent-Length: \((blocks + 7) / 8)\r\n\r\n".utf8)
+                        + [UInt8](repeating: 0xFF, count: (blocks + 7) / 8)
                 } else {
                     guard case .blocks(let range, _)? = try? PeerRequest(target: target) else { return }
                     let start = Int(range.first) * blockSize
@@ -77,7 +81,10 @@ import TestSupport
                     case .wrongChecksum: break
                     }
                     let sum = lie == .wrongChecksum ? CRC32CChecksum(value: ~checksum.value) : checksum
-                    answer = Array("HTTP/1.1 200 OK\r\nContent-Length: \(announced)\r\nX-Cachefs-Blocks: 1\r\nX-Cachefs-CRC32C: \(sum.hex)\r\n\r\n".utf8) + body
+                    answer =
+                        Array(
+                            "HTTP/1.1 200 OK\r\nContent-Length: \(announced)\r\nX-Cachefs-Blocks: 1\r\nX-Cachefs-CRC32C: \(sum.hex)\r\n\r\n"
+                                .utf8) + body
                 }
                 _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                 if lie == .shortBody, !target.hasPrefix(PeerRequest.holdingsPrefix) { return }
@@ -92,14 +99,16 @@ import TestSupport
         let liar = try Liar(content: content, blockSize: blockSize, lie: lie)
         defer { liar.stop() }
         let logger = Logger(label: "test")
-        let discovery = PeerDiscovery(seeds: [HostPort(host: "liar", port: liar.peer.port)], logger: logger, isSelf: { _ in false },
-                                      resolve: { [peer = liar.peer] _ in [peer] })
+        let discovery = PeerDiscovery(
+            seeds: [HostPort(host: "liar", port: liar.peer.port)], logger: logger, isSelf: { _ in false },
+            resolve: { [peer = liar.peer] _ in [peer] })
         discovery.refresh()
         var configuration = PeerClient.Configuration(token: nil, instanceID: "reader")
         configuration.blockTimeout = .seconds(5)
         // Its failures would put the liar in backoff after one block; a backoff of zero keeps asking it for every one.
-        let fleet = PeerFleet(client: PeerClient(configuration: configuration, health: PeerHealth(backoff: .zero, maximumBackoff: .zero)),
-                              discovery: discovery, ownAddress: nil, logger: logger)
+        let fleet = PeerFleet(
+            client: PeerClient(configuration: configuration, health: PeerHealth(backoff: .zero, maximumBackoff: .zero)),
+            discovery: discovery, ownAddress: nil, logger: logger)
         defer { fleet.client.shutdown() }
         let fixture = try SourceFixture(blockSize: blockSize, fleet: fleet)
         try fixture.write("model.bin", content)

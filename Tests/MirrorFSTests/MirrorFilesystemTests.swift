@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import Dispatch
 import Foundation
 import MirrorFS
 import Synchronization
 import SystemPackage
-import Testing
 import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Mirror: lookups and nodes")
 struct LookupTests {
@@ -130,8 +131,9 @@ struct ReadTests {
             (299_990, 4096), (300_000, 1), (300_001, 10), (400_000, 10), (0, 0), (1000, 0),
         ]
         for (offset, count) in cases {
-            #expect(try fixture.read(file, at: Int64(offset), count: count) == expectedRead(content, at: offset, count: count),
-                    "offset \(offset) count \(count)")
+            #expect(
+                try fixture.read(file, at: Int64(offset), count: count) == expectedRead(content, at: offset, count: count),
+                "offset \(offset) count \(count)")
         }
         var random = SplitMix64(seed: 99)
         var mismatches: [(Int, Int)] = []

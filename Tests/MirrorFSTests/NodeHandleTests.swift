@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import MirrorFS
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Known nodes hold no descriptor of their own: the kernel may remember more
 /// files than the daemon may open, so nodes are found again by name.

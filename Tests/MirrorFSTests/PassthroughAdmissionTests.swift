@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import MirrorFS
 import Synchronization
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The kernel's side of passthrough, recorded: which memory files were registered and released.
 final class RecordingBackingFiles: KernelFeatures {
@@ -78,7 +79,9 @@ struct PassthroughAdmissionTests {
         #expect(fixture.filesystem.figures[.passthroughOpens] == 2)
     }
 
-    @Test("A lone open reads with direct I/O while blocks are still to load, if the kernel can map such opens; a second open beside it and a wholly cached file keep the page cache")
+    @Test(
+        "A lone open reads with direct I/O while blocks are still to load, if the kernel can map such opens; a second open beside it and a wholly cached file keep the page cache"
+    )
     func directIOWhileLoading() throws {
         let kernel = RecordingBackingFiles(passthrough: false, directIOMayBeMapped: true)
         let fixture = try SourceFixture(blockSize: blockSize, kernelFeatures: kernel)
@@ -111,7 +114,9 @@ struct PassthroughAdmissionTests {
         unmappable.filesystem.release(opened)
     }
 
-    @Test("A source rewrite while passthrough readers are open: a new open is refused with ESTALE and the node superseded; the old readers keep their memory file")
+    @Test(
+        "A source rewrite while passthrough readers are open: a new open is refused with ESTALE and the node superseded; the old readers keep their memory file"
+    )
     func rewriteUnderPassthroughIsStale() throws {
         let (fixture, backing, node) = try twoBlockModel(seed: 41)
         let cold = try fixture.filesystem.open(node: node, flags: O_RDONLY)

@@ -1,12 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import CRC32C
-@testable import MirrorFS
 import PeerTransport
 import Synchronization
 import Testing
+
+@testable import MirrorFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Two mirrors of one source, the second asking the first before its source, as peers do (without HTTP).
 @Suite struct PeerSupportTests {
@@ -40,9 +42,10 @@ import Testing
 
     func name(_ fixture: SourceFixture, _ path: String, blockSize: Int = 64 << 10) throws -> PeerFile {
         let attributes = try fixture.status(path)
-        return PeerFile(path: Array(path.utf8), size: Int64(attributes.st_size),
-                        modifiedNanoseconds: Int64(attributes.st_mtim.tv_sec) * 1_000_000_000 + Int64(attributes.st_mtim.tv_nsec),
-                        blockSize: blockSize)
+        return PeerFile(
+            path: Array(path.utf8), size: Int64(attributes.st_size),
+            modifiedNanoseconds: Int64(attributes.st_mtim.tv_sec) * 1_000_000_000 + Int64(attributes.st_mtim.tv_nsec),
+            blockSize: blockSize)
     }
 
     func resident(_ fixture: SourceFixture, _ range: PeerBlockRange) -> [Block]? {
@@ -139,15 +142,21 @@ import Testing
         try fixture.symlink("link", to: "d/f")
         let file = try name(fixture, "d/f")
         #expect(resident(fixture, file.blocks(1, count: 2))?.isEmpty == true, "not resident yet")
-        #expect(fixture.filesystem.cache.statistics.misses == 0 && fixture.filesystem.cache.statistics.residentBlocks == 0, "and not loaded for the peer")
-        guard case .current(let none) = fixture.filesystem.holdings(of: file, checkingSource: true) else { Issue.record("no holdings"); return }
+        #expect(
+            fixture.filesystem.cache.statistics.misses == 0 && fixture.filesystem.cache.statistics.residentBlocks == 0,
+            "and not loaded for the peer")
+        guard case .current(let none) = fixture.filesystem.holdings(of: file, checkingSource: true) else {
+            Issue.record("no holdings"); return
+        }
         #expect(none.isEmpty)
 
         let opened = try fixture.filesystem.open(node: try fixture.lookup("f", in: try fixture.lookup("d")), flags: O_RDONLY)
         _ = try fixture.read(opened, at: 0, count: 150_000) // blocks 0, 1 and 2
         let run = try #require(resident(fixture, file.blocks(1, count: 3)))
         #expect(run.map(\.count) == [64 << 10, 64 << 10], "blocks 1 and 2 in a row; block 3 is not resident")
-        guard case .current(let held) = fixture.filesystem.holdings(of: file, checkingSource: true) else { Issue.record("no holdings"); return }
+        guard case .current(let held) = fixture.filesystem.holdings(of: file, checkingSource: true) else {
+            Issue.record("no holdings"); return
+        }
         #expect((0..<4).map { held[$0] } == [true, true, true, false])
 
         var otherVersion = file
@@ -179,7 +188,8 @@ import Testing
         }
         #expect(resident(fixture, old.blocks(0, count: 1))?.count == 1)
         // Now checked: the event loop's lookup answers without I/O, for that version only.
-        guard case .current(let found) = fixture.filesystem.residentBlocks(old.blocks(0, count: 1), checkingSource: false), found.count == 1 else {
+        guard case .current(let found) = fixture.filesystem.residentBlocks(old.blocks(0, count: 1), checkingSource: false), found.count == 1
+        else {
             Issue.record("a just-checked version was not answered from memory")
             return
         }
@@ -201,7 +211,9 @@ import Testing
         #expect(resident(fixture, old.blocks(0, count: 1)) == nil, "the source now says the old version is gone")
 
         let versions = RecentlyCheckedVersions(freshness: .milliseconds(100), capacity: 2)
-        let version = FileVersion(identity: .inode(device: 1, inode: 2), size: 3, modified: .init(seconds: 4, nanoseconds: 5), changed: .init(seconds: 6, nanoseconds: 7))
+        let version = FileVersion(
+            identity: .inode(device: 1, inode: 2), size: 3, modified: .init(seconds: 4, nanoseconds: 5),
+            changed: .init(seconds: 6, nanoseconds: 7))
         versions.record(version, of: Array("a".utf8))
         #expect(versions.version(of: Array("a".utf8)) == version)
         #expect(versions.version(of: Array("b".utf8)) == nil)

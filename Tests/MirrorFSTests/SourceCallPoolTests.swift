@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Dispatch
 import Foundation
 import MirrorFS
@@ -8,6 +5,10 @@ import SourceTree
 import Synchronization
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The source timeout: a stalled source call costs its caller EIO after the
 /// deadline, never a hang, and the pool recovers when the source does.
@@ -26,7 +27,9 @@ import Testing
         let release = DispatchSemaphore(value: 0)
         let started = Date()
         #expect(throws: Errno.timedOut) {
-            try pool.run { () throws(Errno) -> Int in release.wait(); return 1 }
+            try pool.run { () throws(Errno) -> Int in
+                release.wait(); return 1
+            }
         }
         let waited = Date().timeIntervalSince(started)
         #expect(waited >= 0.3 && waited < 2.0, "waited \(waited) s")
@@ -46,12 +49,18 @@ import Testing
         let lateStarts = Atomic<Int>(0)
         let stuck = Atomic<Int>(0)
         let callers = (0..<2).map { _ in
-            Thread { _ = try? pool.run { () throws(Errno) -> Int in stuck.add(1, ordering: .relaxed); release.wait(); return 0 } }
+            Thread {
+                _ = try? pool.run { () throws(Errno) -> Int in
+                    stuck.add(1, ordering: .relaxed); release.wait(); return 0
+                }
+            }
         }
         callers.forEach { $0.start() }
         #expect(eventually { stuck.load(ordering: .relaxed) == 2 }, "both threads hold a stuck call")
         #expect(throws: Errno.timedOut) {
-            try pool.run { () throws(Errno) -> Int in lateStarts.add(1, ordering: .relaxed); return 0 }
+            try pool.run { () throws(Errno) -> Int in
+                lateStarts.add(1, ordering: .relaxed); return 0
+            }
         }
         #expect(pool.threadCount == 2)
         release.signal()

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import CLinux
 import Foundation
@@ -10,8 +7,12 @@ import PeerTransport
 import Prefetch
 import SourceTree
 import SystemPackage
-import Testing
 import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The mirror without FUSE: a temporary source tree, read through MirrorFilesystem directly.
 final class SourceFixture {
@@ -21,10 +22,12 @@ final class SourceFixture {
     private let owner: SourceFixture?
 
     /// - Parameter sharing: another fixture's root to mirror as well (a second instance over one source).
-    init(blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
-         sharing other: SourceFixture? = nil, fleet: (any BlockFleet)? = nil,
-         prefetcher: Prefetcher? = nil, blockIO: any SourceBlockIO = DescriptorBlockIO(),
-         kernelFeatures: (any KernelFeatures)? = nil) throws {
+    init(
+        blockSize: Int = 64 << 10, cacheBlocks: Int = 64, sourceHandleLimit: Int = 4096, sourceCallTimeout: Duration? = nil,
+        sharing other: SourceFixture? = nil, fleet: (any BlockFleet)? = nil,
+        prefetcher: Prefetcher? = nil, blockIO: any SourceBlockIO = DescriptorBlockIO(),
+        kernelFeatures: (any KernelFeatures)? = nil
+    ) throws {
         root = other?.root ?? FileManager.default.temporaryDirectory.appendingPathComponent("mirrorfs-\(UUID().uuidString)").path
         owner = other
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)

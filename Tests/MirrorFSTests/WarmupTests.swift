@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCache
 import MirrorFS
 import SystemPackage
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Warm-up in the mirror")
 struct MirrorWarmupTests {
@@ -33,7 +34,8 @@ struct MirrorWarmupTests {
     @Test("Globs match relative paths, * across directories; missing prefixes match nothing")
     func globs() throws {
         let source = try tree()
-        #expect(try source.filesystem.files(matching: ["models/*.safetensors"]).map(\.path)
+        #expect(
+            try source.filesystem.files(matching: ["models/*.safetensors"]).map(\.path)
                 == ["models/base.safetensors", "models/lora/a.safetensors"])
         #expect(try source.filesystem.files(matching: ["*.bin", "models/lora/*.txt"]).map(\.path) == ["models/lora/notes.txt", "top.bin"])
         #expect(try source.filesystem.files(matching: ["absent/*"]).isEmpty)

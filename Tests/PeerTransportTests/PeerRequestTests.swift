@@ -1,7 +1,8 @@
 import CRC32C
-import Testing
-import TestSupport
 import HTTPServing
+import TestSupport
+import Testing
+
 @testable import PeerTransport
 
 @Suite struct PeerRequestTests {
@@ -11,13 +12,15 @@ import HTTPServing
             Array("models/llama 3/model-00001-of-00004.safetensors".utf8),
             Array("ünïcödé/日本語/ファイル.bin".utf8),
             Array("100%/a+b=c?d#e&f;g".utf8),
-            [0xFF, 0xFE, 0x80, UInt8(ascii: "/"), 0x01, 0x7F, 0x20, 0x25],   // not UTF-8, control bytes
+            [0xFF, 0xFE, 0x80, UInt8(ascii: "/"), 0x01, 0x7F, 0x20, 0x25], // not UTF-8, control bytes
             Array("...hidden/..x/x../.../~tilde".utf8),
         ]
         for name in names {
             let file = PeerFile(path: name, size: 5 << 30, modifiedNanoseconds: 1_763_900_000_123_456_789, blockSize: 1 << 20)
-            for request in [PeerRequest.blocks(file.blocks(17, count: 1), ownerLoad: false), .blocks(file.blocks(17, count: 4), ownerLoad: true),
-                            .holdings(file)] {
+            for request in [
+                PeerRequest.blocks(file.blocks(17, count: 1), ownerLoad: false), .blocks(file.blocks(17, count: 4), ownerLoad: true),
+                .holdings(file),
+            ] {
                 let target = request.target
                 #expect(target.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }, "only printable ASCII on the wire")
                 #expect(try PeerRequest(target: target) == request)
@@ -37,10 +40,12 @@ import HTTPServing
             guard !name.isEmpty else { continue }
             let size = Int64.random(in: 1...(1 << 40), using: &random)
             let blockSize = 1 << Int.random(in: 16...26, using: &random)
-            let file = PeerFile(path: name, size: size, modifiedNanoseconds: Int64.random(in: -1_000_000_000_000...Int64(1) << 62, using: &random),
-                                blockSize: blockSize)
+            let file = PeerFile(
+                path: name, size: size, modifiedNanoseconds: Int64.random(in: -1_000_000_000_000...Int64(1) << 62, using: &random),
+                blockSize: blockSize)
             let first = Int64.random(in: 0...(size - 1) / Int64(blockSize), using: &random)
-            let request = PeerRequest.blocks(file.blocks(first, count: Int.random(in: 1...64, using: &random)), ownerLoad: Bool.random(using: &random))
+            let request = PeerRequest.blocks(
+                file.blocks(first, count: Int.random(in: 1...64, using: &random)), ownerLoad: Bool.random(using: &random))
             #expect(try PeerRequest(target: request.target) == request)
             #expect(try PeerRequest(target: PeerRequest.holdings(file).target) == .holdings(file))
         }
@@ -99,8 +104,9 @@ import HTTPServing
         #expect(file.blocks(1, count: 10) == PeerBlockRange(file: file, first: 1, count: 2), "a run is clipped to the file")
         #expect(file.blocks(1, count: 10).byteCount == 2_500_000 - (1 << 20))
         #expect(file.blocks(0, count: 3).dropFirst(2) == file.blocks(2, count: 1))
-        #expect(try PeerRequest(target: "/v1/block/1048576/2/2500000/0/f?count=9") == .blocks(file.blocks(2, count: 1), ownerLoad: false),
-                "a request past the end asks for the blocks there are")
+        #expect(
+            try PeerRequest(target: "/v1/block/1048576/2/2500000/0/f?count=9") == .blocks(file.blocks(2, count: 1), ownerLoad: false),
+            "a request past the end asks for the blocks there are")
     }
 
     @Test func checksumListsAndBitmaps() {
@@ -154,8 +160,9 @@ import HTTPServing
             for start in [0, 1, 5, 8] {
                 for length in [0, 1, 3 * 4096 - 1, 3 * 4096, 3 * 4096 + 1, 2 * 3 * 4096 + 17, 3 * 3 * 4096 + 40] {
                     let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<(start + length)])
-                    #expect(CRC32CChecksum(of: slice).value == cachefs_crc32c_portable(0, slice.baseAddress, length),
-                            "start \(start), length \(length)")
+                    #expect(
+                        CRC32CChecksum(of: slice).value == cachefs_crc32c_portable(0, slice.baseAddress, length),
+                        "start \(start), length \(length)")
                 }
             }
         }

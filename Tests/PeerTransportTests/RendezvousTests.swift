@@ -1,13 +1,15 @@
-import Synchronization
-import Testing
-import TestSupport
 import HTTPServing
+import Synchronization
+import TestSupport
+import Testing
+
 @testable import PeerTransport
 
 @Suite struct RendezvousTests {
     let peers = (1...5).map { PeerAddress(host: "10.0.0.\($0)", port: 7070) }
 
-    let file = PeerFile(path: Array("models/m.safetensors".utf8), size: 1 << 40, modifiedNanoseconds: 1_700_000_000_000_000_000, blockSize: 1 << 20)
+    let file = PeerFile(
+        path: Array("models/m.safetensors".utf8), size: 1 << 40, modifiedNanoseconds: 1_700_000_000_000_000_000, blockSize: 1 << 20)
 
     func rank(_ instances: [PeerAddress], _ stripe: Int64) -> [PeerAddress] { Rendezvous.rank(instances, file: file, stripe: stripe) }
 

@@ -1,18 +1,20 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-@testable import BlockCache
 import CLinux
 import Dispatch
 import Foundation
 import HTTPServing
-import NIOCore
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
+@testable import BlockCache
 @testable import PeerTransport
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A provider of blocks for a test server: what it holds in memory (`resident`), and what it can
 /// load as owner (`loadable`), each by block index of the one file it knows (`file`).
@@ -98,8 +100,9 @@ func withRunning<T>(_ service: some Service, _ body: () async throws -> T) async
 /// version's memory file (a file smaller than a block gets anonymous memory).
 func makeBlocks(_ content: [UInt8], blockSize: Int) throws -> [Int64: Block] {
     let cache = BlockCache(capacity: content.count + blockSize, blockSize: blockSize)
-    let version = FileVersion(identity: .inode(device: 1, inode: 1), size: Int64(content.count), modified: .init(seconds: 0, nanoseconds: 0),
-                              changed: .init(seconds: 0, nanoseconds: 0))
+    let version = FileVersion(
+        identity: .inode(device: 1, inode: 1), size: Int64(content.count), modified: .init(seconds: 0, nanoseconds: 0),
+        changed: .init(seconds: 0, nanoseconds: 0))
     var blocks: [Int64: Block] = [:]
     for (index, start) in stride(from: 0, to: content.count, by: blockSize).enumerated() {
         let piece = content[start..<min(content.count, start + blockSize)]
@@ -113,7 +116,9 @@ func makeBlocks(_ content: [UInt8], blockSize: Int) throws -> [Int64: Block] {
 
 func makeBlock(_ bytes: [UInt8]) throws -> Block { try makeBlocks(bytes, blockSize: bytes.count)[0]! }
 
-func client(token: String? = nil, instanceID: String = "client", blockTimeout: Duration = .seconds(20), ownerTimeout: Duration = .seconds(20)) -> PeerClient {
+func client(
+    token: String? = nil, instanceID: String = "client", blockTimeout: Duration = .seconds(20), ownerTimeout: Duration = .seconds(20)
+) -> PeerClient {
     var configuration = PeerClient.Configuration(token: token, instanceID: instanceID)
     configuration.blockTimeout = blockTimeout
     configuration.ownerTimeout = ownerTimeout
@@ -162,8 +167,10 @@ final class ReceiveMemory {
 }
 
 /// Fetches a run into fresh memory; returns the outcome and the bytes of the blocks received.
-func fetch(_ client: PeerClient, _ range: PeerBlockRange, ownerLoad: Bool = false, from peer: PeerAddress,
-           inMemoryFile: Bool = true) -> (PeerFetchOutcome, [UInt8]) {
+func fetch(
+    _ client: PeerClient, _ range: PeerBlockRange, ownerLoad: Bool = false, from peer: PeerAddress,
+    inMemoryFile: Bool = true
+) -> (PeerFetchOutcome, [UInt8]) {
     let memory = ReceiveMemory(blocks: range.count, blockSize: range.file.blockSize, inMemoryFile: inMemoryFile)
     let outcome = client.fetch(range, ownerLoad: ownerLoad, from: peer, into: memory.targets(range))
     guard case .blocks(let count, _) = outcome else { return (outcome, []) }
@@ -182,7 +189,9 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
         PeerFile(path: Array("dir/näme %/file".utf8), size: Int64(content.count), modifiedNanoseconds: 99, blockSize: Self.blockSize)
     }
 
-    func slice(_ blocks: Range<Int>) -> [UInt8] { Array(content[(blocks.lowerBound * Self.blockSize)..<min(content.count, blocks.upperBound * Self.blockSize)]) }
+    func slice(_ blocks: Range<Int>) -> [UInt8] {
+        Array(content[(blocks.lowerBound * Self.blockSize)..<min(content.count, blocks.upperBound * Self.blockSize)])
+    }
 
     /// A run goes over one connection as one answer, received straight into a memory file (splice) or
     /// anonymous memory (recv); a run stops at the first block not in memory; another version is a 404.
@@ -221,8 +230,9 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
             #expect((0..<4).map { bitmap[$0] } == [true, false, true, true])
             var otherVersion = file
             otherVersion.size -= 1
-            #expect(client.holdings(of: otherVersion, from: peer) == .holds(BlockBitmap(blockCount: otherVersion.blockCount)),
-                    "another version: nothing held")
+            #expect(
+                client.holdings(of: otherVersion, from: peer) == .holds(BlockBitmap(blockCount: otherVersion.blockCount)),
+                "another version: nothing held")
             #expect(counters.holdingsServed.load(ordering: .relaxed) == 1)
             #expect(client.counters.holdingsQueries.load(ordering: .relaxed) == 2)
         }
@@ -298,7 +308,10 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
             ("deadbeef", body), (checksum.hex, altered), (checksum.hex, Array(body.dropLast(100))),
         ]
         for (number, (announced, sent)) in lies.enumerated() {
-            let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nX-Cachefs-Blocks: 1\r\nX-Cachefs-CRC32C: \(announced)\r\n\r\n".utf8) + sent
+            let answer =
+                Array(
+                    "HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nX-Cachefs-Blocks: 1\r\nX-Cachefs-CRC32C: \(announced)\r\n\r\n".utf8
+                ) + sent
             let (listener, peer) = try listenOnLoopback()
             defer { close(listener) }
             let server = Thread {
@@ -318,7 +331,9 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
             #expect(number == 2 ? reason.contains("closed") : reason.contains("CRC-32C mismatch"), "lie \(number): \(reason)")
         }
         #expect(PeerResponseHeaders.parseChecksumList("deadbeef,00000000") != nil) // the two-block lie below uses it
-        let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: \(2 * body.count)\r\nX-Cachefs-Blocks: 2\r\nX-Cachefs-CRC32C: deadbeef,00000000\r\n\r\n".utf8)
+        let answer = Array(
+            "HTTP/1.1 200 OK\r\nContent-Length: \(2 * body.count)\r\nX-Cachefs-Blocks: 2\r\nX-Cachefs-CRC32C: deadbeef,00000000\r\n\r\n"
+                .utf8)
         let (listener, peer) = try listenOnLoopback()
         defer { close(listener) }
         Thread {
@@ -336,12 +351,15 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
     @Test func malformedRequestsGet4xx() async throws {
         let provider = TestProvider(file: file, resident: try makeBlocks(content, blockSize: Self.blockSize))
         try await withPeerServer(provider: provider) { (peer) async throws in
-            for (path, status) in [("/v1/block/1048576/0/100/5/..%2Fetc%2Fpasswd", 400), ("/v1/block/1048576/0/100/5/%2Fetc%2Fpasswd", 400),
-                                   ("/v1/holdings/1048576/100/5/..%2Fetc", 400), ("/v1/block/1048576/0/100/5/a?count=100", 400),
-                                   ("/v1/block/x", 400), ("/", 400), ("/v1/block/1048576/0/100/5/" + String(repeating: "a", count: 20_000), 414)] {
+            for (path, status) in [
+                ("/v1/block/1048576/0/100/5/..%2Fetc%2Fpasswd", 400), ("/v1/block/1048576/0/100/5/%2Fetc%2Fpasswd", 400),
+                ("/v1/holdings/1048576/100/5/..%2Fetc", 400), ("/v1/block/1048576/0/100/5/a?count=100", 400),
+                ("/v1/block/x", 400), ("/", 400), ("/v1/block/1048576/0/100/5/" + String(repeating: "a", count: 20_000), 414),
+            ] {
                 #expect(try rawStatus(peer, "GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == status, "\(path.prefix(60))")
             }
-            #expect(try rawStatus(peer, "PUT /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n") == 405)
+            #expect(
+                try rawStatus(peer, "PUT /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n") == 405)
             #expect(try rawStatus(peer, "DELETE /v1/block/1/0/1/1/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == 405)
         }
     }
@@ -448,8 +466,9 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
         try await withPeerServer(provider: provider) { live in
             let dead = PeerAddress(host: "127.0.0.1", port: 1)
             let me = PeerAddress(host: "127.0.0.1", port: 2)
-            let discovery = PeerDiscovery(seeds: [HostPort(host: "x", port: 1)], logger: Logger(label: "test"), isSelf: { $0 == me },
-                                          resolve: { _ in [dead, live, me] })
+            let discovery = PeerDiscovery(
+                seeds: [HostPort(host: "x", port: 1)], logger: Logger(label: "test"), isSelf: { $0 == me },
+                resolve: { _ in [dead, live, me] })
             discovery.refresh()
             #expect(discovery.peers == [dead, live].sorted() && discovery.ownAddress == me)
             let fleet = PeerFleet(client: client(), discovery: discovery, ownAddress: nil, logger: Logger(label: "test"))
@@ -470,7 +489,9 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
             for stripe in Int64(1)..<16 {
                 let range = big.blocks(stripe * 4, count: 4)
                 // The balanced owner, or, where that is the dead peer (in backoff), the next live one in rank.
-                let owner = owners[Int(stripe)] != dead ? owners[Int(stripe)] : Rendezvous.rank([dead, live, me], file: big, stripe: stripe).first { $0 != dead }!
+                let owner =
+                    owners[Int(stripe)] != dead
+                    ? owners[Int(stripe)] : Rendezvous.rank([dead, live, me], file: big, stripe: stripe).first { $0 != dead }!
                 let answer = fleet.load(range, into: memory.targets(range))
                 if owner == me {
                     #expect(answer == .readSource(blocks: 4), "stripe \(stripe) is this instance's")
@@ -495,8 +516,9 @@ func succeeded(_ outcome: PeerFetchOutcome, blocks: Int) -> Bool {
     @Test func discoveryDropsThisInstanceAndKeepsLastAnswerOnFailure() {
         let me = PeerAddress(host: "10.0.0.1", port: 7070), other = PeerAddress(host: "10.0.0.2", port: 7070)
         let answers = Mutex<[[PeerAddress]?]>([[me, other], nil, [other, PeerAddress(host: "10.0.0.3", port: 7070)]])
-        let discovery = PeerDiscovery(seeds: [HostPort(host: "svc", port: 7070)], logger: Logger(label: "test"), isSelf: { $0 == me },
-                                      resolve: { _ in answers.withLock { $0.removeFirst() } })
+        let discovery = PeerDiscovery(
+            seeds: [HostPort(host: "svc", port: 7070)], logger: Logger(label: "test"), isSelf: { $0 == me },
+            resolve: { _ in answers.withLock { $0.removeFirst() } })
         discovery.refresh()
         #expect(discovery.peers == [other])
         #expect(discovery.ownAddress == me, "the name lists this instance too: that is its place in the ranking")
@@ -539,7 +561,9 @@ func connectRaw(_ peer: PeerAddress) throws -> Int32 {
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr(peer.host)
     address.sin_port = in_port_t(UInt16(peer.port).bigEndian)
-    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
     guard connected == 0 else {
         close(fd)
         throw TestError("connect failed")

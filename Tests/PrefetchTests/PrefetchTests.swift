@@ -1,16 +1,21 @@
 import Dispatch
 import Foundation
-@testable import Prefetch
 import Synchronization
 import Testing
 
+@testable import Prefetch
+
 extension Prefetcher {
     /// A stream whose loader takes one block at a time: what most of these tests script.
-    func stream(blockSize: Int, blockCount: Int64, isResident: @escaping @Sendable (Int64) -> Bool,
-                load: @escaping @Sendable (Int64, PrefetchLane) -> Bool) -> PrefetchStream {
-        stream(blockSize: blockSize, blockCount: blockCount, isResident: isResident, loadRun: { blocks, lane in
-            load(blocks.lowerBound, lane) ? 1 : 0
-        })
+    func stream(
+        blockSize: Int, blockCount: Int64, isResident: @escaping @Sendable (Int64) -> Bool,
+        load: @escaping @Sendable (Int64, PrefetchLane) -> Bool
+    ) -> PrefetchStream {
+        stream(
+            blockSize: blockSize, blockCount: blockCount, isResident: isResident,
+            loadRun: { blocks, lane in
+                load(blocks.lowerBound, lane) ? 1 : 0
+            })
     }
 }
 
@@ -86,11 +91,11 @@ struct PrefetcherTests {
         let prefetcher = Prefetcher(workers: 4, depth: 3)
         let loads = Loads()
         let stream = prefetcher.stream(blockSize: 100, blockCount: 1000, isResident: { _ in false }, load: loads.load)
-        stream.didRead(offset: 0, length: 100)      // block 0 → 1, 2, 3
+        stream.didRead(offset: 0, length: 100) // block 0 → 1, 2, 3
         #expect(waitFor { loads.indices == [1, 2, 3] })
-        stream.didRead(offset: 100, length: 100)    // block 1 → up to 4
+        stream.didRead(offset: 100, length: 100) // block 1 → up to 4
         #expect(waitFor { loads.indices == [1, 2, 3, 4] })
-        stream.didRead(offset: 100, length: 100)    // the same read again queues nothing new
+        stream.didRead(offset: 100, length: 100) // the same read again queues nothing new
         #expect(prefetcher.statistics.queuedBlocks == 4, "queueing happens inside didRead: nothing more was queued")
         // A fence: the next read queues block 5 only; had the repeat queued anything, a block would show twice.
         stream.didRead(offset: 200, length: 100)
@@ -107,7 +112,7 @@ struct PrefetcherTests {
         stream.didRead(offset: 500, length: 10)
         stream.didRead(offset: 200, length: 10)
         #expect(prefetcher.statistics.queuedBlocks == 0, "queueing happens inside didRead: random reads queued nothing")
-        stream.didRead(offset: 210, length: 90)     // continues from 210: sequential, block 2 → 3…9
+        stream.didRead(offset: 210, length: 90) // continues from 210: sequential, block 2 → 3…9
         // Had a random read queued blocks (6…9 after block 5), they would show here twice.
         #expect(waitFor { loads.indices.count >= 7 })
         #expect(loads.indices == Array(3...9))
@@ -124,9 +129,9 @@ struct PrefetcherTests {
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
         stream.didRead(offset: 1000, length: 50)
         stream.didRead(offset: 5000, length: 50)
-        stream.didRead(offset: 1050, length: 50)    // next to the first read, not to the last
+        stream.didRead(offset: 1050, length: 50) // next to the first read, not to the last
         #expect(prefetcher.statistics.queuedBlocks == 0)
-        stream.didRead(offset: 1100, length: 50)    // next to the last: a run, 12…19
+        stream.didRead(offset: 1100, length: 50) // next to the last: a run, 12…19
         #expect(prefetcher.statistics.queuedBlocks == 8)
     }
 
@@ -186,14 +191,14 @@ struct PrefetcherTests {
         let prefetcher = Prefetcher(workers: 1, depth: 10, maximumLanes: 1)
         let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
-        stream.didRead(offset: 0, length: 100)      // the lane blocks in load(1)
+        stream.didRead(offset: 0, length: 100) // the lane blocks in load(1)
         #expect(waitFor { prefetcher.statistics.queuedBlocks == 10 && loads.started.load(ordering: .relaxed) == 1 })
         stream.cancel()
-        loads.gate.signal()                         // let load(1) finish
+        loads.gate.signal() // let load(1) finish
         // Block 1 was being loaded and completes; the other nine are dropped.
         #expect(waitFor { prefetcher.statistics.cancelledBlocks == 9 })
         #expect(loads.indices == [1])
-        stream.didRead(offset: 100, length: 100)    // a cancelled stream queues nothing
+        stream.didRead(offset: 100, length: 100) // a cancelled stream queues nothing
         #expect(prefetcher.statistics.queuedBlocks == 10)
         // A fence: another stream's block goes through the single worker's FIFO queue, so once it
         // is loaded, anything the cancelled stream had submitted would have been loaded first.
@@ -209,10 +214,10 @@ struct PrefetcherTests {
         let prefetcher = Prefetcher(workers: 1, depth: 8, maximumLanes: 1)
         let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
-        stream.didRead(offset: 0, length: 100)      // window 1…8; the lane holds in load(1)
+        stream.didRead(offset: 0, length: 100) // window 1…8; the lane holds in load(1)
         #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
-        stream.didRead(offset: 100, length: 100)    // → 9
-        stream.didRead(offset: 500, length: 100)    // readahead of block 5, ahead of the lane: the run goes on from there
+        stream.didRead(offset: 100, length: 100) // → 9
+        stream.didRead(offset: 500, length: 100) // readahead of block 5, ahead of the lane: the run goes on from there
         #expect(prefetcher.statistics.cancelledBlocks == 0, "nothing in the window is given up")
         #expect(prefetcher.statistics.queuedBlocks == 13)
         for _ in 0..<20 { loads.gate.signal() }
@@ -230,16 +235,16 @@ struct PrefetcherTests {
         let prefetcher = Prefetcher(workers: 1, depth: 4, maximumLanes: 1)
         let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
-        stream.didRead(offset: 1000, length: 100)   // region A: blocks 10 and 11 → 12…15, which the lane takes
+        stream.didRead(offset: 1000, length: 100) // region A: blocks 10 and 11 → 12…15, which the lane takes
         stream.didRead(offset: 1100, length: 100)
         #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
-        stream.didRead(offset: 5000, length: 100)   // region B: blocks 50 and 51 → 52…55
+        stream.didRead(offset: 5000, length: 100) // region B: blocks 50 and 51 → 52…55
         stream.didRead(offset: 5100, length: 100)
-        stream.didRead(offset: 1200, length: 100)   // back in A: 12 → 16; B, left for the first time, gives up 52…55
+        stream.didRead(offset: 1200, length: 100) // back in A: 12 → 16; B, left for the first time, gives up 52…55
         #expect(prefetcher.statistics.cancelledBlocks == 4)
-        stream.didRead(offset: 5200, length: 100)   // back in B: 52 → 53…56
-        stream.didRead(offset: 1300, length: 100)   // A: 13 → 17
-        stream.didRead(offset: 5300, length: 100)   // B: 53 → 57
+        stream.didRead(offset: 5200, length: 100) // back in B: 52 → 53…56
+        stream.didRead(offset: 1300, length: 100) // A: 13 → 17
+        stream.didRead(offset: 5300, length: 100) // B: 53 → 57
         #expect(prefetcher.statistics.queuedBlocks == 15, "queueing happens inside didRead")
         #expect(prefetcher.statistics.cancelledBlocks == 4, "both regions kept their windows")
         for _ in 0..<20 { loads.gate.signal() }
@@ -254,14 +259,14 @@ struct PrefetcherTests {
         let loads = Loads()
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
         stream.didRead(offset: 1000, length: 100)
-        stream.didRead(offset: 1100, length: 100)   // 12…19 queued
+        stream.didRead(offset: 1100, length: 100) // 12…19 queued
         #expect(prefetcher.statistics.queuedBlocks == 8)
-        stream.didRead(offset: 1700, length: 100)   // the tensor's end, block 17: the window now runs to 25
+        stream.didRead(offset: 1700, length: 100) // the tensor's end, block 17: the window now runs to 25
         #expect(prefetcher.statistics.queuedBlocks == 14)
-        stream.didRead(offset: 1200, length: 100)   // its start: behind the run, which stays where it was
+        stream.didRead(offset: 1200, length: 100) // its start: behind the run, which stays where it was
         stream.didRead(offset: 1300, length: 100)
         #expect(prefetcher.statistics.queuedBlocks == 14)
-        stream.didRead(offset: 1800, length: 100)   // past the tensor's end: the run goes on
+        stream.didRead(offset: 1800, length: 100) // past the tensor's end: the run goes on
         #expect(prefetcher.statistics.queuedBlocks == 15)
         #expect(waitFor { loads.indices == Array(12...26) })
         #expect(prefetcher.statistics.cancelledBlocks == 0)
@@ -277,16 +282,16 @@ struct PrefetcherTests {
         let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 1000, isResident: { _ in false }, load: loads.load)
         stream.didRead(offset: 1000, length: 100)
-        stream.didRead(offset: 1100, length: 100)   // 12…19 queued; the lane takes 12…15 and holds in load(12)
+        stream.didRead(offset: 1100, length: 100) // 12…19 queued; the lane takes 12…15 and holds in load(12)
         #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
         stream.didRead(offset: 5000, length: 100)
-        stream.didRead(offset: 5100, length: 100)   // B: 52…59; A, never come back to, gives up 16…19
+        stream.didRead(offset: 5100, length: 100) // B: 52…59; A, never come back to, gives up 16…19
         #expect(prefetcher.statistics.cancelledBlocks == 4)
-        stream.didRead(offset: 1200, length: 100)   // back in A: 16…20; B gives up 52…59
+        stream.didRead(offset: 1200, length: 100) // back in A: 16…20; B gives up 52…59
         #expect(prefetcher.statistics.cancelledBlocks == 12)
         for block in Int64(52)...59 { stream.didRead(offset: block * 100, length: 100) } // 8 reads in B
         #expect(prefetcher.statistics.cancelledBlocks == 12, "a window's worth of reads elsewhere: A keeps 16…20")
-        stream.didRead(offset: 6000, length: 100)   // the ninth
+        stream.didRead(offset: 6000, length: 100) // the ninth
         #expect(prefetcher.statistics.cancelledBlocks == 17, "A gave up 16…20, which no lane had taken")
         for _ in 0..<40 { loads.gate.signal() }
         #expect(waitFor { loads.indices.contains(68) })
@@ -298,12 +303,12 @@ struct PrefetcherTests {
         let prefetcher = Prefetcher(workers: 1, depth: 4, maximumLanes: 1)
         let loads = Loads(holding: true)
         let stream = prefetcher.stream(blockSize: 100, blockCount: 100, isResident: { _ in false }, load: loads.load)
-        stream.didRead(offset: 0, length: 100)      // window 1…4; the lane holds in load(1)
+        stream.didRead(offset: 0, length: 100) // window 1…4; the lane holds in load(1)
         #expect(waitFor { loads.started.load(ordering: .relaxed) == 1 })
 
         let start = ContinuousClock.now
-        stream.waitForLane(toLoad: 50)              // outside the window: at once
-        stream.waitForLane(toLoad: 0)               // the reader's own block: at once
+        stream.waitForLane(toLoad: 50) // outside the window: at once
+        stream.waitForLane(toLoad: 0) // the reader's own block: at once
         #expect(ContinuousClock.now - start < .milliseconds(500))
 
         // The waiter notes whether block 2 was loaded when its wait ended: it must have been.
@@ -318,8 +323,8 @@ struct PrefetcherTests {
         }
         #expect(waitFor { entering.load(ordering: .relaxed) })
         #expect(loads.indices.isEmpty, "the lane is still held in load(1)")
-        loads.gate.signal()                         // block 1 done; the lane goes on to 2
-        loads.gate.signal()                         // block 2 done
+        loads.gate.signal() // block 1 done; the lane goes on to 2
+        loads.gate.signal() // block 2 done
         #expect(done.wait(timeout: .now() + 5) == .success)
         let loadedBeforeReturn = loadedWhenReturned.load(ordering: .relaxed)
         #expect(loadedBeforeReturn, "the reader stopped waiting before the lane loaded block 2")
@@ -416,9 +421,9 @@ struct ThroughputProbeTests {
             now = now.advanced(by: .microseconds(6_250))
             #expect(probe.blockLoaded(stepLength: 8, now: now) == nil)
         }
-        probe.restartStep()                                                   // then nothing to load for a second
+        probe.restartStep() // then nothing to load for a second
         now = now.advanced(by: .seconds(1))
-        #expect(probe.blockLoaded(stepLength: 8, now: now) == nil)            // the first block starts the clock again
+        #expect(probe.blockLoaded(stepLength: 8, now: now) == nil) // the first block starts the clock again
         let two = try #require(step(&probe, blocks: 8, seconds: 0.05, from: &now))
         #expect(probe.decide(rate: two, lanes: 2) == .grow, "measured \(two) blocks/s with two lanes against \(one) with one")
     }

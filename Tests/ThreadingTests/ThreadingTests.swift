@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
 import Testing
 import Threading
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Owned threads and conditions")
 struct ThreadingTests {

@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "PeerTransport",
             dependencies: [
-                "BlockCache", "CRC32C", "CLinux", "HTTPServing",
+                "BlockCache", "CRC32C", "CLinux", "HTTPServing", "Threading",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

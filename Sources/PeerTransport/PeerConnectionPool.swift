@@ -1,5 +1,5 @@
-import Dispatch
 import Synchronization
+import Threading
 
 /// Kept-alive connections to peers, at most `maximumPerPeer` open to one peer at once.
 ///
@@ -10,15 +10,15 @@ import Synchronization
 final class PeerConnectionPool: Sendable {
     fileprivate struct State {
         var idle: [PeerAddress: [PeerSocket]] = [:]
-        /// One permit per connection a peer may still be opened: taken by each open connection, idle or
-        /// checked out, and given back when it closes. Made on a peer's first checkout, never removed.
-        var permits: [PeerAddress: DispatchSemaphore] = [:]
         var closed = false
     }
 
-    /// Guards the idle connections and the permits. Lock order: a leaf (nothing else is taken under it,
-    /// and no socket call or wait runs under it).
+    /// Guards the idle connections. Lock order: a leaf (nothing else is taken under it, and no socket
+    /// call or wait runs under it).
     private let state = Mutex(State())
+    /// Connections open to each peer, idle or checked out: a checkout that would open one more than
+    /// `maximumPerPeer` waits here until one closes. Lock order: a leaf, never taken under `state`.
+    private let openCounts = Condition<[PeerAddress: Int]>([:])
     let maximumIdlePerPeer: Int
     let maximumPerPeer: Int
     let connectTimeout: Duration
@@ -36,25 +36,28 @@ final class PeerConnectionPool: Sendable {
     func checkout(_ peer: PeerAddress, deadline: ContinuousClock.Instant) throws(PeerExchangeError) -> (socket: PeerSocket, reused: Bool) {
         var stale: [PeerSocket] = []
         defer { release(stale) }
-        let (kept, permits, closed): (PeerSocket?, DispatchSemaphore, Bool) = state.withLock { state in
+        let (kept, closed): (PeerSocket?, Bool) = state.withLock { state in
             stale = state.dropIdle(olderThan: maximumIdle)
-            let permits = state.permits[peer] ?? DispatchSemaphore(value: maximumPerPeer)
-            state.permits[peer] = permits
             while let socket = state.idle[peer]?.popLast() {
-                if !socket.isClosedByPeer { return (socket, permits, state.closed) }
+                if !socket.isClosedByPeer { return (socket, state.closed) }
                 stale.append(socket)
             }
-            return (nil, permits, state.closed)
+            return (nil, state.closed)
         }
         guard !closed else { throw .failed("shutting down") }
         if let kept { return (kept, true) }
-        guard permits.wait(timeout: .now() + max(.zero, deadline - .now) / .seconds(1)) == .success else {
-            throw .timedOut("free connection to \(peer)")
+        release(stale) // before waiting: a stale connection's slot may be the one this checkout waits for
+        stale = []
+        let counted = openCounts.wait(until: deadline) { counts -> Bool? in
+            guard counts[peer, default: 0] < maximumPerPeer else { return nil }
+            counts[peer, default: 0] += 1
+            return true
         }
+        guard counted != nil else { throw .timedOut("free connection to \(peer)") }
         do {
             return (try PeerSocket.connect(to: peer, timeout: min(connectTimeout, deadline - .now)), false)
         } catch {
-            permits.signal()
+            openCounts.update { $0[peer, default: 1] -= 1 }
             throw error
         }
     }
@@ -77,11 +80,13 @@ final class PeerConnectionPool: Sendable {
     /// Closes a checked-out connection that will not be used again.
     func discard(_ socket: PeerSocket) { release([socket]) }
 
-    /// Gives back the permits of connections taken out of use; their sockets close as the last reference goes.
+    /// Uncounts connections taken out of use, waking checkouts that wait for one; their sockets close
+    /// as the last reference goes.
     private func release(_ sockets: [PeerSocket]) {
         guard !sockets.isEmpty else { return }
-        let permits = state.withLock { $0.permits }
-        for socket in sockets { permits[socket.peer]?.signal() }
+        openCounts.update { counts in
+            for socket in sockets { counts[socket.peer, default: 1] -= 1 }
+        }
     }
 
     /// Idle connections kept for `peer` (for tests).

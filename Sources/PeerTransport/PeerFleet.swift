@@ -1,6 +1,6 @@
-import Dispatch
 import Logging
 import Synchronization
+import Threading
 
 /// What a block load asks of the other instances before its own source: implemented by
 /// `PeerFleet`; tests put slow, failing or scripted fleets here.
@@ -57,8 +57,9 @@ public final class PeerFleet: BlockFleet {
     private struct FileHoldings {
         var byPeer: [PeerAddress: BlockBitmap] = [:]
         var queriedAt: ContinuousClock.Instant?
-        /// Set while a query runs; a thread with no answers yet waits for it.
-        var querying: DispatchGroup?
+        /// Set while a query runs, and set (`Condition.set`) when its answers are in; a thread with no
+        /// answers yet waits for it. Lock order: a leaf, waited on outside `holdings`.
+        var querying: Condition<Bool>?
         var lastUse: ContinuousClock.Instant
     }
 
@@ -144,20 +145,20 @@ public final class PeerFleet: BlockFleet {
     /// One thread asks at a time; others use the previous answers, or wait for the first ones.
     func currentHoldings(of file: PeerFile, peers: [PeerAddress]) -> [PeerAddress: BlockBitmap] {
         let now = ContinuousClock.now
-        enum Step { case use([PeerAddress: BlockBitmap]), query(DispatchGroup), wait(DispatchGroup) }
+        enum Step { case use([PeerAddress: BlockBitmap]), query(Condition<Bool>), wait(Condition<Bool>) }
         let step: Step = holdings.withLock { table in
             var entry = table[file] ?? FileHoldings(lastUse: now)
             entry.lastUse = now
             defer { table[file] = entry }
             if let queriedAt = entry.queriedAt, now - queriedAt < holdingsFreshness { return .use(entry.byPeer) }
             if let running = entry.querying { return entry.queriedAt == nil ? .wait(running) : .use(entry.byPeer) }
-            let group = DispatchGroup()
-            group.enter()
-            entry.querying = group
+            /// Set once this query's answers are in. Lock order: a leaf.
+            let answered = Condition(false)
+            entry.querying = answered
             if table.count >= Self.holdingsKeptFiles, let oldest = table.min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
                 table[oldest] = nil
             }
-            return .query(group)
+            return .query(answered)
         }
         switch step {
         case .use(let known):
@@ -166,9 +167,9 @@ public final class PeerFleet: BlockFleet {
             // Until the first answers are in: a peer that does not answer must be in backoff before
             // anyone asks it to load blocks as their owner. The query is bounded by its exchanges' deadlines.
             let bound = (client.configuration.connectTimeout + client.configuration.blockTimeout) * peers.count + .seconds(1)
-            _ = running.wait(timeout: .now() + bound / .seconds(1))
+            _ = running.waitUntilSet(until: .now + bound)
             return holdings.withLock { $0[file]?.byPeer ?? [:] }
-        case .query(let group):
+        case .query(let answered):
             var found: [PeerAddress: BlockBitmap] = [:]
             for peer in peers where client.health.isAvailable(peer) {
                 switch client.holdings(of: file, from: peer) {
@@ -189,7 +190,7 @@ public final class PeerFleet: BlockFleet {
                 table[file]?.queriedAt = .now
                 table[file]?.querying = nil
             }
-            group.leave()
+            answered.set()
             return found
         }
     }

@@ -14,8 +14,8 @@ PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _bash(script, **kwargs):
-    return subprocess.run(["bash", "-c", f"source Scripts/lib/common.sh && source Scripts/lib/container.sh && {script}"],
-                          cwd=REPO, capture_output=True, text=True, **kwargs)
+    script = f"source Scripts/lib/common.sh && source Scripts/lib/container.sh && {script}"
+    return subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, **kwargs)
 
 
 def prepare(work):
@@ -50,8 +50,8 @@ class Container:
         options = [f"--bind{'-ro' if b.endswith(':ro') else ''}={b.removesuffix(':ro')}" for b in binds]
         with open(self.console, "ab") as log:
             self.nspawn = subprocess.Popen(["systemd-nspawn", "-D", self.root, "--keep-unit", "--register=no",
-                                            "--bind=/dev/fuse", "--capability=CAP_SYS_ADMIN", "--console=pipe", *options,
-                                            "-b"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            "--bind=/dev/fuse", "--capability=CAP_SYS_ADMIN", "--console=pipe",
+                                            *options, "-b"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                            start_new_session=True)
         try:
             self._wait_booted()

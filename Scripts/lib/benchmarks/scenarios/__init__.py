@@ -4,11 +4,12 @@ section(samples, plan) for a table of its own.
 
 The order keeps the cheap in-memory scenarios first and lets 11 and 10 reuse the baselines 3 and 4 measured."""
 
-from . import (cache_peers, cold_bandwidth, cold_latency, fleet, footprint, herd, memory, memory_bound, metadata,
-               other_clients, peer_floor, random_reads, rclone_metadata, s3fs, seed_table, sweep)
+from . import (cache_peers, cold_bandwidth, cold_latency, continuity, fleet, footprint, herd, memory, memory_bound,
+               metadata, other_clients, peer_floor, random_reads, rclone_metadata, s3fs, seed_table, sweep)
 
 ALL = [memory, random_reads, metadata, memory_bound, footprint, cold_bandwidth, other_clients, cache_peers,
-       cold_latency, herd, sweep, peer_floor, rclone_metadata, seed_table, s3fs, fleet]
+       cold_latency, herd, sweep, peer_floor, rclone_metadata, seed_table, s3fs, fleet,
+       continuity]
 
 
 def select(only):

@@ -7,34 +7,6 @@ import Testing
 import Glibc
 #endif
 
-private let blockSize = 4096
-
-private func version(_ inode: UInt64, blocks: Int, extra: Int = 0) -> FileVersion {
-    FileVersion(
-        identity: .inode(device: 9, inode: inode), size: Int64(blocks * blockSize + extra),
-        modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
-}
-
-private func bytes(_ file: FileVersion, _ index: Int64, count: Int) -> [UInt8] {
-    (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ Int(index) &* 13 &+ Int(file.size)) }
-}
-
-/// Loads the blocks of `file` (all by default) with their own bytes; returns how many reached the loader.
-@discardableResult
-private func load(_ cache: BlockCache, _ file: FileVersion, _ indexes: Range<Int64>? = nil) throws -> Int {
-    var loads = 0
-    let count = (file.size + Int64(blockSize) - 1) / Int64(blockSize)
-    for index in indexes ?? 0..<count {
-        let length = Int(min(Int64(blockSize), file.size - index * Int64(blockSize)))
-        _ = try cache.block(for: BlockKey(file: file, index: index), length: length) { buffer in
-            loads += 1
-            bytes(file, index, count: length).withUnsafeBytes { buffer.copyMemory(from: $0) }
-            return length
-        }
-    }
-    return loads
-}
-
 /// The whole content of a memory file, read through its descriptor as the kernel would.
 private func contents(of descriptor: Int32, size: Int) -> [UInt8] {
     var result = [UInt8](repeating: 0, count: size)

@@ -7,32 +7,6 @@ import Testing
 import Glibc
 #endif
 
-private let blockSize = 4096
-
-private func version(_ inode: UInt64, blocks: Int, extra: Int = 0) -> FileVersion {
-    FileVersion(
-        identity: .inode(device: 7, inode: inode), size: Int64(blocks * blockSize + extra),
-        modified: Timestamp(seconds: 5, nanoseconds: 6), changed: Timestamp(seconds: 5, nanoseconds: 6))
-}
-
-private func bytes(_ file: FileVersion, _ index: Int64, count: Int) -> [UInt8] {
-    (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(index) &* 17 &+ Int(file.size) &+ 1) }
-}
-
-private func length(_ file: FileVersion, _ index: Int64) -> Int {
-    Int(min(Int64(blockSize), file.size - index * Int64(blockSize)))
-}
-
-/// Loads blocks of `file` with their own bytes through `fetch`, as the loader does.
-private func load(_ cache: BlockCache, _ file: FileVersion, _ indexes: Range<Int64>) throws {
-    for index in indexes {
-        _ = try cache.fetch(for: BlockKey(file: file, index: index), length: length(file, index)) { buffer in
-            try bytes(file, index, count: length(file, index)).withUnsafeBytes { try buffer.store($0) }
-            return (length(file, index), .source)
-        }
-    }
-}
-
 /// Reads a block through `fetch`; returns its bytes and whether it had to be loaded.
 private func read(_ cache: BlockCache, _ file: FileVersion, _ index: Int64) throws -> (bytes: [UInt8], loaded: Bool) {
     var loaded = false

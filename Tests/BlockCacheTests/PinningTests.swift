@@ -3,9 +3,6 @@ import Testing
 
 @testable import BlockCache
 
-// Small blocks keep these tests fast; the cache works the same at any block size.
-private let blockSize = 4096
-
 private func file(_ inode: UInt64, blocks: Int64, mtime: Int64 = 100) -> FileVersion {
     FileVersion(
         identity: .inode(device: 7, inode: inode), size: blocks * Int64(blockSize),

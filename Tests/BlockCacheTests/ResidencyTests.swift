@@ -6,19 +6,10 @@ import Testing
 import Glibc
 #endif
 
-private let blockSize = 4096
-
 private func version(_ inode: UInt64, size: Int) -> FileVersion {
     FileVersion(
         identity: .inode(device: 9, inode: inode), size: Int64(size),
         modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
-}
-
-private func load(_ cache: BlockCache, _ file: FileVersion, _ indexes: Range<Int64>) throws {
-    for index in indexes {
-        let length = Int(min(Int64(blockSize), file.size - index * Int64(blockSize)))
-        _ = try cache.block(for: BlockKey(file: file, index: index), length: length) { _ in length }
-    }
 }
 
 @Suite("Residency: what the cache holds of a version, told without changing it")

@@ -37,27 +37,7 @@ struct ContainerImageTests {
             if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
             Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
     func imageStepsServe() throws {
-        let steps = try JSONDecoder().decode(Steps.self, from: Data(try shell("python3 '\(Self.checker)' steps").utf8))
-        // The staged install puts the binary where the image's COPY does (check_deploy.py validate checks that).
-        let container = try BootedContainer { root in
-            try shell(
-                """
-                mkdir -p data-slow data-fast etc/cachefs-token
-                head -c 20000000 /dev/urandom > data-slow/model.bin
-                echo test-token > etc/cachefs-token/token
-                """, in: root)
-            for (path, text) in steps.files {
-                try FileManager.default.createDirectory(
-                    atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                try text.write(toFile: root + path, atomically: true, encoding: .utf8)
-            }
-        }
-        for command in steps.run {
-            let result = try container.exec(command, timeout: 300)
-            #expect(result.status == 0, "RUN \(command): \(result.error)")
-        }
-        // What the container runtime does with the pod: run ENTRYPOINT + args as the container's main process.
-        let command = (steps.entrypoint + steps.args).map { "'\($0)'" }.joined(separator: " ")
+        let (container, command) = try podContainer()
         try container.check("systemd-run --unit=cachefs-pod \(command)")
         let serving = try eventually(within: 20) { try container.exec("/usr/local/bin/cachefs stats /data-fast").status == 0 }
         #expect(serving, "the readiness probe's command never succeeded:\n\(container.journal("cachefs-pod"))")
@@ -78,22 +58,7 @@ struct ContainerImageTests {
             if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
             Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
     func rollingUpdateHandsOver() throws {
-        let steps = try JSONDecoder().decode(Steps.self, from: Data(try shell("python3 '\(Self.checker)' steps").utf8))
-        let container = try BootedContainer { root in
-            try shell(
-                """
-                mkdir -p data-slow data-fast etc/cachefs-token
-                head -c 20000000 /dev/urandom > data-slow/model.bin
-                echo test-token > etc/cachefs-token/token
-                """, in: root)
-            for (path, text) in steps.files {
-                try FileManager.default.createDirectory(
-                    atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                try text.write(toFile: root + path, atomically: true, encoding: .utf8)
-            }
-        }
-        for command in steps.run { _ = try container.exec(command, timeout: 300) }
-        let command = (steps.entrypoint + steps.args).map { "'\($0)'" }.joined(separator: " ")
+        let (container, command) = try podContainer()
         func stats() throws -> StatsReport {
             try JSONDecoder().decode(
                 StatsReport.self, from: Data(try container.check("/usr/local/bin/cachefs stats /data-fast --json").utf8))
@@ -130,5 +95,32 @@ struct ContainerImageTests {
         #expect(try container.cachefsMounts(at: "/data-fast").count == 1, "the old pod's end took the mount with it")
         try container.check("systemctl kill --signal=SIGTERM cachefs-pod-new")
         #expect(try eventually(within: 15) { try container.cachefsMounts(at: "/data-fast").isEmpty }, "the mount outlived the new pod")
+    }
+
+    /// A booted Debian 12 container prepared as the image and the pod would be: a 20 MB model under
+    /// /data-slow, the token, the ConfigMap's files, the image's RUN steps run (each must succeed).
+    /// Returns it with the pod's command line (ENTRYPOINT + args), which the tests start as the
+    /// container runtime would: as the container's main process.
+    private func podContainer() throws -> (container: BootedContainer, command: String) {
+        let steps = try JSONDecoder().decode(Steps.self, from: Data(try shell("python3 '\(Self.checker)' steps").utf8))
+        // The staged install puts the binary where the image's COPY does (check_deploy.py validate checks that).
+        let container = try BootedContainer { root in
+            try shell(
+                """
+                mkdir -p data-slow data-fast etc/cachefs-token
+                head -c 20000000 /dev/urandom > data-slow/model.bin
+                echo test-token > etc/cachefs-token/token
+                """, in: root)
+            for (path, text) in steps.files {
+                try FileManager.default.createDirectory(
+                    atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: root + path, atomically: true, encoding: .utf8)
+            }
+        }
+        for command in steps.run {
+            let result = try container.exec(command, timeout: 300)
+            #expect(result.status == 0, "RUN \(command): \(result.error)")
+        }
+        return (container, (steps.entrypoint + steps.args).map { "'\($0)'" }.joined(separator: " "))
     }
 }

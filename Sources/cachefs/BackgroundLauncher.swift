@@ -12,9 +12,6 @@ import Glibc
 /// The daemon gets the settings whole, as JSON on its standard input, never
 /// re-spelled as options: a setting added to `MountSettings` reaches it by itself.
 enum BackgroundLauncher {
-    /// glibc's POSIX_SPAWN_SETSID, hidden from Swift behind _GNU_SOURCE.
-    private static let spawnSetSID: Int16 = 0x80
-
     /// - Parameter keepingOutput: the daemon writes to this process's standard output and error (a
     ///   supervisor's journal, see SpecMounts) instead of /dev/null.
     /// - Returns: the daemon's process ID, once it is ready.
@@ -25,39 +22,21 @@ enum BackgroundLauncher {
         let readyDescriptor: Int32 = 3
 
         markInheritedDescriptorsCloseOnExec()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, settingsReadEnd, STDIN_FILENO)
-        if !keepingOutput {
-            posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0)
-        }
-        posix_spawn_file_actions_adddup2(&actions, writeEnd, readyDescriptor)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // No signal blocked: the daemon blocks its own; a supervisor's blocked set is not its business.
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setflags(&attributes, spawnSetSID | Int16(POSIX_SPAWN_SETSIGMASK))
-
         let arguments =
             ["cachefs", ServeCommand.configuration.commandName!, "--ready-fd", String(readyDescriptor)]
             + (keepingOutput ? ["--supervised"] : [])
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-
-        var pid = pid_t()
-        let spawned = posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, argv, environ)
-        close(writeEnd)
-        close(settingsReadEnd)
-        guard spawned == 0 else {
+        let pid: pid_t
+        do {
+            defer {
+                close(writeEnd) // the daemon's ends are its own now
+                close(settingsReadEnd)
+            }
+            pid = try SelfSpawn.spawn(
+                arguments, standardInput: settingsReadEnd, keepingOutput: keepingOutput, descriptors: [(writeEnd, readyDescriptor)])
+        } catch {
             close(readEnd)
             close(settingsWriteEnd)
-            throw UsageError("cannot start the daemon: \(String(cString: strerror(spawned)))")
+            throw UsageError("cannot start the daemon: \(String(cString: strerror(error.rawValue)))")
         }
         // A pipe holds 64 KiB, far more than the settings; the daemon reads them before anything else.
         let encoded = try JSONEncoder().encode(settings)

@@ -28,28 +28,12 @@ enum MountKeeper {
             throw UsageError("cannot create the mount keeper's socket: \(String(cString: strerror(errno)))")
         }
         defer { close(ends[1]) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, ends[1], socketDescriptor)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setflags(&attributes, Int16(0x80) | Int16(POSIX_SPAWN_SETSIGMASK)) // POSIX_SPAWN_SETSID
         let arguments = ["cachefs", KeepMountCommand.configuration.commandName!, "--mountpoint", mountpoint, "--device", device]
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid = pid_t()
-        let spawned = posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, argv, environ)
-        guard spawned == 0 else {
+        do {
+            _ = try SelfSpawn.spawn(arguments, descriptors: [(ends[1], socketDescriptor)])
+        } catch {
             close(ends[0])
-            throw UsageError("cannot start the mount keeper: \(String(cString: strerror(spawned)))")
+            throw UsageError("cannot start the mount keeper: \(String(cString: strerror(error.rawValue)))")
         }
         return ends[0]
     }

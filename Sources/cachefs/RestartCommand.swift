@@ -23,9 +23,7 @@ struct RestartCommand: ParsableCommand {
     var controlSocket: String?
 
     func run() throws {
-        let socket =
-            controlSocket.map(MountSettings.absolute)
-            ?? ControlSocket.defaultPath(forMountpoint: StatsCommand.canonicalMountpoint(mountpoint))
+        let socket = MountLocator.controlSocket(for: StatsCommand.canonicalMountpoint(mountpoint), explicit: controlSocket)
         let report: StatsReport
         do {
             report = try runBlocking { try await ControlClient(socketPath: socket).stats() }

@@ -21,9 +21,7 @@ struct StatsCommand: ParsableCommand {
     var controlSocket: String?
 
     func run() throws {
-        let socket =
-            controlSocket.map(MountSettings.absolute)
-            ?? ControlSocket.defaultPath(forMountpoint: Self.canonicalMountpoint(mountpoint))
+        let socket = MountLocator.controlSocket(for: Self.canonicalMountpoint(mountpoint), explicit: controlSocket)
         let report = try runBlocking { try await ControlClient(socketPath: socket).stats() }
         if json {
             let encoder = JSONEncoder()

@@ -178,12 +178,7 @@ public final class VersionMemory: @unchecked Sendable {
     func discard(_ index: Int64, length: Int) {
         ledger?.clearResident(index)
         let offset = Int64(Int(index) * blockSize)
-        let failure: Errno? = slots.withLock { slots in
-            guard let error = unreturned.punchHole(descriptor, offset, Int64(length)) else { return nil }
-            slots.unreturned[index] = length
-            unreturned.kept(length)
-            return error
-        }
+        let failure = slots.withLock { slots in punch(index, at: offset, length: length, in: &slots) }
         if let failure { unreturned.log(failure, bytes: length, at: offset) }
     }
 
@@ -198,12 +193,19 @@ public final class VersionMemory: @unchecked Sendable {
             slots.byIndex[index] = nil
             ledger?.clearResident(index) // unmarked before the bytes go
             // Under the lock: a new claim of this range waits until the punch is done.
-            guard let error = unreturned.punchHole(descriptor, Int64(offset), Int64(memory.count)) else { return nil }
-            slots.unreturned[index] = memory.count
-            unreturned.kept(memory.count)
-            return error
+            return punch(index, at: Int64(offset), length: memory.count, in: &slots)
         }
         if let failure { unreturned.log(failure, bytes: memory.count, at: Int64(offset)) } // outside the lock
+    }
+
+    /// Punches block `index`'s range out of the memory file, with `slots` locked; if that fails, the
+    /// range's memory stays in use and is counted as unreturned. Returns the failure, for the caller to
+    /// log once the lock is released.
+    private func punch(_ index: Int64, at offset: Int64, length: Int, in slots: inout Slots) -> Errno? {
+        guard let error = unreturned.punchHole(descriptor, offset, Int64(length)) else { return nil }
+        slots.unreturned[index] = length
+        unreturned.kept(length)
+        return error
     }
 
     /// Bytes of the file that hold memory now (for tests and diagnostics).

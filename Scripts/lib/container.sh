@@ -68,15 +68,17 @@ close_inherited_fds() {
     done
 }
 
-# container_boot ROOT LOG: boots ROOT in the background (console to LOG) and waits
-# until systemd inside reports the boot finished. Prints "NSPAWN_PID INIT_PID".
+# container_boot ROOT LOG [NSPAWN_OPTION...]: boots ROOT in the background (console to LOG;
+# extra systemd-nspawn options such as --bind=HOST:INSIDE) and waits until systemd inside
+# reports the boot finished. Prints "NSPAWN_PID INIT_PID".
 container_boot() {
     local root=$1 log=$2 nspawn init="" _
+    shift 2
     # setsid: the container outlives the shell that started it; it is stopped by PID.
     (
         close_inherited_fds
         exec setsid systemd-nspawn -D "$root" --keep-unit --register=no --bind=/dev/fuse \
-            --capability=CAP_SYS_ADMIN --console=pipe -b </dev/null >>"$log" 2>&1
+            --capability=CAP_SYS_ADMIN --console=pipe "$@" -b </dev/null >>"$log" 2>&1
     ) &
     nspawn=$!
     # The container's init is the child of systemd-nspawn that has become systemd (earlier

@@ -3,9 +3,7 @@ base root and `DESTDIR=... Scripts/install`'s files): for measurements under a r
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 from .context import LIBRARY
 
@@ -13,9 +11,10 @@ REPO = os.path.dirname(os.path.dirname(LIBRARY))
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _bash(script, **kwargs):
+def _bash(script, *args, **kwargs):
+    """Runs SCRIPT (its arguments as "$1"...) with Scripts/lib/container.sh's functions."""
     script = f"source Scripts/lib/common.sh && source Scripts/lib/container.sh && {script}"
-    return subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, **kwargs)
+    return subprocess.run(["bash", "-c", script, "bench", *args], cwd=REPO, capture_output=True, text=True, **kwargs)
 
 
 def prepare(work):
@@ -36,7 +35,7 @@ def prepare(work):
 
 class Container:
     """A copy of BASE with STAGE's files and PREPARE(root)'s, booted with BINDS ("host:inside" or
-    "host:inside:ro"); `stop` powers it off and deletes the copy."""
+    "host:inside:ro") by container.sh's `container_boot`; `stop` powers it off and deletes the copy."""
 
     def __init__(self, base, stage, scratch, binds=(), prepare=lambda root: None):
         self.scratch, self.root = scratch, os.path.join(scratch, "root")
@@ -48,33 +47,12 @@ class Container:
         subprocess.run(["cp", "-a", stage + "/.", self.root + "/"], check=True)
         prepare(self.root)
         options = [f"--bind{'-ro' if b.endswith(':ro') else ''}={b.removesuffix(':ro')}" for b in binds]
-        with open(self.console, "ab") as log:
-            self.nspawn = subprocess.Popen(["systemd-nspawn", "-D", self.root, "--keep-unit", "--register=no",
-                                            "--bind=/dev/fuse", "--capability=CAP_SYS_ADMIN", "--console=pipe",
-                                            *options, "-b"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                           start_new_session=True)
-        try:
-            self._wait_booted()
-        except Exception:
+        booted = _bash('container_boot "$@"', self.root, self.console, *options, timeout=300)
+        pids = booted.stdout.split()
+        if booted.returncode != 0 or len(pids) != 2:
             self.stop()
-            raise
-
-    def _wait_booted(self):
-        deadline = time.monotonic() + 120
-        while self.init is None:
-            if self.nspawn.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"systemd-nspawn did not boot: {self.tail()}")
-            found = subprocess.run(["pgrep", "-P", str(self.nspawn.pid), "-x", "systemd"], capture_output=True,
-                                   text=True).stdout.split()
-            self.init = int(found[0]) if found else None
-            time.sleep(0.1)
-        while True:
-            state = self.run("systemctl is-system-running --wait", timeout=120).stdout.strip()
-            if state in ("running", "degraded"):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the container did not finish booting ({state}): {self.tail()}")
-            time.sleep(0.2)
+            raise RuntimeError(f"systemd-nspawn did not boot: {booted.stderr.strip()[-300:]} {self.tail()}")
+        self.nspawn, self.init = int(pids[0]), int(pids[1])
 
     def tail(self):
         try:
@@ -100,17 +78,9 @@ class Container:
         return self.run(f"systemctl show -P {name} {unit}").stdout.strip()
 
     def stop(self):
-        """Powers the container off (systemd-nspawn turns SIGTERM into a clean shutdown; its mounts go with it),
-        killing it after 30 s; deletes its root."""
-        if self.nspawn is not None and self.nspawn.poll() is None:
-            self.nspawn.send_signal(signal.SIGTERM)
-            try:
-                self.nspawn.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                if self.init:
-                    os.kill(self.init, signal.SIGKILL)
-                self.nspawn.kill()
-                self.nspawn.wait()
+        """Powers the container off (container.sh's `container_stop`; its mounts go with it) and deletes its root."""
+        if self.nspawn is not None:
+            _bash('container_stop "$1"', str(self.nspawn), timeout=60)
         # Never through a mount (the bound data directory): only a root nothing is mounted in is deleted.
         with open("/proc/mounts") as f:
             if not any(line.split()[1].startswith(self.scratch + "/") for line in f):

@@ -66,7 +66,7 @@ struct Daemon {
         let control: ControlListener
         do {
             // Before mounting: a socket a running daemon answers on is refused, and nothing is mounted.
-            try claimControlSocket(predecessorExiting: parts.succession.tookOverALiveMount)
+            try runBlocking { [settings] in try await ControlServer.claim(socketPath: settings.controlSocket) }
             control = try ControlServer.make(
                 socketPath: settings.controlSocket, handler: handler, onRunning: { parts.controlRunning.set() })
         } catch {
@@ -89,24 +89,6 @@ struct Daemon {
             throw UsageError("cachefs could not start serving \(settings.mountpoint): \(reason)")
         }
     }
-
-    /// Claims the control socket (`ControlServer.claim`). A predecessor that has just handed its mount
-    /// over is exiting (or turning into a waiter that holds nothing): its listener may still accept for
-    /// a few milliseconds, so the claim is tried again for up to `handOverExitTimeout`.
-    private func claimControlSocket(predecessorExiting: Bool) throws {
-        let deadline = ContinuousClock.now + Self.handOverExitTimeout
-        while true {
-            do {
-                return try runBlocking { [settings] in try await ControlServer.claim(socketPath: settings.controlSocket) }
-            } catch {
-                guard predecessorExiting, ContinuousClock.now < deadline else { throw error }
-                usleep(20_000)
-            }
-        }
-    }
-
-    /// How long a predecessor that handed its mount over may keep its control socket open.
-    static let handOverExitTimeout: Duration = .seconds(5)
 
     /// The daemon's parts, wired together before anything is mounted, and what start-up and
     /// shutdown wait on.

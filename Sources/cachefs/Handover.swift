@@ -192,7 +192,10 @@ final class HandoverServer: @unchecked Sendable {
         guard answer.kind == Handover.Message.taken.rawValue else {
             return resume(Handover.decode(Handover.Refusal.self, answer.payload)?.reason ?? "the new daemon did not take it")
         }
-        // From here on this daemon never serves again, whatever happens.
+        // From here on this daemon never serves again, whatever happens. Its control socket's path goes
+        // first: its listener lives until the process ends, which the successor cannot wait for exactly,
+        // and a listener still at the path would make the successor's claim of it fail.
+        unlink(settings.controlSocket)
         try? channel.send(kind: Handover.Message.released.rawValue, [])
         logger.notice(
             "handed the mount over",

@@ -177,9 +177,6 @@ final class Succession: @unchecked Sendable {
         }
     }
 
-    /// Whether this daemon took the mount over from a daemon still running (a hand-over).
-    var tookOverALiveMount: Bool { inheritance?.start == .handOver }
-
     /// Whether systemd keeps this daemon's mount and cache for a restart.
     var keptBySystemd: Bool { store != nil }
 

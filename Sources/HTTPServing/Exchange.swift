@@ -96,16 +96,22 @@ public enum HTTPExchange {
     public static func send(_ request: HTTPMessage, toUnixSocket path: String, timeout: Duration) async throws -> HTTPMessage {
         let group = MultiThreadedEventLoopGroup.singleton
         let answer = group.any().makePromise(of: HTTPMessage.self)
-        let channel = try await ClientBootstrap(group: group)
-            .connectTimeout(.seconds(5))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(answer: answer))
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(5))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(ResponseCollector(answer: answer))
+                    }
                 }
-            }
-            .connect(unixDomainSocketPath: path)
-            .get()
+                .connect(unixDomainSocketPath: path)
+                .get()
+        } catch {
+            answer.fail(error) // no connection, so no collector to complete it (NIO traps on a promise left pending)
+            throw error
+        }
         defer { channel.close(promise: nil) }
         var headers = request.headers
         headers.replaceOrAdd(name: "Host", value: "localhost")

@@ -38,6 +38,18 @@ struct ControlSocketTests {
         #expect(try JSONDecoder().decode(StatsReport.self, from: Data(stats.output.utf8)).settings.mountpoint == mountpoint)
     }
 
+    @Test("A command asking a socket a dead daemon left fails in one line (the client's connection, never made, leaves nothing pending)")
+    func staleSocketAsked() throws {
+        let scratch = try ScratchDirectory()
+        let mountpoint = try scratch.make("mnt")
+        let socketPath = scratch.path + "/control.sock"
+        try leaveStaleSocket(at: socketPath)
+        let result = try run(cachefsBinary, ["stats", mountpoint, "--control-socket", socketPath], timeout: 30)
+        #expect(result.status == 1, "status \(result.status)")
+        #expect(
+            result.error.split(separator: "\n").count == 1 && result.error.contains("cannot reach the cachefs daemon"), "\(result.error)")
+    }
+
     @Test("The socket appears at its path already 0600: it is never created there, only moved in")
     func socketNeverReachableByOthers() throws {
         let scratch = try ScratchDirectory()

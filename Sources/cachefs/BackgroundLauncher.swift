@@ -46,8 +46,10 @@ enum BackgroundLauncher {
         close(readEnd)
         if answer == "ok" { return pid }
         var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        throw UsageError(answer.isEmpty ? "the daemon exited before the mount was ready" : answer)
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard answer.isEmpty else { throw UsageError(answer) }
+        let end = status & 0x7f == 0 ? "with status \((status >> 8) & 0xff)" : "killed by signal \(status & 0x7f)"
+        throw UsageError("the daemon exited (\(end)) before the mount was ready")
     }
 
     /// A pipe whose ends are closed on exec (the child gets the ends it needs through dup2, without the flag).

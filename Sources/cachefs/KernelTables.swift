@@ -167,3 +167,21 @@ enum ReadAheadWindow {
         return written == value.utf8.count ? nil : (written < 0 ? errno : EIO)
     }
 }
+
+/// Whether /proc is this process's: a PID namespace entered without mounting its own proc (`unshare
+/// --pid --fork` without `--mount-proc`) leaves the outer namespace's, where /proc/TID names another
+/// thread or none. libdispatch's worker monitor opens /proc/TID/stat for each of its threads once a
+/// second and crashes the process (SIGILL, "registered worker exited prematurely") when one is missing,
+/// so a daemon started there would die at a random moment; it refuses to start instead.
+enum ProcFilesystem {
+    /// Why /proc cannot be used, in one line; nil when it is this namespace's.
+    static func foreignNamespace() -> String? {
+        var target = [CChar](repeating: 0, count: 64)
+        let count = readlink("/proc/self", &target, target.count - 1)
+        guard count > 0 else { return "/proc is not mounted (cachefs reads its mount table there)" }
+        let seen = String(decoding: target.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard seen != String(getpid()) else { return nil }
+        return
+            "/proc belongs to another PID namespace (this process is \(getpid()) here, /proc says \(seen)); mount this namespace's own (unshare --mount-proc, as a container runtime does)"
+    }
+}

@@ -151,6 +151,7 @@ struct MountCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let reason = ProcFilesystem.foreignNamespace() { throw UsageError(reason) }
         if let spec { return try SpecMounts.mount(ServiceSpec(contentsOf: spec), options: self) }
         let settings = try mountSettings()
         if foreground {

@@ -15,6 +15,10 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         let readiness = ReadinessPipe(readyFD)
+        if let reason = ProcFilesystem.foreignNamespace() {
+            readiness.fail(reason)
+            throw UsageError(reason)
+        }
         let settings: MountSettings
         do {
             settings = try JSONDecoder().decode(MountSettings.self, from: FileHandle.standardInput.readToEnd() ?? Data())

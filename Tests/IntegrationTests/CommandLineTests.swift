@@ -4,12 +4,14 @@ import Testing
 @Suite("Command line", .serialized)
 struct CommandLineTests {
     /// Runs cachefs expecting failure: one line on stderr, a non-zero exit, no mount left.
+    /// - Parameter launcher: a command that runs cachefs (e.g. in another namespace), given before it.
     private func expectCleanFailure(
-        _ arguments: [String], mentioning fragment: String, scratch: ScratchDirectory,
+        _ arguments: [String], mentioning fragment: String, scratch: ScratchDirectory, launcher: [String] = [],
         sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
         let mountsBefore = mountedPaths(under: scratch.path)
-        let result = try run(cachefsBinary, arguments, timeout: 30)
+        let command = launcher + [cachefsBinary] + arguments
+        let result = try run(command[0], Array(command.dropFirst()), timeout: 30)
         #expect(result.status != 0, "\(arguments) succeeded", sourceLocation: sourceLocation)
         let lines = result.error.split(separator: "\n")
         #expect(lines.count == 1, "expected one line, got: \(result.error)", sourceLocation: sourceLocation)
@@ -44,6 +46,20 @@ struct CommandLineTests {
         ]
         for (arguments, fragment) in cases {
             try expectCleanFailure(arguments, mentioning: fragment, scratch: scratch)
+        }
+    }
+
+    @Test(
+        "In a PID namespace whose /proc is another's (unshare without --mount-proc), a mount is refused in one line: libdispatch would crash the daemon at a random moment"
+    )
+    func foreignProc() throws {
+        let scratch = try ScratchDirectory()
+        let source = try scratch.make("src")
+        let mountpoint = try scratch.make("mnt")
+        for extra in [[], ["--foreground"]] {
+            try expectCleanFailure(
+                [source, mountpoint, "--capacity", "64M"] + extra, mentioning: "/proc belongs to another PID namespace", scratch: scratch,
+                launcher: ["unshare", "--pid", "--fork"])
         }
     }
 

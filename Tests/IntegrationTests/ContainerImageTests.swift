@@ -53,7 +53,7 @@ struct ContainerImageTests {
     }
 
     @Test(
-        "A rolling update in a Debian 12 container: a second pod (its own PID namespace) runs the same ENTRYPOINT and args beside the first, takes /data-fast over through the shared socket directory with the cache, and the first waits for its SIGTERM holding nothing",
+        "A rolling update in a Debian 12 container: a second pod (its own PID and mount namespaces and /proc) runs the same ENTRYPOINT and args beside the first, takes /data-fast over through the shared socket directory with the cache, and the first waits for its SIGTERM holding nothing",
         .enabled(
             if: toolsMissing == nil && ContainerPrerequisites.missing == nil,
             Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
@@ -70,9 +70,11 @@ struct ContainerImageTests {
         try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
         let before = try stats()
 
-        // The new pod: another PID namespace (as another container); the mount table is shared, as
+        // The new pod: another PID namespace with its own /proc, as a container runtime gives each
+        // container, and another mount namespace whose mounts stay shared with the first's, as
         // Bidirectional propagation shares the node's /data-fast with both pods.
-        try container.check("systemd-run --unit=cachefs-pod-new unshare --pid --fork \(command)")
+        try container.check(
+            "systemd-run --unit=cachefs-pod-new unshare --pid --fork --mount-proc --propagation unchanged \(command)")
         let tookOver = eventually(within: 30) { (try? stats()).map { $0.pid != before.pid } ?? false }
         #expect(
             tookOver,

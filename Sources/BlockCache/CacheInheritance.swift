@@ -1,4 +1,3 @@
-import CLinux
 import Synchronization
 import SystemPackage
 
@@ -135,11 +134,7 @@ extension BlockCache {
                 charged += Int(version.size)
             } else {
                 // Pages of loads cut short (a crash mid-load) are given back; a held file is never punched.
-                for range in unmarked {
-                    _ = cachefs_punch_hole(
-                        memory.descriptor, off_t(range.lowerBound * Int64(blockSize)),
-                        off_t(min(version.size, range.upperBound * Int64(blockSize)) - range.lowerBound * Int64(blockSize)))
-                }
+                for range in unmarked { memory.discardUnmarked(range) }
             }
             state.withLock { state in
                 state.memories[version] = WeakMemory(memory: memory)

@@ -182,6 +182,17 @@ public final class VersionMemory: @unchecked Sendable {
         if let failure { unreturned.log(failure, bytes: length, at: offset) }
     }
 
+    /// Gives back the pages of inherited blocks the ledger does not mark complete (a load cut short by
+    /// a crash; most such ranges are holes already). The cache never counted their memory, so a punch
+    /// that fails is told, not counted. Only for an inherited file no kernel reader holds.
+    func discardUnmarked(_ blocks: Range<Int64>) {
+        let offset = blocks.lowerBound * Int64(blockSize)
+        let length = min(version.size, blocks.upperBound * Int64(blockSize)) - offset
+        if let failure = unreturned.punchHole(descriptor, offset, length) {
+            unreturned.log(failure, bytes: Int(length), at: offset, counted: false)
+        }
+    }
+
     /// Gives a block's range back to the system, unless it has been claimed again since.
     func release(_ memory: UnsafeMutableRawBufferPointer, generation: UInt64) {
         let offset = memory.baseAddress! - base
@@ -251,9 +262,13 @@ final class UnreturnedMemory: Sendable {
         unreturnedBytes.subtract(bytes, ordering: .relaxed)
     }
 
-    func log(_ error: Errno, bytes: Int, at offset: Int64) {
+    /// - Parameter counted: whether the memory is counted as unreturned (a block's), or was never
+    ///   counted (pages a load cut short may have left).
+    func log(_ error: Errno, bytes: Int, at offset: Int64, counted: Bool = true) {
         logger.error(
-            "an evicted block's memory could not be given back; it stays counted against the capacity",
+            counted
+                ? "an evicted block's memory could not be given back; it stays counted against the capacity"
+                : "the pages of an inherited load cut short could not be given back",
             metadata: ["error": "\(error)", "bytes": "\(bytes)", "offset": "\(offset)", "unreturned bytes": "\(self.bytes)"])
     }
 }

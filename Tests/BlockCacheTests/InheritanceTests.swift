@@ -1,3 +1,5 @@
+import Logging
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -127,6 +129,36 @@ struct InheritanceTests {
         let again = try read(second, file, 1)
         #expect(again.loaded && again.bytes == bytes(file, 1, count: blockSize))
         #expect(try read(second, file, 2).loaded)
+        withExtendedLifetime(kept) {}
+    }
+
+    @Test(
+        "The pages a load cut short left in an inherited file go back through the cache's one punch; its failure is told, not counted"
+    )
+    func unmarkedPagesGoThroughThePunch() throws {
+        let first = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let file = version(8, blocks: 3)
+        try load(first, file, 0..<1)
+        struct Cut: Error {}
+        #expect(throws: Cut.self) {
+            _ = try first.fetch(for: BlockKey(file: file, index: 1), length: blockSize) { buffer in
+                try [UInt8](repeating: 0xAB, count: blockSize).withUnsafeBytes { try buffer.store($0) }
+                throw Cut()
+            }
+        }
+        let (kept, files) = try handOver(first)
+        final class Punches: Sendable {
+            let ranges = Mutex<[Range<Int64>]>([])
+        }
+        let punches = Punches()
+        let unreturned = UnreturnedMemory(logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })) { _, offset, length in
+            punches.ranges.withLock { $0.append(offset..<(offset + length)) }
+            return .ioError
+        }
+        let second = BlockCache(capacity: 64 * blockSize, blockSize: blockSize, unreturned: unreturned)
+        #expect(second.adopt(files).blocks == 1)
+        #expect(punches.ranges.withLock { $0 } == [Int64(blockSize)..<Int64(3 * blockSize)], "blocks 1 and 2 in one punch")
+        #expect(second.statistics.unreturnedBytes == 0 && second.statistics.holePunchFailures == 0)
         withExtendedLifetime(kept) {}
     }
 

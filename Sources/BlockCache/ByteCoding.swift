@@ -31,6 +31,11 @@ public struct ByteWriter: Sendable {
 
     public mutating func append(_ version: FileVersion) {
         append(version.identity)
+        appendContent(of: version)
+    }
+
+    /// A version's size and times without its identity, for a record that holds the identity already.
+    public mutating func appendContent(of version: FileVersion) {
         append(version.size)
         append(version.modified.seconds)
         append(version.modified.nanoseconds)
@@ -81,7 +86,11 @@ public struct ByteReader {
     }
 
     public mutating func readVersion() throws(Malformed) -> FileVersion {
-        let identity = try readIdentity()
+        try readVersion(of: try readIdentity())
+    }
+
+    /// What `appendContent(of:)` wrote, as the version of `identity`.
+    public mutating func readVersion(of identity: FileIdentity) throws(Malformed) -> FileVersion {
         let size: Int64 = try read()
         guard size >= 0 else { throw Malformed(description: "negative file size") }
         let modified = Timestamp(seconds: try read(), nanoseconds: try read())

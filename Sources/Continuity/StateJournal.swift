@@ -233,11 +233,7 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
         }
         if let version = record.version, version.identity == record.identity {
             writer.append(UInt8(1))
-            writer.append(version.size)
-            writer.append(version.modified.seconds)
-            writer.append(version.modified.nanoseconds)
-            writer.append(version.changed.seconds)
-            writer.append(version.changed.nanoseconds)
+            writer.appendContent(of: version)
         } else if let version = record.version {
             writer.append(UInt8(2))
             writer.append(version)
@@ -259,11 +255,7 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
             let version: FileVersion?
             switch try reader.read(UInt8.self) {
             case 0: version = nil
-            case 1:
-                let size: Int64 = try reader.read()
-                version = FileVersion(
-                    identity: identity, size: size, modified: Timestamp(seconds: try reader.read(), nanoseconds: try reader.read()),
-                    changed: Timestamp(seconds: try reader.read(), nanoseconds: try reader.read()))
+            case 1: version = try reader.readVersion(of: identity)
             default: version = try reader.readVersion()
             }
             guard (kind == .directory) == (version == nil) else { return nil }

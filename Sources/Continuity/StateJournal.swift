@@ -260,7 +260,7 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
             }
             guard (kind == .directory) == (version == nil) else { return nil }
             return OpenHandleRecord(
-                handle: UInt64(generation) << 32 | UInt64(slot), kind: kind, node: node, nodeType: type,
+                handle: OpenHandleRecord.handle(slot: slot, generation: generation), kind: kind, node: node, nodeType: type,
                 identity: identity, path: path, version: version, backingID: backingID)
         } catch {
             return nil

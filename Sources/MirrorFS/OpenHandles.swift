@@ -39,8 +39,13 @@ public struct OpenHandleRecord: Sendable, Equatable {
         self.backingID = backingID
     }
 
-    public var slot: Int { Int(handle & 0xFFFF_FFFF) }
-    public var generation: UInt32 { UInt32(handle >> 32) }
+    public var slot: Int { Self.slot(of: handle) }
+    public var generation: UInt32 { Self.generation(of: handle) }
+
+    /// The handle of a slot at a generation, and its two parts back: the one place the layout is written.
+    public static func handle(slot: Int, generation: UInt32) -> UInt64 { UInt64(generation) << 32 | UInt64(slot) }
+    public static func slot(of handle: UInt64) -> Int { Int(handle & 0xFFFF_FFFF) }
+    public static func generation(of handle: UInt64) -> UInt32 { UInt32(handle >> 32) }
 }
 
 /// Where the mirror records what the kernel holds, as it changes, for the daemon that takes over
@@ -108,11 +113,11 @@ final class OpenHandles: Sendable {
             if table.slots[slot].generation == 0 { table.slots[slot].generation = 1 }
             table.slots[slot].target = target
             table.slots[slot].busy = true
-            return UInt64(table.slots[slot].generation) << 32 | UInt64(slot)
+            return OpenHandleRecord.handle(slot: slot, generation: table.slots[slot].generation)
         }
         let recorded = journal?.recordHandle(record(handle)) ?? true
         table.withLock { table in
-            let slot = Int(handle & 0xFFFF_FFFF)
+            let slot = OpenHandleRecord.slot(of: handle)
             table.slots[slot].busy = false
             if !recorded {
                 table.slots[slot].target = nil
@@ -124,7 +129,7 @@ final class OpenHandles: Sendable {
     }
 
     func target(_ handle: UInt64) throws(Errno) -> HandleTarget {
-        let slot = Int(handle & 0xFFFF_FFFF), generation = UInt32(handle >> 32)
+        let slot = OpenHandleRecord.slot(of: handle), generation = OpenHandleRecord.generation(of: handle)
         return try table.withLock { (table) throws(Errno) -> HandleTarget in
             guard slot < table.slots.count, table.slots[slot].generation == generation, let target = table.slots[slot].target else {
                 throw .badFileDescriptor
@@ -135,7 +140,7 @@ final class OpenHandles: Sendable {
 
     /// Ends a handle: its target is returned for the caller to release, the journal record cleared, and the slot freed.
     func remove(_ handle: UInt64) -> HandleTarget? {
-        let slot = Int(handle & 0xFFFF_FFFF), generation = UInt32(handle >> 32)
+        let slot = OpenHandleRecord.slot(of: handle), generation = OpenHandleRecord.generation(of: handle)
         let target: HandleTarget? = table.withLock { table in
             guard slot < table.slots.count, table.slots[slot].generation == generation, !table.slots[slot].busy,
                 let target = table.slots[slot].target
@@ -157,12 +162,12 @@ final class OpenHandles: Sendable {
     /// has seen used (so a new handle never repeats one the kernel may still send).
     func restore(_ restored: [(handle: UInt64, target: HandleTarget)], generations: [Int: UInt32]) {
         table.withLock { table in
-            let highest = max(restored.map { Int($0.handle & 0xFFFF_FFFF) }.max() ?? -1, generations.keys.max() ?? -1)
+            let highest = max(restored.map { OpenHandleRecord.slot(of: $0.handle) }.max() ?? -1, generations.keys.max() ?? -1)
             if highest >= table.slots.count { table.slots += Array(repeating: Slot(), count: highest + 1 - table.slots.count) }
             for (slot, generation) in generations { table.slots[slot].generation = max(table.slots[slot].generation, generation) }
             for (handle, target) in restored {
-                let slot = Int(handle & 0xFFFF_FFFF)
-                table.slots[slot].generation = UInt32(handle >> 32)
+                let slot = OpenHandleRecord.slot(of: handle)
+                table.slots[slot].generation = OpenHandleRecord.generation(of: handle)
                 table.slots[slot].target = target
             }
             table.free = table.slots.indices.filter { table.slots[$0].target == nil }.reversed()
@@ -173,7 +178,7 @@ final class OpenHandles: Sendable {
     var all: [(handle: UInt64, target: HandleTarget)] {
         table.withLock { table in
             table.slots.indices.compactMap { slot in
-                table.slots[slot].target.map { (UInt64(table.slots[slot].generation) << 32 | UInt64(slot), $0) }
+                table.slots[slot].target.map { (OpenHandleRecord.handle(slot: slot, generation: table.slots[slot].generation), $0) }
             }
         }
     }

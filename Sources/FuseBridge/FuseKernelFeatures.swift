@@ -74,11 +74,6 @@ public final class FuseKernelFeatures: KernelFeatures {
         sessionFD.store(fuse_session_fd(session), ordering: .releasing)
     }
 
-    func refused(_ reason: String) {
-        setUnavailable(reason)
-        logger.warning("\(reason); no kernel features beyond libfuse 3.14 are used")
-    }
-
     /// Notes which of our features an INIT request offers (FuseChannel calls this for the INIT only).
     func noteInit(_ request: UnsafeRawPointer, count: Int) {
         guard count >= MemoryLayout<cachefs_fuse_in_header>.size + MemoryLayout<cachefs_fuse_init_in>.size else {

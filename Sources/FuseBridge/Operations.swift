@@ -184,12 +184,12 @@ extension FuseServer {
         _ req: fuse_req_t?, node: fuse_ino_t, size: Int, offset: off_t,
         info: UnsafeMutablePointer<fuse_file_info>, withAttributes: Bool
     ) {
+        let operation: FuseOperation = withAttributes ? .readdirplus : .readdir
         let directory: OpenDirectory
         do {
             directory = try filesystem.directory(forHandle: cachefs_file_info_handle(info))
         } catch {
-            fuse_reply_err(req, error.rawValue)
-            return
+            return fail(req, operation, node: node, error)
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
         defer { buffer.deallocate() }
@@ -211,7 +211,7 @@ extension FuseServer {
                 return true
             }
         } catch  where used == 0 {
-            fail(req, withAttributes ? .readdirplus : .readdir, node: node, error)
+            fail(req, operation, node: node, error)
             return
         } catch {
             // Entries already listed are worth returning; the error recurs on the next call.

@@ -137,6 +137,12 @@ public final class DescriptorChannel: Sendable {
         return (header[4], payload, received)
     }
 
+    /// Makes a `receive` that waits longer than `seconds` fail (EAGAIN): a peer that stops answering is given up.
+    public func setReceiveTimeout(seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Waits until the other end closes (its process exited), at most `seconds`; returns whether it did.
     public func waitForClose(seconds: Double) -> Bool {
         var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)

@@ -17,6 +17,9 @@ public struct FuseNegotiation: Sendable, Equatable {
         self.kernelFlags2 = kernelFlags2
     }
 
+    /// Whether the kernel was told this connection serves passthrough opens (only a new mount can change it).
+    public var passthroughNegotiated: Bool { kernelFlags2 & CACHEFS_FUSE_PASSTHROUGH_FLAGS2 != 0 }
+
     /// Whether the kernel sends again the requests a dead daemon had read, when asked (FUSE_HAS_RESEND, Linux 6.9+).
     public var kernelResends: Bool {
         let headerSize = MemoryLayout<cachefs_fuse_in_header>.size

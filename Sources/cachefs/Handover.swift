@@ -45,11 +45,32 @@ enum Handover {
         var reason: String
     }
 
-    /// Each descriptor of a `descriptors` message: "fuse", "keeper", "journal", "memory NAME" (NAME "-"
-    /// when it has none) followed by its "ledger".
+    /// Each descriptor of a `descriptors` message, by its `Role`.
     struct Roles: Codable {
         var roles: [String]
     }
+
+    /// What a descriptor of a `descriptors` message is, as the sender names it and the receiver reads it.
+    enum Role {
+        static let fuse = "fuse", journal = "journal", keeper = "keeper"
+        /// A version's memory file's ledger: it follows its memory file, in the same message.
+        static let ledger = "ledger"
+        private static let memoryPrefix = "memory ", unnamed = "-"
+
+        /// A version's memory file, with the name it is kept under outside the process (if any).
+        static func memory(named name: String?) -> String { memoryPrefix + (name ?? unnamed) }
+
+        /// The memory file a role names (`.some(nil)`: one without a name); nil for any other role.
+        static func memoryFile(_ role: String) -> String?? {
+            guard role.hasPrefix(memoryPrefix) else { return nil }
+            let name = String(role.dropFirst(memoryPrefix.count))
+            return .some(name == unnamed ? nil : name)
+        }
+    }
+
+    /// How long either daemon waits for the other's next message before giving the hand-over up
+    /// (the old daemon then serves on).
+    static let answerTimeoutSeconds = 60
 
     struct State: Codable {
         var settings: MountSettings
@@ -77,7 +98,7 @@ enum Handover {
         if new.allowOther != old.allowOther {
             return "--allow-other \(new.allowOther ? "on" : "off") needs a new mount (it is a mount option); the running daemon serves on"
         }
-        if new.passthrough, let record, record.kernelFlags2 & 0x20 == 0, old.passthrough == false {
+        if new.passthrough, let record, !record.negotiation.passthroughNegotiated, old.passthrough == false {
             return "--passthrough on needs a new mount (the mount was set up without it); the running daemon serves on"
         }
         return nil
@@ -136,9 +157,9 @@ final class HandoverServer: @unchecked Sendable {
                 return
             }
             _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
-            var timeout = timeval(tv_sec: 60, tv_usec: 0) // a successor that stops answering gives the mount back
-            setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            serve(DescriptorChannel(descriptor: connection))
+            let channel = DescriptorChannel(descriptor: connection)
+            channel.setReceiveTimeout(seconds: Handover.answerTimeoutSeconds) // a successor that stops answering gives the mount back
+            serve(channel)
         }
     }
 
@@ -165,17 +186,10 @@ final class HandoverServer: @unchecked Sendable {
             "handing the mount over", metadata: ["to pid": "\(hello.pid)", "requests in flight": "\(context.server.requestsInFlight)"])
         context.control.handingOver.store(true, ordering: .releasing)
         defer { context.control.handingOver.store(false, ordering: .releasing) }
-        let grace = Duration.milliseconds(Int(max(settings.shutdownGrace, 1) * 1000))
-        guard context.server.pauseReading(until: .now + grace) else {
-            context.server.resumeReading()
-            return refuse(
-                "requests still in progress after \(max(settings.shutdownGrace, 1)) s (a stalled source?); the running daemon serves on, try again"
-            )
-        }
-        guard let surrendered = context.cache.surrender(waitingUntil: .now + grace) else {
-            context.server.resumeReading()
-            return refuse(
-                "loads into the cache still in progress after \(max(settings.shutdownGrace, 1)) s; the running daemon serves on, try again")
+        let surrendered: SurrenderedMemory
+        switch Succession.standDown(server: context.server, cache: context.cache, grace: settings.shutdownGrace) {
+        case .success(let memory): surrendered = memory
+        case .failure(let refusal): return refuse(refusal.reason)
         }
         func resume(_ why: String) {
             context.cache.resumeCustody()
@@ -208,17 +222,17 @@ final class HandoverServer: @unchecked Sendable {
 
     private func send(_ surrendered: SurrenderedMemory, through channel: DescriptorChannel) throws {
         var entries: [(role: String, descriptor: Int32)] = [
-            ("fuse", context.server.descriptor), ("journal", context.succession.journal.descriptor),
+            (Handover.Role.fuse, context.server.descriptor), (Handover.Role.journal, context.succession.journal.descriptor),
         ]
-        if let keeper = context.succession.keeperSocket { entries.append(("keeper", keeper)) }
+        if let keeper = context.succession.keeperSocket { entries.append((Handover.Role.keeper, keeper)) }
         for file in surrendered.files {
-            entries.append(("memory \(file.name ?? "-")", file.memory))
-            entries.append(("ledger", file.ledger))
+            entries.append((Handover.Role.memory(named: file.name), file.memory))
+            entries.append((Handover.Role.ledger, file.ledger))
         }
         var start = 0
         while start < entries.count {
             var end = min(entries.count, start + DescriptorChannel.maximumDescriptors)
-            if end < entries.count, entries[end].role == "ledger" { end -= 1 } // a memory file and its ledger travel together
+            if end < entries.count, entries[end].role == Handover.Role.ledger { end -= 1 } // a memory file and its ledger travel together
             let batch = entries[start..<end]
             try channel.send(
                 kind: Handover.Message.descriptors.rawValue, Handover.encode(Handover.Roles(roles: batch.map(\.role))),

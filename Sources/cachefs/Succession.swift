@@ -112,9 +112,7 @@ final class Succession: @unchecked Sendable {
             report = filesystem.inherit(
                 nodes: inheritance.nodes?.nodes, nextNodeID: max(inheritance.nodes?.nextID ?? 0, journal.nodeIDsReserved + 1),
                 handles: handles.records, generations: handles.generations)
-            try server.adopt(
-                descriptor: fuse, negotiation: FuseNegotiation(initRequest: record.initRequest, kernelFlags2: record.kernelFlags2),
-                mountpoint: settings.mountpoint)
+            try server.adopt(descriptor: fuse, negotiation: record.negotiation, mountpoint: settings.mountpoint)
         }
         var state = ContinuityState(start: inheritance.start)
         state.predecessorPid = inheritance.predecessorPid
@@ -184,17 +182,10 @@ final class Succession: @unchecked Sendable {
     /// stops loads, and exits (status 75) shortly after answering, for systemd to start the daemon again
     /// (Restart=on-failure) with what it keeps: the mount's channel, the journal, the memory files.
     func prepareRestart(server: FuseServer, cache: BlockCache, grace: Double, logger: Logger) throws(ControlRequestError) -> RestartAnswer {
-        let deadline = ContinuousClock.now + .milliseconds(Int(max(grace, 1) * 1000))
-        guard server.pauseReading(until: deadline) else {
-            server.resumeReading()
-            throw ControlRequestError(
-                status: 503,
-                message: "requests still in progress after \(max(grace, 1)) s (a stalled source?); the daemon serves on, try again")
-        }
-        guard let surrendered = cache.surrender(waitingUntil: deadline) else {
-            server.resumeReading()
-            throw ControlRequestError(
-                status: 503, message: "loads into the cache still in progress after \(max(grace, 1)) s; the daemon serves on, try again")
+        let surrendered: SurrenderedMemory
+        switch Self.standDown(server: server, cache: cache, grace: grace) {
+        case .success(let memory): surrendered = memory
+        case .failure(let refusal): throw ControlRequestError(status: 503, message: refusal.reason)
         }
         logger.notice("exiting for systemd to restart this daemon; it keeps the mount and the cache")
         // Never joined: it ends the process.
@@ -203,6 +194,32 @@ final class Succession: @unchecked Sendable {
             _exit(Self.restartExitStatus)
         }
         return RestartAnswer(pid: getpid())
+    }
+
+    /// Why a daemon did not stand down (one line), having resumed serving.
+    struct StandDownRefused: Error {
+        let reason: String
+    }
+
+    /// Stops this daemon's work for the one after it, within `grace` seconds (at least 1): it stops
+    /// reading the kernel's queue and lets what it read be answered, then stops loads and gives up the
+    /// memory files (`BlockCache.surrender`). If either does not finish in time, it reads on.
+    static func standDown(server: FuseServer, cache: BlockCache, grace: Double) -> Result<SurrenderedMemory, StandDownRefused> {
+        let seconds = max(grace, 1)
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        guard server.pauseReading(until: deadline) else {
+            server.resumeReading()
+            return .failure(
+                StandDownRefused(
+                    reason: "requests still in progress after \(seconds) s (a stalled source?); the running daemon serves on, try again"))
+        }
+        guard let surrendered = cache.surrender(waitingUntil: deadline) else {
+            server.resumeReading()
+            return .failure(
+                StandDownRefused(
+                    reason: "loads into the cache still in progress after \(seconds) s; the running daemon serves on, try again"))
+        }
+        return .success(surrendered)
     }
 
     /// The exit status of a daemon that exits for systemd to restart it (EX_TEMPFAIL).
@@ -286,8 +303,7 @@ final class Succession: @unchecked Sendable {
                 "\(settings.mountpoint) is already a mount point, and no cachefs daemon takes a hand-over at \(path) (\(error)); unmount it first, or pass the --control-socket its daemon was started with"
             )
         }
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
-        setsockopt(channel.descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        channel.setReceiveTimeout(seconds: Handover.answerTimeoutSeconds)
         var received: [(role: String, descriptor: Int32)] = []
         func closeAll() { received.forEach { close($0.descriptor) } }
         func hungUp(_ error: Error) -> UsageError { UsageError("the running daemon stopped the hand-over (\(error)); it serves on") }
@@ -332,8 +348,8 @@ final class Succession: @unchecked Sendable {
         // Everything is read and checked before the old daemon lets go; nothing is changed yet.
         let inheritance: Inheritance, journal: StateJournal
         do {
-            guard let fuse = received.first(where: { $0.role == "fuse" })?.descriptor,
-                let journalFD = received.first(where: { $0.role == "journal" })?.descriptor
+            guard let fuse = received.first(where: { $0.role == Handover.Role.fuse })?.descriptor,
+                let journalFD = received.first(where: { $0.role == Handover.Role.journal })?.descriptor
             else {
                 throw UsageError("the state is missing the mount's channel or journal")
             }
@@ -343,18 +359,19 @@ final class Succession: @unchecked Sendable {
             }
             let nodes = try NodeSnapshot.decode(nodeBytes ?? [])
             var memory: [MemoryFilePair] = []
-            for (index, entry) in received.enumerated() where entry.role.hasPrefix("memory ") {
-                guard index + 1 < received.count, received[index + 1].role == "ledger" else { continue }
-                let name = String(entry.role.dropFirst("memory ".count))
-                memory.append(
-                    MemoryFilePair(memory: entry.descriptor, ledger: received[index + 1].descriptor, name: name == "-" ? nil : name))
+            for (index, entry) in received.enumerated() {
+                guard let name = Handover.Role.memoryFile(entry.role), index + 1 < received.count,
+                    received[index + 1].role == Handover.Role.ledger
+                else { continue }
+                memory.append(MemoryFilePair(memory: entry.descriptor, ledger: received[index + 1].descriptor, name: name))
             }
-            let kept = Set(memory.flatMap { [$0.memory, $0.ledger] } + [fuse] + received.filter { $0.role == "keeper" }.map(\.descriptor))
+            let kept = Set(
+                memory.flatMap { [$0.memory, $0.ledger] } + [fuse] + received.filter { $0.role == Handover.Role.keeper }.map(\.descriptor))
             received.filter { !kept.contains($0.descriptor) }.forEach { close($0.descriptor) }
             received = received.filter { kept.contains($0.descriptor) }
             inheritance = Inheritance(
                 start: .handOver, predecessorPid: state?.pid, fuse: fuse,
-                keepers: received.filter { $0.role == "keeper" }.map { (nil, $0.descriptor) }, memory: memory,
+                keepers: received.filter { $0.role == Handover.Role.keeper }.map { (nil, $0.descriptor) }, memory: memory,
                 nodes: (nodes.nodes, nodes.nextID), record: record)
         } catch {
             try? channel.send(kind: Handover.Message.failed.rawValue, Handover.encode(Handover.Refusal(reason: "\(error)")))
@@ -373,4 +390,9 @@ final class Succession: @unchecked Sendable {
         if !channel.waitForClose(seconds: 10) { logger.warning("the previous daemon did not exit within 10 s of the hand-over") }
         return (journal, inheritance)
     }
+}
+
+extension MountRecord {
+    /// The INIT exchange the mount was set up with, as the FUSE layer replays and reads it.
+    var negotiation: FuseNegotiation { FuseNegotiation(initRequest: initRequest, kernelFlags2: kernelFlags2) }
 }

@@ -63,8 +63,7 @@ enum BackgroundLauncher {
     /// A daemon must not hold descriptors its launcher inherited: a caller waiting
     /// for the launcher's pipes or sockets to close would wait for the daemon instead.
     private static func markInheritedDescriptorsCloseOnExec() {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
-        for descriptor in entries.compactMap(Int32.init) where descriptor > STDERR_FILENO {
+        for descriptor in InheritedDescriptors.openDescriptors() where descriptor > STDERR_FILENO {
             _ = fcntl(descriptor, F_SETFD, fcntl(descriptor, F_GETFD) | FD_CLOEXEC)
         }
     }

@@ -6,19 +6,13 @@ import Testing
 import Glibc
 #endif
 
-private func version(_ inode: UInt64, size: Int) -> FileVersion {
-    FileVersion(
-        identity: .inode(device: 9, inode: inode), size: Int64(size),
-        modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
-}
-
 @Suite("Residency: what the cache holds of a version, told without changing it")
 struct ResidencyTests {
     @Test("Counts the bytes of resident blocks, pinned and held versions, and the latest use; moves no block and no counter")
     func residencyChangesNothing() throws {
         let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-        let partial = version(1, size: 10 * blockSize + 100), whole = version(2, size: 3 * blockSize),
-            pinned = version(3, size: 2 * blockSize), cold = version(4, size: 5 * blockSize), small = version(5, size: 10)
+        let partial = version(1, blocks: 10, extra: 100), whole = version(2, blocks: 3),
+            pinned = version(3, blocks: 2), cold = version(4, blocks: 5), small = version(5, blocks: 0, extra: 10)
         let started = Int64(time(nil))
         try load(cache, partial, 0..<5)
         try load(cache, partial, 10..<11) // the short last block

@@ -15,23 +15,8 @@ import Glibc
 /// capacity until a load takes its range again.
 @Suite("Memory not given back")
 struct UnreturnedMemoryTests {
-    private let blockSize = 4096
-
     private final class Switch: Sendable {
         let on = Atomic<Bool>(false)
-    }
-
-    private func version(blocks: Int) -> FileVersion {
-        FileVersion(
-            identity: .inode(device: 9, inode: 77), size: Int64(blocks * blockSize),
-            modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
-    }
-
-    private func load(_ cache: BlockCache, _ file: FileVersion, _ index: Int64) throws {
-        _ = try cache.block(for: BlockKey(file: file, index: index), length: blockSize) { buffer in
-            buffer.initializeMemory(as: UInt8.self, repeating: UInt8(index))
-            return blockSize
-        }
     }
 
     @Test("A failed hole punch is counted, and its memory stays counted against the capacity until its range is loaded again")
@@ -43,11 +28,11 @@ struct UnreturnedMemoryTests {
             failing.on.load(ordering: .relaxed) ? .ioError : UnreturnedMemory.punch(descriptor, offset: offset, length: length)
         }
         let cache = BlockCache(capacity: 4 * blockSize, blockSize: blockSize, unreturned: unreturned)
-        let file = version(blocks: 8)
-        for index in 0..<4 { try load(cache, file, Int64(index)) } // the capacity is full
+        let file = version(77, blocks: 8)
+        try load(cache, file, 0..<4) // the capacity is full
 
         failing.on.store(true, ordering: .relaxed)
-        try load(cache, file, 4) // evicts block 0, whose punch fails
+        try load(cache, file, 4..<5) // evicts block 0, whose punch fails
         failing.on.store(false, ordering: .relaxed)
         var statistics = cache.statistics
         #expect(statistics.holePunchFailures == 1)
@@ -56,13 +41,13 @@ struct UnreturnedMemoryTests {
         #expect(statistics.residentBytes == cache.capacity, "the punch failed after block 4 had its room")
 
         // The next load makes room for itself beside the memory not given back: one block fewer is kept.
-        try load(cache, file, 5)
+        try load(cache, file, 5..<6)
         statistics = cache.statistics
         #expect(statistics.residentBlocks == 3, "the unreturned block's memory was counted as free")
         #expect(statistics.residentBytes + statistics.unreturnedBytes <= cache.capacity)
 
         // Loading block 0 again takes its range, pages and all: the memory is in use by a block again.
-        try load(cache, file, 0)
+        try load(cache, file, 0..<1)
         statistics = cache.statistics
         #expect(statistics.unreturnedBytes == 0 && statistics.holePunchFailures == 1)
         #expect(cache.figures[.unreturnedBytes] == 0)
@@ -75,20 +60,15 @@ struct UnreturnedMemoryTests {
             failing.on.load(ordering: .relaxed) ? .ioError : nil
         }
         let cache = BlockCache(capacity: 3 * blockSize, blockSize: blockSize, unreturned: unreturned)
-        func file(_ inode: UInt64) -> FileVersion {
-            FileVersion(
-                identity: .inode(device: 9, inode: inode), size: Int64(2 * blockSize),
-                modified: Timestamp(seconds: 1, nanoseconds: 0), changed: Timestamp(seconds: 1, nanoseconds: 0))
-        }
-        let (first, second, third) = (file(1), file(2), file(3))
-        try load(cache, first, 0)
-        try load(cache, first, 1)
-        try load(cache, second, 0)
+        let (first, second, third) = (version(1, blocks: 2), version(2, blocks: 2), version(3, blocks: 2))
+        try load(cache, first, 0..<1)
+        try load(cache, first, 1..<2)
+        try load(cache, second, 0..<1)
         failing.on.store(true, ordering: .relaxed)
-        try load(cache, second, 1) // evicts first's block 0, whose memory is not given back
+        try load(cache, second, 1..<2) // evicts first's block 0, whose memory is not given back
         failing.on.store(false, ordering: .relaxed)
         #expect(cache.statistics.unreturnedBytes == blockSize && cache.statistics.holePunchFailures == 1)
-        try load(cache, third, 0) // evicts first's block 1 (and second's block 0): first's memory file closes
+        try load(cache, third, 0..<1) // evicts first's block 1 (and second's block 0): first's memory file closes
         #expect(cache.statistics.unreturnedBytes == 0, "the closed memory file's pages were still counted")
         #expect(cache.statistics.holePunchFailures == 1)
     }

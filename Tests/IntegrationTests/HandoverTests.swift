@@ -49,12 +49,6 @@ final class VerifyingReader: @unchecked Sendable {
     func wait(seconds: Double) -> Bool { eventually(within: seconds) { finished } }
 }
 
-/// A daemon started in the background by `cachefs mount` (a hand-over's new daemon), found by its
-/// control socket; SIGTERM at the end unmounts.
-private func backgroundPid(controlSocket: String, mountpoint: String) throws -> Int32 {
-    try CachefsMount.stats(mountpoint: mountpoint, controlSocket: controlSocket).pid
-}
-
 private func stopBackground(_ pid: Int32, mountpoint: String) {
     guard pid > 0 else { return }
     kill(pid, SIGTERM)
@@ -183,7 +177,7 @@ struct HandoverTests {
             cachefsBinary,
             ["mount", tree.source, tree.mount.mountpoint, "--capacity", "256M", "--control-socket", tree.mount.controlSocket])
         #expect(result.status == 0, "\(result.error)")
-        let after = try CachefsMount.stats(mountpoint: tree.mount.mountpoint, controlSocket: tree.mount.controlSocket)
+        let after = try tree.mount.stats()
         newPid = after.pid
         #expect(
             after.continuity?.droppedFiles.count == 1 && after.continuity?.droppedFiles.first?.contains("checksum") == true,
@@ -191,7 +185,7 @@ struct HandoverTests {
         #expect(after[.cachedBytes] == 8 << 20, "cached \(after[.cachedBytes])")
         try dropKernelCaches()
         try shell("cmp \(tree.source)/a.bin \(tree.mount.mountpoint)/a.bin && cmp \(tree.source)/b.bin \(tree.mount.mountpoint)/b.bin")
-        let read = try CachefsMount.stats(mountpoint: tree.mount.mountpoint, controlSocket: tree.mount.controlSocket)
+        let read = try tree.mount.stats()
         #expect(read[.bytesFromSource] == 8 << 20, "loaded \(read[.bytesFromSource]) bytes from the source; the dropped file is 8 MiB")
     }
 
@@ -203,7 +197,7 @@ struct HandoverTests {
         try shell("cat model.bin > /dev/null", in: tree.mount.mountpoint)
         let result = try run(cachefsBinary, ["restart", tree.mount.mountpoint, "--control-socket", tree.mount.controlSocket])
         #expect(result.status == 0, "\(result.error)")
-        let after = try CachefsMount.stats(mountpoint: tree.mount.mountpoint, controlSocket: tree.mount.controlSocket)
+        let after = try tree.mount.stats()
         newPid = after.pid
         #expect(after.pid != tree.mount.pid && after.settings.prefetchDepth == 7 && after[.cachedBytes] == 4 << 20)
         #expect(after.settings.logFile == tree.mount.logFile)

@@ -240,10 +240,12 @@ struct SystemdTests {
         #expect(try container.cachefsMounts(at: "/mnt/models").isEmpty, "a mount outlived systemctl stop")
         #expect(try container.exec("stat -f /mnt/models").status == 0, "the mountpoint is not usable after stop")
         // No procps in the container: read the process names from /proc. The keeper exits once the store is emptied.
+        var survivors = ""
         let gone = try eventually(within: 5) {
-            try container.exec("cat /proc/[0-9]*/comm 2>/dev/null | grep -x -e cachefs -e fusermount3 -e cachefs-keeper").status != 0
+            let scan = try container.exec("cat /proc/[0-9]*/comm 2>/dev/null | grep -x -e cachefs -e fusermount3 -e cachefs-keeper")
+            survivors = scan.output
+            return scan.status != 0
         }
-        let survivors = (try? container.exec("cat /proc/[0-9]*/comm | grep -e cachefs -e fusermount3").output) ?? ""
         #expect(gone, "processes outlived systemctl stop: \(survivors)")
     }
 

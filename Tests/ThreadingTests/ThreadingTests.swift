@@ -63,13 +63,4 @@ struct ThreadingTests {
         #expect(value.wait(until: .now + .seconds(10)) { $0 == 1 ? $0 : nil } == 1)
         setter.join()
     }
-
-    private func waitUntil(_ condition: () throws -> Bool) throws -> Bool {
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline {
-            if try condition() { return true }
-            usleep(5_000)
-        }
-        return try condition()
-    }
 }

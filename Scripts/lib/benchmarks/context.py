@@ -98,9 +98,13 @@ class Bench:
     def keep_stats(self, mount, name):
         """Keeps the daemon's counters as stats-NAME.json (shown in the report where a target is missed)."""
         stats = self.daemons.stats(mount)
+        self.save_stats(name, stats)
+        return stats
+
+    def save_stats(self, name, stats):
+        """Writes counters got elsewhere (a daemon in a container) as stats-NAME.json, as keep_stats does."""
         with open(os.path.join(self.results, f"stats-{name}.json"), "w") as f:
             json.dump(stats, f, indent=1)
-        return stats
 
 
 def say(text):

@@ -50,7 +50,7 @@ class Daemons:
         mount = self._start("cachefs", path, command, preexec_fn)
         # The control socket answers a moment after the mount does, and the daemon is ready (passthrough probed,
         # the read-ahead window raised: a file opened before that keeps FUSE's 128 KiB window) once stats show it.
-        system.wait_until(lambda: (self._stats_or_none(mount) or {}).get("readAhead") is not None,
+        system.wait_until(lambda: (self.stats_or_none(mount) or {}).get("readAhead") is not None,
                           f"cachefs ready at {path}")
         return mount
 
@@ -80,7 +80,7 @@ class Daemons:
         """Each mount's counters named KEYS (0 where the daemon does not report one), from `cachefs stats`."""
         return [{key: stats.get(key, 0) for key in keys} for stats in map(self.stats, mounts)]
 
-    def _stats_or_none(self, mount):
+    def stats_or_none(self, mount):
         try:
             return self.stats(mount)
         except (subprocess.CalledProcessError, ValueError):

@@ -12,6 +12,7 @@ import time
 from .. import nspawn, system
 from ..context import ONE, log
 from ..report import Row, fmt_seconds, ratio
+from .peer_floor import compile_floor
 
 NUMBERS = ("18",)
 # The source: an object-store mount as a model server sees it, 80 MiB/s with 1 ms a request (a 1 GiB reload: ~13 s).
@@ -46,13 +47,6 @@ same source (host: the bench's own unmount and mount; container: `systemctl stop
 stall and the time to the first hit each at most {STALL:g}x the cold remount (a take-over keeps the cache so as not
 to pay that reload: it should cost a small fraction of it), and no read failed or differed, or the row fails.
 """
-
-
-def compile_reader(bench):
-    path = os.path.join(bench.work, "continuity_reader")
-    source = os.path.join(os.path.dirname(os.path.dirname(__file__)), "continuity_reader.c")
-    subprocess.run([shutil.which("cc") or "gcc", "-O2", "-o", path, source], check=True)
-    return path
 
 
 def observe(argv, stopfile, event, serving):
@@ -95,7 +89,7 @@ def record(bench, key, t0, reports, from_source):
 
 
 def run(bench):
-    reader = compile_reader(bench)
+    reader = compile_floor(bench, ("continuity_reader",), "Scripts/lib/benchmarks")["continuity_reader"]
     source = bench.daemons.testsource(bench.data, bench.mountpoint("continuity-source"), "--latency-ms", SOURCE_LATENCY_MS,
                                       "--bandwidth", str(SOURCE_BANDWIDTH))
     original = bench.path(ONE)
@@ -121,7 +115,7 @@ def hand_over(bench, reader, source, original):
     t0, reports = observe(lambda mode: [reader, inside, original, stopfile, mode], stopfile,
                           lambda: subprocess.run([bench.daemons.cachefs_bin, "mount", source.path, mount.path,
                                                   "--capacity", NEW_CAPACITY, "--log-file", new], check=True),
-                          lambda: (bench.daemons._stats_or_none(mount) or {}).get("pid", mount.pid) != mount.pid)
+                          lambda: (bench.daemons.stats_or_none(mount) or {}).get("pid", mount.pid) != mount.pid)
     stats = bench.keep_stats(mount, "s18")
     if stats.get("continuity", {}).get("start") != "hand-over":
         bench.note(f"scenario 18: after the hand-over, continuity is {stats.get('continuity')}")
@@ -197,8 +191,7 @@ def crash_restart(bench, container):
                           os.path.join(container.root, "srv/stop"), lambda: container.check(f"kill -9 {old}"),
                           serving)
     stats = json.loads(container.check(f"cachefs stats {INSIDE} --json"))
-    with open(os.path.join(bench.results, "stats-s18-crash.json"), "w") as f:
-        json.dump(stats, f, indent=1)
+    bench.save_stats("s18-crash", stats)
     if stats.get("continuity", {}).get("start") != "restart":
         bench.note(f"scenario 18: after the SIGKILL, continuity is {stats.get('continuity')}")
     summary = record(bench, "s18.crash", t0, reports, stats["bytesFromSource"])

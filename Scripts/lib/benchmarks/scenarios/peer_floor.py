@@ -32,13 +32,14 @@ def bandwidth_bytes(text):
     return int(text.rstrip("Mm")) * system.MiB if text[-1] in "Mm" else int(text)
 
 
-def compile_floor(bench, names=("populate", "loopback")):
-    """Builds the named programs of Scripts/lib/floor; returns their paths by name."""
+def compile_floor(bench, names=("populate", "loopback"), directory="Scripts/lib/floor"):
+    """Builds the named programs of DIRECTORY (in the repository; Scripts/lib/floor by default); returns their paths
+    by name."""
     compiler = shutil.which("cc") or shutil.which("clang")
     programs = {}
     for name in names:
         programs[name] = os.path.join(bench.work, name)
-        source = os.path.join(bench.repo, "Scripts/lib/floor", name + ".c")
+        source = os.path.join(bench.repo, directory, name + ".c")
         subprocess.run([compiler, "-O2", "-pthread", "-o", programs[name], source], check=True)
     return programs
 

@@ -41,30 +41,19 @@ struct TestSource: ParsableCommand {
     var unstableInodes = false
 
     func run() throws {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for signal in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP] { sigaddset(&signals, signal) }
-        pthread_sigmask(SIG_BLOCK, &signals, nil) // before any thread exists: only the signal thread takes them
+        let signals = [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP]
+        SignalListener.block(signals) // before any thread exists: only the signal thread takes them
 
         guard let resolved = realpath(root, nil) else { throw ValidationError("root \(root): \(String(cString: strerror(errno)))") }
         let source = Source(root: String(cString: resolved), options: self)
         free(resolved)
         let session = try source.mount(at: mountpoint, threads: threads)
-        let handled = signals
-        /// Set before the signal thread is woken to end. Lock order: a leaf.
-        let stopping = Condition(false)
-        let signalThread = OwnedThread(name: "signals") {
-            var signals = handled
-            while true {
-                var received: Int32 = 0
-                guard sigwait(&signals, &received) == 0 else { continue }
-                if stopping.withLock({ $0 }) { return }
-                switch received {
-                case SIGUSR1: source.failing.store(true, ordering: .relaxed)
-                case SIGHUP: source.hanging.store(true, ordering: .relaxed)
-                case SIGUSR2: source.recover()
-                default: umount2(mountpoint, Int32(MNT_DETACH)) // ends the loop once the kernel lets go
-                }
+        let signalThread = SignalListener(signals: signals) { received in
+            switch received {
+            case SIGUSR1: source.failing.store(true, ordering: .relaxed)
+            case SIGHUP: source.hanging.store(true, ordering: .relaxed)
+            case SIGUSR2: source.recover()
+            default: umount2(mountpoint, Int32(MNT_DETACH)) // ends the loop once the kernel lets go
             }
         }
         FileHandle.standardError.write(Data("cachefs-testsource: serving \(source.root) at \(mountpoint)\n".utf8))
@@ -74,9 +63,7 @@ struct TestSource: ParsableCommand {
         fuse_loop_cfg_destroy(config)
         fuse_session_unmount(session)
         fuse_session_destroy(session)
-        stopping.set()
-        signalThread.send(SIGTERM) // wakes its sigwait
-        signalThread.join()
+        signalThread.stop()
     }
 }
 

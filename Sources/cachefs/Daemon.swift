@@ -44,7 +44,7 @@ struct Daemon {
     func run() throws {
         let kept = FileDescriptorStore.takeInherited() // before anything else is opened: they are this daemon's, not inherited ones
         InheritedDescriptors.record()
-        blockShutdownSignals()
+        SignalListener.block(Self.shutdownSignals)
         let systemd = SystemdNotifier.fromEnvironment()
         signal(SIGPIPE, SIG_IGN)
         chdir("/") // a daemon must not keep the directory it was started from busy
@@ -297,46 +297,12 @@ struct Daemon {
 
     /// SIGTERM, SIGINT and SIGHUP (blocked in every other thread) start a graceful shutdown of the group.
     private func startSignalListener(group: ServiceGroup, server: FuseServer, logger: Logger, systemd: SystemdNotifier?) -> SignalListener {
-        /// Set before the thread is woken to end. Lock order: a leaf.
-        let stopping = Condition(false)
-        let thread = OwnedThread(name: "signals") {
-            var signals = Self.signalSet()
-            while true {
-                var received: Int32 = 0
-                guard sigwait(&signals, &received) == 0 else { continue }
-                if stopping.withLock({ $0 }) { return } // woken by `SignalListener.stop`
-                logger.notice(
-                    "signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
-                systemd?.stopping()
-                Task { await group.triggerGracefulShutdown() }
-            }
+        SignalListener(signals: Self.shutdownSignals) { received in
+            logger.notice(
+                "signal received, unmounting", metadata: ["signal": "\(received)", "reads in progress": "\(server.activeReads)"])
+            systemd?.stopping()
+            Task { await group.triggerGracefulShutdown() }
         }
-        return SignalListener(thread: thread, stopping: stopping)
-    }
-
-    /// The thread that takes shutdown signals; `stop` wakes it from sigwait with one of them and joins it.
-    private struct SignalListener {
-        let thread: OwnedThread
-        /// The thread's stop flag (see `startSignalListener`). Lock order: a leaf.
-        let stopping: Condition<Bool>
-
-        func stop() {
-            stopping.set()
-            thread.send(SIGTERM)
-            thread.join()
-        }
-    }
-
-    private func blockShutdownSignals() {
-        var signals = Self.signalSet()
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-    }
-
-    private static func signalSet() -> sigset_t {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for number in shutdownSignals { sigaddset(&signals, number) }
-        return signals
     }
 
     /// Raises the soft descriptor limit to the hard one (1024 is low for a file server); returns the limit in force.

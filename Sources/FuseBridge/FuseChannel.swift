@@ -58,6 +58,11 @@ final class FuseChannel: Sendable {
     private let inFlight = Mutex<Set<UInt64>>([])
     /// Whether workers may read, and the threads inside read(2) now (to interrupt them when pausing).
     /// Lock order: a leaf (held across `pthread_kill` only, which does not block).
+    ///
+    /// Workers poll it (and `initialized`) rather than wait on a `Condition`: libfuse cancels its
+    /// workers at exit (pthread_cancel) while they are in this read hook, and a thread cancelled in
+    /// pthread_cond_wait would go with the condition's lock held, leaving the others stuck on it. A
+    /// cancellation in read(2) or usleep happens with no lock held.
     private let reading = Mutex<(open: Bool, threads: Set<UInt>)>((true, []))
 
     /// The unique of a replayed INIT; its reply never reaches the kernel.

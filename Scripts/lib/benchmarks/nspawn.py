@@ -8,7 +8,7 @@ import subprocess
 from .context import LIBRARY
 
 REPO = os.path.dirname(os.path.dirname(LIBRARY))
-PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONTAINER_SH = os.path.join(LIBRARY, "container.sh")
 
 
 def _bash(script, *args, **kwargs):
@@ -18,19 +18,20 @@ def _bash(script, *args, **kwargs):
 
 
 def prepare(work):
-    """The base root and a staged install under WORK; returns (base, stage), or raises RuntimeError saying why the
-    container cannot run here."""
-    out = _bash('ensure_container_base || { echo "$CONTAINER_UNAVAILABLE" >&2; exit 1; }; echo "$CONTAINER_BASE"')
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "no container base")
-    base = out.stdout.strip().splitlines()[-1]
+    """The base root and a staged install under WORK (container.sh's `prepare_container_tests`); returns
+    (base, stage), or raises RuntimeError saying why the container cannot run here."""
     stage = os.path.join(work, "container-stage")
-    shutil.rmtree(stage, ignore_errors=True)
-    built = subprocess.run(["Scripts/install"], cwd=REPO, env={**os.environ, "DESTDIR": stage},
-                           capture_output=True, text=True)
-    if built.returncode != 0:
-        raise RuntimeError(f"DESTDIR={stage} Scripts/install failed: {built.stderr.strip()[-300:]}")
-    return base, stage
+    # Its progress and Scripts/install's errors go to standard error. On standard output: the base root; or, with a
+    # non-zero status, the reason the container cannot run here (nothing there when Scripts/install failed).
+    out = _bash('unset CACHEFS_CONTAINER_SKIP; set -e; prepare_container_tests "$1" >&2; '
+                'if [ -n "${CACHEFS_CONTAINER_SKIP:-}" ]; then echo "$CACHEFS_CONTAINER_SKIP"; exit 1; fi; '
+                'echo "$CACHEFS_CONTAINER_BASE"', stage)
+    if out.returncode != 0:
+        raise RuntimeError(out.stdout.strip()
+                           or f"DESTDIR={stage} Scripts/install failed: {out.stderr.strip()[-300:]}")
+    if not out.stdout.strip():
+        raise RuntimeError("prepare_container_tests printed no container base")
+    return out.stdout.strip().splitlines()[-1], stage
 
 
 class Container:
@@ -62,8 +63,9 @@ class Container:
             return ""
 
     def command(self, script):
-        """The argv that runs shell SCRIPT in every namespace of the container, with a clean environment."""
-        return ["nsenter", "-t", str(self.init), "-a", "env", "-i", PATH, "LANG=C.UTF-8", "sh", "-c", script]
+        """The argv that runs shell SCRIPT in every namespace of the container, with a clean environment
+        (container.sh's `container_exec`)."""
+        return ["bash", "-c", 'source "$0" && container_exec "$@"', CONTAINER_SH, str(self.init), "sh", "-c", script]
 
     def run(self, script, timeout=300):
         return subprocess.run(self.command(script), capture_output=True, text=True, timeout=timeout)

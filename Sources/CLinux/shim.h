@@ -97,7 +97,9 @@ static inline void cachefs_atomic_store_u64(uint64_t *word, uint64_t value) { __
 static inline uint64_t cachefs_atomic_load_u64(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
 static inline int64_t cachefs_atomic_add_i64(int64_t *word, int64_t delta) { return __atomic_add_fetch(word, delta, __ATOMIC_ACQ_REL); }
 
-/// The most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
+/// The kernel's limit on descriptors in one SCM_RIGHTS message (SCM_MAX_FD, not in the UAPI headers).
+enum { CACHEFS_SCM_MAX_FD = 253 };
+/// The most descriptors one message carries, under that limit.
 static const int CACHEFS_MAX_FDS_PER_MESSAGE = 250;
 
 /// sendmsg(2) of `length` bytes with `count` descriptors attached (SCM_RIGHTS), to `address` if given
@@ -111,9 +113,9 @@ static inline ssize_t cachefs_send_with_fds(int sock, const void *address, sockl
     message.msg_namelen = address_length;
     message.msg_iov = &vector;
     message.msg_iovlen = 1;
-    char control[CMSG_SPACE(sizeof(int) * 253)];
+    char control[CMSG_SPACE(sizeof(int) * CACHEFS_SCM_MAX_FD)];
     if (count > 0) {
-        if (count > 253) { errno = EINVAL; return -1; }
+        if (count > CACHEFS_SCM_MAX_FD) { errno = EINVAL; return -1; }
         memset(control, 0, sizeof control);
         message.msg_control = control;
         message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count);
@@ -133,7 +135,7 @@ static inline ssize_t cachefs_send_with_fds(int sock, const void *address, sockl
 static inline ssize_t cachefs_receive_with_fds(int sock, void *bytes, size_t length, int *fds, int capacity, int *count) {
     struct iovec vector = { .iov_base = bytes, .iov_len = length };
     struct msghdr message;
-    char control[CMSG_SPACE(sizeof(int) * 253)];
+    char control[CMSG_SPACE(sizeof(int) * CACHEFS_SCM_MAX_FD)];
     memset(&message, 0, sizeof message);
     message.msg_iov = &vector;
     message.msg_iovlen = 1;

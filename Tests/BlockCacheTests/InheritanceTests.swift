@@ -11,12 +11,7 @@ import Glibc
 
 /// Reads a block through `fetch`; returns its bytes and whether it had to be loaded.
 private func read(_ cache: BlockCache, _ file: FileVersion, _ index: Int64) throws -> (bytes: [UInt8], loaded: Bool) {
-    var loaded = false
-    let (block, _) = try cache.fetch(for: BlockKey(file: file, index: index), length: length(file, index)) { buffer in
-        loaded = true
-        try bytes(file, index, count: length(file, index)).withUnsafeBytes { try buffer.store($0) }
-        return (length(file, index), .source)
-    }
+    let (block, loaded) = try fetchBlock(cache, file, index)
     return (withExtendedLifetime(block) { Array(block.bytes) }, loaded)
 }
 

@@ -23,17 +23,25 @@ func length(_ file: FileVersion, _ index: Int64) -> Int {
     Int(min(Int64(blockSize), file.size - index * Int64(blockSize)))
 }
 
+/// Fetches block `index` of `file`, loading it with its own bytes (as the loader does) on a miss;
+/// returns the block and whether it had to be loaded (was not already resident).
+func fetchBlock(_ cache: BlockCache, _ file: FileVersion, _ index: Int64) throws -> (block: Block, loaded: Bool) {
+    var loaded = false
+    let (block, _) = try cache.fetch(for: BlockKey(file: file, index: index), length: length(file, index)) { buffer in
+        loaded = true
+        try bytes(file, index, count: length(file, index)).withUnsafeBytes { try buffer.store($0) }
+        return (length(file, index), .source)
+    }
+    return (block, loaded)
+}
+
 /// Loads blocks of `file` (all by default) with their own bytes through `fetch`, as the loader does;
 /// returns how many were loaded (not already resident).
 @discardableResult
 func load(_ cache: BlockCache, _ file: FileVersion, _ indexes: Range<Int64>? = nil) throws -> Int {
     var loads = 0
     for index in indexes ?? 0..<((file.size + Int64(blockSize) - 1) / Int64(blockSize)) {
-        _ = try cache.fetch(for: BlockKey(file: file, index: index), length: length(file, index)) { buffer in
-            loads += 1
-            try bytes(file, index, count: length(file, index)).withUnsafeBytes { try buffer.store($0) }
-            return (length(file, index), .source)
-        }
+        if try fetchBlock(cache, file, index).loaded { loads += 1 }
     }
     return loads
 }

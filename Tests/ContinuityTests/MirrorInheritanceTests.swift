@@ -32,12 +32,16 @@ private final class FakeBackingFiles: KernelFeatures {
 
 private func bytes(_ count: Int, seed: UInt8) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ Int(seed)) } }
 
-/// A source tree, and mirrors of it that take over from one another as daemons would.
+/// A source tree, and mirrors of it that take over from one another as daemons would:
+/// they share the state journal and the kernel's backing files.
 private final class Source {
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("continuity-\(UUID().uuidString)").path
     let a = bytes(3 * blockSize, seed: 1), b = bytes(2 * blockSize, seed: 2)
+    let journal: StateJournal
+    let backing = FakeBackingFiles()
 
     init() throws {
+        journal = try StateJournal.create(slots: 64)
         try FileManager.default.createDirectory(atPath: root + "/models", withIntermediateDirectories: true)
         try Data(a).write(to: URL(fileURLWithPath: root + "/models/a"))
         try Data(b).write(to: URL(fileURLWithPath: root + "/models/b"))
@@ -45,11 +49,30 @@ private final class Source {
 
     deinit { try? FileManager.default.removeItem(atPath: root) }
 
-    func mirror(cache: BlockCache, journal: StateJournal, backing: FakeBackingFiles) throws -> MirrorFilesystem {
+    func mirror(cache: BlockCache) throws -> MirrorFilesystem {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         return try MirrorFilesystem(
             sourceRoot: try PathHandle.openRoot(root), cache: cache, kernelFeatures: backing, journal: journal, logger: logger)
+    }
+
+    /// A first daemon: a cache of its own and a mirror over it.
+    func daemon() throws -> (cache: BlockCache, mirror: MirrorFilesystem) {
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        return (cache, try mirror(cache: cache))
+    }
+
+    /// A successor to the daemon whose cache is `predecessor`: that cache surrenders its memory, a new cache adopts
+    /// copies of the files, a new mirror goes over it, and the journal's open handles are read (for `inherit`).
+    /// Keep `surrendered` alive (`withExtendedLifetime`) for as long as the successor is used.
+    func successor(of predecessor: BlockCache) throws -> (
+        cache: BlockCache, mirror: MirrorFilesystem, adopted: AdoptionReport, surrendered: SurrenderedMemory,
+        handles: (records: [OpenHandleRecord], generations: [Int: UInt32], torn: Int)
+    ) {
+        let surrendered = try #require(predecessor.surrender(waitingUntil: .now + .seconds(5)))
+        let cache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
+        let adopted = cache.adopt(copies(surrendered))
+        return (cache, try mirror(cache: cache), adopted, surrendered, journal.openHandles())
     }
 }
 
@@ -83,10 +106,7 @@ struct MirrorInheritanceTests {
     )
     func handOverWithNodes() throws {
         let source = try Source()
-        let journal = try StateJournal.create(slots: 64)
-        let backing = FakeBackingFiles()
-        let firstCache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-        let first = try source.mirror(cache: firstCache, journal: journal, backing: backing)
+        let (firstCache, first) = try source.daemon()
         let models = try lookup(first, "models"), a = try lookup(first, "a", in: models), b = try lookup(first, "b", in: models)
         let (_, handleA) = try first.openHandle(node: a, flags: O_RDONLY)
         let readBefore = try read(first, first.file(forHandle: handleA), at: 0, count: blockSize) == Array(source.a.prefix(blockSize))
@@ -97,16 +117,13 @@ struct MirrorInheritanceTests {
         let (openedB, handleB) = try first.openHandle(node: b, flags: O_RDONLY)
         guard let backingID = openedB.backingID else { Issue.record("b did not open in passthrough"); return }
         let directory = try first.openDirectoryHandle(node: models)
-        #expect(journal.openHandles().records.map(\.handle).sorted() == [handleA, handleB, directory].sorted())
+        #expect(source.journal.openHandles().records.map(\.handle).sorted() == [handleA, handleB, directory].sorted())
 
         let (nodes, nextID) = first.exportNodes()
         let snapshot = try NodeSnapshot.decode(NodeSnapshot.encode(nodes, nextID: nextID))
         #expect(snapshot.nodes == nodes && snapshot.nextID == nextID)
-        let surrendered = try #require(firstCache.surrender(waitingUntil: .now + .seconds(5)))
-        let secondCache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-        #expect(secondCache.adopt(copies(surrendered)).heldFiles == 1)
-        let second = try source.mirror(cache: secondCache, journal: journal, backing: backing)
-        let handles = journal.openHandles()
+        let (secondCache, second, adopted, surrendered, handles) = try source.successor(of: firstCache)
+        #expect(adopted.heldFiles == 1)
         let report = second.inherit(
             nodes: snapshot.nodes, nextNodeID: snapshot.nextID, handles: handles.records, generations: handles.generations)
         #expect(report.handles == 3 && report.filesUnavailable == 0 && report.passthroughWithoutMemory == 0, "\(report)")
@@ -126,9 +143,9 @@ struct MirrorInheritanceTests {
         #expect(sharedID == backingID)
         second.releaseHandle(handleB)
         second.releaseHandle(handleB) // sent again after a crash: ignored
-        #expect(backing.live.contains(backingID))
+        #expect(source.backing.live.contains(backingID))
         second.releaseHandle(handleB2)
-        #expect(!backing.live.contains(backingID) && secondCache.statistics.heldFiles == 0)
+        #expect(!source.backing.live.contains(backingID) && secondCache.statistics.heldFiles == 0)
         #expect(throws: Errno.badFileDescriptor) { try second.file(forHandle: handleB) }
         withExtendedLifetime(surrendered) {}
     }
@@ -138,21 +155,14 @@ struct MirrorInheritanceTests {
     )
     func crashKeepsOpenHandles() throws {
         let source = try Source()
-        let journal = try StateJournal.create(slots: 64)
-        let backing = FakeBackingFiles()
-        let firstCache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-        let first = try source.mirror(cache: firstCache, journal: journal, backing: backing)
+        let (firstCache, first) = try source.daemon()
         let models = try lookup(first, "models"), a = try lookup(first, "a", in: models), b = try lookup(first, "b", in: models)
         let (_, handleA) = try first.openHandle(node: a, flags: O_RDONLY)
         _ = try read(first, first.file(forHandle: handleA), at: 0, count: blockSize)
-        #expect(journal.nodeIDsReserved >= b)
+        #expect(source.journal.nodeIDsReserved >= b)
 
-        let surrendered = try #require(firstCache.surrender(waitingUntil: .now + .seconds(5)))
-        let secondCache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-        _ = secondCache.adopt(copies(surrendered))
-        let second = try source.mirror(cache: secondCache, journal: journal, backing: backing)
-        let handles = journal.openHandles()
-        let reserved = journal.nodeIDsReserved
+        let (_, second, _, surrendered, handles) = try source.successor(of: firstCache)
+        let reserved = source.journal.nodeIDsReserved
         let report = second.inherit(nodes: nil, nextNodeID: reserved + 1, handles: handles.records, generations: handles.generations)
         #expect(report.handles == 1 && report.nodes == 1, "\(report)")
         let readAfter = try read(second, second.file(forHandle: handleA), at: 0, count: 3 * blockSize) == source.a
@@ -170,10 +180,7 @@ struct MirrorInheritanceTests {
     func changedSourceIsStale() throws {
         for change in ["rewrite", "remove"] {
             let source = try Source()
-            let journal = try StateJournal.create(slots: 64)
-            let backing = FakeBackingFiles()
-            let firstCache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-            let first = try source.mirror(cache: firstCache, journal: journal, backing: backing)
+            let (firstCache, first) = try source.daemon()
             let a = try lookup(first, "a", in: lookup(first, "models"))
             let (_, handleA) = try first.openHandle(node: a, flags: O_RDONLY)
             _ = try read(first, first.file(forHandle: handleA), at: 0, count: blockSize)
@@ -182,13 +189,9 @@ struct MirrorInheritanceTests {
             } else {
                 unlink(source.root + "/models/a")
             }
-            let surrendered = try #require(firstCache.surrender(waitingUntil: .now + .seconds(5)))
-            let secondCache = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
-            _ = secondCache.adopt(copies(surrendered))
-            let second = try source.mirror(cache: secondCache, journal: journal, backing: backing)
-            let handles = journal.openHandles()
+            let (_, second, _, surrendered, handles) = try source.successor(of: firstCache)
             let report = second.inherit(
-                nodes: nil, nextNodeID: journal.nodeIDsReserved + 1, handles: handles.records, generations: handles.generations)
+                nodes: nil, nextNodeID: source.journal.nodeIDsReserved + 1, handles: handles.records, generations: handles.generations)
             #expect(report.filesUnavailable == (change == "remove" ? 1 : 0), "\(change): \(report)")
             let file = try second.file(forHandle: handleA)
             let cached = try read(second, file, at: 0, count: blockSize) == Array(source.a.prefix(blockSize))

@@ -59,32 +59,28 @@ struct ContainerImageTests {
             Comment(rawValue: toolsMissing ?? ContainerPrerequisites.missing ?? "")))
     func rollingUpdateHandsOver() throws {
         let (container, command) = try podContainer()
-        func stats() throws -> StatsReport {
-            try JSONDecoder().decode(
-                StatsReport.self, from: Data(try container.check("/usr/local/bin/cachefs stats /data-fast --json").utf8))
-        }
         try container.check("systemd-run --unit=cachefs-pod-old \(command)")
         #expect(
             try eventually(within: 20) { try container.exec("/usr/local/bin/cachefs stats /data-fast").status == 0 },
             "\(container.journal("cachefs-pod-old"))")
         try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
-        let before = try stats()
+        let before = try container.stats("/data-fast")
 
         // The new pod: another PID namespace with its own /proc, as a container runtime gives each
         // container, and another mount namespace whose mounts stay shared with the first's, as
         // Bidirectional propagation shares the node's /data-fast with both pods.
         try container.check(
             "systemd-run --unit=cachefs-pod-new unshare --pid --fork --mount-proc --propagation unchanged \(command)")
-        let tookOver = eventually(within: 30) { (try? stats()).map { $0.pid != before.pid } ?? false }
+        let tookOver = eventually(within: 30) { (try? container.stats("/data-fast")).map { $0.pid != before.pid } ?? false }
         #expect(
             tookOver,
             "the new pod did not take the mount over:\n\(container.journal("cachefs-pod-new"))\n\(container.journal("cachefs-pod-old"))")
-        let after = try stats()
+        let after = try container.stats("/data-fast")
         #expect(
             after.continuity?.start == .handOver && after.continuity?.inheritedBytes ?? 0 >= 20_000_000,
             "\(String(describing: after.continuity))")
         try container.check("cmp /data-slow/model.bin /data-fast/model.bin")
-        #expect(try stats()[.bytesFromSource] == 0, "the new pod read the model from the source again")
+        #expect(try container.stats("/data-fast")[.bytesFromSource] == 0, "the new pod read the model from the source again")
         #expect(try container.cachefsMounts(at: "/data-fast").count == 1)
         #expect(
             try container.exec("systemctl is-active cachefs-pod-old").output.hasPrefix("active"),

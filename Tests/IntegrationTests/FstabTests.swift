@@ -23,13 +23,6 @@ private func withCachefsOnStandardPath(_ body: () throws -> Void) throws {
     try body()
 }
 
-/// Unmounts a mount made through mount(8) and waits for its background daemon to leave.
-private func unmountAndWait(_ mountpoint: String, pid: Int32?) {
-    if isMounted(mountpoint) { _ = try? run("/bin/umount", [mountpoint]) }
-    if let pid, !eventually(within: 10, { kill(pid, 0) != 0 }) { kill(pid, SIGKILL) }
-    if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
-}
-
 private func daemonPid(_ mountpoint: String) -> Int32? {
     guard let result = try? run(cachefsBinary, ["stats", mountpoint, "--json"], timeout: 30), result.status == 0,
         let object = try? JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
@@ -49,7 +42,7 @@ struct FstabTests {
             let mounted = try run(
                 "/bin/mount", ["-t", "fuse.cachefs", source, mountpoint, "-o", "capacity=64M,block_size=2M"], timeout: 60)
             let pid = daemonPid(mountpoint)
-            defer { unmountAndWait(mountpoint, pid: pid) }
+            defer { stopBackgroundDaemon(pid: pid, mountpoint: mountpoint) }
             #expect(mounted.status == 0, "\(mounted.error)")
             #expect(try run("/usr/bin/cmp", [source + "/model.bin", mountpoint + "/model.bin"]).status == 0)
             let table = try run(cachefsBinary, ["stats", mountpoint])
@@ -73,7 +66,7 @@ struct FstabTests {
         try withCachefsOnStandardPath {
             let mounted = try run("/bin/mount", ["-T", fstab, mountpoint], timeout: 60)
             let pid = daemonPid(mountpoint)
-            defer { unmountAndWait(mountpoint, pid: pid) }
+            defer { stopBackgroundDaemon(pid: pid, mountpoint: mountpoint) }
             #expect(mounted.status == 0, "\(mounted.error)")
             #expect(try shell("cat \(mountpoint)/hello.txt") == "from fstab\n")
             #expect(try shell("grep ' \(mountpoint) ' /proc/mounts").contains("allow_other"))

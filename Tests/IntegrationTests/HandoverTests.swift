@@ -49,13 +49,6 @@ final class VerifyingReader: @unchecked Sendable {
     func wait(seconds: Double) -> Bool { eventually(within: seconds) { finished } }
 }
 
-private func stopBackground(_ pid: Int32, mountpoint: String) {
-    guard pid > 0 else { return }
-    kill(pid, SIGTERM)
-    _ = eventually(within: 15) { kill(pid, 0) != 0 }
-    if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
-}
-
 /// The memory files of a process whose name says they are ledgers.
 private func ledgerDescriptors(of pid: Int32) -> [String] {
     let directory = "/proc/\(pid)/fd"
@@ -71,26 +64,24 @@ struct HandoverTests {
         "A reader verifying every byte of a 1 GiB file reads on while `cachefs mount` runs again with another --capacity; the new daemon keeps the cache: a cached file opens in passthrough with nothing from the source"
     )
     func handOverDuringARead() throws {
-        let scratch = try ScratchDirectory()
-        let source = try scratch.make("src")
-        try shell("head -c 1073741824 /dev/urandom > big && head -c 33554432 /dev/urandom > cached", in: source)
-        let mountpoint = try scratch.make("mnt")
-        let old = try CachefsMount(source: source, mountpoint: mountpoint, capacity: "1536M")
+        let tree = try MountedTree(
+            "head -c 1073741824 /dev/urandom > big && head -c 33554432 /dev/urandom > cached", capacity: "1536M")
+        var newPid: Int32?
+        defer { stopBackgroundDaemon(pid: newPid, mountpoint: tree.mount.mountpoint); tree.stop() }
+        let old = tree.mount, source = tree.source, mountpoint = tree.mount.mountpoint
         try shell("cat cached > /dev/null && cat cached > /dev/null", in: mountpoint) // loaded, then opened in passthrough
         let before = try old.stats()
         #expect(before[.passthroughOpens] >= 1 && before[.cachedBytes] >= 32 << 20)
 
         let reader = VerifyingReader(mounted: mountpoint + "/big", source: source + "/big")
         #expect(eventually(within: 30) { reader.bytesVerified >= 128 << 20 || reader.finished })
-        let log = scratch.path + "/new.log"
+        let log = tree.scratch.path + "/new.log"
         let handOver = try run(
             cachefsBinary,
             [
                 "mount", source, mountpoint, "--capacity", "1600M", "--control-socket", old.controlSocket,
                 "--log-file", log,
             ])
-        var newPid: Int32 = 0
-        defer { stopBackground(newPid, mountpoint: mountpoint) }
         #expect(handOver.status == 0, "\(handOver.error)")
         let handedOverAt = reader.bytesVerified
         #expect(reader.wait(seconds: 120), "the reader did not finish")
@@ -157,8 +148,8 @@ struct HandoverTests {
     )
     func corruptedLedgerIsDropped() throws {
         let tree = try MountedTree("head -c 8388608 /dev/urandom > a.bin && head -c 8388608 /dev/urandom > b.bin")
-        var newPid: Int32 = 0
-        defer { stopBackground(newPid, mountpoint: tree.mount.mountpoint); tree.stop() }
+        var newPid: Int32?
+        defer { stopBackgroundDaemon(pid: newPid, mountpoint: tree.mount.mountpoint); tree.stop() }
         try shell("cat a.bin b.bin > /dev/null", in: tree.mount.mountpoint)
         let before = try tree.mount.stats()
         #expect(before[.cachedBytes] == 16 << 20)
@@ -192,8 +183,8 @@ struct HandoverTests {
     @Test("cachefs restart: a new daemon takes the mount over with the running one's settings")
     func restartKeepsSettings() throws {
         let tree = try MountedTree("head -c 4194304 /dev/urandom > model.bin", extra: ["--prefetch-depth", "7"])
-        var newPid: Int32 = 0
-        defer { stopBackground(newPid, mountpoint: tree.mount.mountpoint); tree.stop() }
+        var newPid: Int32?
+        defer { stopBackgroundDaemon(pid: newPid, mountpoint: tree.mount.mountpoint); tree.stop() }
         try shell("cat model.bin > /dev/null", in: tree.mount.mountpoint)
         let result = try run(cachefsBinary, ["restart", tree.mount.mountpoint, "--control-socket", tree.mount.controlSocket])
         #expect(result.status == 0, "\(result.error)")

@@ -20,12 +20,6 @@ struct SettingsTests {
         return try JSONDecoder().decode(StatsReport.self, from: Data(stats.output.utf8)).pid
     }
 
-    private func unmount(_ mountpoint: String, pid: Int32) {
-        _ = try? run("/bin/fusermount3", ["-u", mountpoint])
-        if !eventually(within: 10, { kill(pid, 0) != 0 }) { kill(pid, SIGKILL) }
-        if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
-    }
-
     @Test("A background mount with every option away from its default reports each of them in stats --json")
     func backgroundMountKeepsEverySetting() throws {
         let scratch = try ScratchDirectory()
@@ -43,7 +37,7 @@ struct SettingsTests {
                 "--listen", "127.0.0.1:0", "--peers", "127.0.0.1:9", "--peer-token-file", scratch.path + "/token",
                 "--passthrough", "off", "--direct-io", "off",
             ], controlSocket: socket)
-        defer { unmount(mountpoint, pid: pid) }
+        defer { stopBackgroundDaemon(pid: pid, mountpoint: mountpoint) }
         let stats = try run(cachefsBinary, ["stats", mountpoint, "--json", "--control-socket", socket])
         let settings = try JSONDecoder().decode(StatsReport.self, from: Data(stats.output.utf8)).settings
         var expected = MountSettings(source: source, mountpoint: mountpoint, capacity: 96 << 20)
@@ -93,7 +87,7 @@ struct SettingsTests {
         let pid = try backgroundMount(
             [source.mountpoint, mountpoint, "--capacity", "64M", "--source-timeout", "1"],
             controlSocket: scratch.path + "/control.sock")
-        defer { unmount(mountpoint, pid: pid) }
+        defer { stopBackgroundDaemon(pid: pid, mountpoint: mountpoint) }
         let started = Date()
         let read = try run("/bin/dd", ["if=\(mountpoint)/stall.bin", "of=/dev/null", "bs=1M"], timeout: 30)
         let seconds = Date().timeIntervalSince(started)

@@ -80,6 +80,15 @@ func stopDaemon(_ process: Process, mountpoint: String) -> Int32 {
     return process.terminationStatus
 }
 
+/// Stops a daemon that runs in the background (not a child of the test, so known by its pid only):
+/// unmounts its mount, waits up to 10 s for it to leave, SIGKILLs it if it did not, then lazily
+/// unmounts whatever is still mounted. With no pid (or not a positive one) it only unmounts.
+func stopBackgroundDaemon(pid: Int32?, mountpoint: String) {
+    if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", mountpoint]) }
+    if let pid, pid > 0, !eventually(within: 10, { kill(pid, 0) != 0 }) { kill(pid, SIGKILL) }
+    if isMounted(mountpoint) { _ = try? run("/bin/fusermount3", ["-u", "-z", mountpoint]) }
+}
+
 struct CommandResult {
     var status: Int32
     var output: String

@@ -111,6 +111,12 @@ final class BootedContainer {
         return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// `cachefs stats MOUNTPOINT --json` inside the container, decoded; throws unless it succeeds.
+    /// The binary is the one Scripts/install and the image's COPY put at /usr/local/bin/cachefs.
+    func stats(_ mountpoint: String) throws -> StatsReport {
+        try JSONDecoder().decode(StatsReport.self, from: Data(try check("/usr/local/bin/cachefs stats \(mountpoint) --json").utf8))
+    }
+
     /// `systemctl reboot` inside, then boots the same root again (systemd-nspawn exits on a reboot).
     func reboot() throws {
         _ = try exec("systemctl reboot")
@@ -280,7 +286,7 @@ struct SystemdTests {
             #expect(
                 try eventually(within: 15) { (Int(try container.check("grep -c ok /run/reader.log || true")) ?? 0) > okBefore + 2 },
                 "round \(round): the reader did not read on")
-            let stats = try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("cachefs stats /mnt/models --json").utf8))
+            let stats = try container.stats("/mnt/models")
             #expect(
                 stats.continuity?.start == .restart && stats.continuity?.keptBySystemd == true,
                 "round \(round): \(String(describing: stats.continuity))")
@@ -332,7 +338,7 @@ struct SystemdTests {
                 ).status == 0
         }
         #expect(try serving(), "\(container.journal(unit))")
-        let stats = try JSONDecoder().decode(StatsReport.self, from: Data(try container.check("cachefs stats /mnt/sd --json").utf8))
+        let stats = try container.stats("/mnt/sd")
         #expect(stats.settings.capacity == 128 << 20 && stats.settings.metadataTimeout == 2 && stats.settings.source == "/srv/oss/sd")
         #expect(
             try container.exec("journalctl -u \(unit) -o cat | grep -q 'skipping storage entry 1 (mount_path /srv/oss)'").status == 0,

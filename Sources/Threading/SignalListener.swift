@@ -13,14 +13,14 @@ public final class SignalListener: Sendable {
 
     /// Blocks `signals` in the calling thread, and so in every thread it starts from now on.
     public static func block(_ signals: [Int32]) {
-        var set = makeSet(signals)
+        var set = set(of: signals)
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
     public init(name: String = "signals", signals: [Int32], _ handle: @escaping @Sendable (Int32) -> Void) {
         precondition(!signals.isEmpty)
         wake = signals[0]
-        let (stopping, set) = (stopping, Self.makeSet(signals))
+        let (stopping, set) = (stopping, Self.set(of: signals))
         thread = OwnedThread(name: name) {
             var waitedFor = set
             while true {
@@ -39,7 +39,8 @@ public final class SignalListener: Sendable {
         thread.join()
     }
 
-    private static func makeSet(_ signals: [Int32]) -> sigset_t {
+    /// `signals` as a signal set, for sigwait or sigprocmask.
+    public static func set(of signals: [Int32]) -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         for number in signals { sigaddset(&set, number) }

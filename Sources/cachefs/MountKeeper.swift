@@ -1,6 +1,7 @@
 import ArgumentParser
 import CLinux
 import FuseBridge
+import Threading
 
 #if canImport(Glibc)
 import Glibc
@@ -88,10 +89,8 @@ struct HandedOverCommand: ParsableCommand {
     @Option var mountpoint: String
 
     func run() throws {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for number in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, number) }
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        SignalListener.block(Daemon.shutdownSignals)
+        var signals = SignalListener.set(of: Daemon.shutdownSignals)
         // A supervisor that dies (the spec form's) takes its waiters with it, whoever stops it.
         cachefs_set_parent_death_signal(SIGTERM)
         var received: Int32 = 0

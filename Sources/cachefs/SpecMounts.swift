@@ -1,5 +1,6 @@
 import ControlPlane
 import Foundation
+import Threading
 
 #if canImport(Glibc)
 import Glibc
@@ -19,7 +20,7 @@ enum SpecMounts {
     static func mount(_ spec: ServiceSpec, options: MountCommand) throws {
         // Before any thread or child exists: the supervisor takes these signals with sigwait, and it alone
         // talks to systemd (NOTIFY_SOCKET leaves the environment the daemons inherit).
-        if options.foreground { blockSupervisedSignals() }
+        if options.foreground { SignalListener.block(supervisedSignals) }
         let systemd = options.foreground ? SystemdNotifier.fromEnvironment() : nil
         let settings = try check(spec, options: options)
         for line in spec.skipped { note(line) } // after the checks: a refused spec says one line
@@ -88,18 +89,6 @@ enum SpecMounts {
 
     private static let supervisedSignals = [SIGTERM, SIGINT, SIGHUP, SIGCHLD]
 
-    private static func signalSet() -> sigset_t {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for number in supervisedSignals { sigaddset(&signals, number) }
-        return signals
-    }
-
-    private static func blockSupervisedSignals() {
-        var signals = signalSet()
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-    }
-
     /// Waits for the daemons to end, passing shutdown signals on; throws if one failed.
     private static func supervise(_ daemons: [pid_t: String], systemd: SystemdNotifier?) throws {
         systemd?.ready(status: "serving " + daemons.values.sorted().joined(separator: ", "))
@@ -111,7 +100,7 @@ enum SpecMounts {
             stopping = true
             for pid in running.keys { kill(pid, SIGTERM) }
         }
-        var signals = signalSet()
+        var signals = SignalListener.set(of: supervisedSignals)
         while !running.isEmpty {
             var received: Int32 = 0
             guard sigwait(&signals, &received) == 0 else { continue }

@@ -126,9 +126,14 @@ enum InheritedDescriptors {
         defer { closedir(directory) }
         var open: [Int32] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            // The name read in place: a dirent is only as long as its name (d_reclen), so copying the
+            // declared 256-byte d_name can read past the end of readdir's buffer (Foundation's
+            // Process.run crashes on exactly that, swift-corelibs-foundation #5472).
+            let name = String(cString: UnsafeRawPointer(entry).advanced(by: direntNameOffset).assumingMemoryBound(to: CChar.self))
             if let descriptor = Int32(name), descriptor != dirfd(directory) { open.append(descriptor) }
         }
         return open
     }
 }
+
+private let direntNameOffset = MemoryLayout<dirent>.offset(of: \.d_name)!

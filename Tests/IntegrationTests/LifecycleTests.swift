@@ -86,7 +86,7 @@ struct LifecycleTests {
         let first = try CachefsMount(source: source, mountpoint: mountpoint)
         // A reader with the file open, reading a little at a time, reports that it is reading
         // (a marker after its first read) and how its reads end.
-        let reader = Process()
+        let reader = ChildProcess()
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let outcome = scratch.path + "/reader.out"
         let reading = scratch.path + "/reader.reading"

@@ -47,7 +47,7 @@ struct ListingTests {
         #expect(try cachefs(["warm", "--pin", root + "/pinned.bin"], mount).status == 0)
         #expect(try cachefs(["warm", root + "/sub/held.bin"], mount).status == 0)
         // A reader keeps the wholly cached file open: the kernel reads it from memory, and the daemon holds it.
-        let reader = Process()
+        let reader = ChildProcess()
         reader.executableURL = URL(fileURLWithPath: "/bin/bash")
         reader.arguments = ["-c", "exec 3< \"$1\"; exec sleep 60", "reader", root + "/sub/held.bin"]
         try reader.run()

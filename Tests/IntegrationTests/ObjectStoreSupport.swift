@@ -34,7 +34,7 @@ extension ForegroundMount: SourceMount {
 /// FUSE client, which numbers a file anew each time the kernel forgets and looks it up again.
 final class S3SourceMount: ReplaceableSourceMount {
     let mountpoint: String
-    private let process = Process()
+    private let process = ChildProcess()
     /// s3source.py tears everything down when this pipe closes, so nothing outlives a crashed test process.
     private let lifeline = Pipe()
     private let stopped = Atomic<Bool>(false)

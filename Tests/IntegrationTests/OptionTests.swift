@@ -20,8 +20,8 @@ struct OptionTests {
     }
 
     /// Starts a program without waiting for it; the caller waits (`finish`) or it is killed at the end of the test.
-    private func start(_ executable: String, _ arguments: [String]) throws -> Process {
-        let process = Process()
+    private func start(_ executable: String, _ arguments: [String]) throws -> ChildProcess {
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
@@ -33,7 +33,7 @@ struct OptionTests {
 
     /// Waits for a started program, killing it after `timeout`; returns its exit status (nil if it had to be killed).
     @discardableResult
-    private func finish(_ process: Process, timeout: Double) -> Int32? {
+    private func finish(_ process: ChildProcess, timeout: Double) -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(20_000) }
         if process.isRunning {
@@ -421,7 +421,7 @@ struct OptionTests {
 /// a sequential reader with a prefetch window), and keeps them open until `close()`. `init`
 /// returns once every first read has returned.
 final class HeldReader {
-    private let process = Process()
+    private let process = ChildProcess()
     private let input = Pipe()
     private let output = Pipe()
 

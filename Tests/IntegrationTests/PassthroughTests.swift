@@ -84,7 +84,7 @@ struct PassthroughTests {
         defer { tree.stop() }
         let mirror = tree.mount.mountpoint
         #expect(try run(cachefsBinary, ["warm", mirror + "/held.bin", "--control-socket", tree.mount.controlSocket]).status == 0)
-        let reader = Process()
+        let reader = ChildProcess()
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let outcome = tree.scratch.path + "/reader.out"
         // Re-reads the held file for as long as the pressure lasts, through one open, comparing each pass.
@@ -130,7 +130,7 @@ struct PassthroughTests {
         // Holds one open across the rewrite: reads a MiB, says so, waits for the word, then reads
         // the rest and compares the whole with the old version. In a process of its own, so that a
         // reader that never ends fails the test instead of hanging it.
-        let reader = Process()
+        let reader = ChildProcess()
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         reader.arguments = [
             "python3", "-c",

@@ -23,7 +23,7 @@ struct ShutdownGraceTests {
             extra: ["--shutdown-grace", "10", "--prefetch-depth", "0"])
         defer { mount.stop() }
 
-        let reader = Process()
+        let reader = ChildProcess()
         reader.executableURL = URL(fileURLWithPath: "/usr/bin/cmp")
         reader.arguments = [data + "/stalled.bin", mount.mountpoint + "/stalled.bin"]
         try reader.run()

@@ -98,7 +98,7 @@ struct SpecTests {
 
         // In the foreground (systemd, a container) one process keeps them, tells systemd alone, and SIGTERM ends them all.
         let notify = try NotifySocket(path: scratch.path + "/notify.sock")
-        let supervisor = Process()
+        let supervisor = ChildProcess()
         supervisor.executableURL = URL(fileURLWithPath: cachefsBinary)
         supervisor.arguments = ["mount", "--spec", spec, "-f"]
         supervisor.environment = ProcessInfo.processInfo.environment.merging(["NOTIFY_SOCKET": notify.path]) { $1 }

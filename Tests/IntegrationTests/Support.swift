@@ -24,7 +24,7 @@ let testSourceBinary: String = (cachefsBinary as NSString).deletingLastPathCompo
 /// mounted, and stopped (its mount removed) once, by `stop` or at deinit.
 final class ForegroundMount {
     let mountpoint: String
-    private let process = Process()
+    private let process = ChildProcess()
     private let stopped = Atomic<Bool>(false)
 
     init(_ executable: String, _ arguments: [String], mountpoint: String) throws {
@@ -68,7 +68,7 @@ extension ForegroundMount {
 /// SIGTERM, then SIGKILL and a lazy unmount if a FUSE daemon does not leave by itself.
 /// Returns the daemon's exit status.
 @discardableResult
-func stopDaemon(_ process: Process, mountpoint: String) -> Int32 {
+func stopDaemon(_ process: ChildProcess, mountpoint: String) -> Int32 {
     if process.isRunning {
         kill(process.processIdentifier, SIGTERM)
         let deadline = Date().addingTimeInterval(10)
@@ -98,7 +98,7 @@ struct CommandResult {
 /// Runs a program to completion, capturing its output; fails the test if it outlives `timeout`.
 @discardableResult
 func run(_ executable: String, _ arguments: [String], in directory: String? = nil, timeout: Double = 120) throws -> CommandResult {
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : "/usr/bin/env")
     process.arguments = executable.hasPrefix("/") ? arguments : [executable] + arguments
     if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
@@ -186,7 +186,7 @@ final class CachefsMount {
     let mountpoint: String
     let controlSocket: String
     let logFile: String
-    private let process: Process
+    private let process: ChildProcess
 
     var pid: Int32 { process.processIdentifier }
 
@@ -204,7 +204,7 @@ final class CachefsMount {
         let tag = UUID().uuidString.prefix(8)
         controlSocket = "\(scratch)/control-\(tag).sock"
         logFile = "\(scratch)/cachefs-\(tag).log"
-        process = Process()
+        process = ChildProcess()
         let command =
             launcher + [
                 cachefsBinary, source, mountpoint, "--capacity", capacity, "--foreground",

@@ -21,6 +21,17 @@ private func handOver(_ cache: BlockCache) throws -> (kept: SurrenderedMemory, f
     return (surrendered, surrendered.files.map { MemoryFilePair(memory: dup($0.memory), ledger: dup($0.ledger), name: $0.name) })
 }
 
+/// A load of block `index` that writes `count` bytes into its range and then fails (a crash mid-load, as a successor sees it).
+private func cutLoad(_ cache: BlockCache, _ file: FileVersion, _ index: Int64, writing count: Int) throws {
+    struct Cut: Error {}
+    #expect(throws: Cut.self) {
+        _ = try cache.fetch(for: BlockKey(file: file, index: index), length: blockSize) { buffer in
+            try [UInt8](repeating: 0xAB, count: count).withUnsafeBytes { try buffer.store($0) }
+            throw Cut()
+        }
+    }
+}
+
 private func allocatedBytes(_ descriptor: Int32) -> Int {
     var attributes = stat()
     fstat(descriptor, &attributes)
@@ -105,13 +116,7 @@ struct InheritanceTests {
         let first = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
         let file = version(6, blocks: 3)
         try load(first, file, 0..<1)
-        struct Cut: Error {}
-        #expect(throws: Cut.self) {
-            _ = try first.fetch(for: BlockKey(file: file, index: 1), length: blockSize) { buffer in
-                try [UInt8](repeating: 0xAB, count: blockSize / 2).withUnsafeBytes { try buffer.store($0) }
-                throw Cut()
-            }
-        }
+        try cutLoad(first, file, 1, writing: blockSize / 2)
         // A short block (the source ended early) is served, but not as complete.
         _ = try first.fetch(for: BlockKey(file: file, index: 2), length: blockSize) { buffer in
             try [UInt8](repeating: 0xCD, count: 100).withUnsafeBytes { try buffer.store($0) }
@@ -134,13 +139,7 @@ struct InheritanceTests {
         let first = BlockCache(capacity: 64 * blockSize, blockSize: blockSize)
         let file = version(8, blocks: 3)
         try load(first, file, 0..<1)
-        struct Cut: Error {}
-        #expect(throws: Cut.self) {
-            _ = try first.fetch(for: BlockKey(file: file, index: 1), length: blockSize) { buffer in
-                try [UInt8](repeating: 0xAB, count: blockSize).withUnsafeBytes { try buffer.store($0) }
-                throw Cut()
-            }
-        }
+        try cutLoad(first, file, 1, writing: blockSize)
         let (kept, files) = try handOver(first)
         final class Punches: Sendable {
             let ranges = Mutex<[Range<Int64>]>([])

@@ -32,6 +32,8 @@ public final class VersionLedger: @unchecked Sendable {
     static let magic: UInt64 = 0x3152_4744_4C53_4643 // "CFSLDGR1" little-endian
     static let recordOffset = 64
     static let holdsOffset = 48
+    /// The name a ledger's memory file has (in /proc/PID/fd), which tells it from block memory.
+    public static let memoryFileName = "cachefs-block-ledger"
 
     public let descriptor: Int32
     private let base: UnsafeMutableRawPointer
@@ -46,11 +48,8 @@ public final class VersionLedger: @unchecked Sendable {
         let blocks = (version.size + Int64(blockSize) - 1) / Int64(blockSize)
         let headerLength = (Self.recordOffset + record.bytes.count + 63) / 64 * 64
         let total = headerLength + Int((blocks + 7) / 8)
-        let fd = cachefs_memfd_create("cachefs-block-ledger", UInt32(CACHEFS_MFD_CLOEXEC))
-        guard fd >= 0 else { throw Errno(rawValue: errno) }
-        guard ftruncate(fd, off_t(total)) == 0,
-            let mapped = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED
-        else {
+        let fd = try makeMemoryFile(named: Self.memoryFileName, size: total)
+        guard let mapped = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
             let error = Errno(rawValue: errno)
             close(fd)
             throw error

@@ -67,13 +67,7 @@ public final class VersionMemory: @unchecked Sendable {
 
     convenience init(version: FileVersion, blockSize: Int, custody: MemoryCustody, unreturned: UnreturnedMemory) throws(Errno) {
         precondition(version.size > 0)
-        let fd = cachefs_memfd_create("cachefs-block-memory", UInt32(CACHEFS_MFD_CLOEXEC))
-        guard fd >= 0 else { throw Errno(rawValue: errno) }
-        guard ftruncate(fd, off_t(version.size)) == 0 else {
-            let error = Errno(rawValue: errno)
-            close(fd)
-            throw error
-        }
+        let fd = try makeMemoryFile(named: "cachefs-block-memory", size: Int(version.size))
         try self.init(
             descriptor: fd, version: version, blockSize: blockSize, ledger: try? VersionLedger(version: version, blockSize: blockSize),
             name: custody.registry?.nameForNewFile(), custody: custody, unreturned: unreturned)
@@ -285,6 +279,19 @@ final class MemoryCustody: Sendable {
     var isHandedOver: Bool { handedOver.load(ordering: .acquiring) }
 
     func setHandedOver(_ value: Bool) { handedOver.store(value, ordering: .releasing) }
+}
+
+/// A new memory file (memfd, close-on-exec) of `size` bytes, sparse: what a daemon keeps its cache and
+/// its state in, and can hand to its successor. `name` is what /proc/PID/fd shows it as.
+public func makeMemoryFile(named name: String, size: Int) throws(Errno) -> Int32 {
+    let fd = cachefs_memfd_create(name, UInt32(CACHEFS_MFD_CLOEXEC))
+    guard fd >= 0 else { throw Errno(rawValue: errno) }
+    guard ftruncate(fd, off_t(size)) == 0 else {
+        let error = Errno(rawValue: errno)
+        close(fd)
+        throw error
+    }
+    return fd
 }
 
 /// Keeps each memory file and its ledger somewhere that outlives the daemon (systemd's file

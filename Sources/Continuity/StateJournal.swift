@@ -61,8 +61,7 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
 
     /// A new, empty journal (a sparse memory file: only what is written takes memory).
     public static func create(slots: Int = defaultSlots) throws(Errno) -> StateJournal {
-        let fd = cachefs_memfd_create("cachefs-state-journal", UInt32(CACHEFS_MFD_CLOEXEC))
-        guard fd >= 0 else { throw Errno(rawValue: errno) }
+        let fd = try makeMemoryFile(named: "cachefs-state-journal", size: length(slots: slots))
         let journal: StateJournal
         do {
             journal = try StateJournal(descriptor: fd, slots: slots, creating: true)
@@ -117,15 +116,12 @@ public final class StateJournal: KernelStateJournal, @unchecked Sendable {
         }
     }
 
+    /// The size of a journal of `slots` handle slots.
+    private static func length(slots: Int) -> Int { headerLength + 2 * mountHalf + 2 * pinsHalf + slots * slotSize }
+
     private init(descriptor: Int32, slots: Int, creating: Bool) throws {
-        let total = Self.headerLength + 2 * Self.mountHalf + 2 * Self.pinsHalf + slots * Self.slotSize
-        if creating {
-            guard ftruncate(descriptor, off_t(total)) == 0 else {
-                let error = Errno(rawValue: errno)
-                close(descriptor)
-                throw error
-            }
-        } else {
+        let total = Self.length(slots: slots)
+        if !creating {
             var attributes = stat()
             guard fstat(descriptor, &attributes) == 0, Int(attributes.st_size) >= total else { throw Errno.invalidArgument }
         }

@@ -79,6 +79,6 @@ final class FileDescriptorStore: MemoryFileRegistry, @unchecked Sendable {
     static func isLedger(_ descriptor: Int32) -> Bool {
         var target = [UInt8](repeating: 0, count: 256)
         let count = readlink("/proc/self/fd/\(descriptor)", &target, target.count - 1)
-        return count > 0 && String(decoding: target[..<count], as: UTF8.self).contains("cachefs-block-ledger")
+        return count > 0 && String(decoding: target[..<count], as: UTF8.self).contains(VersionLedger.memoryFileName)
     }
 }
